@@ -1,0 +1,250 @@
+//! HiFloat4 (SPEC §3): 64-element units of S1P2 elements with an E6M2 scale and
+//! two levels of 1-bit micro-exponents (per 8 and per 4 elements).
+
+use super::bits::{bf16_round, lg, non_finite, pow2};
+use super::BlockFormat;
+use std::str::FromStr;
+
+/// One packed HiF4 unit in the AMCT `hif4_pack` layout (§3.3):
+/// `meta[0]` E6M2 scale (`0xFF` = poisoned), `meta[1]` E1_8 (group 0 in the
+/// MSB), `meta[2..4]` E1_16 (subgroup 0 in the MSB of `meta[2]`), then 32 data
+/// bytes with element 2k in the low nibble of byte k.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Hif4Unit {
+    pub meta: [u8; 4],
+    pub data: [u8; 32],
+}
+const _: () = assert!(std::mem::size_of::<Hif4Unit>() == 36);
+const _: () = assert!(std::mem::align_of::<Hif4Unit>() == 1);
+
+/// Encoder variant (§3.4): they differ only in AMCT's bf16 rounding of t.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub enum Hif4Variant {
+    /// The global-computing-consortium HiFloat4 library, with AMCT's poison
+    /// and zero-sign rules (default).
+    #[default]
+    Consortium,
+    /// AMCT's `hif4_encode` / NPU kernel.
+    Amct,
+}
+
+impl Hif4Variant {
+    pub const NAMES: &'static [&'static str] = &["consortium", "amct"];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Consortium => "consortium",
+            Self::Amct => "amct",
+        }
+    }
+}
+
+impl FromStr for Hif4Variant {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "consortium" => Ok(Self::Consortium),
+            "amct" => Ok(Self::Amct),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Decodes an E6M2 scale byte: 2^((b>>2) - 48) · (1 + (b&3)/4); NaN for `0xFF`.
+#[inline]
+pub fn e6m2_to_f32(b: u8) -> f32 {
+    if b == 0xFF {
+        return f32::NAN;
+    }
+    pow2((b >> 2) as i32 - 48) * (1.0 + (b & 3) as f32 * 0.25)
+}
+
+/// S1P2 nibble -> value; nibble 8 is -0.
+pub const S1P2_VALUES: [f32; 16] = [
+    0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, -0.0, -0.25, -0.5, -0.75, -1.0, -1.25, -1.5, -1.75,
+];
+
+/// bf16(fl32(1/7)) = 73/512.
+const D7: f32 = 0.142_578_13;
+const S_MIN: f32 = pow2(-48);
+const S_MAX: f32 = 49152.0;
+
+/// HiFloat4 as a [`BlockFormat`] (a block is a unit).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hif4;
+
+impl Hif4Unit {
+    /// E1_8 bit of group g (0..8).
+    #[inline]
+    pub fn e1_8(&self, g: usize) -> u8 {
+        (self.meta[1] >> (7 - g)) & 1
+    }
+    /// E1_16 bit of subgroup h (0..16).
+    #[inline]
+    pub fn e1_16(&self, h: usize) -> u8 {
+        (self.meta[2 + h / 8] >> (7 - h % 8)) & 1
+    }
+    /// Nibble of element i (0..64).
+    #[inline]
+    pub fn nibble(&self, i: usize) -> u8 {
+        (self.data[i / 2] >> (4 * (i % 2))) & 0xF
+    }
+    /// The integer codes of the dot product identity (§3.6):
+    /// `a_i = ±(c_i << (E1_8 + E1_16))`, in [-28, 28].
+    pub fn int_codes(&self) -> [i8; 64] {
+        std::array::from_fn(|i| {
+            let n = self.nibble(i);
+            let mag = ((n & 7) << (self.e1_8(i / 8) + self.e1_16(i / 4))) as i8;
+            if n & 8 != 0 {
+                -mag
+            } else {
+                mag
+            }
+        })
+    }
+}
+
+impl BlockFormat for Hif4 {
+    type Block = Hif4Unit;
+    type Mode = Hif4Variant;
+    const NAME: &'static str = "hif4";
+    const BLOCK_LEN: usize = 64;
+
+    fn quantize_block(x: &[f32], variant: Hif4Variant) -> Hif4Unit {
+        let mut a = [0f32; 64];
+        a[..x.len()].copy_from_slice(x);
+        // Step 1: non-finite elements poison the unit; they are encoded as +0.
+        // Step 2: magnitudes and signs (s = 1 iff x < 0, so -0.0 has s = 0).
+        let mut poisoned = false;
+        let mut sign = 0u64;
+        for (i, e) in a.iter_mut().enumerate() {
+            if non_finite(*e) {
+                poisoned = true;
+                *e = 0.0;
+            }
+            sign |= ((*e < 0.0) as u64) << i;
+            *e = e.abs();
+        }
+        // Step 3: maxima per subgroup of 4 and group of 8.
+        let v4: [f32; 16] = std::array::from_fn(|h| {
+            let s = &a[4 * h..4 * h + 4];
+            s[0].max(s[1]).max(s[2]).max(s[3])
+        });
+        let v8: [f32; 8] = std::array::from_fn(|g| v4[2 * g].max(v4[2 * g + 1]));
+        let vmax = v8.iter().fold(0f32, |m, &v| m.max(v));
+        // Step 4: scale seed sf = bf16(fl32(vmax · D7)), clamped.
+        let sf = bf16_round(vmax * D7).clamp(S_MIN, S_MAX);
+        // Step 5: E6M2 rounding, RNE on y = sf·2^(2-e) = 4 + t/32 in [4, 8).
+        let mut e = lg(sf);
+        let n = 128 + ((sf.to_bits() >> 16) & 0x7F);
+        let (mut q, rem) = (n >> 5, n & 31);
+        if rem > 16 || (rem == 16 && q & 1 == 1) {
+            q += 1;
+        }
+        if q == 8 {
+            q = 4;
+            e += 1;
+        }
+        let scale_byte = (4 * (e + 48) + (q as i32 - 4)) as u8;
+        let s = q as f32 * pow2(e - 2);
+        // Step 6: reciprocal rounded to bf16.
+        let rec = bf16_round(1.0 / s);
+        // Step 7: micro-exponents.
+        let e1_8: [u8; 8] = std::array::from_fn(|g| (v8[g] * rec >= 4.0) as u8);
+        let e1_16: [u8; 16] =
+            std::array::from_fn(|h| (v4[h] * rec >= 2.0 * (1 + e1_8[h / 2]) as f32) as u8);
+        // Step 8: elements.
+        let mut nib = [0u8; 64];
+        for (i, n) in nib.iter_mut().enumerate() {
+            let d = (e1_8[i / 8] + e1_16[i / 4]) as i32;
+            let m = a[i] * rec;
+            let c = match variant {
+                Hif4Variant::Consortium => (m * pow2(2 - d) + 0.5).floor().min(7.0),
+                Hif4Variant::Amct => {
+                    let t = bf16_round(m * pow2(-d));
+                    (4.0 * t + 0.5).floor().min(7.0)
+                }
+            };
+            *n = ((sign >> i) as u8 & 1) << 3 | c as u8;
+        }
+        // Packing (§3.3).
+        let mut unit = Hif4Unit {
+            meta: [if poisoned { 0xFF } else { scale_byte }, 0, 0, 0],
+            data: [0; 32],
+        };
+        for g in 0..8 {
+            unit.meta[1] |= e1_8[g] << (7 - g);
+        }
+        for h in 0..16 {
+            unit.meta[2 + h / 8] |= e1_16[h] << (7 - h % 8);
+        }
+        for k in 0..32 {
+            unit.data[k] = nib[2 * k] | nib[2 * k + 1] << 4;
+        }
+        unit
+    }
+
+    fn dequantize_block(unit: &Hif4Unit, out: &mut [f32]) {
+        if unit.meta[0] == 0xFF {
+            out.fill(f32::NAN);
+            return;
+        }
+        let s = e6m2_to_f32(unit.meta[0]);
+        for (i, o) in out.iter_mut().enumerate() {
+            let d = (unit.e1_8(i / 8) + unit.e1_16(i / 4)) as i32;
+            *o = S1P2_VALUES[unit.nibble(i) as usize] * pow2(d) * s;
+        }
+    }
+}
+
+/// Reference dot product of two units through the integer identity of §3.6:
+/// `(Σ a_i·b_i) · S_A · S_B / 16`, exact in f64; NaN if either is poisoned.
+pub fn unit_dot(a: &Hif4Unit, b: &Hif4Unit) -> f64 {
+    if a.meta[0] == 0xFF || b.meta[0] == 0xFF {
+        return f64::NAN;
+    }
+    let (ia, ib) = (a.int_codes(), b.int_codes());
+    let isum: i32 = ia.iter().zip(&ib).map(|(&x, &y)| x as i32 * y as i32).sum();
+    isum as f64 * e6m2_to_f32(a.meta[0]) as f64 * e6m2_to_f32(b.meta[0]) as f64 / 16.0
+}
+
+/// Reference dot product of two unit rows: exact unit results summed in f64.
+pub fn dot(a: &[Hif4Unit], b: &[Hif4Unit]) -> f64 {
+    assert_eq!(a.len(), b.len(), "hif4::dot: length mismatch");
+    a.iter().zip(b).map(|(x, y)| unit_dot(x, y)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn d7_is_bf16_of_one_seventh() {
+        assert_eq!(D7.to_bits(), 0x3E12_0000);
+        assert_eq!(bf16_round(1.0f32 / 7.0), D7);
+    }
+
+    #[test]
+    fn spec_worked_example() {
+        let mut x = [0f32; 64];
+        let ramp = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75];
+        // 7, then the ramp 0, 0.25, ..., 1.75 repeated (`r:max_7_exact_unit_scale`).
+        x[0] = 7.0;
+        for (i, v) in x.iter_mut().enumerate().skip(1) {
+            *v = ramp[(i - 1) % 8];
+        }
+        let u = Hif4::quantize_block(&x, Hif4Variant::Consortium);
+        assert_eq!(u.meta, [0xC0, 0x80, 0x80, 0x00]);
+        assert_eq!(u.data[..4], [0x07, 0x10, 0x22, 0x33]);
+    }
+
+    #[test]
+    fn all_zero_unit_is_all_zero_bytes() {
+        let mut x = [0f32; 64];
+        x[3] = -0.0;
+        assert_eq!(
+            Hif4::quantize_block(&x, Hif4Variant::Amct),
+            Hif4Unit::default()
+        );
+    }
+}

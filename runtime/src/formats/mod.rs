@@ -1,0 +1,299 @@
+//! The number formats of lpc, one file each, behind one trait.
+//!
+//! `../shared/formats/SPEC.md` (copied beside the golden vectors in
+//! `tests/fixtures/formats/`) is normative. Each format is bit-exact against
+//! the golden vectors; these scalar implementations are the oracle that every
+//! fast path (SIMD, LLVM-emitted, PTX) is tested against.
+//!
+//! Adding a format: one file implementing [`BlockFormat`], one variant of
+//! [`Format`], and its golden vectors in `tests/`.
+
+pub mod bits;
+mod bulk;
+pub mod hif4;
+pub mod hif8;
+pub mod mxfp4;
+
+pub use bulk::{dequantize_along_axis, quantize_along_axis, AxisLayout, Element};
+pub use hif4::{Hif4, Hif4Unit, Hif4Variant};
+pub use hif8::{Hif8, Hif8Code, Hif8Rounding};
+pub use mxfp4::{Mxfp4, Mxfp4Block, Mxfp4Rounding};
+
+use std::fmt;
+
+/// A block-scaled number format: blocks of `BLOCK_LEN` consecutive elements
+/// along a GEMM's reduction axis, each packed into one `Block`.
+pub trait BlockFormat: Copy + Send + Sync + 'static {
+    /// The packed block: `#[repr(C)]` bytes with a `const` size assertion.
+    type Block: bytemuck::Pod + Default + PartialEq + fmt::Debug + Send + Sync;
+    /// Rounding mode or encoder variant.
+    type Mode: Copy + Default + PartialEq + fmt::Debug + Send + Sync + 'static;
+    /// The format's name on the command line.
+    const NAME: &'static str;
+    /// Elements per block.
+    const BLOCK_LEN: usize;
+    /// Bytes per packed block.
+    const BLOCK_BYTES: usize = std::mem::size_of::<Self::Block>();
+
+    /// Quantizes one block. `x.len() <= BLOCK_LEN`; missing trailing elements
+    /// are +0.0 padding, which never changes the result for the others.
+    fn quantize_block(x: &[f32], mode: Self::Mode) -> Self::Block;
+
+    /// Dequantizes the first `out.len() <= BLOCK_LEN` elements of a block.
+    fn dequantize_block(block: &Self::Block, out: &mut [f32]);
+}
+
+/// A format with its mode, chosen at run time (the CLI, the compiler).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    Mxfp4(Mxfp4Rounding),
+    Hif4(Hif4Variant),
+    Hif8(Hif8Rounding),
+}
+
+/// Errors of format selection and of the bulk paths.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum FormatError {
+    UnknownFormat(String),
+    UnknownMode {
+        format: &'static str,
+        what: &'static str,
+        value: String,
+        allowed: &'static [&'static str],
+    },
+    ModeNotApplicable {
+        format: &'static str,
+        what: &'static str,
+    },
+    AxisOutOfRange {
+        axis: isize,
+        rank: usize,
+    },
+    NotBlockMultiple {
+        format: &'static str,
+        axis: usize,
+        len: usize,
+        block: usize,
+    },
+    SizeMismatch {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownFormat(s) => {
+                write!(
+                    f,
+                    "unknown format `{s}` (expected one of: mxfp4, hif4, hif8)"
+                )
+            }
+            Self::UnknownMode {
+                format,
+                what,
+                value,
+                allowed,
+            } => write!(
+                f,
+                "unknown {what} `{value}` for {format} (expected one of: {})",
+                allowed.join(", ")
+            ),
+            Self::ModeNotApplicable { format, what } => {
+                write!(f, "{format} has no {what} option")
+            }
+            Self::AxisOutOfRange { axis, rank } => {
+                write!(f, "axis {axis} is out of range for a tensor of rank {rank}")
+            }
+            Self::NotBlockMultiple {
+                format,
+                axis,
+                len,
+                block,
+            } => write!(
+                f,
+                "axis {axis} has length {len}, not a multiple of the {format} block of {block} \
+                 (pass --pad to pad the last block with zeros)"
+            ),
+            Self::SizeMismatch {
+                what,
+                expected,
+                got,
+            } => write!(f, "{what}: expected {expected}, got {got}"),
+        }
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+impl Format {
+    /// All format names, for help texts.
+    pub const NAMES: &'static [&'static str] = &["mxfp4", "hif4", "hif8"];
+
+    /// Builds a format from its CLI spelling. `rounding` applies to mxfp4 and
+    /// hif8, `variant` to hif4; giving one that does not apply is an error.
+    pub fn parse(
+        format: &str,
+        rounding: Option<&str>,
+        variant: Option<&str>,
+    ) -> Result<Self, FormatError> {
+        fn pick<M: std::str::FromStr + Default>(
+            format: &'static str,
+            what: &'static str,
+            value: Option<&str>,
+            allowed: &'static [&'static str],
+        ) -> Result<M, FormatError> {
+            match value {
+                None => Ok(M::default()),
+                Some(v) => v.parse().map_err(|_| FormatError::UnknownMode {
+                    format,
+                    what,
+                    value: v.to_string(),
+                    allowed,
+                }),
+            }
+        }
+        let na = |format, what| Err(FormatError::ModeNotApplicable { format, what });
+        match format {
+            "mxfp4" => {
+                if variant.is_some() {
+                    return na("mxfp4", "variant");
+                }
+                pick("mxfp4", "rounding", rounding, Mxfp4Rounding::NAMES).map(Self::Mxfp4)
+            }
+            "hif4" => {
+                if rounding.is_some() {
+                    return na("hif4", "rounding");
+                }
+                pick("hif4", "variant", variant, Hif4Variant::NAMES).map(Self::Hif4)
+            }
+            "hif8" => {
+                if variant.is_some() {
+                    return na("hif8", "variant");
+                }
+                pick("hif8", "rounding", rounding, Hif8Rounding::NAMES).map(Self::Hif8)
+            }
+            other => Err(FormatError::UnknownFormat(other.to_string())),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mxfp4(_) => Mxfp4::NAME,
+            Self::Hif4(_) => Hif4::NAME,
+            Self::Hif8(_) => Hif8::NAME,
+        }
+    }
+
+    /// The rounding mode or variant, by name.
+    pub fn mode_name(self) -> &'static str {
+        match self {
+            Self::Mxfp4(m) => m.name(),
+            Self::Hif4(v) => v.name(),
+            Self::Hif8(m) => m.name(),
+        }
+    }
+
+    pub fn block_len(self) -> usize {
+        match self {
+            Self::Mxfp4(_) => Mxfp4::BLOCK_LEN,
+            Self::Hif4(_) => Hif4::BLOCK_LEN,
+            Self::Hif8(_) => Hif8::BLOCK_LEN,
+        }
+    }
+
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Mxfp4(_) => Mxfp4::BLOCK_BYTES,
+            Self::Hif4(_) => Hif4::BLOCK_BYTES,
+            Self::Hif8(_) => Hif8::BLOCK_BYTES,
+        }
+    }
+
+    /// Storage cost of full blocks, in bits per element (4.25, 4.5, 8).
+    pub fn bits_per_element(self) -> f64 {
+        (self.block_bytes() * 8) as f64 / self.block_len() as f64
+    }
+
+    /// Checks `axis` against `shape` and the block size and returns the layout.
+    /// A negative axis counts from the end. Unless `pad`, the axis length must
+    /// be a multiple of the block.
+    pub fn layout(
+        self,
+        shape: &[usize],
+        axis: isize,
+        pad: bool,
+    ) -> Result<AxisLayout, FormatError> {
+        let rank = shape.len();
+        let a = if axis < 0 { axis + rank as isize } else { axis };
+        if a < 0 || a >= rank as isize {
+            return Err(FormatError::AxisOutOfRange { axis, rank });
+        }
+        let a = a as usize;
+        let len = shape[a];
+        if !pad && len % self.block_len() != 0 {
+            return Err(FormatError::NotBlockMultiple {
+                format: self.name(),
+                axis: a,
+                len,
+                block: self.block_len(),
+            });
+        }
+        Ok(AxisLayout::new(shape, a, self.block_len()))
+    }
+
+    /// Quantizes `x` along the layout's axis into packed bytes (see
+    /// [`AxisLayout`] for their order). Parallel with the `parallel` feature.
+    pub fn quantize<T: Element>(
+        self,
+        x: &[T],
+        layout: &AxisLayout,
+    ) -> Result<Vec<u8>, FormatError> {
+        fn run<F: BlockFormat, T: Element>(
+            x: &[T],
+            l: &AxisLayout,
+            mode: F::Mode,
+        ) -> Result<Vec<u8>, FormatError> {
+            let mut out = vec![F::Block::default(); l.num_blocks()];
+            quantize_along_axis::<F, T>(x, l, mode, &mut out)?;
+            Ok(bytemuck::cast_slice(&out).to_vec())
+        }
+        match self {
+            Self::Mxfp4(m) => run::<Mxfp4, T>(x, layout, m),
+            Self::Hif4(v) => run::<Hif4, T>(x, layout, v),
+            Self::Hif8(m) => run::<Hif8, T>(x, layout, m),
+        }
+    }
+
+    /// Dequantizes packed bytes back to f32 in the tensor's own layout.
+    pub fn dequantize(self, packed: &[u8], layout: &AxisLayout) -> Result<Vec<f32>, FormatError> {
+        fn run<F: BlockFormat>(p: &[u8], l: &AxisLayout) -> Result<Vec<f32>, FormatError> {
+            let expected = l.num_blocks() * F::BLOCK_BYTES;
+            if p.len() != expected {
+                return Err(FormatError::SizeMismatch {
+                    what: "packed bytes",
+                    expected,
+                    got: p.len(),
+                });
+            }
+            // Blocks are align-1 byte arrays, so this cast cannot fail.
+            let blocks: &[F::Block] = bytemuck::cast_slice(p);
+            let mut out = vec![0f32; l.num_elements()];
+            dequantize_along_axis::<F>(blocks, l, &mut out)?;
+            Ok(out)
+        }
+        match self {
+            Self::Mxfp4(_) => run::<Mxfp4>(packed, layout),
+            Self::Hif4(_) => run::<Hif4>(packed, layout),
+            Self::Hif8(_) => run::<Hif8>(packed, layout),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.mode_name())
+    }
+}
