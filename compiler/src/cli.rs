@@ -1,0 +1,108 @@
+//! The `lpc` command line.
+
+use crate::quantize::{self, QuantizeRequest};
+use clap::{Parser, Subcommand};
+use lpc_runtime::formats::Format;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lpc",
+    version,
+    about = "lpc: an ahead-of-time quantization compiler for ONNX models"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const CODES_LAYOUT: &str = "\
+Byte layout of --codes (no header; little-endian where it matters):
+  The tensor is viewed as [outer, K, inner] around the quantized axis of length K.
+  Each of the outer*inner rows (C order over the other axes) is cut into
+  ceil(K / block) blocks along K (the last one zero-padded with --pad); the
+  blocks of one row are contiguous, rows follow each other.
+  mxfp4  17 bytes per block of 32: the E8M0 scale byte (0xFF = NaN block), then
+         16 data bytes, element 2k in the low nibble of byte k (E2M1 codes).
+  hif4   36 bytes per unit of 64: byte 0 the E6M2 scale (0xFF = NaN unit),
+         byte 1 the per-8 micro-exponents (group 0 in bit 7), bytes 2-3 the
+         per-4 micro-exponents (subgroup 0 in bit 7 of byte 2), then 32 data
+         bytes, element 2k in the low nibble (S1P2: sign bit 3, magnitude 2..0).
+  hif8   1 byte per element (HiF8 code), rows as above.
+The formats are defined bit for bit in tests/fixtures/formats/SPEC.md.";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fake-quantize a tensor from a .npy file and report the error.
+    ///
+    /// Reads an f32, f16 or bf16 .npy (bf16 as saved by ml_dtypes, descr '<V2'),
+    /// quantizes it along one axis, writes the dequantized tensor as f32 .npy,
+    /// and prints SQNR, max abs error and storage bytes per element.
+    #[command(after_long_help = CODES_LAYOUT)]
+    Quantize {
+        /// Input tensor (.npy, f32/f16/bf16, C order).
+        input: PathBuf,
+        /// mxfp4, hif4, hif8, or `all` for a report over every format and mode.
+        #[arg(short, long)]
+        format: String,
+        /// Element rounding: mxfp4 rne (default) | ties-away; hif8 ta (default) | saturate | hybrid.
+        #[arg(long)]
+        rounding: Option<String>,
+        /// Encoder variant: hif4 consortium (default) | amct.
+        #[arg(long)]
+        variant: Option<String>,
+        /// Axis along which blocks run (the GEMM reduction axis); negative counts from the end.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        axis: isize,
+        /// Pad the last block of each row with zeros when the axis length is not
+        /// a multiple of the block (32 for mxfp4, 64 for hif4).
+        #[arg(long)]
+        pad: bool,
+        /// Output: the dequantized tensor as f32 .npy, same shape as the input.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Output: the packed codes and scales as raw bytes (layout below, in --help).
+        #[arg(long)]
+        codes: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line; returns the text to print or a one-line error.
+pub fn run(cli: Cli) -> Result<String, String> {
+    match cli.command {
+        Command::Quantize {
+            input,
+            format,
+            rounding,
+            variant,
+            axis,
+            pad,
+            output,
+            codes,
+        } => {
+            let formats = if format == "all" {
+                if rounding.is_some() || variant.is_some() {
+                    return Err(
+                        "--format all covers every rounding and variant; drop --rounding/--variant"
+                            .into(),
+                    );
+                }
+                quantize::all_formats()
+            } else {
+                vec![
+                    Format::parse(&format, rounding.as_deref(), variant.as_deref())
+                        .map_err(|e| e.to_string())?,
+                ]
+            };
+            let req = QuantizeRequest {
+                input,
+                formats,
+                axis,
+                pad,
+                output,
+                codes,
+            };
+            quantize::run(&req).map_err(|e| e.to_string())
+        }
+    }
+}
