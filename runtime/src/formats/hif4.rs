@@ -110,80 +110,17 @@ impl BlockFormat for Hif4 {
     const NAME: &'static str = "hif4";
     const BLOCK_LEN: usize = 64;
 
+    #[inline(always)]
     fn quantize_block(x: &[f32], variant: Hif4Variant) -> Hif4Unit {
-        let mut a = [0f32; 64];
-        a[..x.len()].copy_from_slice(x);
-        // Step 1: non-finite elements poison the unit; they are encoded as +0.
-        // Step 2: magnitudes and signs (s = 1 iff x < 0, so -0.0 has s = 0).
-        let mut poisoned = false;
-        let mut sign = 0u64;
-        for (i, e) in a.iter_mut().enumerate() {
-            if non_finite(*e) {
-                poisoned = true;
-                *e = 0.0;
-            }
-            sign |= ((*e < 0.0) as u64) << i;
-            *e = e.abs();
+        let mut v = [0f32; 64];
+        v[..x.len()].copy_from_slice(x);
+        if v.iter().any(|&e| non_finite(e)) {
+            return poisoned(&v, variant);
         }
-        // Step 3: maxima per subgroup of 4 and group of 8.
-        let v4: [f32; 16] = std::array::from_fn(|h| {
-            let s = &a[4 * h..4 * h + 4];
-            s[0].max(s[1]).max(s[2]).max(s[3])
-        });
-        let v8: [f32; 8] = std::array::from_fn(|g| v4[2 * g].max(v4[2 * g + 1]));
-        let vmax = v8.iter().fold(0f32, |m, &v| m.max(v));
-        // Step 4: scale seed sf = bf16(fl32(vmax · D7)), clamped.
-        let sf = bf16_round(vmax * D7).clamp(S_MIN, S_MAX);
-        // Step 5: E6M2 rounding, RNE on y = sf·2^(2-e) = 4 + t/32 in [4, 8).
-        let mut e = lg(sf);
-        let n = 128 + ((sf.to_bits() >> 16) & 0x7F);
-        let (mut q, rem) = (n >> 5, n & 31);
-        if rem > 16 || (rem == 16 && q & 1 == 1) {
-            q += 1;
-        }
-        if q == 8 {
-            q = 4;
-            e += 1;
-        }
-        let scale_byte = (4 * (e + 48) + (q as i32 - 4)) as u8;
-        let s = q as f32 * pow2(e - 2);
-        // Step 6: reciprocal rounded to bf16.
-        let rec = bf16_round(1.0 / s);
-        // Step 7: micro-exponents.
-        let e1_8: [u8; 8] = std::array::from_fn(|g| (v8[g] * rec >= 4.0) as u8);
-        let e1_16: [u8; 16] =
-            std::array::from_fn(|h| (v4[h] * rec >= 2.0 * (1 + e1_8[h / 2]) as f32) as u8);
-        // Step 8: elements.
-        let mut nib = [0u8; 64];
-        for (i, n) in nib.iter_mut().enumerate() {
-            let d = (e1_8[i / 8] + e1_16[i / 4]) as i32;
-            let m = a[i] * rec;
-            let c = match variant {
-                Hif4Variant::Consortium => (m * pow2(2 - d) + 0.5).floor().min(7.0),
-                Hif4Variant::Amct => {
-                    let t = bf16_round(m * pow2(-d));
-                    (4.0 * t + 0.5).floor().min(7.0)
-                }
-            };
-            *n = ((sign >> i) as u8 & 1) << 3 | c as u8;
-        }
-        // Packing (§3.3).
-        let mut unit = Hif4Unit {
-            meta: [if poisoned { 0xFF } else { scale_byte }, 0, 0, 0],
-            data: [0; 32],
-        };
-        for g in 0..8 {
-            unit.meta[1] |= e1_8[g] << (7 - g);
-        }
-        for h in 0..16 {
-            unit.meta[2 + h / 8] |= e1_16[h] << (7 - h % 8);
-        }
-        for k in 0..32 {
-            unit.data[k] = nib[2 * k] | nib[2 * k + 1] << 4;
-        }
-        unit
+        encode_finite(&v, variant)
     }
 
+    #[inline(always)]
     fn dequantize_block(unit: &Hif4Unit, out: &mut [f32]) {
         if unit.meta[0] == 0xFF {
             out.fill(f32::NAN);
@@ -195,6 +132,82 @@ impl BlockFormat for Hif4 {
             *o = S1P2_VALUES[unit.nibble(i) as usize] * pow2(d) * s;
         }
     }
+}
+
+/// Steps 2 to 9 of §3.4 for a unit of finite values.
+#[inline(always)]
+fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
+    // Step 2: magnitudes, and signs s = 1 iff x < 0 (so -0.0 has s = 0).
+    let a: [f32; 64] = v.map(f32::abs);
+    let neg: [u8; 64] = v.map(|e| ((e < 0.0) as u8) << 3);
+    // Step 3: maxima per subgroup of 4 and group of 8.
+    let v4: [f32; 16] = std::array::from_fn(|h| {
+        let s = &a[4 * h..4 * h + 4];
+        s[0].max(s[1]).max(s[2].max(s[3]))
+    });
+    let v8: [f32; 8] = std::array::from_fn(|g| v4[2 * g].max(v4[2 * g + 1]));
+    let vmax = v8.iter().fold(0f32, |m, &v| m.max(v));
+    // Step 4: scale seed sf = bf16(fl32(vmax · D7)), clamped.
+    let sf = bf16_round(vmax * D7).clamp(S_MIN, S_MAX);
+    // Step 5: E6M2 rounding, RNE on y = sf·2^(2-e) = 4 + t/32 in [4, 8).
+    let mut e = lg(sf);
+    let n = 128 + ((sf.to_bits() >> 16) & 0x7F);
+    let (mut q, rem) = (n >> 5, n & 31);
+    if rem > 16 || (rem == 16 && q & 1 == 1) {
+        q += 1;
+    }
+    if q == 8 {
+        q = 4;
+        e += 1;
+    }
+    let scale_byte = (4 * (e + 48) + (q as i32 - 4)) as u8;
+    let s = q as f32 * pow2(e - 2);
+    // Step 6: reciprocal rounded to bf16.
+    let rec = bf16_round(1.0 / s);
+    // Step 7: micro-exponents.
+    let e1_8: [u8; 8] = std::array::from_fn(|g| (v8[g] * rec >= 4.0) as u8);
+    let e1_16: [u8; 16] =
+        std::array::from_fn(|h| (v4[h] * rec >= 2.0 * (1 + e1_8[h / 2]) as f32) as u8);
+    // Step 8: elements. t = m·2^(-d) is scaled by powers of two built
+    // from bits (exact); every value is >= 0, so truncation is floor, and
+    // `as` saturates, so huge m still gives 7.
+    let d: [u8; 64] = std::array::from_fn(|i| e1_8[i / 8] + e1_16[i / 4]);
+    let nib: [u8; 64] = std::array::from_fn(|i| {
+        let m = a[i] * rec;
+        let c = match variant {
+            Hif4Variant::Consortium => {
+                let p = f32::from_bits((129 - d[i] as u32) << 23); // 2^(2-d)
+                (m * p + 0.5) as i32
+            }
+            Hif4Variant::Amct => {
+                let p = f32::from_bits((127 - d[i] as u32) << 23); // 2^(-d)
+                (4.0 * bf16_round(m * p) + 0.5) as i32
+            }
+        };
+        neg[i] | c.min(7) as u8
+    });
+    // Packing (§3.3).
+    let mut meta = [scale_byte, 0, 0, 0];
+    for g in 0..8 {
+        meta[1] |= e1_8[g] << (7 - g);
+    }
+    for h in 0..16 {
+        meta[2 + h / 8] |= e1_16[h] << (7 - h % 8);
+    }
+    Hif4Unit {
+        meta,
+        data: std::array::from_fn(|k| nib[2 * k] | nib[2 * k + 1] << 4),
+    }
+}
+
+/// Step 1: non-finite elements poison the unit; the filler is the encoding
+/// with them replaced by +0 (rare, kept off the main path).
+#[cold]
+fn poisoned(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
+    let filler = v.map(|e| if non_finite(e) { 0.0 } else { e });
+    let mut unit = encode_finite(&filler, variant);
+    unit.meta[0] = 0xFF;
+    unit
 }
 
 /// Reference dot product of two units through the integer identity of §3.6:

@@ -116,9 +116,9 @@ pub fn decode(code: u8) -> f32 {
     f32::from_bits(DECODE_F32_BITS[code as usize])
 }
 
-/// Encodes one f32 to HiF8 with the bit-level algorithm of SPEC §1.3.
-#[inline]
-pub fn encode(x: f32, mode: Hif8Rounding) -> u8 {
+/// Encodes one f32 to HiF8 with the bit-level algorithm of SPEC §1.3, step by
+/// step: the reference that [`encode`]'s table is built from and tested against.
+pub const fn encode_reference(x: f32, mode: Hif8Rounding) -> u8 {
     let u = x.to_bits();
     let s = (u >> 31) as u8;
     let ef = (u >> 23) & 0xFF;
@@ -126,12 +126,12 @@ pub fn encode(x: f32, mode: Hif8Rounding) -> u8 {
     let mut ev = ef as i32 - 127;
     let sign = s << 7;
     let ovf = sign
-        | if mode == Hif8Rounding::Saturate {
+        | if matches!(mode, Hif8Rounding::Saturate) {
             0x6E
         } else {
             0x6F
         };
-    let hybrid = mode == Hif8Rounding::Hybrid;
+    let hybrid = matches!(mode, Hif8Rounding::Hybrid);
     let thr = u & 0x3FFF;
     if ef == 255 {
         return if m != 0 { 0x80 } else { ovf };
@@ -202,6 +202,41 @@ pub fn encode(x: f32, mode: Hif8Rounding) -> u8 {
     }
 }
 
+/// In `ta` (and `saturate`) the code depends only on the sign, the exponent
+/// and the top 4 mantissa bits (the kept bits plus the one rounding bit; no
+/// sticky bit), i.e. on `bits >> 19`, except that a NaN whose payload sits
+/// below bit 19 looks like Inf there. So `ta` is one lookup in this table,
+/// built by the reference algorithm.
+const fn build_ta_table() -> [u8; 8192] {
+    let mut t = [0u8; 8192];
+    let mut i = 0;
+    while i < 8192 {
+        t[i] = encode_reference(f32::from_bits((i as u32) << 19), Hif8Rounding::Ta);
+        i += 1;
+    }
+    t
+}
+static TA_TABLE: [u8; 8192] = build_ta_table();
+
+/// Encodes one f32 to HiF8 (SPEC §1.3): a table lookup for `ta` and
+/// `saturate`, the reference algorithm for `hybrid`.
+#[inline]
+pub fn encode(x: f32, mode: Hif8Rounding) -> u8 {
+    let u = x.to_bits();
+    let c = TA_TABLE[(u >> 19) as usize];
+    let c = if u & 0x7FFF_FFFF > 0x7F80_0000 {
+        0x80
+    } else {
+        c
+    };
+    match mode {
+        Hif8Rounding::Ta => c,
+        // Saturate differs from ta only in turning ±Inf into ±32768.
+        Hif8Rounding::Saturate => c - (c & 0x7F == 0x6F) as u8,
+        Hif8Rounding::Hybrid => encode_reference(x, mode),
+    }
+}
+
 /// HiFloat8 as a [`BlockFormat`] with one-element blocks.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Hif8;
@@ -215,6 +250,13 @@ impl BlockFormat for Hif8 {
     #[inline]
     fn quantize_block(x: &[f32], mode: Hif8Rounding) -> Hif8Code {
         Hif8Code(x.first().map_or(0, |&v| encode(v, mode)))
+    }
+
+    #[inline(always)]
+    fn quantize_row(x: &[f32], mode: Hif8Rounding, out: &mut [Hif8Code]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = Hif8Code(encode(v, mode));
+        }
     }
 
     #[inline]
@@ -300,6 +342,34 @@ mod tests {
                 want,
                 "{x}"
             );
+        }
+    }
+
+    #[test]
+    fn table_encode_equals_reference() {
+        let mut u = 0x2545_F491_4F6C_DD1Du64;
+        for i in 0..2_000_000u64 {
+            u ^= u << 13;
+            u ^= u >> 7;
+            u ^= u << 17;
+            // Every 19-bit-aligned pattern, then random bits.
+            let bits = if i < 8192 {
+                (i as u32) << 19 | 0x4_0000
+            } else {
+                u as u32
+            };
+            let x = f32::from_bits(bits);
+            for mode in [
+                Hif8Rounding::Ta,
+                Hif8Rounding::Saturate,
+                Hif8Rounding::Hybrid,
+            ] {
+                assert_eq!(
+                    encode(x, mode),
+                    encode_reference(x, mode),
+                    "{bits:08X} {mode:?}"
+                );
+            }
         }
     }
 

@@ -41,6 +41,17 @@ pub trait BlockFormat: Copy + Send + Sync + 'static {
 
     /// Dequantizes the first `out.len() <= BLOCK_LEN` elements of a block.
     fn dequantize_block(block: &Self::Block, out: &mut [f32]);
+
+    /// Quantizes one contiguous row into `out.len() == ceil(x.len() / BLOCK_LEN)`
+    /// blocks, the last one zero-padded. A format may override this with a
+    /// faster equivalent; the bulk tests check it against `quantize_block`.
+    /// Always inlined, so that the bulk paths' vector-ISA builds vectorize it.
+    #[inline(always)]
+    fn quantize_row(x: &[f32], mode: Self::Mode, out: &mut [Self::Block]) {
+        for (o, c) in out.iter_mut().zip(x.chunks(Self::BLOCK_LEN)) {
+            *o = Self::quantize_block(c, mode);
+        }
+    }
 }
 
 /// A format with its mode, chosen at run time (the CLI, the compiler).
@@ -256,9 +267,10 @@ impl Format {
             l: &AxisLayout,
             mode: F::Mode,
         ) -> Result<Vec<u8>, FormatError> {
-            let mut out = vec![F::Block::default(); l.num_blocks()];
-            quantize_along_axis::<F, T>(x, l, mode, &mut out)?;
-            Ok(bytemuck::cast_slice(&out).to_vec())
+            let mut out = vec![0u8; l.num_blocks() * F::BLOCK_BYTES];
+            // Blocks are align-1 byte arrays, so this cast cannot fail.
+            quantize_along_axis::<F, T>(x, l, mode, bytemuck::cast_slice_mut(&mut out))?;
+            Ok(out)
         }
         match self {
             Self::Mxfp4(m) => run::<Mxfp4, T>(x, layout, m),

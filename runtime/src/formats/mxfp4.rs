@@ -108,39 +108,25 @@ impl BlockFormat for Mxfp4 {
     const NAME: &'static str = "mxfp4";
     const BLOCK_LEN: usize = 32;
 
+    #[inline(always)]
     fn quantize_block(x: &[f32], mode: Mxfp4Rounding) -> Mxfp4Block {
         let mut v = [0f32; 32];
         v[..x.len()].copy_from_slice(x);
-        // Step 1: a non-finite element poisons the block; the filler is the
-        // encoding with those elements replaced by +0.
-        let mut poisoned = false;
+        // Step 2: amax from the integer maximum of the magnitudes' bits; any
+        // magnitude >= 0x7F800000 is NaN or Inf (step 1).
         let mut amax_bits = 0u32;
-        for e in v.iter_mut() {
-            if non_finite(*e) {
-                poisoned = true;
-                *e = 0.0;
-            }
+        for e in &v {
             amax_bits = amax_bits.max(e.to_bits() & 0x7FFF_FFFF);
         }
-        // Step 3: E = max(e_f(amax) - 2, 0), se = E - 127.
-        let e = (amax_bits >> 23).saturating_sub(2);
-        let inv = pow2(127 - e as i32);
-        // Step 4: r = x * 2^-se is exact whenever |r| >= 2^-126; smaller values
-        // round to code 0 anyway.
-        let mut codes = [0u8; 32];
-        for (c, &x) in codes.iter_mut().zip(v.iter()) {
-            *c = ((x.to_bits() >> 31) as u8) << 3 | magnitude_code(x.abs() * inv, mode);
+        if amax_bits >= 0x7F80_0000 {
+            // Step 1: the filler is the encoding with non-finite elements
+            // replaced by +0 (rare, so kept out of the main path).
+            return poisoned(&v, mode);
         }
-        let mut data = [0u8; 16];
-        for (k, d) in data.iter_mut().enumerate() {
-            *d = codes[2 * k] | codes[2 * k + 1] << 4;
-        }
-        Mxfp4Block {
-            scale: if poisoned { 0xFF } else { e as u8 },
-            data,
-        }
+        encode_finite(&v, amax_bits, mode)
     }
 
+    #[inline(always)]
     fn dequantize_block(block: &Mxfp4Block, out: &mut [f32]) {
         if block.scale == 0xFF {
             out.fill(f32::NAN);
@@ -151,6 +137,42 @@ impl BlockFormat for Mxfp4 {
             let code = (block.data[i / 2] >> (4 * (i % 2))) & 0xF;
             *o = E2M1_VALUES[code as usize] * scale;
         }
+    }
+}
+
+/// Steps 3 and 4 of §2.2 for a block of finite values with the given amax bits.
+#[inline(always)]
+fn encode_finite(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> Mxfp4Block {
+    // Step 3: E = max(e_f(amax) - 2, 0), se = E - 127.
+    let e = (amax_bits >> 23).saturating_sub(2);
+    let inv = pow2(127 - e as i32);
+    // Step 4: r = x * 2^-se is exact whenever |r| >= 2^-126; smaller values
+    // round to code 0 anyway.
+    let mut codes = [0u8; 32];
+    for (c, x) in codes.iter_mut().zip(v) {
+        let b = x.to_bits();
+        let r = f32::from_bits(b & 0x7FFF_FFFF) * inv;
+        *c = ((b >> 31) as u8) << 3 | magnitude_code(r, mode);
+    }
+    let mut data = [0u8; 16];
+    for (d, pair) in data.iter_mut().zip(codes.chunks_exact(2)) {
+        *d = pair[0] | pair[1] << 4;
+    }
+    Mxfp4Block {
+        scale: e as u8,
+        data,
+    }
+}
+
+#[cold]
+fn poisoned(v: &[f32; 32], mode: Mxfp4Rounding) -> Mxfp4Block {
+    let filler = v.map(|e| if non_finite(e) { 0.0 } else { e });
+    let amax_bits = filler
+        .iter()
+        .fold(0, |m, e| m.max(e.to_bits() & 0x7FFF_FFFF));
+    Mxfp4Block {
+        scale: 0xFF,
+        ..encode_finite(&filler, amax_bits, mode)
     }
 }
 

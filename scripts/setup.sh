@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Makes a Debian 12 machine ready to build and test lpc. Idempotent: when
+# everything is already there it only checks (a few seconds).
+# Facts behind each step: ../shared/TOOLCHAIN.md (copied into ARCHITECTURE.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# 1. LLVM 22 and MLIR 22 from Debian (needed only by targets/).
+APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libclang-22-dev libpolly-22-dev libzstd-dev)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+    -o DPkg::Lock::Timeout=600 "${missing[@]}"
+fi
+# /usr/bin/llvm-config is LLVM 14 on these machines: never rely on the plain name.
+[ -x /usr/lib/llvm-22/bin/llvm-config ] || { say "LLVM 22 is missing after install"; exit 1; }
+[ "$(/usr/lib/llvm-22/bin/llvm-config --version | cut -d. -f1)" = 22 ] || { say "wrong LLVM version"; exit 1; }
+[ -f /usr/lib/llvm-22/lib/libMLIRIR.a ] || { say "MLIR 22 is missing"; exit 1; }
+
+# 2. The Rust toolchain and the tools the test command uses.
+command -v cargo >/dev/null || { say "cargo not found: install Rust (rustup) first"; exit 1; }
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  say "adding rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+say "ready: $(cargo --version), $(cargo nextest --version | head -1), LLVM $(/usr/lib/llvm-22/bin/llvm-config --version)"
