@@ -4,7 +4,8 @@
 //! tensor run in the same process (a parallel copy `y = x`, which reads and
 //! writes as many bytes as quantize reads), so the numbers survive the host's
 //! load. Run: `cargo bench -p lpc-runtime --bench bulk_quantize`.
-//! `LPC_BENCH_MB` sets the tensor size in MB of f32 (default 256).
+//! `LPC_BENCH_MB` sets the tensor size in MB of f32 (default 256);
+//! `LPC_BENCH_FORMATS=hif4,mxfp4` keeps only those formats.
 
 use lpc_runtime::formats::{Format, Hif4Variant, Hif8Rounding, Mxfp4Rounding};
 use rayon::prelude::*;
@@ -43,12 +44,16 @@ fn main() {
         })
         .collect();
     let gb = (n * 4) as f64 / 1e9;
-    let formats = [
+    let only = std::env::var("LPC_BENCH_FORMATS").unwrap_or_default();
+    let formats: Vec<Format> = [
         Format::Mxfp4(Mxfp4Rounding::Rne),
         Format::Hif4(Hif4Variant::Consortium),
         Format::Hif4(Hif4Variant::Amct),
         Format::Hif8(Hif8Rounding::Ta),
-    ];
+    ]
+    .into_iter()
+    .filter(|f| only.is_empty() || only.split(',').any(|o| o == f.name()))
+    .collect();
     println!(
         "tensor [{rows}, {k}] f32 = {:.0} MB, blocks along the last axis",
         gb * 1e3
@@ -69,7 +74,7 @@ fn main() {
                     .zip(x.par_chunks(1 << 16))
                     .for_each(|(d, s)| d.copy_from_slice(s))
             });
-            for f in formats {
+            for &f in &formats {
                 let l = f.layout(&[rows, k], -1, false).expect("layout");
                 let mut packed = Vec::new();
                 let t_q = best_of(3, || packed = f.quantize(&x, &l).expect("quantize"));

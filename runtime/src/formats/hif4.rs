@@ -112,12 +112,21 @@ impl BlockFormat for Hif4 {
 
     #[inline(always)]
     fn quantize_block(x: &[f32], variant: Hif4Variant) -> Hif4Unit {
-        let mut v = [0f32; 64];
-        v[..x.len()].copy_from_slice(x);
-        if v.iter().any(|&e| non_finite(e)) {
-            return poisoned(&v, variant);
+        // Full units are read in place; a short one is copied and zero-padded.
+        let mut pad = [0f32; 64];
+        let v: &[f32; 64] = match x.try_into() {
+            Ok(full) => full,
+            Err(_) => {
+                pad[..x.len()].copy_from_slice(x);
+                &pad
+            }
+        };
+        // A magnitude >= 0x7F800000 is NaN or Inf.
+        let amax_bits = v.iter().fold(0u32, |m, e| m.max(e.to_bits() & 0x7FFF_FFFF));
+        if amax_bits >= 0x7F80_0000 {
+            return poisoned(v, variant);
         }
-        encode_finite(&v, variant)
+        encode_finite(v, variant)
     }
 
     #[inline(always)]
@@ -168,24 +177,32 @@ fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
     let e1_8: [u8; 8] = std::array::from_fn(|g| (v8[g] * rec >= 4.0) as u8);
     let e1_16: [u8; 16] =
         std::array::from_fn(|h| (v4[h] * rec >= 2.0 * (1 + e1_8[h / 2]) as f32) as u8);
-    // Step 8: elements. t = m·2^(-d) is scaled by powers of two built
-    // from bits (exact); every value is >= 0, so truncation is floor, and
-    // `as` saturates, so huge m still gives 7.
-    let d: [u8; 64] = std::array::from_fn(|i| e1_8[i / 8] + e1_16[i / 4]);
-    let nib: [u8; 64] = std::array::from_fn(|i| {
-        let m = a[i] * rec;
-        let c = match variant {
-            Hif4Variant::Consortium => {
-                let p = f32::from_bits((129 - d[i] as u32) << 23); // 2^(2-d)
-                (m * p + 0.5) as i32
+    // Step 8: elements, c = min(7, ⌊t·4 + 1/2⌋) for t = m·2^(-d), with the
+    // power of two built from bits (exact). Every value is >= 0.5, so
+    // truncation is floor; clamping at 8 first keeps the conversion in range.
+    let base = match variant {
+        Hif4Variant::Consortium => 129, // 2^(2-d)
+        Hif4Variant::Amct => 127,       // 2^(-d)
+    };
+    let mut pw = [0f32; 64];
+    for i in 0..64 {
+        pw[i] = f32::from_bits((base - (e1_8[i / 8] + e1_16[i / 4]) as u32) << 23);
+    }
+    let mut nib = [0u8; 64];
+    match variant {
+        Hif4Variant::Consortium => {
+            for i in 0..64 {
+                let y = (a[i] * rec) * pw[i] + 0.5;
+                nib[i] = neg[i] | (y.min(8.0) as u8).min(7);
             }
-            Hif4Variant::Amct => {
-                let p = f32::from_bits((127 - d[i] as u32) << 23); // 2^(-d)
-                (4.0 * bf16_round(m * p) + 0.5) as i32
+        }
+        Hif4Variant::Amct => {
+            for i in 0..64 {
+                let y = 4.0 * bf16_round((a[i] * rec) * pw[i]) + 0.5;
+                nib[i] = neg[i] | (y.min(8.0) as u8).min(7);
             }
-        };
-        neg[i] | c.min(7) as u8
-    });
+        }
+    }
     // Packing (§3.3).
     let mut meta = [scale_byte, 0, 0, 0];
     for g in 0..8 {

@@ -110,20 +110,27 @@ impl BlockFormat for Mxfp4 {
 
     #[inline(always)]
     fn quantize_block(x: &[f32], mode: Mxfp4Rounding) -> Mxfp4Block {
-        let mut v = [0f32; 32];
-        v[..x.len()].copy_from_slice(x);
+        // Full blocks are read in place; a short one is copied and zero-padded.
+        let mut pad = [0f32; 32];
+        let v: &[f32; 32] = match x.try_into() {
+            Ok(full) => full,
+            Err(_) => {
+                pad[..x.len()].copy_from_slice(x);
+                &pad
+            }
+        };
         // Step 2: amax from the integer maximum of the magnitudes' bits; any
         // magnitude >= 0x7F800000 is NaN or Inf (step 1).
         let mut amax_bits = 0u32;
-        for e in &v {
+        for e in v {
             amax_bits = amax_bits.max(e.to_bits() & 0x7FFF_FFFF);
         }
         if amax_bits >= 0x7F80_0000 {
             // Step 1: the filler is the encoding with non-finite elements
             // replaced by +0 (rare, so kept out of the main path).
-            return poisoned(&v, mode);
+            return poisoned(v, mode);
         }
-        encode_finite(&v, amax_bits, mode)
+        encode_finite(v, amax_bits, mode)
     }
 
     #[inline(always)]
