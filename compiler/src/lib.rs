@@ -1,5 +1,6 @@
-//! lpc, the compiler: command line, driver and (with issue 3) the ONNX frontend.
+//! lpc, the compiler: command line, driver, the ONNX frontend.
 
 pub mod cli;
 pub mod npy;
+pub mod onnx;
 pub mod quantize;

@@ -71,8 +71,8 @@ fn dtype_of_descr(descr: &str) -> Result<DType, &'static str> {
     Ok(t)
 }
 
-fn descr_of_dtype(t: DType) -> &'static str {
-    match t {
+fn descr_of_dtype(t: DType) -> Option<&'static str> {
+    Some(match t {
         DType::F32 => "<f4",
         DType::F16 => "<f2",
         DType::Bf16 => "<V2",
@@ -82,7 +82,8 @@ fn descr_of_dtype(t: DType) -> &'static str {
         DType::I8 => "|i1",
         DType::U8 => "|u1",
         DType::Bool => "|b1",
-    }
+        DType::I4 | DType::U4 => return None,
+    })
 }
 
 /// Value of `'key': <value>` in the header dict, up to the next top-level comma.
@@ -190,10 +191,14 @@ pub fn write<W: Write>(
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut header = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_txt}, }}",
-        descr_of_dtype(dtype)
-    );
+    let descr = descr_of_dtype(dtype).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("numpy has no {dtype} type"),
+        )
+    })?;
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // Pad so that the data starts on a 64-byte boundary; the header ends in '\n'.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
