@@ -1,6 +1,7 @@
 //! The `lpc` command line.
 
 use crate::quantize::{self, QuantizeRequest};
+use crate::{inspect, run};
 use clap::{Parser, Subcommand};
 use lpc_runtime::formats::Format;
 use std::path::PathBuf;
@@ -65,6 +66,30 @@ pub enum Command {
         #[arg(long)]
         codes: Option<PathBuf>,
     },
+    /// Describe an ONNX model: producer, opsets, inputs and outputs with their
+    /// symbolic shapes, parameters by element type, the op histogram, and the
+    /// ops the interpreter does not support (all at once, with counts).
+    Inspect {
+        /// The model (.onnx; external data is found beside it).
+        model: PathBuf,
+        /// Also print the imported graph in lpc's textual IR.
+        #[arg(long)]
+        print_ir: bool,
+    },
+    /// Run a model in lpc's reference interpreter on .npy inputs.
+    Run {
+        /// The model (.onnx).
+        model: PathBuf,
+        /// Folder with one `<graph input name>.npy` per input.
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        /// One input as NAME=FILE.npy (repeatable; overrides --inputs).
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        input: Vec<String>,
+        /// Folder (must exist) to write `<graph output name>.npy` into.
+        #[arg(long)]
+        outputs: Option<PathBuf>,
+    },
 }
 
 /// Runs a parsed command line; returns the text to print or a one-line error.
@@ -103,6 +128,54 @@ pub fn run(cli: Cli) -> Result<String, String> {
                 codes,
             };
             quantize::run(&req).map_err(|e| e.to_string())
+        }
+        Command::Inspect { model, print_ir } => {
+            inspect::inspect(&model, print_ir).map_err(|e| e.to_string())
+        }
+        Command::Run {
+            model,
+            inputs,
+            input,
+            outputs,
+        } => {
+            let pairs = input
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(n, f)| (n.to_string(), PathBuf::from(f)))
+                        .ok_or_else(|| format!("--input {p}: expected NAME=FILE.npy"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(dir) = &outputs {
+                if !dir.is_dir() {
+                    return Err(format!("output directory {} does not exist", dir.display()));
+                }
+            }
+            let t = std::time::Instant::now();
+            let outs =
+                run::run_model(&model, inputs.as_deref(), &pairs).map_err(|e| e.to_string())?;
+            let elapsed = t.elapsed();
+            let mut text = String::new();
+            for (name, v) in &outs {
+                let vals = v.to_f64();
+                let (lo, hi) = vals
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                        (a.min(x), b.max(x))
+                    });
+                let mean = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
+                text += &format!(
+                    "{name}: {} {:?} min {lo:.6} max {hi:.6} mean {mean:.6}\n",
+                    v.dtype, v.shape
+                );
+            }
+            text += &format!("interpreter time {:.1} ms\n", elapsed.as_secs_f64() * 1e3);
+            if let Some(dir) = outputs {
+                for p in run::write_outputs(&dir, &outs).map_err(|e| e.to_string())? {
+                    text += &format!("wrote {}\n", p.display());
+                }
+            }
+            Ok(text)
         }
     }
 }

@@ -1,6 +1,8 @@
 //! lpc, the compiler: command line, driver, the ONNX frontend.
 
 pub mod cli;
+pub mod inspect;
 pub mod npy;
 pub mod onnx;
 pub mod quantize;
+pub mod run;

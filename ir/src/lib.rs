@@ -8,6 +8,7 @@
 
 mod dtype;
 mod graph;
+pub mod interp;
 mod tensor;
 pub mod text;
 pub mod verify;

@@ -1,0 +1,131 @@
+//! `lpc run`: execute a model in the reference interpreter on `.npy` inputs.
+
+use crate::npy;
+use crate::onnx::{import, OnnxError, OnnxModel};
+use lpc_ir::interp::{self, InterpError, TensorValue};
+use lpc_ir::{DType, Graph, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error(transparent)]
+    Npy(#[from] npy::NpyError),
+    #[error("{model}: {source}")]
+    Interp {
+        model: String,
+        #[source]
+        source: InterpError,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Converts a `.npy` array to an interpreter value.
+pub fn value_from_npy(a: &npy::NpyArray) -> TensorValue {
+    let t =
+        Tensor::new(a.dtype, a.shape.clone(), a.data.clone().into()).expect("npy checked its size");
+    TensorValue::from_tensor(&t)
+}
+
+/// Reads the graph's inputs: `dir/<name>.npy` for each input, overridden by
+/// `NAME=FILE` pairs.
+pub fn read_inputs(
+    g: &Graph,
+    dir: Option<&Path>,
+    pairs: &[(String, PathBuf)],
+) -> Result<HashMap<String, TensorValue>, RunError> {
+    let mut out = HashMap::new();
+    for (name, file) in pairs {
+        if !g.inputs.iter().any(|&i| &g.value(i).name == name) {
+            return Err(RunError::Usage(format!(
+                "--input {name}: the model has no input `{name}`"
+            )));
+        }
+        out.insert(name.clone(), value_from_npy(&npy::read(file)?));
+    }
+    for &i in &g.inputs {
+        let name = &g.value(i).name;
+        if out.contains_key(name) {
+            continue;
+        }
+        let Some(dir) = dir else {
+            return Err(RunError::Usage(format!(
+                "no value for input `{name}` (use --inputs DIR or --input {name}=FILE)"
+            )));
+        };
+        out.insert(
+            name.clone(),
+            value_from_npy(&npy::read(&dir.join(format!("{name}.npy")))?),
+        );
+    }
+    Ok(out)
+}
+
+/// Loads, imports and runs a model; outputs by name, in graph order.
+pub fn run_model(
+    model: &Path,
+    dir: Option<&Path>,
+    pairs: &[(String, PathBuf)],
+) -> Result<Vec<(String, TensorValue)>, RunError> {
+    let g = import(&OnnxModel::load(model)?)?;
+    let inputs = read_inputs(&g, dir, pairs)?;
+    let outs = interp::run(&g, &inputs).map_err(|source| RunError::Interp {
+        model: model.display().to_string(),
+        source,
+    })?;
+    Ok(g.outputs
+        .iter()
+        .map(|&o| g.value(o).name.clone())
+        .zip(outs)
+        .collect())
+}
+
+/// Writes outputs as `<dir>/<name>.npy`, each atomically.
+pub fn write_outputs(dir: &Path, outs: &[(String, TensorValue)]) -> Result<Vec<PathBuf>, RunError> {
+    if !dir.is_dir() {
+        return Err(RunError::Usage(format!(
+            "output directory {} does not exist",
+            dir.display()
+        )));
+    }
+    let mut staged = Vec::new();
+    for (name, v) in outs {
+        let t = v.to_tensor();
+        let path = dir.join(format!("{}.npy", name.replace(['/', '\\'], "_")));
+        let werr = |source| RunError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".lpc-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(werr)?;
+        let dtype = if t.dtype == DType::I4 || t.dtype == DType::U4 {
+            DType::I8
+        } else {
+            t.dtype
+        };
+        npy::write(tmp.as_file_mut(), dtype, &t.dims, &t.data).map_err(werr)?;
+        staged.push((tmp, path));
+    }
+    let mut written = Vec::new();
+    for (tmp, path) in staged {
+        tmp.persist(&path).map_err(|e| RunError::Write {
+            path: path.display().to_string(),
+            source: e.error,
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}

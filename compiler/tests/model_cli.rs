@@ -1,0 +1,211 @@
+//! `lpc inspect` and `lpc run` through the real binary, and the frontend's
+//! handling of bad models and inputs: one line on stderr, exit code 2.
+
+use lpc::npy;
+use lpc::onnx::proto::ModelProto;
+use lpc_ir::DType;
+use prost::Message;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
+}
+
+fn lpc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lpc"))
+        .args(args)
+        .output()
+        .expect("running lpc")
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let o = lpc(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected `{needle}` in: {err}"
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn inspect_reports_the_model() {
+    let m = models().join("qwen3_small_prefill_ts/model.onnx");
+    let o = lpc(&["inspect", s(&m)]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "pytorch 2.15.0",
+        "ai.onnx 17",
+        "input_ids: i64[batch, sequence_length]",
+        "19 MatMul",
+        "unsupported ops: none",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in\n{out}");
+    }
+}
+
+#[test]
+fn run_writes_outputs_that_match_onnxruntime() {
+    let dir = models().join("wan_small_op23");
+    let out = tempfile::tempdir().unwrap();
+    let o = lpc(&[
+        "run",
+        s(&dir.join("model.onnx")),
+        "--inputs",
+        s(&dir.join("inputs")),
+        "--outputs",
+        s(out.path()),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = npy::read(&out.path().join("sample.npy")).unwrap();
+    let want = npy::read(&dir.join("ref_ort/sample.npy")).unwrap();
+    assert_eq!(got.shape, want.shape);
+    let f = |d: &[u8]| {
+        d.chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    for (a, b) in f(&got.data).iter().zip(f(&want.data)) {
+        assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs());
+    }
+    // --input NAME=FILE overrides a file of --inputs.
+    let ids = dir.join("inputs/timestep.npy");
+    let pair = format!("timestep={}", s(&ids));
+    let o = lpc(&[
+        "run",
+        s(&dir.join("model.onnx")),
+        "--inputs",
+        s(&dir.join("inputs")),
+        "--input",
+        &pair,
+    ]);
+    assert!(o.status.success());
+}
+
+#[test]
+fn bad_models_are_rejected_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = models().join("qwen3_small_prefill_ts/model.onnx");
+    let bytes = std::fs::read(&src).unwrap();
+
+    let trunc = t.join("truncated.onnx");
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&["inspect", s(&trunc)], "not a valid ONNX model");
+    fails_with(&["run", s(&trunc)], "truncated.onnx");
+    fails_with(&["inspect", s(&t.join("missing.onnx"))], "missing.onnx");
+
+    // The genai model without its external-data file, and with a short one.
+    let genai = models().join("qwen3_small_genai_fp32");
+    let lone = t.join("genai");
+    std::fs::create_dir(&lone).unwrap();
+    std::fs::copy(genai.join("model.onnx"), lone.join("model.onnx")).unwrap();
+    fails_with(&["inspect", s(&lone.join("model.onnx"))], "model.onnx.data");
+    let data = std::fs::read(genai.join("model.onnx.data")).unwrap();
+    std::fs::write(lone.join("model.onnx.data"), &data[..data.len() - 100]).unwrap();
+    fails_with(
+        &["inspect", s(&lone.join("model.onnx"))],
+        "external data file `model.onnx.data` has",
+    );
+
+    // An unknown op: listed by inspect, refused by run with its node named.
+    let mut m = ModelProto::decode(&bytes[..]).unwrap();
+    let node = &mut m.graph.as_mut().unwrap().node[40];
+    let name = node.name.clone();
+    node.op_type = "FancyOp".into();
+    let fancy = t.join("fancy.onnx");
+    std::fs::write(&fancy, m.encode_to_vec()).unwrap();
+    let o = lpc(&["inspect", s(&fancy)]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("unsupported ops: FancyOp x1"));
+    let inputs = models().join("qwen3_small_prefill_ts/inputs");
+    fails_with(
+        &["run", s(&fancy), "--inputs", s(&inputs)],
+        &format!("node `{name}` (FancyOp): op is not supported"),
+    );
+}
+
+#[test]
+fn bad_inputs_are_rejected_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = models().join("qwen3_small_decode_ts");
+    let m = dir.join("model.onnx");
+    let inputs = dir.join("inputs");
+    let write = |name: &str, dtype: DType, shape: &[usize], bytes: Vec<u8>| {
+        let p = t.join(name);
+        npy::write(
+            &mut std::fs::File::create(&p).unwrap(),
+            dtype,
+            shape,
+            &bytes,
+        )
+        .unwrap();
+        p
+    };
+    let f32_ids = write("ids_f32.npy", DType::F32, &[1, 1], vec![0; 4]);
+    fails_with(
+        &[
+            "run",
+            s(&m),
+            "--inputs",
+            s(&inputs),
+            "--input",
+            &format!("input_ids={}", s(&f32_ids)),
+        ],
+        "input `input_ids`: expected element type i64, got f32",
+    );
+    let rank1 = write("ids_r1.npy", DType::I64, &[1], vec![0; 8]);
+    fails_with(
+        &[
+            "run",
+            s(&m),
+            "--inputs",
+            s(&inputs),
+            "--input",
+            &format!("input_ids={}", s(&rank1)),
+        ],
+        "expected rank 2",
+    );
+    let mask2 = write("mask_b2.npy", DType::I64, &[2, 13], vec![0; 8 * 26]);
+    fails_with(
+        &[
+            "run",
+            s(&m),
+            "--inputs",
+            s(&inputs),
+            "--input",
+            &format!("attention_mask={}", s(&mask2)),
+        ],
+        "symbolic dimension `batch`",
+    );
+    fails_with(
+        &[
+            "run",
+            s(&m),
+            "--inputs",
+            s(&inputs),
+            "--input",
+            &format!("nonsense={}", s(&mask2)),
+        ],
+        "the model has no input `nonsense`",
+    );
+    fails_with(&["run", s(&m)], "no value for input `input_ids`");
+    fails_with(
+        &[
+            "run",
+            s(&m),
+            "--inputs",
+            s(&inputs),
+            "--outputs",
+            s(&t.join("no/such/dir")),
+        ],
+        "output directory",
+    );
+}
