@@ -1,5 +1,6 @@
 //! The `lpc` command line.
 
+use crate::compile::{self, CompileOptions};
 use crate::quantize::{self, QuantizeRequest};
 use crate::{inspect, run};
 use clap::{Parser, Subcommand};
@@ -76,6 +77,27 @@ pub enum Command {
         #[arg(long)]
         print_ir: bool,
     },
+    /// Compile a model. Today: import and canonicalize, and emit lpc's IR.
+    Compile {
+        /// The model (.onnx).
+        model: PathBuf,
+        /// Output file (stdout when absent).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// What to emit. Only `ir` exists so far; code generation comes next.
+        #[arg(long, value_enum, default_value_t = Emit::Ir)]
+        emit: Emit,
+        /// Print the IR after this pass (repeatable, or `all`).
+        #[arg(long = "print-ir-after", value_name = "PASS")]
+        print_ir_after: Vec<String>,
+        /// Write the IR before the pipeline and after every pass into DIR
+        /// (`<model>.0.input.ir`, `<model>.1.<pass>.ir`, ...).
+        #[arg(long, value_name = "DIR")]
+        dump_phases_to: Option<PathBuf>,
+        /// Print how long each pass took.
+        #[arg(long)]
+        time_passes: bool,
+    },
     /// Run a model in lpc's reference interpreter on .npy inputs.
     Run {
         /// The model (.onnx).
@@ -90,6 +112,12 @@ pub enum Command {
         #[arg(long)]
         outputs: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// lpc's textual IR after canonicalization.
+    Ir,
 }
 
 /// Runs a parsed command line; returns the text to print or a one-line error.
@@ -129,6 +157,21 @@ pub fn run(cli: Cli) -> Result<String, String> {
             };
             quantize::run(&req).map_err(|e| e.to_string())
         }
+        Command::Compile {
+            model,
+            output,
+            emit: Emit::Ir,
+            print_ir_after,
+            dump_phases_to,
+            time_passes,
+        } => compile::compile(&CompileOptions {
+            model,
+            output,
+            print_ir_after,
+            dump_phases_to,
+            time_passes,
+        })
+        .map_err(|e| e.to_string()),
         Command::Inspect { model, print_ir } => {
             inspect::inspect(&model, print_ir).map_err(|e| e.to_string())
         }

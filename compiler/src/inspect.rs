@@ -2,6 +2,7 @@
 
 use crate::onnx::{import, OnnxError, OnnxModel};
 use lpc_ir::{interp, text, Def, Graph};
+use lpc_passes::{canonicalize, PassManager, RunOptions};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -51,9 +52,8 @@ pub fn inspect(path: &Path, print_ir: bool) -> Result<String, OnnxError> {
         let _ = writeln!(o, "  {d}: {n} tensors, {elems} values, {bytes} bytes");
     }
     let counts = g.op_counts();
+    let by_count = histogram(&counts);
     let _ = writeln!(o, "ops ({} nodes)", g.num_nodes());
-    let mut by_count: Vec<_> = counts.iter().collect();
-    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (op, n) in &by_count {
         let _ = writeln!(o, "  {n:>5} {op}");
     }
@@ -67,8 +67,64 @@ pub fn inspect(path: &Path, print_ir: bool) -> Result<String, OnnxError> {
     } else {
         let _ = writeln!(o, "unsupported ops: {}", unsupported.join(", "));
     }
+    // After canonicalization: the op set and the linear layers.
+    let mut cg = g.clone();
+    let pm = PassManager::new(canonicalize(), RunOptions::default());
+    match pm.run(&mut cg) {
+        Ok(_) => {
+            let _ = writeln!(o, "ops after canonicalization ({} nodes)", cg.num_nodes());
+            for (op, n) in histogram(&cg.op_counts()) {
+                let _ = writeln!(o, "  {n:>5} {op}");
+            }
+            let linears = linear_layers(&cg);
+            let _ = writeln!(o, "linear layers ({})", linears.len());
+            for l in linears {
+                let _ = writeln!(o, "  {l}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(o, "canonicalization failed: {e}");
+        }
+    }
     if print_ir {
         o.push_str(&text::print(&g));
     }
     Ok(o)
+}
+
+fn histogram(counts: &BTreeMap<String, usize>) -> Vec<(&String, &usize)> {
+    let mut v: Vec<_> = counts.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v
+}
+
+/// `name: [in, out] weight` for each `lpc.linear`, in graph order.
+pub fn linear_layers(g: &Graph) -> Vec<String> {
+    g.topo_order()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&n| g.node(n).op == "lpc.linear")
+        .map(|n| {
+            let node = g.node(n);
+            let w = node.inputs[1].expect("linear has a weight");
+            let dims = g.constant(w).map(|t| t.dims.clone()).unwrap_or_default();
+            let transposed = node.int("transposed") == Some(1);
+            let (i, out) = if transposed {
+                (dims[1], dims[0])
+            } else {
+                (dims[0], dims[1])
+            };
+            let bias = if node.inputs.get(2).copied().flatten().is_some() {
+                " + bias"
+            } else {
+                ""
+            };
+            format!(
+                "{}: {i} -> {out} (weight `{}`{}){bias}",
+                node.name,
+                g.value(w).name,
+                if transposed { ", [out, in]" } else { "" }
+            )
+        })
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! lpc, the compiler: command line, driver, the ONNX frontend.
 
 pub mod cli;
+pub mod compile;
 pub mod inspect;
 pub mod npy;
 pub mod onnx;

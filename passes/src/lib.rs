@@ -1,6 +1,138 @@
-//! lpc's passes over the IR.
+//! lpc's passes over the IR, one file each, one registry, one pipeline list.
 //!
-//! Empty until the ONNX frontend and IR land (issue 3): each pass will live in
-//! its own file with a doc comment stating what it matches, what it
-//! guarantees and what must run before it, one registry entry and one
-//! snapshot test. Architecture invariant: passes never do I/O.
+//! Every pass states in its doc comment what it matches, what it guarantees
+//! and what must run before it. Passes never do I/O and keep no state across
+//! runs. The [`PassManager`] verifies the graph after every pass in tests and
+//! debug builds, and offers `--print-ir-after`, `--time-passes` and
+//! `--dump-phases-to` to the driver.
+
+mod cse;
+mod dce;
+mod fold;
+mod fuse_act;
+mod fuse_linear;
+mod fuse_norm;
+mod infer_types;
+pub mod util;
+
+use lpc_ir::{text, verify::verify, Graph};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PassError {
+    #[error("pass {pass}: {msg}")]
+    Failed { pass: &'static str, msg: String },
+    #[error("after pass {pass}: {source}")]
+    Verify {
+        pass: &'static str,
+        #[source]
+        source: lpc_ir::verify::VerifyError,
+    },
+}
+
+/// A transformation of the graph. `run` returns whether it changed anything.
+pub trait Pass {
+    fn name(&self) -> &'static str;
+    fn summary(&self) -> &'static str;
+    fn run(&self, g: &mut Graph) -> Result<bool, String>;
+}
+
+/// Every pass by name.
+pub fn registry() -> Vec<Box<dyn Pass>> {
+    vec![
+        Box::new(infer_types::InferTypes),
+        Box::new(fold::ConstFold),
+        Box::new(cse::Cse),
+        Box::new(dce::Dce),
+        Box::new(fuse_linear::FuseLinear),
+        Box::new(fuse_norm::FuseRmsNorm),
+        Box::new(fuse_act::FuseActivations),
+    ]
+}
+
+pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
+    registry().into_iter().find(|p| p.name() == name)
+}
+
+/// The canonicalization pipeline: every exporter's spelling to lpc's ops.
+pub fn canonicalize() -> Vec<Box<dyn Pass>> {
+    [
+        "infer-types",
+        "const-fold",
+        "cse",
+        "dce",
+        "fuse-rms-norm",
+        "fuse-activations",
+        "fuse-linear",
+        "dce",
+    ]
+    .iter()
+    .map(|n| by_name(n).expect("registered pass"))
+    .collect()
+}
+
+/// Options of a pipeline run.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Verify after every pass (on in tests and debug builds).
+    pub verify: bool,
+    /// Pass names after which to print the IR (`all` for every pass).
+    pub print_after: Vec<String>,
+}
+
+/// What a pipeline run produced besides the graph.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub timings: Vec<(&'static str, Duration, bool)>,
+    /// (pass name, IR text) snapshots requested by `print_after`.
+    pub printed: Vec<(&'static str, String)>,
+}
+
+/// Runs passes in order.
+pub struct PassManager {
+    pub passes: Vec<Box<dyn Pass>>,
+    pub options: RunOptions,
+}
+
+impl std::fmt::Debug for PassManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.passes.iter().map(|p| p.name()).collect();
+        f.debug_struct("PassManager")
+            .field("passes", &names)
+            .finish()
+    }
+}
+
+impl PassManager {
+    pub fn new(passes: Vec<Box<dyn Pass>>, options: RunOptions) -> Self {
+        Self { passes, options }
+    }
+
+    pub fn run(&self, g: &mut Graph) -> Result<RunReport, PassError> {
+        let mut report = RunReport::default();
+        for p in &self.passes {
+            let t = Instant::now();
+            let changed = p.run(g).map_err(|msg| PassError::Failed {
+                pass: p.name(),
+                msg,
+            })?;
+            report.timings.push((p.name(), t.elapsed(), changed));
+            if self.options.verify || cfg!(debug_assertions) {
+                verify(g).map_err(|source| PassError::Verify {
+                    pass: p.name(),
+                    source,
+                })?;
+            }
+            if self
+                .options
+                .print_after
+                .iter()
+                .any(|n| n == "all" || n == p.name())
+            {
+                report.printed.push((p.name(), text::print(g)));
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,18 +1,41 @@
-//! Every fixture model runs in the reference interpreter and matches
-//! onnxruntime's outputs (`ref_ort/`) within 1e-4 absolute + 1e-4 relative.
+//! Every fixture model runs in the reference interpreter, as imported and
+//! after canonicalization, and matches onnxruntime's outputs (`ref_ort/`)
+//! within 1e-4 absolute + 1e-4 relative.
 
 use lpc::npy;
-use lpc::run::run_model;
+use lpc::onnx::{import, OnnxModel};
+use lpc::run::read_inputs;
+use lpc_ir::interp;
+use lpc_passes::{canonicalize, PassManager, RunOptions};
 use lpc_tests::fixture;
 
 fn check(model: &str, inputs: &str, refs: &str) {
+    for canonical in [false, true] {
+        check_one(model, inputs, refs, canonical);
+    }
+}
+
+fn check_one(model: &str, inputs: &str, refs: &str, canonical: bool) {
     let dir = fixture(&format!("models/{model}"));
+    let mut g = import(&OnnxModel::load(&dir.join("model.onnx")).unwrap()).unwrap();
+    if canonical {
+        let pm = PassManager::new(
+            canonicalize(),
+            RunOptions {
+                verify: true,
+                ..Default::default()
+            },
+        );
+        pm.run(&mut g).unwrap_or_else(|e| panic!("{model}: {e}"));
+    }
+    let ins = read_inputs(&g, Some(&dir.join(inputs)), &[]).unwrap();
     let t = std::time::Instant::now();
-    let outs = run_model(&dir.join("model.onnx"), Some(&dir.join(inputs)), &[])
-        .unwrap_or_else(|e| panic!("{model}: {e}"));
+    let outs =
+        interp::run(&g, &ins).unwrap_or_else(|e| panic!("{model} (canonical: {canonical}): {e}"));
     let elapsed = t.elapsed();
     let mut compared = 0;
-    for (name, got) in outs {
+    for (&o, got) in g.outputs.iter().zip(outs) {
+        let name = g.value(o).name.clone();
         let path = dir.join(refs).join(format!("{name}.npy"));
         // Some references hold the logits only.
         if !path.exists() && name != "logits" && name != "sample" {
@@ -34,11 +57,13 @@ fn check(model: &str, inputs: &str, refs: &str) {
             let err = (a - b).abs();
             assert!(
                 err <= 1e-4 + 1e-4 * b.abs(),
-                "{model} {name}[{i}]: {a} vs onnxruntime {b}"
+                "{model} {name}[{i}] (canonical: {canonical}): {a} vs onnxruntime {b}"
             );
             worst = worst.max(err);
         }
-        eprintln!("{model} {name}: max abs diff {worst:.2e} ({elapsed:.2?})");
+        eprintln!(
+            "{model} {name} (canonical: {canonical}): max abs diff {worst:.2e} ({elapsed:.2?})"
+        );
     }
     assert!(compared > 0, "{model}: nothing compared");
 }

@@ -242,13 +242,13 @@ pub fn unary(c: &OpCtx) -> R<Vec<TensorValue>> {
         "Floor" => Box::new(f32::floor),
         "Ceil" => Box::new(f32::ceil),
         "Softplus" => Box::new(|v: f32| (v as f64).exp().ln_1p() as f32),
-        "Gelu" if tanh_gelu => Box::new(|v: f32| {
+        "Gelu" | "lpc.gelu" if tanh_gelu => Box::new(|v: f32| {
             let v = v as f64;
             (0.5 * v
                 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh()))
                 as f32
         }),
-        "Gelu" => Box::new(|v: f32| {
+        "Gelu" | "lpc.gelu" => Box::new(|v: f32| {
             let v = v as f64;
             (0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2))) as f32
         }),

@@ -5,6 +5,7 @@
 //! Ops are registered in one table ([`kernel`]), one file per op family.
 
 mod attention;
+mod canonical;
 mod elementwise;
 mod linalg;
 mod nn;
@@ -117,6 +118,11 @@ pub fn kernel(op: &str) -> Option<Kernel> {
         "RotaryEmbedding" => at::rotary_embedding,
         "Attention" => at::attention,
         "com.microsoft.GroupQueryAttention" => at::group_query_attention,
+        "lpc.linear" => canonical::linear,
+        "lpc.rms_norm" => nn::rms_norm,
+        "lpc.silu" => canonical::silu,
+        "lpc.swiglu" => canonical::swiglu,
+        "lpc.gelu" => ew::unary,
         _ => return None,
     })
 }

@@ -1,0 +1,132 @@
+//! `lpc compile`: the driver. Today it imports, canonicalizes and emits the
+//! IR (`--emit ir`); later stages (quantization, code generation) extend the
+//! same pipeline.
+
+use crate::onnx::{import, OnnxError, OnnxModel};
+use lpc_ir::text;
+use lpc_passes::{canonicalize, PassError, PassManager, RunOptions};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error("{model}: {source}")]
+    Pass {
+        model: String,
+        #[source]
+        source: PassError,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CompileOptions {
+    pub model: PathBuf,
+    pub output: Option<PathBuf>,
+    pub print_ir_after: Vec<String>,
+    pub dump_phases_to: Option<PathBuf>,
+    pub time_passes: bool,
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), CompileError> {
+    let err = |source| CompileError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".lpc-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.write_all(text.as_bytes()).map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+/// Runs the pipeline; returns the text for stdout (the IR when no `-o`,
+/// printed phases, timings).
+pub fn compile(o: &CompileOptions) -> Result<String, CompileError> {
+    for p in &o.print_ir_after {
+        if p != "all" && lpc_passes::by_name(p).is_none() {
+            let names: Vec<_> = lpc_passes::registry().iter().map(|p| p.name()).collect();
+            return Err(CompileError::Usage(format!(
+                "--print-ir-after {p}: no such pass (passes: all, {})",
+                names.join(", ")
+            )));
+        }
+    }
+    if let Some(d) = &o.dump_phases_to {
+        if !d.is_dir() {
+            return Err(CompileError::Usage(format!(
+                "--dump-phases-to: directory {} does not exist",
+                d.display()
+            )));
+        }
+    }
+    let mut g = import(&OnnxModel::load(&o.model)?)?;
+    let pm = PassManager::new(
+        canonicalize(),
+        RunOptions {
+            verify: cfg!(debug_assertions),
+            print_after: if o.dump_phases_to.is_some() {
+                vec!["all".into()]
+            } else {
+                o.print_ir_after.clone()
+            },
+        },
+    );
+    let input_ir = o.dump_phases_to.as_ref().map(|_| text::print(&g));
+    let report = pm.run(&mut g).map_err(|source| CompileError::Pass {
+        model: o.model.display().to_string(),
+        source,
+    })?;
+    let mut out = String::new();
+    for (pass, ir) in &report.printed {
+        if o.print_ir_after.iter().any(|p| p == "all" || p == pass) {
+            let _ = writeln!(out, "// ----- IR after {pass} -----\n{ir}");
+        }
+    }
+    if let (Some(dir), Some(input_ir)) = (&o.dump_phases_to, input_ir) {
+        let stem = o
+            .model
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        write_atomic(&dir.join(format!("{stem}.0.input.ir")), &input_ir)?;
+        for (i, (pass, ir)) in report.printed.iter().enumerate() {
+            write_atomic(&dir.join(format!("{stem}.{}.{pass}.ir", i + 1)), ir)?;
+        }
+    }
+    let ir = text::print(&g);
+    match &o.output {
+        Some(p) => write_atomic(p, &ir)?,
+        None => out.push_str(&ir),
+    }
+    if o.time_passes {
+        let total: f64 = report.timings.iter().map(|t| t.1.as_secs_f64()).sum();
+        let _ = writeln!(out, "pass timings (total {:.2} ms):", total * 1e3);
+        for (pass, t, changed) in &report.timings {
+            let _ = writeln!(
+                out,
+                "  {:>9.3} ms  {pass}{}",
+                t.as_secs_f64() * 1e3,
+                if *changed { "" } else { " (no change)" }
+            );
+        }
+    }
+    Ok(out)
+}

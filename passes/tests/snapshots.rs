@@ -1,0 +1,163 @@
+//! One snapshot test per pass: input IR text -> the pass -> printed IR,
+//! verified after the pass. Re-bless with `INSTA_UPDATE=always cargo test -p
+//! lpc-passes` (CI runs with `INSTA_UPDATE=no`).
+
+use lpc_ir::{text, verify::verify};
+use lpc_passes::by_name;
+
+/// Parses `src`, runs the named passes in order, verifies, prints.
+fn run(passes: &[&str], src: &str) -> String {
+    let mut g = text::parse(src, &|_| None).expect("test IR parses");
+    verify(&g).expect("test IR verifies");
+    for p in passes {
+        by_name(p)
+            .unwrap_or_else(|| panic!("no pass {p}"))
+            .run(&mut g)
+            .expect("pass runs");
+        verify(&g).unwrap_or_else(|e| panic!("after {p}: {e}"));
+    }
+    text::print(&g)
+}
+
+#[test]
+fn dce() {
+    insta::assert_snapshot!(run(
+        &["dce"],
+        r#"graph "g" ["" = 17] {
+  input %0 "x": f32[2]
+  %1 "dead" = Neg(%0) "neg"
+  %2 "dead2" = Abs(%1) "abs"
+  %3 "y" = Relu(%0) "relu"
+  output %3
+}"#
+    ));
+}
+
+#[test]
+fn cse() {
+    insta::assert_snapshot!(run(
+        &["cse", "dce"],
+        r#"graph "g" ["" = 17] {
+  input %0 "x": f32[2]
+  const %1 "a": i64[1] = [0]
+  const %2 "b": i64[1] = [0]
+  %3 "u1" = Unsqueeze(%0, %1) "u1"
+  %4 "u2" = Unsqueeze(%0, %2) "u2"
+  %5 "y" = Add(%3, %4) "add"
+  output %5
+}"#
+    ));
+}
+
+#[test]
+fn infer_types() {
+    insta::assert_snapshot!(run(
+        &["infer-types"],
+        r#"graph "g" ["" = 17] {
+  input %0 "x": f32[batch, 4]
+  input %1 "ids": i64[batch]
+  %2 "s" = Shape(%0) "shape"
+  %3 "c" = Cast(%1) {to = 1} "cast"
+  %4 "e" = Equal(%1, %1) "eq"
+  %5 "y" = Mul(%0, %0) "mul"
+  %6 "w" = Where(%4, %3, %3) "where"
+  output %2
+  output %5
+  output %6
+}"#
+    ));
+}
+
+#[test]
+fn const_fold() {
+    insta::assert_snapshot!(run(
+        &["infer-types", "const-fold", "dce"],
+        r#"graph "g" ["" = 17] {
+  input %0 "x": f32[2, 3]
+  const %1 "a": i64[2] = [1, 2]
+  const %2 "b": i64[2] = [10, 20]
+  %3 "sum" = Add(%1, %2) "add"
+  %4 "shape" = Shape(%0) "shape"
+  %5 "cat" = Concat(%3, %4) {axis = 0} "concat"
+  %6 "same" = Cast(%0) {to = 1} "cast"
+  %7 "id" = Identity(%6) "identity"
+  %8 "y" = Relu(%7) "relu"
+  output %5
+  output %8
+}"#
+    ));
+}
+
+#[test]
+fn fuse_linear() {
+    insta::assert_snapshot!(run(
+        &["fuse-linear", "dce"],
+        r#"graph "g" ["" = 17] {
+  input %0 "x": f32[batch, 2]
+  const %1 "w_in_out": f32[2, 3] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+  const %2 "bias": f32[3] = [0.5, 0.5, 0.5]
+  const %3 "w_out_in": f32[3, 2] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+  %4 "mm" = MatMul(%0, %1) "matmul"
+  %5 "mm_b" = Add(%2, %4) "bias_add"
+  %6 "wt" = Transpose(%3) {perm = ints[1, 0]} "transpose"
+  %7 "tied" = MatMul(%0, %6) "lm_head"
+  %8 "gemm" = Gemm(%0, %3, %2) {alpha = 1.0, beta = 1.0, transB = 1} "gemm"
+  output %5
+  output %7
+  output %8
+}"#
+    ));
+}
+
+#[test]
+fn fuse_rms_norm() {
+    insta::assert_snapshot!(run(
+        &["infer-types", "const-fold", "fuse-rms-norm", "dce"],
+        r#"graph "g" ["" = 17, "com.microsoft" = 1] {
+  input %0 "x": f32[batch, 4]
+  input %1 "r": f32[batch, 4]
+  const %2 "two": f32[] = [2.0]
+  const %3 "eps": f32[] = [1e-6]
+  const %4 "one": f32[] = [1.0]
+  const %5 "w": f32[4] = [1.0, 1.5, 2.0, 2.5]
+  %6 "xc" = Cast(%0) {to = 1} "ts/Cast"
+  %7 "p" = Pow(%6, %2) "ts/Pow"
+  %8 "m" = ReduceMean(%7) {axes = ints[-1], keepdims = 1} "ts/ReduceMean"
+  %9 "a" = Add(%8, %3) "ts/Add"
+  %10 "s" = Sqrt(%9) "ts/Sqrt"
+  %11 "d" = Div(%4, %10) "ts/Div"
+  %12 "n" = Mul(%6, %11) "ts/Mul"
+  %13 "nc" = Cast(%12) {to = 1} "ts/Cast_1"
+  %14 "ts_out" = Mul(%5, %13) "ts/Mul_1"
+  %15 "op23_out" = RMSNormalization(%0, %5) {axis = -1, epsilon = 1e-6} "op23"
+  %16 "ort_out", %17 "ort_inv" = SimplifiedLayerNormalization(%0, %5) {axis = -1, epsilon = 1e-6} "ort"
+  %18 "skip_out", %19 "skip_mean", %20 "skip_inv", %21 "skip_sum" = com.microsoft.SkipSimplifiedLayerNormalization(%0, %1, %5) {epsilon = 1e-6} "skip"
+  output %14
+  output %15
+  output %16
+  output %18
+  output %21
+}"#
+    ));
+}
+
+#[test]
+fn fuse_activations() {
+    insta::assert_snapshot!(run(
+        &["fuse-activations", "dce"],
+        r#"graph "g" ["" = 20] {
+  input %0 "gate": f32[4]
+  input %1 "up": f32[4]
+  input %2 "h": f32[4]
+  %3 "sig" = Sigmoid(%0) "act/Sigmoid"
+  %4 "silu" = Mul(%0, %3) "act/Mul"
+  %5 "y" = Mul(%4, %1) "mlp/Mul"
+  %6 "sig2" = Sigmoid(%2) "act2/Sigmoid"
+  %7 "silu2" = Mul(%6, %2) "act2/Mul"
+  %8 "g" = Gelu(%2) {approximate = "tanh"} "gelu"
+  output %5
+  output %7
+  output %8
+}"#
+    ));
+}
