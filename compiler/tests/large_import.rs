@@ -127,7 +127,7 @@ fn external_data_import_peak_memory() {
     let limit_kb = (bytes * 3 / 2 + (200 << 20)) / 1024;
     eprintln!(
         "model {} MB, largest tensor {} MB, peak RSS {} MB (limit {} MB)",
-        LAYERS * bytes >> 20,
+        (LAYERS * bytes) >> 20,
         bytes >> 20,
         peak_kb >> 10,
         limit_kb >> 10
