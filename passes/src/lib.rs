@@ -9,9 +9,11 @@
 mod cse;
 mod dce;
 mod fold;
+mod fold_shapes;
 mod fuse_act;
 mod fuse_linear;
 mod fuse_norm;
+pub mod infer_shapes;
 mod infer_types;
 pub mod util;
 
@@ -43,6 +45,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(infer_types::InferTypes),
         Box::new(fold::ConstFold),
+        Box::new(fold_shapes::FoldShapes),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
         Box::new(fuse_linear::FuseLinear),
@@ -59,6 +62,8 @@ pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
 pub fn canonicalize() -> Vec<Box<dyn Pass>> {
     [
         "infer-types",
+        "const-fold",
+        "fold-shapes",
         "const-fold",
         "cse",
         "dce",

@@ -161,3 +161,32 @@ fn fuse_activations() {
 }"#
     ));
 }
+
+#[test]
+fn fold_shapes() {
+    insta::assert_snapshot!(run(
+        &["infer-types", "fold-shapes", "const-fold", "cse", "dce"],
+        r#"graph "g" ["" = 17] {
+  input %0 "x": f32[batch, seq, 256]
+  const %1 "i0": i64[] = [0]
+  const %2 "i1": i64[] = [1]
+  const %3 "i2": i64[] = [2]
+  const %4 "ax": i64[1] = [0]
+  const %5 "heads": i64[1] = [-1]
+  const %6 "hd": i64[1] = [64]
+  %7 "s" = Shape(%0) "Shape"
+  %8 "b" = Gather(%7, %1) {axis = 0} "Gather"
+  %9 "t" = Gather(%7, %2) {axis = 0} "Gather_1"
+  %10 "f" = Gather(%7, %3) {axis = 0} "Gather_2"
+  %11 "ub" = Unsqueeze(%8, %4) "Unsqueeze"
+  %12 "ut" = Unsqueeze(%9, %4) "Unsqueeze_1"
+  %13 "spec" = Concat(%11, %12, %5, %6) {axis = 0} "Concat"
+  %14 "y" = Reshape(%0, %13) "Reshape"
+  const %15 "four": i64[1] = [4]
+  %16 "spec2" = Concat(%11, %12, %15, %6) {axis = 0} "Concat_1"
+  %17 "e" = Expand(%14, %16) "Expand"
+  output %17
+  output %10
+}"#
+    ));
+}
