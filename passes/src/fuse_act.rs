@@ -2,15 +2,69 @@
 //!
 //! Matches: `Mul(x, Sigmoid(x))` (either order) -> `lpc.silu(x)`; then
 //! `Mul(lpc.silu(g), u)` -> `lpc.swiglu(g, u)` when the SiLU has one reader;
-//! the `Gelu` op -> `lpc.gelu {approximate}`.
+//! the `Gelu` op -> `lpc.gelu {approximate}`; the tanh-GELU chain
+//! `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))` as TorchScript writes
+//! it (x³ as `x · (x · x)`, constants on either side) -> `lpc.gelu {tanh}`.
 //! Guarantees: the same function, computed as one op. Needs nothing before it.
 
-use crate::util::{arg, def_op, other, replace_value, single_use};
+use crate::util::{arg, def_op, other, replace_value, scalar, single_use};
 use crate::Pass;
 use lpc_ir::{Attr, Graph};
 use std::collections::BTreeMap;
 
 pub struct FuseActivations;
+
+/// For `Mul(c, y)` / `Mul(y, c)` with scalar constant c ≈ `want`: y.
+fn times(g: &Graph, v: lpc_ir::ValueId, op: &str, want: f64) -> Option<lpc_ir::ValueId> {
+    let (_, n) = def_op(g, v, op)?;
+    let (a, b) = (arg(n, 0)?, arg(n, 1)?);
+    let close = |c: f64| (c - want).abs() <= 1e-6 * want.abs().max(1.0);
+    match (scalar(g, a), scalar(g, b)) {
+        (Some(c), _) if close(c) => Some(b),
+        (_, Some(c)) if close(c) => Some(a),
+        _ => None,
+    }
+}
+
+/// The tanh-GELU chain ending at `v`: returns x.
+fn match_tanh_gelu(g: &Graph, v: lpc_ir::ValueId) -> Option<lpc_ir::ValueId> {
+    // 0.5 * (x * (1 + tanh(k * (x + 0.044715 * x^3))))
+    let inner = times(g, v, "Mul", 0.5)?;
+    let (_, m) = def_op(g, inner, "Mul")?;
+    for (x, onep) in [(arg(m, 0)?, arg(m, 1)?), (arg(m, 1)?, arg(m, 0)?)] {
+        let Some(th) = times(g, onep, "Add", 1.0) else {
+            continue;
+        };
+        let Some((_, t)) = def_op(g, th, "Tanh") else {
+            continue;
+        };
+        let Some(u) = times(g, arg(t, 0)?, "Mul", (2.0 / std::f64::consts::PI).sqrt()) else {
+            continue;
+        };
+        let Some((_, add)) = def_op(g, u, "Add") else {
+            continue;
+        };
+        let Some(cube_c) = other(add, x) else {
+            continue;
+        };
+        let Some(cube) = times(g, cube_c, "Mul", 0.044715) else {
+            continue;
+        };
+        let Some((_, c1)) = def_op(g, cube, "Mul") else {
+            continue;
+        };
+        let Some(sq) = other(c1, x) else { continue };
+        let is_sq = def_op(g, sq, "Mul")
+            .is_some_and(|(_, s)| arg(s, 0) == Some(x) && arg(s, 1) == Some(x))
+            || def_op(g, sq, "Pow").is_some_and(|(_, s)| {
+                arg(s, 0) == Some(x) && arg(s, 1).and_then(|e| scalar(g, e)) == Some(2.0)
+            });
+        if is_sq {
+            return Some(x);
+        }
+    }
+    None
+}
 
 impl Pass for FuseActivations {
     fn name(&self) -> &'static str {
@@ -32,6 +86,20 @@ impl Pass for FuseActivations {
                 let node = g.node(n).clone();
                 match (pass, node.op.as_str()) {
                     (0, "Mul") => {
+                        if let Some(x) = match_tanh_gelu(g, node.outputs[0]) {
+                            let mut attrs = BTreeMap::new();
+                            attrs.insert("approximate".into(), Attr::String("tanh".into()));
+                            replace_value(
+                                g,
+                                node.outputs[0],
+                                node.name,
+                                "lpc.gelu",
+                                attrs,
+                                vec![Some(x)],
+                            );
+                            changed = true;
+                            continue;
+                        }
                         let (a, b) = match (arg(&node, 0), arg(&node, 1)) {
                             (Some(a), Some(b)) => (a, b),
                             _ => continue,

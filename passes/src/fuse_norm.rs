@@ -6,7 +6,8 @@
 //! type, which `const-fold` removes), opset 23's `RMSNormalization`,
 //! onnxruntime's `SimplifiedLayerNormalization`, and
 //! `SkipSimplifiedLayerNormalization` (as `Add` + `lpc.rms_norm`, its sum
-//! output kept) when its statistics outputs are unused.
+//! output kept) when its statistics outputs are unused; and
+//! `LayerNormalization` over the last axis -> `lpc.layer_norm`.
 //! Guarantees: `lpc.rms_norm(x, w) {axis = -1, epsilon}` computes
 //! `x / sqrt(mean(x², last axis) + eps) · w`. Needs `const-fold` first.
 
@@ -16,6 +17,8 @@ use lpc_ir::{Attr, Graph, NewNode, NodeId, ValueId};
 use std::collections::BTreeMap;
 
 pub struct FuseRmsNorm;
+// `lpc.layer_norm(x, scale, bias?) {axis = -1, epsilon}` is ONNX
+// LayerNormalization with only its first output.
 
 fn attrs(eps: f32) -> BTreeMap<String, Attr> {
     let mut a = BTreeMap::new();
@@ -110,6 +113,15 @@ impl Pass for FuseRmsNorm {
                         attrs(eps),
                         node.inputs[..2].to_vec(),
                     );
+                    changed = true;
+                }
+                "LayerNormalization"
+                    if last_axis && node.outputs[1..].iter().all(|&o| unused(g, o)) =>
+                {
+                    let mut a = attrs(node.float("epsilon").unwrap_or(1e-5));
+                    a.insert("axis".into(), Attr::Int(-1));
+                    let inputs = node.inputs.clone();
+                    replace_value(g, node.outputs[0], node.name, "lpc.layer_norm", a, inputs);
                     changed = true;
                 }
                 "com.microsoft.SkipSimplifiedLayerNormalization"

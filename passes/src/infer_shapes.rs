@@ -515,6 +515,36 @@ fn out_shapes(g: &Graph, sv: &SymValues, n: NodeId) -> Vec<Option<Vec<Dim>>> {
             let f = |ds: &[Dim]| prod(ds).map_or(Dim::Unknown, Dim::Fixed);
             Some(vec![f(&d[..ax.min(d.len())]), f(&d[ax.min(d.len())..])])
         })()),
+        "Conv" => one((|| {
+            let (x, w) = (s(0)?, s(1)?);
+            let sp = x.len().checked_sub(2)?;
+            let ints_or = |k: &str, d: usize, n: usize| {
+                node.ints(k).map_or(vec![d as i64; n], |v| v.to_vec())
+            };
+            let (st, dl, pads) = (
+                ints_or("strides", 1, sp),
+                ints_or("dilations", 1, sp),
+                ints_or("pads", 0, 2 * sp),
+            );
+            if node
+                .string("auto_pad")
+                .is_some_and(|p| p != "NOTSET" && p != "VALID")
+            {
+                return None;
+            }
+            let mut out = vec![x[0].clone(), w[0].clone()];
+            for i in 0..sp {
+                out.push(match (&x[i + 2], &w[i + 2]) {
+                    (Dim::Fixed(n), Dim::Fixed(k)) => {
+                        let span = dl[i] as usize * (k - 1) + 1;
+                        let padded = n + (pads[i] + pads[i + sp]) as usize;
+                        Dim::Fixed(padded.checked_sub(span)? / st[i] as usize + 1)
+                    }
+                    _ => Dim::Unknown,
+                });
+            }
+            Some(out)
+        })()),
         "Gemm" => one((|| {
             let (a, b) = (s(0)?, s(1)?);
             let m = if node.int("transA") == Some(1) {

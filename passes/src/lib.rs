@@ -11,6 +11,7 @@ mod dce;
 mod fold;
 mod fold_shapes;
 mod fuse_act;
+mod fuse_attention;
 mod fuse_linear;
 mod fuse_norm;
 pub mod infer_shapes;
@@ -51,6 +52,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_linear::FuseLinear),
         Box::new(fuse_norm::FuseRmsNorm),
         Box::new(fuse_act::FuseActivations),
+        Box::new(fuse_attention::FuseAttention),
     ]
 }
 
@@ -70,6 +72,7 @@ pub fn canonicalize() -> Vec<Box<dyn Pass>> {
         "fuse-rms-norm",
         "fuse-activations",
         "fuse-linear",
+        "fuse-attention",
         "dce",
     ]
     .iter()

@@ -190,3 +190,53 @@ fn fold_shapes() {
 }"#
     ));
 }
+
+#[test]
+fn fuse_attention() {
+    insta::assert_snapshot!(run(
+        &["fuse-attention", "dce"],
+        r#"graph "g" ["" = 23] {
+  input %0 "q": f32[1, 4, seq, 8]
+  input %1 "k": f32[1, 2, seq, 8]
+  input %2 "v": f32[1, 2, seq, 8]
+  input %3 "f": f32[1, seq, 4]
+  input %4 "mask": f32[1, 1, seq, seq]
+  const %5 "one": i64[1] = [1]
+  const %6 "two": i64[1] = [2]
+  const %7 "zero": i64[1] = [0]
+  const %8 "half": i64[1] = [4]
+  const %9 "end": i64[1] = [9223372036854775807]
+  const %10 "last": i64[1] = [-1]
+  const %11 "rep": i64[5] = [1, 2, 2, 1, 1]
+  const %12 "heads": i64[4] = [1, 4, -1, 8]
+  const %13 "scale": f32[] = [0.35355338]
+  %14 "ff": f32[1, seq, 8] = Concat(%3, %3) {axis = -1} "rope/Concat"
+  %15 "cos": f32[1, seq, 8] = Cos(%14) "rope/Cos"
+  %16 "sin": f32[1, seq, 8] = Sin(%14) "rope/Sin"
+  %17 "c4": f32[1, 1, seq, 8] = Unsqueeze(%15, %5) "rope/Unsqueeze"
+  %18 "s4": f32[1, 1, seq, 8] = Unsqueeze(%16, %5) "rope/Unsqueeze_1"
+  %19 "x1": f32[1, 4, seq, 4] = Slice(%0, %7, %8, %10) "rope/Slice"
+  %20 "x2": f32[1, 4, seq, 4] = Slice(%0, %8, %9, %10) "rope/Slice_1"
+  %21 "nx2": f32[1, 4, seq, 4] = Neg(%20) "rope/Neg"
+  %22 "rot": f32[1, 4, seq, 8] = Concat(%21, %19) {axis = -1} "rope/Concat_1"
+  %23 "a": f32[1, 4, seq, 8] = Mul(%0, %17) "rope/Mul"
+  %24 "b": f32[1, 4, seq, 8] = Mul(%22, %18) "rope/Mul_1"
+  %25 "qr": f32[1, 4, seq, 8] = Add(%23, %24) "rope/Add"
+  %26 "ku": f32[1, 2, 1, seq, 8] = Unsqueeze(%1, %6) "repeat_k/Unsqueeze"
+  %27 "ke": f32[1, 2, 2, seq, 8] = Expand(%26, %11) "repeat_k/Expand"
+  %28 "kr": f32[1, 4, seq, 8] = Reshape(%27, %12) "repeat_k/Reshape"
+  %29 "vu": f32[1, 2, 1, seq, 8] = Unsqueeze(%2, %6) "repeat_v/Unsqueeze"
+  %30 "ve": f32[1, 2, 2, seq, 8] = Expand(%29, %11) "repeat_v/Expand"
+  %31 "vr": f32[1, 4, seq, 8] = Reshape(%30, %12) "repeat_v/Reshape"
+  %32 "kt": f32[1, 4, 8, seq] = Transpose(%28) {perm = ints[0, 1, 3, 2]} "sdpa/Transpose"
+  %33 "qk": f32[1, 4, seq, seq] = MatMul(%25, %32) "sdpa/MatMul"
+  %34 "qks": f32[1, 4, seq, seq] = Mul(%33, %13) "sdpa/Mul"
+  %35 "qkm": f32[1, 4, seq, seq] = Add(%34, %4) "sdpa/Add"
+  %36 "p": f32[1, 4, seq, seq] = Softmax(%35) {axis = -1} "sdpa/Softmax"
+  %37 "o": f32[1, 4, seq, 8] = MatMul(%36, %31) "sdpa/MatMul_1"
+  %38 "o23": f32[1, 4, seq, 8] = Attention(%25, %28, %31, %4) {is_causal = 0, scale = 0.35355338} "op23/Attention"
+  output %37
+  output %38
+}"#
+    ));
+}
