@@ -98,7 +98,7 @@ fn histogram(counts: &BTreeMap<String, usize>) -> Vec<(&String, &usize)> {
     v
 }
 
-/// `name: [in, out] weight` for each `lpc.linear`, in graph order.
+/// `name: in -> out (weights)` for each `lpc.linear`, in graph order.
 pub fn linear_layers(g: &Graph) -> Vec<String> {
     g.topo_order()
         .unwrap_or_default()
@@ -106,24 +106,33 @@ pub fn linear_layers(g: &Graph) -> Vec<String> {
         .filter(|&n| g.node(n).op == "lpc.linear")
         .map(|n| {
             let node = g.node(n);
-            let w = node.inputs[1].expect("linear has a weight");
-            let dims = g.constant(w).map(|t| t.dims.clone()).unwrap_or_default();
+            let parts = node.int("parts").unwrap_or(1).max(1) as usize;
             let transposed = node.int("transposed") == Some(1);
-            let (i, out) = if transposed {
-                (dims[1], dims[0])
-            } else {
-                (dims[0], dims[1])
-            };
-            let bias = if node.inputs.get(2).copied().flatten().is_some() {
+            let (mut k, mut out, mut names) = (0, 0, Vec::new());
+            for p in 0..parts {
+                let Some(w) = node.inputs.get(1 + p).copied().flatten() else {
+                    continue;
+                };
+                let dims = g.constant(w).map(|t| t.dims.clone()).unwrap_or_default();
+                let (i, o) = if transposed {
+                    (dims[1], dims[0])
+                } else {
+                    (dims[0], dims[1])
+                };
+                k = i;
+                out += o;
+                names.push(format!("`{}`", g.value(w).name));
+            }
+            let bias = if node.inputs.get(1 + parts).copied().flatten().is_some() {
                 " + bias"
             } else {
                 ""
             };
+            let layout = if transposed { ", [out, in]" } else { "" };
             format!(
-                "{}: {i} -> {out} (weight `{}`{}){bias}",
+                "{}: {k} -> {out} (weights {}{layout}){bias}",
                 node.name,
-                g.value(w).name,
-                if transposed { ", [out, in]" } else { "" }
+                names.join(", ")
             )
         })
         .collect()

@@ -13,10 +13,13 @@
 //!   (K transposed from `[B, H, S, D]` or from `[B, S, H, D]`)
 //!   -> `lpc.attention(q, k, v, mask?) {scale, is_causal}`; in both, K and V
 //!   repeated for grouped-query attention (`Reshape(Expand(Unsqueeze(k, [2])))`)
-//!   are replaced by the unrepeated ones, since `lpc.attention` groups heads.
+//!   are replaced by the unrepeated ones, since `lpc.attention` groups heads;
+//! - onnxruntime's `GroupQueryAttention` -> `lpc.rope` on q and k and
+//!   `lpc.attention` with the KV cache and `seqlens_k` operands.
 //!
 //! Guarantees: `lpc.rope` is ONNX `RotaryEmbedding` (cos/sin may have batch 1);
-//! `lpc.attention` is ONNX `Attention` on `[B, H, S, D]` operands. Needs
+//! `lpc.attention` is ONNX `Attention`, with GroupQueryAttention's cache
+//! semantics when its operand 6 (`seqlens_k`) is present. Needs
 //! `fold-shapes` first (the patterns check shapes) and `dce` after.
 
 use crate::util::{arg, def_op, replace_value, scalar, single_use};
@@ -272,6 +275,198 @@ fn swap_heads(g: &mut Graph, x: ValueId, name: &str) -> ValueId {
     o[0]
 }
 
+fn int_const(g: &mut Graph, name: String, v: &[i64], scalar_shape: bool) -> ValueId {
+    let dims = if scalar_shape { vec![] } else { vec![v.len()] };
+    g.add_const(name, Tensor::from_i64(dims, v))
+}
+
+fn add(
+    g: &mut Graph,
+    name: String,
+    op: &str,
+    attrs: BTreeMap<String, Attr>,
+    inputs: Vec<Option<ValueId>>,
+    n_out: usize,
+) -> Vec<ValueId> {
+    let outs = (0..n_out).map(|k| (format!("{name}:{k}"), None)).collect();
+    g.add_node(
+        lpc_ir::NewNode {
+            name,
+            op: op.to_string(),
+            attrs,
+            inputs,
+        },
+        outs,
+    )
+    .1
+}
+
+/// GroupQueryAttention (separate q/k/v, no bias, window or softcap) ->
+/// `lpc.rope` on q and k at positions `seqlens_k[b] + 1 - S + s` (or the
+/// given position_ids) and `lpc.attention(q, k, v, _, past_k, past_v,
+/// seqlens_k)`, which keeps GroupQueryAttention's cache semantics exactly.
+fn rewrite_gqa(g: &mut Graph, n: NodeId) -> Option<()> {
+    let node = g.node(n).clone();
+    let a = |k: usize| node.inputs.get(k).copied().flatten();
+    let plain = a(1).is_some()
+        && a(2).is_some()
+        && a(10).is_none()
+        && a(11).is_none()
+        && node.int("local_window_size").unwrap_or(-1) < 0
+        && node.float("softcap").unwrap_or(0.0) == 0.0
+        && node.int("smooth_softmax").unwrap_or(0) == 0;
+    if !plain {
+        return None;
+    }
+    let (hq, hkv) = (node.int("num_heads")?, node.int("kv_num_heads")?);
+    let (q, k, v, seqlens) = (a(0)?, a(1)?, a(2)?, a(5)?);
+    let name = node.name.clone();
+    let (mut q, mut k) = (q, k);
+    if node.int("do_rotary").unwrap_or(0) != 0 {
+        let (cos, sin) = (a(7)?, a(8)?);
+        let rot = 2 * *g.constant(cos)?.dims.get(1)? as i64;
+        let pos = match a(9) {
+            Some(p) => p,
+            None => {
+                // pos[b, s] = seqlens_k[b] + 1 - S + s
+                let mut to = BTreeMap::new();
+                to.insert("to".to_string(), Attr::Int(7));
+                let sk = add(
+                    g,
+                    format!("{name}/seqlens_i64"),
+                    "Cast",
+                    to,
+                    vec![Some(seqlens)],
+                    1,
+                )[0];
+                let shape = add(
+                    g,
+                    format!("{name}/q_shape"),
+                    "Shape",
+                    BTreeMap::new(),
+                    vec![Some(q)],
+                    1,
+                )[0];
+                let one_idx = int_const(g, format!("{name}/one_idx"), &[1], true);
+                let mut ax0 = BTreeMap::new();
+                ax0.insert("axis".to_string(), Attr::Int(0));
+                let s_len = add(
+                    g,
+                    format!("{name}/new_tokens"),
+                    "Gather",
+                    ax0,
+                    vec![Some(shape), Some(one_idx)],
+                    1,
+                )[0];
+                let zero = int_const(g, format!("{name}/zero"), &[0], true);
+                let one = int_const(g, format!("{name}/one"), &[1], true);
+                let steps = add(
+                    g,
+                    format!("{name}/steps"),
+                    "Range",
+                    BTreeMap::new(),
+                    vec![Some(zero), Some(s_len), Some(one)],
+                    1,
+                )[0];
+                let sk1 = add(
+                    g,
+                    format!("{name}/total"),
+                    "Add",
+                    BTreeMap::new(),
+                    vec![Some(sk), Some(one)],
+                    1,
+                )[0];
+                let base = add(
+                    g,
+                    format!("{name}/past"),
+                    "Sub",
+                    BTreeMap::new(),
+                    vec![Some(sk1), Some(s_len)],
+                    1,
+                )[0];
+                let ax1 = int_const(g, format!("{name}/axis1"), &[1], false);
+                let ax0c = int_const(g, format!("{name}/axis0"), &[0], false);
+                let base2 = add(
+                    g,
+                    format!("{name}/past_col"),
+                    "Unsqueeze",
+                    BTreeMap::new(),
+                    vec![Some(base), Some(ax1)],
+                    1,
+                )[0];
+                let steps2 = add(
+                    g,
+                    format!("{name}/steps_row"),
+                    "Unsqueeze",
+                    BTreeMap::new(),
+                    vec![Some(steps), Some(ax0c)],
+                    1,
+                )[0];
+                add(
+                    g,
+                    format!("{name}/positions"),
+                    "Add",
+                    BTreeMap::new(),
+                    vec![Some(base2), Some(steps2)],
+                    1,
+                )[0]
+            }
+        };
+        let rope = |g: &mut Graph, x: ValueId, heads: i64, tag: &str| {
+            let mut at = BTreeMap::new();
+            at.insert(
+                "interleaved".to_string(),
+                Attr::Int(node.int("rotary_interleaved").unwrap_or(0)),
+            );
+            at.insert("num_heads".to_string(), Attr::Int(heads));
+            at.insert("rotary_embedding_dim".to_string(), Attr::Int(rot));
+            add(
+                g,
+                format!("{name}/rope_{tag}"),
+                "lpc.rope",
+                at,
+                vec![Some(x), Some(cos), Some(sin), Some(pos)],
+                1,
+            )[0]
+        };
+        q = rope(g, q, hq, "q");
+        k = rope(g, k, hkv, "k");
+    }
+    let mut at = BTreeMap::new();
+    at.insert("q_num_heads".to_string(), Attr::Int(hq));
+    at.insert("kv_num_heads".to_string(), Attr::Int(hkv));
+    at.insert("is_causal".to_string(), Attr::Int(1));
+    if let Some(s) = node.float("scale").filter(|&s| s != 0.0) {
+        at.insert("scale".to_string(), Attr::Float(s));
+    }
+    let outs: Vec<(String, Option<lpc_ir::Type>)> = node
+        .outputs
+        .iter()
+        .map(|&o| {
+            let v = g.value(o);
+            (v.name.clone(), v.ty.clone())
+        })
+        .collect();
+    for &o in &node.outputs {
+        let nm = g.value(o).name.clone();
+        g.value_mut(o).name = format!("{nm}#replaced");
+    }
+    let (_, new) = g.add_node(
+        lpc_ir::NewNode {
+            name: name.clone(),
+            op: "lpc.attention".into(),
+            attrs: at,
+            inputs: vec![Some(q), Some(k), Some(v), None, a(3), a(4), Some(seqlens)],
+        },
+        outs,
+    );
+    for (&o, &nv) in node.outputs.iter().zip(&new) {
+        g.replace_uses(o, nv);
+    }
+    g.remove_node(n);
+    Some(())
+}
+
 impl Pass for FuseAttention {
     fn name(&self) -> &'static str {
         "fuse-attention"
@@ -352,6 +547,11 @@ impl Pass for FuseAttention {
                             attrs,
                             inputs,
                         );
+                        changed = true;
+                    }
+                }
+                "com.microsoft.GroupQueryAttention" => {
+                    if let Some(()) = rewrite_gqa(g, n) {
                         changed = true;
                     }
                 }

@@ -14,6 +14,7 @@ mod fuse_act;
 mod fuse_attention;
 mod fuse_linear;
 mod fuse_norm;
+mod fuse_parallel;
 pub mod infer_shapes;
 mod infer_types;
 pub mod util;
@@ -53,6 +54,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_norm::FuseRmsNorm),
         Box::new(fuse_act::FuseActivations),
         Box::new(fuse_attention::FuseAttention),
+        Box::new(fuse_parallel::FuseParallelLinear),
     ]
 }
 
@@ -73,6 +75,8 @@ pub fn canonicalize() -> Vec<Box<dyn Pass>> {
         "fuse-activations",
         "fuse-linear",
         "fuse-attention",
+        "fuse-parallel-linear",
+        "cse",
         "dce",
     ]
     .iter()

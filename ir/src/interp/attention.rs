@@ -199,6 +199,36 @@ pub fn rotary_embedding(c: &OpCtx) -> R<Vec<TensorValue>> {
     )])
 }
 
+/// `lpc.attention`: ONNX Attention, plus an optional operand 6, `seqlens_k`,
+/// that selects onnxruntime GroupQueryAttention's cache semantics (the new
+/// keys are written at each batch entry's own offset `seqlens_k[b] + 1 - S`,
+/// keys past `seqlens_k[b]` are masked, causal from that offset).
+pub fn lpc_attention(c: &OpCtx) -> R<Vec<TensorValue>> {
+    if c.opt(6).is_none() {
+        return attention(c);
+    }
+    if c.opt(3).is_some() {
+        return Err("a mask cannot be combined with seqlens_k".into());
+    }
+    // Re-express as GroupQueryAttention without rotary and run its kernel.
+    let mut node = c.node.clone();
+    let heads = |k: &str| node.int(k).unwrap_or(0);
+    let (hq, hkv) = (heads("q_num_heads"), heads("kv_num_heads"));
+    node.attrs.insert("num_heads".into(), crate::Attr::Int(hq));
+    node.attrs
+        .insert("kv_num_heads".into(), crate::Attr::Int(hkv));
+    node.attrs.insert("do_rotary".into(), crate::Attr::Int(0));
+    node.attrs
+        .insert("local_window_size".into(), crate::Attr::Int(-1));
+    let inputs = vec![c.opt(0), c.opt(1), c.opt(2), c.opt(4), c.opt(5), c.opt(6)];
+    let ctx = OpCtx {
+        node: &node,
+        inputs,
+        opset: c.opset,
+    };
+    group_query_attention(&ctx)
+}
+
 /// ONNX Attention (opset 23): 4-D `[B, H, S, D]` or 3-D `[B, S, H*D]` with
 /// q_num_heads/kv_num_heads; optional mask (bool: true attends; float: added),
 /// past key/value concatenated on the sequence axis, causal masking aligned

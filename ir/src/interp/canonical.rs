@@ -3,55 +3,69 @@
 use super::value::{round_to, Data, TensorValue};
 use super::{OpCtx, R};
 
-/// `lpc.linear(x, W, bias?) {transposed}`: `x · W (+ bias)` over the last axis
-/// of x; W is `[in, out]`, or `[out, in]` when `transposed = 1`.
+/// `lpc.linear(x, W_1, ..., W_n, bias?) {transposed, parts = n}`: `x · [W_1 | ...
+/// | W_n] (+ bias)` over the last axis of x; each W_i is `[in, out_i]`, or
+/// `[out_i, in]` when `transposed = 1`; the bias covers all outputs.
 pub fn linear(c: &OpCtx) -> R<Vec<TensorValue>> {
-    let (xt, wt) = (c.input(0)?, c.input(1)?);
-    let (x, w) = (c.f32_in(0)?, c.f32_in(1)?);
+    let xt = c.input(0)?;
+    let x = c.f32_in(0)?;
+    let parts = c.int("parts", 1).max(1) as usize;
     let tr = c.int("transposed", 0) != 0;
-    let [r, cc] = wt.shape[..] else {
-        return Err("weight must be 2-D".into());
-    };
-    let (k, n) = if tr { (cc, r) } else { (r, cc) };
-    if xt.shape.last() != Some(&k) {
-        return Err(format!(
-            "x {:?} does not match weight {:?}",
-            xt.shape, wt.shape
-        ));
+    let k = *xt.shape.last().ok_or("x must have rank >= 1")?;
+    let mut ws = Vec::with_capacity(parts);
+    for p in 0..parts {
+        let wt = c.input(1 + p)?;
+        let [r, cc] = wt.shape[..] else {
+            return Err("weights must be 2-D".into());
+        };
+        let (kin, n) = if tr { (cc, r) } else { (r, cc) };
+        if kin != k {
+            return Err(format!(
+                "x {:?} does not match weight {} {:?}",
+                xt.shape, p, wt.shape
+            ));
+        }
+        ws.push((c.f32_in(1 + p)?, n));
     }
+    let n_total: usize = ws.iter().map(|w| w.1).sum();
     let bias = c
-        .opt(2)
+        .opt(1 + parts)
         .map(|b| b.as_f32().ok_or("bias must be float"))
         .transpose()?;
-    if bias.is_some_and(|b| b.len() != n) {
+    if bias.is_some_and(|b| b.len() != n_total) {
         return Err("bias length differs from the output features".into());
     }
     let rows = x.len() / k.max(1);
-    let mut out = vec![0f32; rows * n];
+    let mut out = vec![0f32; rows * n_total];
     for i in 0..rows {
         let xr = &x[i * k..i * k + k];
-        let o = &mut out[i * n..i * n + n];
-        if tr {
-            for (j, oj) in o.iter_mut().enumerate() {
-                *oj = xr
-                    .iter()
-                    .zip(&w[j * k..j * k + k])
-                    .map(|(a, b)| a * b)
-                    .sum();
-            }
-        } else {
-            for (p, &a) in xr.iter().enumerate() {
-                for (oj, &b) in o.iter_mut().zip(&w[p * n..p * n + n]) {
-                    *oj += a * b;
+        let orow = &mut out[i * n_total..(i + 1) * n_total];
+        let mut off = 0;
+        for &(w, n) in &ws {
+            let o = &mut orow[off..off + n];
+            if tr {
+                for (j, oj) in o.iter_mut().enumerate() {
+                    *oj = xr
+                        .iter()
+                        .zip(&w[j * k..j * k + k])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                }
+            } else {
+                for (p, &a) in xr.iter().enumerate() {
+                    for (oj, &b) in o.iter_mut().zip(&w[p * n..p * n + n]) {
+                        *oj += a * b;
+                    }
                 }
             }
+            off += n;
         }
         if let Some(b) = bias {
-            o.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
+            orow.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
         }
     }
     let mut shape = xt.shape.clone();
-    *shape.last_mut().expect("rank >= 1") = n;
+    *shape.last_mut().expect("rank >= 1") = n_total;
     let d = xt.dtype;
     out.iter_mut().for_each(|v| *v = round_to(d, *v));
     Ok(vec![TensorValue::with_dtype(d, shape, Data::F(out))])

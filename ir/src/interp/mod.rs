@@ -120,7 +120,7 @@ pub fn kernel(op: &str) -> Option<Kernel> {
         "com.microsoft.GroupQueryAttention" => at::group_query_attention,
         "lpc.linear" => canonical::linear,
         "lpc.rope" => at::rotary_embedding,
-        "lpc.attention" => at::attention,
+        "lpc.attention" => at::lpc_attention,
         "lpc.layer_norm" => nn::layer_norm,
         "lpc.rms_norm" => nn::rms_norm,
         "lpc.silu" => canonical::silu,
