@@ -4,7 +4,8 @@
 //! `Mul(lpc.silu(g), u)` -> `lpc.swiglu(g, u)` when the SiLU has one reader;
 //! the `Gelu` op -> `lpc.gelu {approximate}`; the tanh-GELU chain
 //! `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))` as TorchScript writes
-//! it (x³ as `x · (x · x)`, constants on either side) -> `lpc.gelu {tanh}`.
+//! it (x³ as `x · (x · x)`, constants on either side) -> `lpc.gelu {tanh}`;
+//! the erf-GELU chain `0.5 · x · (1 + erf(x / √2))` -> `lpc.gelu {none}`.
 //! Guarantees: the same function, computed as one op. Needs nothing before it.
 
 use crate::util::{arg, def_op, other, replace_value, scalar, single_use};
@@ -24,6 +25,37 @@ fn times(g: &Graph, v: lpc_ir::ValueId, op: &str, want: f64) -> Option<lpc_ir::V
         (_, Some(c)) if close(c) => Some(a),
         _ => None,
     }
+}
+
+/// The erf-GELU chain ending at `v`: `0.5 · (x · (1 + erf(x / √2)))` or
+/// `(x · 0.5) · (1 + erf(x / √2))`, constants on either side: returns x.
+fn match_erf_gelu(g: &Graph, v: lpc_ir::ValueId) -> Option<lpc_ir::ValueId> {
+    let erf_of = |onep: lpc_ir::ValueId| -> Option<lpc_ir::ValueId> {
+        let e = times(g, onep, "Add", 1.0)?;
+        let (_, erf) = def_op(g, e, "Erf")?;
+        let arg0 = arg(erf, 0)?;
+        times(g, arg0, "Div", std::f64::consts::SQRT_2)
+            .or_else(|| times(g, arg0, "Mul", std::f64::consts::FRAC_1_SQRT_2))
+    };
+    // 0.5 * (x * (1 + erf))
+    if let Some(inner) = times(g, v, "Mul", 0.5) {
+        let (_, m) = def_op(g, inner, "Mul")?;
+        for (x, onep) in [(arg(m, 0)?, arg(m, 1)?), (arg(m, 1)?, arg(m, 0)?)] {
+            if erf_of(onep) == Some(x) {
+                return Some(x);
+            }
+        }
+    }
+    // (x * 0.5) * (1 + erf)
+    let (_, m) = def_op(g, v, "Mul")?;
+    for (half, onep) in [(arg(m, 0)?, arg(m, 1)?), (arg(m, 1)?, arg(m, 0)?)] {
+        if let (Some(x), Some(y)) = (times(g, half, "Mul", 0.5), erf_of(onep)) {
+            if x == y {
+                return Some(x);
+            }
+        }
+    }
+    None
 }
 
 /// The tanh-GELU chain ending at `v`: returns x.
@@ -86,9 +118,12 @@ impl Pass for FuseActivations {
                 let node = g.node(n).clone();
                 match (pass, node.op.as_str()) {
                     (0, "Mul") => {
-                        if let Some(x) = match_tanh_gelu(g, node.outputs[0]) {
+                        let gelu = match_tanh_gelu(g, node.outputs[0])
+                            .map(|x| (x, "tanh"))
+                            .or_else(|| match_erf_gelu(g, node.outputs[0]).map(|x| (x, "none")));
+                        if let Some((x, form)) = gelu {
                             let mut attrs = BTreeMap::new();
-                            attrs.insert("approximate".into(), Attr::String("tanh".into()));
+                            attrs.insert("approximate".into(), Attr::String(form.into()));
                             replace_value(
                                 g,
                                 node.outputs[0],

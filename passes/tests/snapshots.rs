@@ -155,9 +155,18 @@ fn fuse_activations() {
   %6 "sig2" = Sigmoid(%2) "act2/Sigmoid"
   %7 "silu2" = Mul(%6, %2) "act2/Mul"
   %8 "g" = Gelu(%2) {approximate = "tanh"} "gelu"
+  const %9 "sqrt2": f32[] = [1.4142135]
+  const %10 "one": f32[] = [1.0]
+  const %11 "half": f32[] = [0.5]
+  %12 "d" = Div(%2, %9) "erf_gelu/Div"
+  %13 "e" = Erf(%12) "erf_gelu/Erf"
+  %14 "e1" = Add(%13, %10) "erf_gelu/Add"
+  %15 "xe" = Mul(%2, %14) "erf_gelu/Mul"
+  %16 "ge" = Mul(%15, %11) "erf_gelu/Mul_1"
   output %5
   output %7
   output %8
+  output %16
 }"#
     ));
 }
@@ -237,6 +246,25 @@ fn fuse_attention() {
   %38 "o23": f32[1, 4, seq, 8] = Attention(%25, %28, %31, %4) {is_causal = 0, scale = 0.35355338} "op23/Attention"
   output %37
   output %38
+}"#
+    ));
+}
+
+#[test]
+fn fuse_parallel_linear() {
+    insta::assert_snapshot!(run(
+        &["fuse-parallel-linear", "dce"],
+        r#"graph "g" ["" = 17] {
+  input %0 "x": f32[batch, 2]
+  const %1 "wq": f32[2, 3] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+  const %2 "wk": f32[2, 2] = [1.0, 0.0, 0.0, 1.0]
+  const %3 "bk": f32[2] = [0.5, -0.5]
+  const %4 "wo": f32[3, 2] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+  %5 "q": f32[batch, 3] = lpc.linear(%0, %1) {transposed = 0} "q_proj"
+  %6 "k": f32[batch, 2] = lpc.linear(%0, %2, %3) {transposed = 0} "k_proj"
+  %7 "o": f32[batch, 2] = lpc.linear(%5, %4) {transposed = 0} "o_proj"
+  output %6
+  output %7
 }"#
     ));
 }
