@@ -102,13 +102,14 @@ pub enum Command {
     Run {
         /// The model (.onnx).
         model: PathBuf,
-        /// Folder with one `<graph input name>.npy` per input.
+        /// Folder with one `<graph input name>.npy` per input, or a `.npz` bundle.
         #[arg(long)]
         inputs: Option<PathBuf>,
         /// One input as NAME=FILE.npy (repeatable; overrides --inputs).
         #[arg(long = "input", value_name = "NAME=FILE")]
         input: Vec<String>,
-        /// Folder (must exist) to write `<graph output name>.npy` into.
+        /// Folder (must exist) to write `<graph output name>.npy` into, or a
+        /// `.npz` file to write them all into.
         #[arg(long)]
         outputs: Option<PathBuf>,
     },
@@ -189,7 +190,10 @@ pub fn run(cli: Cli) -> Result<String, String> {
                         .ok_or_else(|| format!("--input {p}: expected NAME=FILE.npy"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            if let Some(dir) = &outputs {
+            if let Some(dir) = outputs
+                .as_ref()
+                .filter(|d| d.extension().is_none_or(|e| e != "npz"))
+            {
                 if !dir.is_dir() {
                     return Err(format!("output directory {} does not exist", dir.display()));
                 }

@@ -179,6 +179,58 @@ pub fn read(path: &Path) -> Result<NpyArray, NpyError> {
     parse(&bytes, &p)
 }
 
+/// Reads every array of a `.npz` bundle (as `np.savez` or
+/// `np.savez_compressed` write it): `(name without .npy, array)` in archive
+/// order.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>, NpyError> {
+    let p = path.display().to_string();
+    let bad = |why: String| NpyError::Malformed {
+        path: p.clone(),
+        why,
+    };
+    let f = std::fs::File::open(path).map_err(|source| NpyError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let mut zip =
+        zip::ZipArchive::new(f).map_err(|e| bad(format!("not a .npz (zip) bundle: {e}")))?;
+    let mut out = Vec::new();
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| bad(format!("entry {i}: {e}")))?;
+        let name = entry
+            .name()
+            .map_err(|e| bad(format!("entry {i}: {e}")))?
+            .to_string();
+        let Some(stem) = name.strip_suffix(".npy") else {
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        std::io::Read::read_to_end(&mut entry, &mut bytes)
+            .map_err(|e| bad(format!("entry {name}: {e}")))?;
+        out.push((stem.to_string(), parse(&bytes, &format!("{p}:{name}"))?));
+    }
+    Ok(out)
+}
+
+/// Writes arrays as an uncompressed `.npz` bundle (what `np.savez` writes).
+pub fn write_npz<W: Write + std::io::Seek>(
+    w: W,
+    arrays: &[(String, DType, Vec<usize>, &[u8])],
+) -> std::io::Result<()> {
+    let mut z = zip::ZipWriter::new(w);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, dtype, shape, data) in arrays {
+        z.start_file(format!("{name}.npy"), opts)
+            .map_err(std::io::Error::other)?;
+        write(&mut z, *dtype, shape, data)?;
+    }
+    z.finish().map_err(std::io::Error::other)?;
+    Ok(())
+}
+
 /// Serializes an array as a version 1.0 `.npy` file.
 pub fn write<W: Write>(
     w: &mut W,

@@ -37,8 +37,8 @@ pub fn value_from_npy(a: &npy::NpyArray) -> TensorValue {
     TensorValue::from_tensor(&t)
 }
 
-/// Reads the graph's inputs: `dir/<name>.npy` for each input, overridden by
-/// `NAME=FILE` pairs.
+/// Reads the graph's inputs: `dir/<name>.npy` for each input (or the arrays
+/// of a `.npz` bundle when `dir` is one), overridden by `NAME=FILE` pairs.
 pub fn read_inputs(
     g: &Graph,
     dir: Option<&Path>,
@@ -53,9 +53,25 @@ pub fn read_inputs(
         }
         out.insert(name.clone(), value_from_npy(&npy::read(file)?));
     }
+    let bundle: Option<HashMap<String, npy::NpyArray>> = match dir {
+        Some(d) if d.extension().is_some_and(|e| e == "npz") => {
+            Some(npy::read_npz(d)?.into_iter().collect())
+        }
+        _ => None,
+    };
     for &i in &g.inputs {
         let name = &g.value(i).name;
         if out.contains_key(name) {
+            continue;
+        }
+        if let Some(b) = &bundle {
+            let a = b.get(name).ok_or_else(|| {
+                RunError::Usage(format!(
+                    "{}: no array `{name}` for input `{name}`",
+                    dir.expect("bundle").display()
+                ))
+            })?;
+            out.insert(name.clone(), value_from_npy(a));
             continue;
         }
         let Some(dir) = dir else {
@@ -90,8 +106,41 @@ pub fn run_model(
         .collect())
 }
 
-/// Writes outputs as `<dir>/<name>.npy`, each atomically.
+/// Writes outputs as `<dir>/<name>.npy`, each atomically, or as one `.npz`
+/// bundle when `dir` ends in `.npz`.
 pub fn write_outputs(dir: &Path, outs: &[(String, TensorValue)]) -> Result<Vec<PathBuf>, RunError> {
+    if dir.extension().is_some_and(|e| e == "npz") {
+        let werr = |source| RunError::Write {
+            path: dir.display().to_string(),
+            source,
+        };
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(RunError::Usage(format!(
+                "output directory {} does not exist",
+                parent.display()
+            )));
+        }
+        let tensors: Vec<_> = outs
+            .iter()
+            .map(|(n, v)| (n.clone(), v.to_tensor()))
+            .collect();
+        let arrays: Vec<_> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dtype, t.dims.clone(), &t.data[..]))
+            .collect();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".lpc-")
+            .suffix(".tmp")
+            .tempfile_in(parent)
+            .map_err(werr)?;
+        npy::write_npz(tmp.as_file_mut(), &arrays).map_err(werr)?;
+        tmp.persist(dir).map_err(|e| werr(e.error))?;
+        return Ok(vec![dir.to_path_buf()]);
+    }
     if !dir.is_dir() {
         return Err(RunError::Usage(format!(
             "output directory {} does not exist",

@@ -209,3 +209,42 @@ fn bad_inputs_are_rejected_cleanly() {
         "output directory",
     );
 }
+
+#[test]
+fn npz_bundles_in_and_out() {
+    let dir = models().join("qwen3_small_decode_ts");
+    let tmp = tempfile::tempdir().unwrap();
+    // A bundle written by numpy's savez_compressed (deflate) ...
+    let compressed = models().join("../npz/qwen3_decode_inputs_compressed.npz");
+    let out = tmp.path().join("out.npz");
+    let o = lpc(&[
+        "run",
+        s(&dir.join("model.onnx")),
+        "--inputs",
+        s(&compressed),
+        "--outputs",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // ... and the stored bundle lpc writes, read back.
+    let outs = npy::read_npz(&out).unwrap();
+    assert_eq!(outs.len(), 5);
+    let (name, logits) = &outs[0];
+    assert_eq!(name, "logits");
+    let want = npy::read(&dir.join("ref_ort/logits.npy")).unwrap();
+    assert_eq!(logits.shape, want.shape);
+    let f = |d: &[u8]| {
+        d.chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    for (a, b) in f(&logits.data).iter().zip(f(&want.data)) {
+        assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs());
+    }
+    let bad = tmp.path().join("bad.npz");
+    std::fs::write(&bad, b"not a zip").unwrap();
+    fails_with(
+        &["run", s(&dir.join("model.onnx")), "--inputs", s(&bad)],
+        "not a .npz (zip) bundle",
+    );
+}

@@ -73,6 +73,77 @@ fn defined(g: &Graph, v: ValueId) -> Result<(), String> {
     }
 }
 
+fn ty(g: &Graph, v: Option<ValueId>) -> Option<&Type> {
+    g.value(v?).ty.as_ref()
+}
+
+/// Type rules the verifier knows: operands of elementwise arithmetic share an
+/// element type; comparisons and logic produce bool; `lpc.linear`'s weights
+/// are 2-D and match the input width; shapes of node results agree in rank
+/// with what the op implies where both are known.
+fn check_types(g: &Graph, n: NodeId) -> Result<(), String> {
+    let node = g.node(n);
+    let dt = |k: usize| ty(g, node.inputs.get(k).copied().flatten()).map(|t| t.dtype);
+    let out_dt = |k: usize| {
+        node.outputs
+            .get(k)
+            .and_then(|&o| g.value(o).ty.as_ref())
+            .map(|t| t.dtype)
+    };
+    match node.op.as_str() {
+        "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min" | "Mod" | "Equal" | "Less"
+        | "LessOrEqual" | "Greater" | "GreaterOrEqual" => {
+            if let (Some(a), Some(b)) = (dt(0), dt(1)) {
+                if a != b {
+                    return Err(format!("operands have element types {a} and {b}"));
+                }
+            }
+        }
+        _ => {}
+    }
+    if matches!(
+        node.op.as_str(),
+        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "And" | "Or" | "Not"
+    ) {
+        if let Some(o) = out_dt(0) {
+            if o != crate::DType::Bool {
+                return Err(format!("result has element type {o}, expected bool"));
+            }
+        }
+    }
+    if node.op == "lpc.linear" {
+        let parts = node.int("parts").unwrap_or(1).max(1) as usize;
+        let tr = node.int("transposed") == Some(1);
+        let width = ty(g, node.inputs[0])
+            .and_then(|t| t.shape.as_ref())
+            .and_then(|s| s.last().cloned());
+        for p in 0..parts {
+            let w = node
+                .inputs
+                .get(1 + p)
+                .copied()
+                .flatten()
+                .ok_or(format!("weight {p} is missing"))?;
+            let t = g
+                .constant(w)
+                .ok_or(format!("weight {p} is not a constant"))?;
+            if t.dims.len() != 2 {
+                return Err(format!("weight {p} has shape {:?}, expected 2-D", t.dims));
+            }
+            let k = if tr { t.dims[1] } else { t.dims[0] };
+            if let Some(crate::Dim::Fixed(x)) = &width {
+                if *x != k {
+                    return Err(format!(
+                        "input width {x} does not match weight {p} {:?}",
+                        t.dims
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks the graph: every operand and output defined, producers and outputs
 /// consistent, edges matching operands, unique names, no cycle.
 pub fn verify(g: &Graph) -> Result<(), VerifyError> {
@@ -133,6 +204,9 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
     for &o in &g.outputs {
         defined(g, o).map_err(|m| VerifyError::Graph(format!("output: {m}")))?;
     }
+    for n in g.node_ids() {
+        check_types(g, n).map_err(|m| node_err(g, n, m))?;
+    }
     g.topo_order()
         .map_err(|n| node_err(g, n, "is on a cycle".into()))?;
     Ok(())
@@ -164,6 +238,24 @@ mod tests {
         g.remove_node(neg);
         let e = verify(&g).unwrap_err().to_string();
         assert!(e.contains("`relu` (Relu)") && e.contains("dangling"), "{e}");
+    }
+
+    #[test]
+    fn checks_element_types_and_linear_shapes() {
+        let g = graph("graph \"g\" [] {\n input %0 \"x\": f32[2]\n input %1 \"i\": i64[2]\n %2 \"y\" = Add(%0, %1) \"add\"\n output %2\n}");
+        let e = verify(&g).unwrap_err().to_string();
+        assert!(
+            e.contains("`add` (Add): operands have element types f32 and i64"),
+            "{e}"
+        );
+        let g = graph(
+            "graph \"g\" [] {\n input %0 \"x\": f32[1, 3]\n const %1 \"w\": f32[2, 2] = [1.0, 2.0, 3.0, 4.0]\n %2 \"y\" = lpc.linear(%0, %1) \"lin\"\n output %2\n}",
+        );
+        let e = verify(&g).unwrap_err().to_string();
+        assert!(
+            e.contains("`lin` (lpc.linear): input width 3 does not match weight 0 [2, 2]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -162,6 +162,25 @@ fn every_fixture_imports_verifies_and_round_trips() {
         verify(&g2).unwrap();
         assert_eq!(text::print(&g2), printed, "{m}: print-parse-print differs");
         assert!(g.num_nodes() > 10, "{m}");
+        // The canonical form round-trips too.
+        let mut c = g.clone();
+        let pm = lpc_passes::PassManager::new(
+            lpc_passes::canonicalize(),
+            lpc_passes::RunOptions {
+                verify: true,
+                ..Default::default()
+            },
+        );
+        pm.run(&mut c).unwrap_or_else(|e| panic!("{m}: {e}"));
+        let printed = text::print(&c);
+        let c2 = text::parse(&printed, &text::constants_of(&c))
+            .unwrap_or_else(|e| panic!("{m} canonical: {e}"));
+        verify(&c2).unwrap();
+        assert_eq!(
+            text::print(&c2),
+            printed,
+            "{m}: canonical print-parse-print differs"
+        );
     }
 }
 

@@ -251,7 +251,19 @@ pub fn run(
                 inputs: ins,
                 opset,
             };
-            k(&ctx).map_err(err)?
+            // A kernel that panics on input it failed to validate is a bug;
+            // it still reaches the user as an error naming the node.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| k(&ctx))) {
+                Ok(r) => r.map_err(err)?,
+                Err(p) => {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| p.downcast_ref::<&str>().copied())
+                        .unwrap_or("panic");
+                    return Err(err(format!("internal error in the interpreter: {what}")));
+                }
+            }
         };
         if outs.len() < node.outputs.len() {
             return Err(err(format!(
