@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The main job, set-up included. Until the end-to-end compiler lands, it
-# quantizes the bundled tensors (a Qwen3 activation and two weights from the
-# example models) to every format and mode and prints the error table, then
-# the bulk quantization throughput.
+# The main job, set-up included. Until code generation lands (issue 5) it
+# shows what lpc does today on the bundled small Qwen3 (the TorchScript export
+# in tests/fixtures/models/qwen3_small_prefill_ts): its canonical form, a run
+# of the reference interpreter checked against onnxruntime's logits; then the
+# quantization error of every format on bundled tensors, and the bulk
+# quantization throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo build --release --locked -p lpc
 LPC=target/release/lpc
+Q=tests/fixtures/models/qwen3_small_prefill_ts
 T=examples/tensors
+echo
+echo "== The small Qwen3 (TorchScript export): what lpc sees"
+"$LPC" inspect "$Q/model.onnx" | sed -n '1,/^ops (/p;/^ops after/,$p'
+echo
+echo "== Reference interpreter on its 12-token prompt, checked against onnxruntime"
+"$LPC" run "$Q/model.onnx" --inputs "$Q/inputs" --check "$Q/ref_ort"
 echo
 echo "== Qwen3 prefill logits [1, 12, 512], blocks along the last axis"
 "$LPC" quantize "$T/qwen3_prefill_logits.npy" --format all

@@ -112,6 +112,14 @@ pub enum Command {
         /// `.npz` file to write them all into.
         #[arg(long)]
         outputs: Option<PathBuf>,
+        /// Compare the outputs with reference `<name>.npy` files in DIR (or a
+        /// `.npz`): prints the max abs difference per output and fails (exit 2)
+        /// beyond --tolerance.
+        #[arg(long, value_name = "DIR")]
+        check: Option<PathBuf>,
+        /// Allowed |got - want| <= tol + tol * |want| for --check.
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
     },
 }
 
@@ -181,6 +189,8 @@ pub fn run(cli: Cli) -> Result<String, String> {
             inputs,
             input,
             outputs,
+            check,
+            tolerance,
         } => {
             let pairs = input
                 .iter()
@@ -221,6 +231,11 @@ pub fn run(cli: Cli) -> Result<String, String> {
                 for p in run::write_outputs(&dir, &outs).map_err(|e| e.to_string())? {
                     text += &format!("wrote {}\n", p.display());
                 }
+            }
+            if let Some(refs) = check {
+                let report =
+                    run::check_outputs(&refs, &outs, tolerance).map_err(|e| e.to_string())?;
+                text += &report;
             }
             Ok(text)
         }

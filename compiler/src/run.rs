@@ -178,3 +178,76 @@ pub fn write_outputs(dir: &Path, outs: &[(String, TensorValue)]) -> Result<Vec<P
     }
     Ok(written)
 }
+
+/// Compares outputs with reference arrays (`<dir>/<name>.npy` or a `.npz`);
+/// the report, or an error naming the first output out of tolerance.
+pub fn check_outputs(
+    refs: &Path,
+    outs: &[(String, TensorValue)],
+    tol: f64,
+) -> Result<String, RunError> {
+    let bundle: Option<HashMap<String, npy::NpyArray>> =
+        if refs.extension().is_some_and(|e| e == "npz") {
+            Some(npy::read_npz(refs)?.into_iter().collect())
+        } else {
+            None
+        };
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for (name, got) in outs {
+        let want = match &bundle {
+            Some(b) => match b.get(name) {
+                Some(a) => value_from_npy(a),
+                None => continue,
+            },
+            None => {
+                let p = refs.join(format!("{}.npy", name.replace(['/', '\\'], "_")));
+                if !p.exists() {
+                    continue;
+                }
+                value_from_npy(&npy::read(&p)?)
+            }
+        };
+        compared += 1;
+        if got.shape != want.shape {
+            failures.push(format!(
+                "{name}: shape {:?}, reference {:?}",
+                got.shape, want.shape
+            ));
+            continue;
+        }
+        let (g, w) = (got.to_f64(), want.to_f64());
+        let mut worst = 0f64;
+        let mut bad = None;
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            let d = (a - b).abs();
+            if d.is_nan() || d > tol + tol * b.abs() {
+                bad.get_or_insert((i, *a, *b));
+            }
+            if d > worst || d.is_nan() {
+                worst = d;
+            }
+        }
+        report += &format!("check {name}: max abs diff {worst:.3e}\n");
+        if let Some((i, a, b)) = bad {
+            failures.push(format!(
+                "{name}[{i}] = {a}, reference {b} (tolerance {tol:e})"
+            ));
+        }
+    }
+    if compared == 0 {
+        return Err(RunError::Usage(format!(
+            "{}: no reference for any output",
+            refs.display()
+        )));
+    }
+    if !failures.is_empty() {
+        return Err(RunError::Usage(format!(
+            "outputs differ from {}: {}",
+            refs.display(),
+            failures.join("; ")
+        )));
+    }
+    Ok(report)
+}

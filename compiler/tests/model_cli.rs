@@ -248,3 +248,45 @@ fn npz_bundles_in_and_out() {
         "not a .npz (zip) bundle",
     );
 }
+
+#[test]
+fn run_check_compares_with_references() {
+    let dir = models().join("qwen3_small_genai_fp32");
+    let (m, ins) = (dir.join("model.onnx"), dir.join("decode_inputs"));
+    let o = lpc(&[
+        "run",
+        s(&m),
+        "--inputs",
+        s(&ins),
+        "--check",
+        s(&dir.join("decode_ref_ort")),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("check ").count(), 5, "{out}");
+    // The prefill references do not fit the decode step.
+    fails_with(
+        &[
+            "run",
+            s(&m),
+            "--inputs",
+            s(&ins),
+            "--check",
+            s(&dir.join("ref_ort")),
+        ],
+        "logits: shape [1, 1, 512], reference [1, 12, 512]",
+    );
+    fails_with(
+        &[
+            "run",
+            s(&m),
+            "--inputs",
+            s(&ins),
+            "--check",
+            s(&dir.join("decode_ref_torch")),
+            "--tolerance",
+            "1e-12",
+        ],
+        "outputs differ from",
+    );
+}
