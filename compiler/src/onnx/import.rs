@@ -271,3 +271,48 @@ pub fn import(model: &OnnxModel) -> Result<Graph, OnnxError> {
     }
     Ok(g)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(data_type: i32, dims: Vec<i64>, raw: &[u8]) -> proto::TensorProto {
+        proto::TensorProto {
+            dims,
+            data_type,
+            raw_data: Bytes::copy_from_slice(raw),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn four_bit_tensors_unpack_low_nibble_first() {
+        let mut ext = ExternalData::default();
+        // 3 elements in 2 bytes: 0x9 | 0x7 << 4, 0x1.
+        let t = tensor(&tp(22, vec![3], &[0x79, 0x01]), &mut ext).unwrap();
+        assert_eq!((t.dtype, t.to_f64_vec()), (DType::I4, vec![-7.0, 7.0, 1.0]));
+        let t = tensor(&tp(21, vec![3], &[0x79, 0x01]), &mut ext).unwrap();
+        assert_eq!((t.dtype, t.to_f64_vec()), (DType::U4, vec![9.0, 7.0, 1.0]));
+        let e = tensor(&tp(22, vec![5], &[0x79, 0x01]), &mut ext).unwrap_err();
+        assert!(e.contains("needs 3"), "{e}");
+    }
+
+    #[test]
+    fn half_types_from_raw_and_typed_fields() {
+        let mut ext = ExternalData::default();
+        let h = half::f16::from_f32(1.5).to_bits();
+        let t = tensor(&tp(10, vec![1], &h.to_le_bytes()), &mut ext).unwrap();
+        assert_eq!(t.to_f64_vec(), vec![1.5]);
+        let b = proto::TensorProto {
+            dims: vec![2],
+            data_type: 16,
+            int32_data: vec![half::bf16::from_f32(-2.0).to_bits() as i32, 0x3F80],
+            ..Default::default()
+        };
+        assert_eq!(tensor(&b, &mut ext).unwrap().to_f64_vec(), vec![-2.0, 1.0]);
+        let unknown = tp(8, vec![1], &[0]);
+        assert!(tensor(&unknown, &mut ext)
+            .unwrap_err()
+            .contains("element type code 8"));
+    }
+}
