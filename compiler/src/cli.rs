@@ -1,8 +1,9 @@
 //! The `lpc` command line.
 
 use crate::compile::{self, CompileOptions};
+use crate::quant_args::QuantArgs;
 use crate::quantize::{self, QuantizeRequest};
-use crate::{inspect, run};
+use crate::{eval, inspect, run};
 use clap::{Parser, Subcommand};
 use lpc_runtime::formats::Format;
 use std::path::PathBuf;
@@ -97,6 +98,11 @@ pub enum Command {
         /// Print how long each pass took.
         #[arg(long)]
         time_passes: bool,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Print the effective quantization configuration and per-layer plan.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Run a model in lpc's reference interpreter on .npy inputs.
     Run {
@@ -120,6 +126,23 @@ pub enum Command {
         /// Allowed |got - want| <= tol + tol * |want| for --check.
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
+        /// Run the quantized graph (as `lpc compile` would build it).
+        #[command(flatten)]
+        quant: QuantArgs,
+    },
+    /// Measure what quantization costs: per quantized layer and end to end,
+    /// against the f32 model on the given inputs (no code generation needed).
+    Eval {
+        /// The model (.onnx).
+        model: PathBuf,
+        /// Inputs: a folder of `<graph input name>.npy` or a `.npz` bundle.
+        #[arg(long, alias = "calib")]
+        inputs: PathBuf,
+        /// Write the report as JSON too.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        quant: QuantArgs,
     },
 }
 
@@ -173,14 +196,34 @@ pub fn run(cli: Cli) -> Result<String, String> {
             print_ir_after,
             dump_phases_to,
             time_passes,
+            quant,
+            verbose,
         } => compile::compile(&CompileOptions {
             model,
             output,
             print_ir_after,
             dump_phases_to,
             time_passes,
+            quant: if quant.active() {
+                Some(quant.config()?)
+            } else {
+                quant.config().map(|_| None)?
+            },
+            verbose,
         })
         .map_err(|e| e.to_string()),
+        Command::Eval {
+            model,
+            inputs,
+            report,
+            quant,
+        } => {
+            if !quant.active() {
+                return Err("lpc eval needs a format to evaluate (--format or --weights)".into());
+            }
+            eval::eval(&model, &inputs, &quant.config()?, report.as_deref())
+                .map_err(|e| e.to_string())
+        }
         Command::Inspect { model, print_ir } => {
             inspect::inspect(&model, print_ir).map_err(|e| e.to_string())
         }
@@ -191,7 +234,13 @@ pub fn run(cli: Cli) -> Result<String, String> {
             outputs,
             check,
             tolerance,
+            quant,
         } => {
+            let qcfg = if quant.active() {
+                Some(quant.config()?)
+            } else {
+                quant.config().map(|_| None)?
+            };
             let pairs = input
                 .iter()
                 .map(|p| {
@@ -209,8 +258,8 @@ pub fn run(cli: Cli) -> Result<String, String> {
                 }
             }
             let t = std::time::Instant::now();
-            let outs =
-                run::run_model(&model, inputs.as_deref(), &pairs).map_err(|e| e.to_string())?;
+            let outs = run::run_model(&model, inputs.as_deref(), &pairs, qcfg.as_ref())
+                .map_err(|e| e.to_string())?;
             let elapsed = t.elapsed();
             let mut text = String::new();
             for (name, v) in &outs {

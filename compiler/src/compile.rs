@@ -37,6 +37,43 @@ pub struct CompileOptions {
     pub print_ir_after: Vec<String>,
     pub dump_phases_to: Option<PathBuf>,
     pub time_passes: bool,
+    /// Quantization (after canonicalization), if any.
+    pub quant: Option<lpc_passes::QuantConfig>,
+    /// Print the effective configuration and the per-layer plan.
+    pub verbose: bool,
+}
+
+/// The pipeline of a compile: canonicalization, then quantization.
+pub fn pipeline(quant: Option<&lpc_passes::QuantConfig>) -> Vec<Box<dyn lpc_passes::Pass>> {
+    let mut p = canonicalize();
+    if let Some(q) = quant {
+        p.extend(lpc_passes::quantize(q));
+    }
+    p
+}
+
+/// The plan's warnings and (verbose) its per-layer decisions, computed on the
+/// canonical graph.
+pub fn plan_report(g: &lpc_ir::Graph, q: &lpc_passes::QuantConfig, verbose: bool) -> String {
+    let plan = lpc_passes::quant_policy::plan(g, q);
+    let mut out = String::new();
+    if verbose {
+        out += &crate::quant_args::describe(q);
+        for l in &plan.layers {
+            let f = match l.formats {
+                Some((w, a)) => format!(
+                    "W {w}, A {}",
+                    a.map_or("f32".to_string(), |a| a.to_string())
+                ),
+                None => "f32".into(),
+            };
+            let _ = writeln!(out, "  {}: {f} ({})", l.name, l.reason);
+        }
+    }
+    for w in &plan.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), CompileError> {
@@ -63,7 +100,10 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), CompileError> {
 pub fn compile(o: &CompileOptions) -> Result<String, CompileError> {
     for p in &o.print_ir_after {
         if p != "all" && lpc_passes::by_name(p).is_none() {
-            let names: Vec<_> = lpc_passes::registry().iter().map(|p| p.name()).collect();
+            let names: Vec<_> = lpc_passes::registry()
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>();
             return Err(CompileError::Usage(format!(
                 "--print-ir-after {p}: no such pass (passes: all, {})",
                 names.join(", ")
@@ -79,8 +119,20 @@ pub fn compile(o: &CompileOptions) -> Result<String, CompileError> {
         }
     }
     let mut g = import(&OnnxModel::load(&o.model)?)?;
+    let mut pre = String::new();
+    if let Some(q) = &o.quant {
+        // The plan is made on the canonical graph.
+        let mut cg = g.clone();
+        PassManager::new(canonicalize(), RunOptions::default())
+            .run(&mut cg)
+            .map_err(|source| CompileError::Pass {
+                model: o.model.display().to_string(),
+                source,
+            })?;
+        pre = plan_report(&cg, q, o.verbose);
+    }
     let pm = PassManager::new(
-        canonicalize(),
+        pipeline(o.quant.as_ref()),
         RunOptions {
             verify: cfg!(debug_assertions),
             print_after: if o.dump_phases_to.is_some() {
@@ -95,7 +147,7 @@ pub fn compile(o: &CompileOptions) -> Result<String, CompileError> {
         model: o.model.display().to_string(),
         source,
     })?;
-    let mut out = String::new();
+    let mut out = pre;
     for (pass, ir) in &report.printed {
         if o.print_ir_after.iter().any(|p| p == "all" || p == pass) {
             let _ = writeln!(out, "// ----- IR after {pass} -----\n{ir}");

@@ -2,8 +2,10 @@
 
 pub mod cli;
 pub mod compile;
+pub mod eval;
 pub mod inspect;
 pub mod npy;
 pub mod onnx;
+pub mod quant_args;
 pub mod quantize;
 pub mod run;

@@ -87,13 +87,23 @@ pub fn read_inputs(
     Ok(out)
 }
 
-/// Loads, imports and runs a model; outputs by name, in graph order.
+/// Loads, imports and runs a model (quantized as `lpc compile` would when
+/// `quant` is given); outputs by name, in graph order.
 pub fn run_model(
     model: &Path,
     dir: Option<&Path>,
     pairs: &[(String, PathBuf)],
+    quant: Option<&lpc_passes::QuantConfig>,
 ) -> Result<Vec<(String, TensorValue)>, RunError> {
-    let g = import(&OnnxModel::load(model)?)?;
+    let mut g = import(&OnnxModel::load(model)?)?;
+    if let Some(q) = quant {
+        let pm = lpc_passes::PassManager::new(
+            crate::compile::pipeline(Some(q)),
+            lpc_passes::RunOptions::default(),
+        );
+        pm.run(&mut g)
+            .map_err(|e| RunError::Usage(format!("{}: {e}", model.display())))?;
+    }
     let inputs = read_inputs(&g, dir, pairs)?;
     let outs = interp::run(&g, &inputs).map_err(|source| RunError::Interp {
         model: model.display().to_string(),

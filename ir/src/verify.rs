@@ -124,18 +124,21 @@ fn check_types(g: &Graph, n: NodeId) -> Result<(), String> {
                 .copied()
                 .flatten()
                 .ok_or(format!("weight {p} is missing"))?;
-            let t = g
-                .constant(w)
-                .ok_or(format!("weight {p} is not a constant"))?;
-            if t.dims.len() != 2 {
-                return Err(format!("weight {p} has shape {:?}, expected 2-D", t.dims));
+            // Weights are constants, or computed from constants at compile
+            // time (rotation, fake quantization): check their declared shape.
+            let Some(dims) = ty(g, Some(w)).and_then(|t| t.shape.clone()) else {
+                continue;
+            };
+            if dims.len() != 2 {
+                return Err(format!("weight {p} has rank {}, expected 2", dims.len()));
             }
-            let k = if tr { t.dims[1] } else { t.dims[0] };
-            if let Some(crate::Dim::Fixed(x)) = &width {
-                if *x != k {
+            let k = if tr { &dims[1] } else { &dims[0] };
+            if let (Some(x @ crate::Dim::Fixed(_)), crate::Dim::Fixed(_)) = (&width, k) {
+                if x != k {
+                    let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
                     return Err(format!(
-                        "input width {x} does not match weight {p} {:?}",
-                        t.dims
+                        "input width {x} does not match weight {p} [{}]",
+                        d.join(", ")
                     ));
                 }
             }

@@ -15,11 +15,18 @@ mod fuse_attention;
 mod fuse_linear;
 mod fuse_norm;
 mod fuse_parallel;
+mod fuse_qgemm;
 pub mod infer_shapes;
 mod infer_types;
+pub mod quant_policy;
+mod quantize_insert;
+mod rotate;
 pub mod util;
+mod weights_prequantize;
 
 use lpc_ir::{text, verify::verify, Graph};
+pub use quant_policy::QuantConfig;
+pub use rotate::rotation_block;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -55,6 +62,21 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_act::FuseActivations),
         Box::new(fuse_attention::FuseAttention),
         Box::new(fuse_parallel::FuseParallelLinear),
+        Box::new(rotate::Rotate(QuantConfig::default())),
+        Box::new(quantize_insert::QuantizeInsert(QuantConfig::default())),
+        Box::new(weights_prequantize::WeightsPrequantize),
+        Box::new(fuse_qgemm::FuseQgemm),
+    ]
+}
+
+/// The quantization pipeline for a configuration (after `canonicalize()`).
+pub fn quantize(cfg: &QuantConfig) -> Vec<Box<dyn Pass>> {
+    vec![
+        Box::new(rotate::Rotate(cfg.clone())),
+        Box::new(quantize_insert::QuantizeInsert(cfg.clone())),
+        Box::new(weights_prequantize::WeightsPrequantize),
+        Box::new(fuse_qgemm::FuseQgemm),
+        by_name("dce").expect("registered"),
     ]
 }
 

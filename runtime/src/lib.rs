@@ -10,6 +10,7 @@
 //! and its non-optional dependencies are `half` and `bytemuck` only.
 
 pub mod formats;
+pub mod hadamard;
 
 pub use formats::{
     BlockFormat, Element, Format, FormatError, Hif4, Hif4Variant, Hif8, Hif8Rounding, Mxfp4,

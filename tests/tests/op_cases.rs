@@ -18,7 +18,7 @@ fn every_op_case_matches_onnxruntime() {
     let mut failures = Vec::new();
     for d in &dirs {
         let case = d.file_name().unwrap().to_string_lossy().into_owned();
-        let outs = match run_model(&d.join("model.onnx"), Some(&d.join("inputs")), &[]) {
+        let outs = match run_model(&d.join("model.onnx"), Some(&d.join("inputs")), &[], None) {
             Ok(o) => o,
             Err(e) => {
                 failures.push(format!("{case}: {e}"));

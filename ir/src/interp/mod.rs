@@ -9,6 +9,7 @@ mod canonical;
 mod elementwise;
 mod linalg;
 mod nn;
+pub mod quant;
 mod shape;
 mod util;
 mod value;
@@ -122,6 +123,10 @@ pub fn kernel(op: &str) -> Option<Kernel> {
         "lpc.rope" => at::rotary_embedding,
         "lpc.attention" => at::lpc_attention,
         "lpc.layer_norm" => nn::layer_norm,
+        "lpc.quantize" => quant::quantize,
+        "lpc.dequantize" => quant::dequantize,
+        "lpc.rotate" => quant::rotate,
+        "lpc.qgemm" => quant::qgemm,
         "lpc.rms_norm" => nn::rms_norm,
         "lpc.silu" => canonical::silu,
         "lpc.swiglu" => canonical::swiglu,
@@ -200,6 +205,22 @@ pub fn run(
     g: &Graph,
     inputs: &HashMap<String, TensorValue>,
 ) -> Result<Vec<TensorValue>, InterpError> {
+    run_impl(g, inputs, false).map(|(o, _)| o)
+}
+
+/// As [`run`], and also returns every node result (for per-layer reports).
+pub fn run_capture(
+    g: &Graph,
+    inputs: &HashMap<String, TensorValue>,
+) -> Result<(Vec<TensorValue>, HashMap<ValueId, TensorValue>), InterpError> {
+    run_impl(g, inputs, true)
+}
+
+fn run_impl(
+    g: &Graph,
+    inputs: &HashMap<String, TensorValue>,
+    keep_all: bool,
+) -> Result<(Vec<TensorValue>, HashMap<ValueId, TensorValue>), InterpError> {
     bind_inputs(g, inputs)?;
     let opset = g.opsets.get("").copied().unwrap_or(0);
     let order = g
@@ -275,7 +296,7 @@ pub fn run(
         for v in node.inputs.iter().flatten() {
             if let Some(r) = remaining.get_mut(v) {
                 *r -= 1;
-                if *r == 0 && !g.outputs.contains(v) {
+                if *r == 0 && !g.outputs.contains(v) && !keep_all {
                     env.remove(v);
                 }
             }
@@ -284,7 +305,8 @@ pub fn run(
             env.insert(o, val);
         }
     }
-    g.outputs
+    let outs = g
+        .outputs
         .iter()
         .map(|o| {
             env.get(o)
@@ -294,5 +316,6 @@ pub fn run(
                     InterpError::Graph(format!("output `{}` was not computed", g.value(*o).name))
                 })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((outs, if keep_all { env } else { HashMap::new() }))
 }

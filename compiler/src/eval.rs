@@ -1,0 +1,350 @@
+//! `lpc eval`: what quantization costs, per layer and end to end, against
+//! the f32 model on given inputs. The same numbers go to a JSON report.
+
+use crate::onnx::{import, OnnxError, OnnxModel};
+use crate::run::{read_inputs, RunError};
+use lpc_ir::interp::{self, quant::format_of, OpCtx, TensorValue};
+use lpc_ir::{Graph, NodeId};
+use lpc_passes::{canonicalize, PassManager, QuantConfig, RunOptions};
+use lpc_runtime::hadamard;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub weights: String,
+    pub activations: String,
+    pub rotate: i64,
+    pub weight_sqnr_db: f64,
+    pub output_sqnr_db: f64,
+    pub output_cosine: f64,
+    pub max_abs_err: f64,
+    pub bytes_before: usize,
+    pub bytes_after: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputReport {
+    pub name: String,
+    pub sqnr_db: f64,
+    pub max_abs_err: f64,
+    /// Mean KL(p_f32 || p_quantized) of the softmax over the last axis (logits only).
+    pub kl_divergence: Option<f64>,
+    /// Fraction of positions whose argmax agrees with f32 (logits only).
+    pub top1_agreement: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub config: String,
+    pub layers: Vec<LayerReport>,
+    pub outputs: Vec<OutputReport>,
+}
+
+/// (SQNR dB, cosine, max abs error) of `q` against `r`.
+pub fn compare(r: &[f64], q: &[f64]) -> (f64, f64, f64) {
+    let (mut s, mut n, mut dot, mut qq, mut mx) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for (&a, &b) in r.iter().zip(q) {
+        s += a * a;
+        n += (a - b) * (a - b);
+        dot += a * b;
+        qq += b * b;
+        mx = mx.max((a - b).abs());
+    }
+    (10.0 * (s / n).log10(), dot / (s * qq).sqrt(), mx)
+}
+
+fn softmax(row: &[f64]) -> Vec<f64> {
+    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = row.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+fn argmax(row: &[f64]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// The original weights of a canonical linear as `[N, K]` f32 rows, rotated
+/// like the quantized layer.
+fn weight_rows(g: &Graph, lin: NodeId, parts: usize, rotate: usize) -> Option<(Vec<f64>, usize)> {
+    let node = g.node(lin);
+    let tr = node.int("transposed") == Some(1);
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    for p in 0..parts {
+        let t = g.constant(node.inputs[1 + p]?)?;
+        bytes += t.data.len();
+        let v = t.to_f64_vec();
+        let (r, c) = (t.dims[0], t.dims[1]);
+        let (k, n) = if tr { (c, r) } else { (r, c) };
+        for j in 0..n {
+            let mut row: Vec<f32> = (0..k)
+                .map(|i| if tr { v[j * k + i] } else { v[i * n + j] } as f32)
+                .collect();
+            if rotate > 0 {
+                hadamard::rotate_blocks(&mut row, rotate);
+            }
+            rows.extend(row.into_iter().map(|x| x as f64));
+        }
+    }
+    Some((rows, bytes))
+}
+
+pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report, EvalError> {
+    let mut gc = import(&OnnxModel::load(model)?)?;
+    let e = |e: lpc_passes::PassError| EvalError::Other(format!("{}: {e}", model.display()));
+    PassManager::new(canonicalize(), RunOptions::default())
+        .run(&mut gc)
+        .map_err(e)?;
+    let mut gq = gc.clone();
+    PassManager::new(lpc_passes::quantize(cfg), RunOptions::default())
+        .run(&mut gq)
+        .map_err(e)?;
+    let ins = read_inputs(&gc, Some(inputs), &[])?;
+    let ie = |e: interp::InterpError| EvalError::Other(format!("{}: {e}", model.display()));
+    let (outs_f, vals_f) = interp::run_capture(&gc, &ins).map_err(ie)?;
+    let outs_q = interp::run(&gq, &ins).map_err(ie)?;
+
+    let linears: HashMap<String, NodeId> = gc
+        .node_ids()
+        .filter(|&n| gc.node(n).op == "lpc.linear")
+        .map(|n| (gc.node(n).name.clone(), n))
+        .collect();
+    let mut layers = Vec::new();
+    let kernel = interp::kernel("lpc.qgemm").expect("qgemm kernel");
+    for n in gq.topo_order().unwrap_or_default() {
+        let q = gq.node(n);
+        if q.op != "lpc.qgemm" {
+            continue;
+        }
+        let Some(&lin) = linears.get(&q.name) else {
+            continue;
+        };
+        let ln = gc.node(lin);
+        let value = |v: lpc_ir::ValueId| -> Option<TensorValue> {
+            vals_f
+                .get(&v)
+                .cloned()
+                .or_else(|| ins.get(&gc.value(v).name).cloned())
+                .or_else(|| gc.constant(v).map(TensorValue::from_tensor))
+        };
+        let (Some(x), Some(y)) = (value(ln.inputs[0].expect("input")), value(ln.outputs[0])) else {
+            continue;
+        };
+        let parts = q.int("parts").unwrap_or(1).max(1) as usize;
+        let consts: Vec<Option<TensorValue>> = q.inputs[1..]
+            .iter()
+            .map(|v| v.and_then(|v| gq.constant(v)).map(TensorValue::from_tensor))
+            .collect();
+        let mut operands: Vec<Option<&TensorValue>> = vec![Some(&x)];
+        operands.extend(consts.iter().map(Option::as_ref));
+        let yq = kernel(&OpCtx {
+            node: q,
+            inputs: operands,
+            opset: 0,
+        })
+        .map_err(|m| EvalError::Other(format!("`{}`: {m}", q.name)))?;
+        let (osq, cos, mx) = compare(&y.to_f64(), &yq[0].to_f64());
+        let rotate = q.int("rotate").unwrap_or(0);
+        let k = q.int("k").unwrap_or(0) as usize;
+        let (wrows, before) = weight_rows(&gc, lin, parts, rotate as usize)
+            .ok_or_else(|| EvalError::Other(format!("`{}`: weights", q.name)))?;
+        let wf = format_of(q.string("wformat").unwrap_or("none"), q.string("wmode"))
+            .map_err(EvalError::Other)?
+            .ok_or_else(|| EvalError::Other("weights not quantized".into()))?;
+        let mut deq = Vec::new();
+        let mut after = 0;
+        for c in consts.iter().take(parts).flatten() {
+            let t = c.to_tensor();
+            after += t.data.len();
+            let l = wf
+                .layout(&[t.dims[0], k], -1, true)
+                .map_err(|e| EvalError::Other(e.to_string()))?;
+            deq.extend(
+                wf.dequantize(&t.data, &l)
+                    .map_err(|e| EvalError::Other(e.to_string()))?
+                    .into_iter()
+                    .map(|v| v as f64),
+            );
+        }
+        let (wsq, _, _) = compare(&wrows, &deq);
+        let fmt = |f: &str, m: &str| {
+            if f == "none" {
+                "f32".to_string()
+            } else {
+                format!("{f} ({m})")
+            }
+        };
+        layers.push(LayerReport {
+            name: q.name.clone(),
+            weights: fmt(
+                q.string("wformat").unwrap_or(""),
+                q.string("wmode").unwrap_or(""),
+            ),
+            activations: fmt(
+                q.string("aformat").unwrap_or("none"),
+                q.string("amode").unwrap_or(""),
+            ),
+            rotate,
+            weight_sqnr_db: wsq,
+            output_sqnr_db: osq,
+            output_cosine: cos,
+            max_abs_err: mx,
+            bytes_before: before,
+            bytes_after: after,
+        });
+    }
+    let mut outputs = Vec::new();
+    for ((&o, f), q) in gc.outputs.iter().zip(&outs_f).zip(&outs_q) {
+        let name = gc.value(o).name.clone();
+        let (r, qv) = (f.to_f64(), q.to_f64());
+        let (sq, _, mx) = compare(&r, &qv);
+        let (mut kl, mut top1) = (None, None);
+        if name.contains("logits") {
+            if let Some(&w) = f.shape.last().filter(|&&w| w > 0) {
+                let (mut klsum, mut agree, rows) = (0.0, 0usize, r.len() / w);
+                for i in 0..rows {
+                    let (a, b) = (&r[i * w..(i + 1) * w], &qv[i * w..(i + 1) * w]);
+                    let (p, pq) = (softmax(a), softmax(b));
+                    klsum += p
+                        .iter()
+                        .zip(&pq)
+                        .map(|(x, y)| if *x > 0.0 { x * (x / y).ln() } else { 0.0 })
+                        .sum::<f64>();
+                    agree += (argmax(a) == argmax(b)) as usize;
+                }
+                kl = Some(klsum / rows.max(1) as f64);
+                top1 = Some(agree as f64 / rows.max(1) as f64);
+            }
+        }
+        outputs.push(OutputReport {
+            name,
+            sqnr_db: sq,
+            max_abs_err: mx,
+            kl_divergence: kl,
+            top1_agreement: top1,
+        });
+    }
+    Ok(Report {
+        model: model.display().to_string(),
+        config: crate::quant_args::describe(cfg).trim_end().to_string(),
+        layers,
+        outputs,
+    })
+}
+
+pub fn table(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{}", r.config);
+    let _ = writeln!(
+        o,
+        "{:<48} {:<18} {:<18} {:>4} {:>8} {:>8} {:>8} {:>10} {:>9} {:>9}",
+        "layer",
+        "weights",
+        "activations",
+        "rot",
+        "W SQNR",
+        "out SQNR",
+        "cosine",
+        "max |err|",
+        "bytes",
+        "packed"
+    );
+    for l in &r.layers {
+        let name = if l.name.len() > 48 {
+            format!("..{}", &l.name[l.name.len() - 46..])
+        } else {
+            l.name.clone()
+        };
+        let _ = writeln!(
+            o,
+            "{:<48} {:<18} {:<18} {:>4} {:>8.2} {:>8.2} {:>8.5} {:>10.3e} {:>9} {:>9}",
+            name,
+            l.weights,
+            l.activations,
+            l.rotate,
+            l.weight_sqnr_db,
+            l.output_sqnr_db,
+            l.output_cosine,
+            l.max_abs_err,
+            l.bytes_before,
+            l.bytes_after
+        );
+    }
+    if !r.layers.is_empty() {
+        let n = r.layers.len() as f64;
+        let _ = writeln!(
+            o,
+            "mean over {} layers: W SQNR {:.2} dB, output SQNR {:.2} dB",
+            r.layers.len(),
+            r.layers.iter().map(|l| l.weight_sqnr_db).sum::<f64>() / n,
+            r.layers.iter().map(|l| l.output_sqnr_db).sum::<f64>() / n
+        );
+    }
+    for out in &r.outputs {
+        let mut line = format!(
+            "output {}: SQNR {:.2} dB, max |err| {:.3e}",
+            out.name, out.sqnr_db, out.max_abs_err
+        );
+        if let (Some(kl), Some(t)) = (out.kl_divergence, out.top1_agreement) {
+            let _ = write!(line, ", KL {kl:.3e}, top-1 agreement {:.1}%", t * 100.0);
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    o
+}
+
+/// Runs the evaluation; prints the table, writes the JSON report atomically.
+pub fn eval(
+    model: &Path,
+    inputs: &Path,
+    cfg: &QuantConfig,
+    report: Option<&Path>,
+) -> Result<String, EvalError> {
+    let r = evaluate(model, inputs, cfg)?;
+    let mut text = table(&r);
+    if let Some(p) = report {
+        let json = serde_json::to_string_pretty(&r).map_err(|e| EvalError::Other(e.to_string()))?;
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let werr = |e: std::io::Error| EvalError::Other(format!("writing {}: {e}", p.display()));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".lpc-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(werr)?;
+        tmp.write_all(json.as_bytes()).map_err(werr)?;
+        tmp.write_all(b"\n").map_err(werr)?;
+        tmp.persist(p).map_err(|e| werr(e.error))?;
+        let _ = writeln!(text, "wrote {}", p.display());
+    }
+    Ok(text)
+}

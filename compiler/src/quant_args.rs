@@ -1,0 +1,168 @@
+//! The quantization options shared by `lpc compile`, `lpc run` and `lpc eval`.
+
+use clap::Args;
+use lpc_passes::QuantConfig;
+use lpc_runtime::formats::Format;
+use regex::Regex;
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct QuantArgs {
+    /// mxfp4 or hif4 (W4A4), hif8 (W8A8), or none (default: nothing quantized).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Weight format, for mixed schemes (overrides --format for weights).
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// Activation format, for mixed schemes (`none`: weight-only).
+    #[arg(long)]
+    pub activations: Option<String>,
+    /// Rounding of mxfp4 (rne | ties-away) and hif8 (ta | saturate | hybrid).
+    #[arg(long)]
+    pub rounding: Option<String>,
+    /// Encoder variant of hif4 (consortium | amct).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Block Hadamard rotation: hadamard (default for 4-bit formats) or none.
+    #[arg(long)]
+    pub rotate: Option<String>,
+    /// Do not quantize layers whose node or weight name matches (repeatable).
+    /// Given at all, it replaces the default exclusions; `--exclude ''`
+    /// excludes nothing.
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Vec<String>,
+    /// Per-layer format, REGEX=FORMAT (repeatable; `none` keeps f32). Beats
+    /// the defaults and --exclude.
+    #[arg(long = "override", value_name = "REGEX=FORMAT")]
+    pub overrides: Vec<String>,
+    /// Quantize every linear layer, the output head and conditioning layers too.
+    #[arg(long)]
+    pub quantize_all: bool,
+}
+
+fn parse_format(
+    name: &str,
+    rounding: Option<&str>,
+    variant: Option<&str>,
+) -> Result<Option<Format>, String> {
+    if name == "none" {
+        return Ok(None);
+    }
+    let (r, v) = if name == "hif4" {
+        (None, variant)
+    } else {
+        (rounding, None)
+    };
+    Format::parse(name, r, v)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn regex(s: &str, flag: &str) -> Result<Regex, String> {
+    Regex::new(s).map_err(|e| {
+        format!(
+            "{flag} `{s}`: not a valid regex: {}",
+            e.to_string().lines().last().unwrap_or("")
+        )
+    })
+}
+
+impl QuantArgs {
+    /// Is anything to be quantized?
+    pub fn active(&self) -> bool {
+        self.format.as_deref().is_some_and(|f| f != "none")
+            || self.weights.as_deref().is_some_and(|f| f != "none")
+    }
+
+    pub fn config(&self) -> Result<QuantConfig, String> {
+        let (r, v) = (self.rounding.as_deref(), self.variant.as_deref());
+        let base = self.format.as_deref().unwrap_or("none");
+        let wname = self.weights.as_deref().unwrap_or(base);
+        let aname = self.activations.as_deref().unwrap_or(base);
+        let names = [wname, aname];
+        if r.is_some() && !names.iter().any(|n| *n == "mxfp4" || *n == "hif8") {
+            return Err("--rounding applies to mxfp4 and hif8 only".into());
+        }
+        if v.is_some() && !names.contains(&"hif4") {
+            return Err("--variant applies to hif4 only".into());
+        }
+        let weights = parse_format(wname, r, v)?;
+        let activations = parse_format(aname, r, v)?;
+        if weights.is_none() && activations.is_some() {
+            return Err(
+                "activations cannot be quantized without weights (give --format or --weights)"
+                    .into(),
+            );
+        }
+        let four_bit = weights.is_some_and(|f| f.block_len() > 1);
+        let rotate = match self.rotate.as_deref() {
+            None => four_bit,
+            Some("hadamard") => true,
+            Some("none") => false,
+            Some(o) => return Err(format!("--rotate {o}: expected hadamard or none")),
+        };
+        let exclude = if self.exclude.is_empty() {
+            None
+        } else {
+            Some(
+                self.exclude
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| regex(s, "--exclude"))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        let overrides = self
+            .overrides
+            .iter()
+            .map(|o| {
+                let (re, f) = o
+                    .rsplit_once('=')
+                    .ok_or_else(|| format!("--override {o}: expected REGEX=FORMAT"))?;
+                Ok((
+                    regex(re, "--override")?,
+                    parse_format(f, r, v).map_err(|e| format!("--override {o}: {e}"))?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(QuantConfig {
+            weights,
+            activations,
+            rotate,
+            exclude,
+            overrides,
+            quantize_all: self.quantize_all,
+        })
+    }
+}
+
+/// The effective configuration, for `-v`.
+pub fn describe(cfg: &QuantConfig) -> String {
+    let f = |x: Option<Format>| x.map_or("none".to_string(), |f| f.to_string());
+    let ex = match &cfg.exclude {
+        None => "defaults (output head, conditioning layers)".to_string(),
+        Some(v) if v.is_empty() => "nothing".to_string(),
+        Some(v) => v
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let ov: Vec<String> = cfg
+        .overrides
+        .iter()
+        .map(|(r, f2)| format!("{}={}", r.as_str(), f(*f2)))
+        .collect();
+    format!(
+        "quantization: weights {}, activations {}, rotate {}, exclude {}, overrides [{}]{}\n",
+        f(cfg.weights),
+        f(cfg.activations),
+        if cfg.rotate { "hadamard" } else { "none" },
+        ex,
+        ov.join(", "),
+        if cfg.quantize_all {
+            ", quantize-all"
+        } else {
+            ""
+        }
+    )
+}

@@ -1,0 +1,186 @@
+//! Quantization ops, executed with the runtime's reference codecs:
+//! `lpc.quantize`, `lpc.dequantize`, `lpc.rotate` and `lpc.qgemm`.
+//!
+//! Packed tensors are `u8` with the quantized axis removed and the packed
+//! bytes of each row last: quantizing `[.., K, ..]` along K gives
+//! `[<other dims in order>, ceil(K / block) * block_bytes]`, the row layout of
+//! the runtime's bulk paths. A weight `[K, N]` (or `[N, K]`) thus packs to
+//! `[N, bytes]` either way.
+
+use super::util::axis as norm_axis;
+use super::value::{Data, TensorValue};
+use super::{OpCtx, R};
+use crate::DType;
+use lpc_runtime::formats::Format;
+use lpc_runtime::hadamard;
+
+/// A format from its op attributes (`format`, `mode`); `None` for `none`.
+pub fn format_of(name: &str, mode: Option<&str>) -> R<Option<Format>> {
+    if name == "none" {
+        return Ok(None);
+    }
+    let (rounding, variant) = if name == "hif4" {
+        (None, mode)
+    } else {
+        (mode, None)
+    };
+    Format::parse(name, rounding, variant)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn attr_format(c: &OpCtx, key: &str, mode_key: &str) -> R<Option<Format>> {
+    let name = c
+        .node
+        .string(key)
+        .ok_or_else(|| format!("`{key}` attribute is required"))?;
+    format_of(name, c.node.string(mode_key))
+}
+
+fn bytes_of(v: &TensorValue) -> R<Vec<u8>> {
+    match &v.data {
+        Data::I(b) if v.dtype == DType::U8 => Ok(b.iter().map(|&x| x as u8).collect()),
+        _ => Err("packed operand must be u8".into()),
+    }
+}
+
+fn packed_value(shape: Vec<usize>, bytes: Vec<u8>) -> TensorValue {
+    TensorValue::with_dtype(
+        DType::U8,
+        shape,
+        Data::I(bytes.into_iter().map(|b| b as i64).collect()),
+    )
+}
+
+/// `lpc.quantize(x) {format, mode, axis}` -> packed u8.
+pub fn quantize(c: &OpCtx) -> R<Vec<TensorValue>> {
+    let a = c.input(0)?;
+    let f = attr_format(c, "format", "mode")?.ok_or("cannot quantize to `none`")?;
+    let ax = norm_axis(c.int("axis", -1), a.rank())?;
+    let l = f
+        .layout(&a.shape, ax as isize, true)
+        .map_err(|e| e.to_string())?;
+    let bytes = f.quantize(c.f32_in(0)?, &l).map_err(|e| e.to_string())?;
+    let mut shape: Vec<usize> = a
+        .shape
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != ax)
+        .map(|(_, &d)| d)
+        .collect();
+    shape.push(l.blocks_per_row() * f.block_bytes());
+    Ok(vec![packed_value(shape, bytes)])
+}
+
+/// `lpc.dequantize(p) {format, mode, axis, axis_len}` -> f32 in the original shape.
+pub fn dequantize(c: &OpCtx) -> R<Vec<TensorValue>> {
+    let p = c.input(0)?;
+    let f = attr_format(c, "format", "mode")?.ok_or("cannot dequantize from `none`")?;
+    let k = c
+        .node
+        .int("axis_len")
+        .ok_or("`axis_len` attribute is required")? as usize;
+    let rank = p.rank();
+    let ax = norm_axis(c.int("axis", -1), rank)?;
+    let mut shape = p.shape[..rank - 1].to_vec();
+    shape.insert(ax, k);
+    let l = f
+        .layout(&shape, ax as isize, true)
+        .map_err(|e| e.to_string())?;
+    let y = f.dequantize(&bytes_of(p)?, &l).map_err(|e| e.to_string())?;
+    Ok(vec![TensorValue::f32(shape, y)])
+}
+
+/// `lpc.rotate(x) {block, axis}`: the block Hadamard rotation along an axis.
+pub fn rotate(c: &OpCtx) -> R<Vec<TensorValue>> {
+    let a = c.input(0)?;
+    let b = c.int("block", 32) as usize;
+    let ax = norm_axis(c.int("axis", -1), a.rank())?;
+    let k = a.shape[ax];
+    if !b.is_power_of_two() || k % b != 0 {
+        return Err(format!(
+            "axis length {k} is not a multiple of the rotation block {b}"
+        ));
+    }
+    let mut x = c.f32_in(0)?.to_vec();
+    let inner: usize = a.shape[ax + 1..].iter().product();
+    let outer: usize = a.shape[..ax].iter().product();
+    if inner == 1 {
+        hadamard::rotate_rows(&mut x, k, b);
+    } else {
+        for o in 0..outer {
+            hadamard::rotate_columns(&mut x[o * k * inner..(o + 1) * k * inner], k, inner, b);
+        }
+    }
+    Ok(vec![TensorValue::with_dtype(
+        a.dtype,
+        a.shape.clone(),
+        Data::F(x),
+    )])
+}
+
+/// `lpc.qgemm(x, P_1, ..., P_n, bias?) {parts, k, wformat, wmode, aformat,
+/// amode, rotate}`: rotate (when `rotate` > 0) and quantize the activation
+/// rows along K, multiply with the packed weights (each `[out_i, bytes]`),
+/// accumulate the exact products in f64 in K order, add the bias.
+pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
+    let xt = c.input(0)?;
+    let k = c.node.int("k").ok_or("`k` attribute is required")? as usize;
+    if xt.shape.last() != Some(&k) {
+        return Err(format!("x {:?} does not have {k} features", xt.shape));
+    }
+    let parts = c.int("parts", 1).max(1) as usize;
+    let wf = attr_format(c, "wformat", "wmode")?.ok_or("weights must be quantized")?;
+    let af = attr_format(c, "aformat", "amode")?;
+    let rot = c.int("rotate", 0) as usize;
+    let rows = xt.len() / k.max(1);
+    let mut x = c.f32_in(0)?.to_vec();
+    if rot > 0 {
+        if k % rot != 0 {
+            return Err(format!(
+                "{k} features are not a multiple of the rotation block {rot}"
+            ));
+        }
+        hadamard::rotate_rows(&mut x, k, rot);
+    }
+    if let Some(af) = af {
+        let l = af.layout(&[rows, k], -1, true).map_err(|e| e.to_string())?;
+        let p = af.quantize(&x, &l).map_err(|e| e.to_string())?;
+        x = af.dequantize(&p, &l).map_err(|e| e.to_string())?;
+    }
+    let mut ws = Vec::with_capacity(parts);
+    for i in 0..parts {
+        let p = c.input(1 + i)?;
+        let n = *p.shape.first().ok_or("packed weight must be 2-D")?;
+        let l = wf.layout(&[n, k], -1, true).map_err(|e| e.to_string())?;
+        ws.push((
+            wf.dequantize(&bytes_of(p)?, &l)
+                .map_err(|e| e.to_string())?,
+            n,
+        ));
+    }
+    let n_total: usize = ws.iter().map(|w| w.1).sum();
+    let bias = c
+        .opt(1 + parts)
+        .map(|b| b.as_f32().ok_or("bias must be float"))
+        .transpose()?;
+    if bias.is_some_and(|b| b.len() != n_total) {
+        return Err("bias length differs from the output features".into());
+    }
+    let mut out = vec![0f32; rows * n_total];
+    for r in 0..rows {
+        let xr = &x[r * k..(r + 1) * k];
+        let mut off = 0;
+        for (w, n) in &ws {
+            for j in 0..*n {
+                let wr = &w[j * k..(j + 1) * k];
+                let acc: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                out[r * n_total + off + j] = (acc + bias.map_or(0.0, |b| b[off + j] as f64)) as f32;
+            }
+            off += n;
+        }
+    }
+    let mut shape = xt.shape.clone();
+    *shape.last_mut().expect("rank >= 1") = n_total;
+    Ok(vec![TensorValue::with_dtype(xt.dtype, shape, Data::F(out))])
+}

@@ -1,0 +1,113 @@
+//! `fuse-qgemm`: a quantized linear layer becomes one `lpc.qgemm`.
+//!
+//! Matches: `lpc.linear(A, lpc.dequantize(P_1), ..., bias?)` with packed
+//! constants `P_i` in one weight format, where `A` is
+//! `lpc.dequantize(lpc.quantize(X))` (W and A quantized) or `X` (weight-only),
+//! and `X` is `lpc.rotate(x)` (rotated layers) or `x`.
+//! Guarantees: `lpc.qgemm(x, P_1, ..., P_n, bias?) {parts, k, wformat, wmode,
+//! aformat, amode, rotate}` computes the same values: the activation rotation
+//! and quantization move into the GEMM's prologue, the weights stay packed.
+//! The attributes record which format each layer got. Run after
+//! `weights-prequantize`; `dce` after.
+
+use crate::util::replace_value;
+use crate::Pass;
+use lpc_ir::{Attr, DType, Graph, NodeId, ValueId};
+use std::collections::BTreeMap;
+
+pub struct FuseQgemm;
+
+fn producer<'g>(g: &'g Graph, v: ValueId, op: &str) -> Option<&'g lpc_ir::Node> {
+    g.producer(v).map(|p| g.node(p)).filter(|n| n.op == op)
+}
+
+fn fuse(g: &mut Graph, n: NodeId) -> Option<()> {
+    let node = g.node(n).clone();
+    let parts = node.int("parts").unwrap_or(1).max(1) as usize;
+    // Weights: dequantize(packed constant), all in one format.
+    let mut packed = Vec::new();
+    let mut wfmt: Option<(String, String, i64)> = None;
+    for i in 0..parts {
+        let dq = producer(g, node.inputs[1 + i]?, "lpc.dequantize")?;
+        let p = dq.inputs[0]?;
+        if g.constant(p).is_none_or(|t| t.dtype != DType::U8) {
+            return None;
+        }
+        let f = (
+            dq.string("format")?.to_string(),
+            dq.string("mode")?.to_string(),
+            dq.int("axis_len")?,
+        );
+        if wfmt.as_ref().is_some_and(|w| *w != f) {
+            return None;
+        }
+        wfmt = Some(f);
+        packed.push(p);
+    }
+    let (wformat, wmode, k) = wfmt?;
+    // Activation: dequantize(quantize(X)) or X; X = rotate(x) or x.
+    let a = node.inputs[0]?;
+    let (mut x, aformat, amode) = match producer(g, a, "lpc.dequantize") {
+        Some(dq) => {
+            let q = producer(g, dq.inputs[0]?, "lpc.quantize")?;
+            (
+                q.inputs[0]?,
+                dq.string("format")?.to_string(),
+                dq.string("mode")?.to_string(),
+            )
+        }
+        None => (a, "none".to_string(), String::new()),
+    };
+    let mut rotate = 0;
+    if let Some(r) = producer(g, x, "lpc.rotate") {
+        if r.int("axis").unwrap_or(-1) != -1 {
+            return None;
+        }
+        rotate = r.int("block")?;
+        x = r.inputs[0]?;
+    }
+    let mut attrs = BTreeMap::new();
+    attrs.insert("parts".to_string(), Attr::Int(parts as i64));
+    attrs.insert("k".to_string(), Attr::Int(k));
+    attrs.insert("wformat".to_string(), Attr::String(wformat));
+    attrs.insert("wmode".to_string(), Attr::String(wmode));
+    attrs.insert("aformat".to_string(), Attr::String(aformat));
+    attrs.insert("amode".to_string(), Attr::String(amode));
+    attrs.insert("rotate".to_string(), Attr::Int(rotate));
+    let mut inputs = vec![Some(x)];
+    inputs.extend(packed.into_iter().map(Some));
+    if let Some(b) = node.inputs.get(1 + parts).copied().flatten() {
+        inputs.push(Some(b));
+    }
+    replace_value(
+        g,
+        node.outputs[0],
+        node.name.clone(),
+        "lpc.qgemm",
+        attrs,
+        inputs,
+    );
+    g.remove_node(n);
+    Some(())
+}
+
+impl Pass for FuseQgemm {
+    fn name(&self) -> &'static str {
+        "fuse-qgemm"
+    }
+    fn summary(&self) -> &'static str {
+        "quantized lpc.linear (fake-quant operands, packed weights) to lpc.qgemm"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, String> {
+        let order = g
+            .topo_order()
+            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let mut changed = false;
+        for n in order {
+            if g.contains_node(n) && g.node(n).op == "lpc.linear" && fuse(g, n).is_some() {
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,109 @@
+//! `quantize-insert`: explicit quantization of the selected linear layers.
+//!
+//! Matches: every `lpc.linear` the quantization plan selects
+//! ([`crate::quant_policy`]).
+//! Guarantees: its activation operand becomes
+//! `lpc.dequantize(lpc.quantize(x) {format, mode, axis = -1})` (unless the
+//! scheme is weight-only) and each weight operand
+//! `lpc.dequantize(lpc.quantize(W) {format, mode, axis = K axis})`, blocks
+//! along the reduction axis in both; the graph computes exactly the
+//! fake-quantized layer. Run after `rotate` (if any), before
+//! `weights-prequantize`.
+
+use crate::quant_policy::{plan, QuantConfig};
+use crate::Pass;
+use lpc_ir::{Attr, DType, Graph, NewNode, Type, ValueId};
+use lpc_runtime::formats::Format;
+use std::collections::BTreeMap;
+
+pub struct QuantizeInsert(pub QuantConfig);
+
+/// `dequantize(quantize(v))` along `axis` (of length `k`).
+fn qdq(g: &mut Graph, v: ValueId, f: Format, axis: i64, k: usize, tag: &str) -> ValueId {
+    let mut attrs = BTreeMap::new();
+    attrs.insert("format".to_string(), Attr::String(f.name().into()));
+    attrs.insert("mode".to_string(), Attr::String(f.mode_name().into()));
+    attrs.insert("axis".to_string(), Attr::Int(axis));
+    let ty = g.value(v).ty.clone();
+    let q = g
+        .add_node(
+            NewNode {
+                name: format!("{tag}/quantize"),
+                op: "lpc.quantize".into(),
+                attrs: attrs.clone(),
+                inputs: vec![Some(v)],
+            },
+            vec![(
+                format!("{tag}/packed"),
+                Some(Type {
+                    dtype: DType::U8,
+                    shape: None,
+                }),
+            )],
+        )
+        .1[0];
+    attrs.insert("axis_len".to_string(), Attr::Int(k as i64));
+    g.add_node(
+        NewNode {
+            name: format!("{tag}/dequantize"),
+            op: "lpc.dequantize".into(),
+            attrs,
+            inputs: vec![Some(q)],
+        },
+        vec![(format!("{tag}/fq"), ty)],
+    )
+    .1[0]
+}
+
+impl Pass for QuantizeInsert {
+    fn name(&self) -> &'static str {
+        "quantize-insert"
+    }
+    fn summary(&self) -> &'static str {
+        "explicit quantize/dequantize on the weights and activations of selected linear layers"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, String> {
+        let mut changed = false;
+        for lp in plan(g, &self.0).layers {
+            let Some((wf, af)) = lp.formats else { continue };
+            let node = g.node(lp.node).clone();
+            let parts = node.int("parts").unwrap_or(1).max(1) as usize;
+            let transposed = node.int("transposed") == Some(1);
+            let w0 = node.inputs[1].ok_or("linear without weight")?;
+            let dims = g
+                .value(w0)
+                .ty
+                .as_ref()
+                .and_then(|t| t.shape.clone())
+                .ok_or_else(|| format!("weight of `{}` has no shape", node.name))?;
+            let k = match dims.get(if transposed { 1 } else { 0 }) {
+                Some(lpc_ir::Dim::Fixed(k)) => *k,
+                _ => {
+                    return Err(format!(
+                        "weight of `{}` has no static input width",
+                        node.name
+                    ))
+                }
+            };
+            if let Some(af) = af {
+                let x = node.inputs[0].ok_or("linear without input")?;
+                let fq = qdq(g, x, af, -1, k, &format!("{}/act", node.name));
+                g.set_input(lp.node, 0, Some(fq));
+            }
+            for i in 0..parts {
+                let w = node.inputs[1 + i].ok_or("linear without weight")?;
+                let fq = qdq(
+                    g,
+                    w,
+                    wf,
+                    if transposed { 1 } else { 0 },
+                    k,
+                    &format!("{}/w{i}", node.name),
+                );
+                g.set_input(lp.node, 1 + i, Some(fq));
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,121 @@
+//! `weights-prequantize`: quantizes constant weights at compile time.
+//!
+//! Matches: `lpc.quantize(W)` and `lpc.quantize(lpc.rotate(W))` with a
+//! constant `W` (f32, f16 or bf16).
+//! Guarantees: a packed `u8` constant with exactly the bytes the `lpc.quantize`
+//! kernel would produce (the runtime's bulk codec, parallel over blocks). One
+//! weight at a time: the rotated f32 scratch copy of a weight lives only
+//! while that weight is packed; the original stays memory-mapped.
+//! Run after `quantize-insert` (and `rotate`), before `fuse-qgemm`.
+
+use crate::Pass;
+use lpc_ir::interp::quant::format_of;
+use lpc_ir::{DType, Graph, NodeId, Tensor};
+use lpc_runtime::formats::Element;
+use lpc_runtime::hadamard;
+
+pub struct WeightsPrequantize;
+
+fn widen(t: &Tensor) -> Option<Vec<f32>> {
+    fn conv<T: Element + Copy>(d: &[u8], from: fn(&[u8]) -> T, size: usize) -> Vec<f32> {
+        d.chunks_exact(size).map(|c| from(c).to_f32()).collect()
+    }
+    Some(match t.dtype {
+        DType::F32 => conv(
+            &t.data,
+            |c| f32::from_le_bytes(c.try_into().expect("4 bytes")),
+            4,
+        ),
+        DType::F16 => conv(&t.data, |c| half::f16::from_le_bytes([c[0], c[1]]), 2),
+        DType::Bf16 => conv(&t.data, |c| half::bf16::from_le_bytes([c[0], c[1]]), 2),
+        _ => return None,
+    })
+}
+
+fn prequantize(g: &mut Graph, n: NodeId) -> Result<bool, String> {
+    let node = g.node(n).clone();
+    let Some(src) = node.inputs[0] else {
+        return Ok(false);
+    };
+    // The weight, possibly behind a compile-time rotation.
+    let (w, rot) = match g.producer(src).map(|p| (p, g.node(p))) {
+        Some((_, r)) if r.op == "lpc.rotate" => (
+            r.inputs[0],
+            Some((
+                r.int("block").unwrap_or(32) as usize,
+                r.int("axis").unwrap_or(-1),
+            )),
+        ),
+        _ => (Some(src), None),
+    };
+    let Some(t) = w.and_then(|w| g.constant(w)).cloned() else {
+        return Ok(false);
+    };
+    let Some(mut x) = widen(&t) else {
+        return Ok(false);
+    };
+    let f = format_of(node.string("format").unwrap_or("none"), node.string("mode"))?
+        .ok_or("quantize to `none`")?;
+    let rank = t.dims.len();
+    let norm = |a: i64| {
+        if a < 0 {
+            (a + rank as i64) as usize
+        } else {
+            a as usize
+        }
+    };
+    if let Some((b, raxis)) = rot {
+        let ax = norm(raxis);
+        let k = t.dims[ax];
+        if k % b != 0 {
+            return Err(format!(
+                "`{}`: {k} is not a multiple of the rotation block {b}",
+                node.name
+            ));
+        }
+        let inner: usize = t.dims[ax + 1..].iter().product();
+        let outer: usize = t.dims[..ax].iter().product();
+        for o in 0..outer {
+            hadamard::rotate_columns(&mut x[o * k * inner..(o + 1) * k * inner], k, inner, b);
+        }
+    }
+    let ax = norm(node.int("axis").unwrap_or(-1));
+    let l = f
+        .layout(&t.dims, ax as isize, true)
+        .map_err(|e| e.to_string())?;
+    let bytes = f.quantize(&x, &l).map_err(|e| e.to_string())?;
+    drop(x);
+    let mut shape: Vec<usize> = t
+        .dims
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != ax)
+        .map(|(_, &d)| d)
+        .collect();
+    shape.push(l.blocks_per_row() * f.block_bytes());
+    let packed = Tensor::new(DType::U8, shape, bytes.into()).ok_or("packed size")?;
+    g.make_const(node.outputs[0], packed);
+    g.remove_node(n);
+    Ok(true)
+}
+
+impl Pass for WeightsPrequantize {
+    fn name(&self) -> &'static str {
+        "weights-prequantize"
+    }
+    fn summary(&self) -> &'static str {
+        "pack constant weights at compile time with the runtime's codecs"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, String> {
+        let order = g
+            .topo_order()
+            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let mut changed = false;
+        for n in order {
+            if g.contains_node(n) && g.node(n).op == "lpc.quantize" {
+                changed |= prequantize(g, n)?;
+            }
+        }
+        Ok(changed)
+    }
+}

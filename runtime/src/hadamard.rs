@@ -1,0 +1,105 @@
+//! The block-diagonal Walsh-Hadamard rotation used to spread outliers before
+//! quantization: each block of `b` consecutive values (b a power of two) is
+//! multiplied by the normalized Sylvester Hadamard matrix `H_b / sqrt(b)`,
+//! which is symmetric and orthogonal, so applying it twice is the identity
+//! and `x · W = (x H)(H W)` in real arithmetic. The compiler rotates weights
+//! with it at compile time, the runtime rotates activations with it.
+
+/// Rotates `x` in place, block by block; `x.len()` must be a multiple of `b`.
+pub fn rotate_blocks(x: &mut [f32], b: usize) {
+    assert!(
+        b.is_power_of_two() && x.len() % b == 0,
+        "hadamard: length {} is not a multiple of block {b}",
+        x.len()
+    );
+    let scale = 1.0 / (b as f32).sqrt();
+    for blk in x.chunks_exact_mut(b) {
+        let mut h = 1;
+        while h < b {
+            for i in (0..b).step_by(2 * h) {
+                for j in i..i + h {
+                    let (u, v) = (blk[j], blk[j + h]);
+                    blk[j] = u + v;
+                    blk[j + h] = u - v;
+                }
+            }
+            h *= 2;
+        }
+        for v in blk.iter_mut() {
+            *v *= scale;
+        }
+    }
+}
+
+/// Rotates the rows of a row-major `[rows, k]` matrix along k.
+pub fn rotate_rows(x: &mut [f32], k: usize, b: usize) {
+    for row in x.chunks_exact_mut(k) {
+        rotate_blocks(row, b);
+    }
+}
+
+/// Rotates a `[k, n]` row-major matrix along k (its columns), i.e. `H · W`.
+pub fn rotate_columns(w: &mut [f32], k: usize, n: usize, b: usize) {
+    assert!(w.len() == k * n && k % b == 0);
+    let mut col = vec![0f32; k];
+    for j in 0..n {
+        for i in 0..k {
+            col[i] = w[i * n + j];
+        }
+        rotate_blocks(&mut col, b);
+        for i in 0..k {
+            w[i * n + j] = col[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entry (i, j) of the unnormalized Sylvester matrix: (-1)^popcount(i & j).
+    fn h(i: usize, j: usize) -> f64 {
+        if (i & j).count_ones() % 2 == 0 {
+            1.0
+        } else {
+            -1.0
+        }
+    }
+
+    #[test]
+    fn matches_the_explicit_matrix_and_is_an_involution() {
+        for b in [1, 2, 8, 32, 64] {
+            let x: Vec<f32> = (0..2 * b)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+                .collect();
+            let mut y = x.clone();
+            rotate_blocks(&mut y, b);
+            for blk in 0..2 {
+                for i in 0..b {
+                    let want: f64 = (0..b).map(|j| h(i, j) * x[blk * b + j] as f64).sum::<f64>()
+                        / (b as f64).sqrt();
+                    assert!((y[blk * b + i] as f64 - want).abs() < 1e-5, "b={b} i={i}");
+                }
+            }
+            rotate_blocks(&mut y, b);
+            for (a, c) in x.iter().zip(&y) {
+                assert!((a - c).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn rotation_preserves_products() {
+        let (k, n, b) = (64, 3, 32);
+        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let (mut xr, mut wr) = (x.clone(), w.clone());
+        rotate_rows(&mut xr, k, b);
+        rotate_columns(&mut wr, k, n, b);
+        for j in 0..n {
+            let a: f32 = (0..k).map(|i| x[i] * w[i * n + j]).sum();
+            let c: f32 = (0..k).map(|i| xr[i] * wr[i * n + j]).sum();
+            assert!((a - c).abs() < 1e-4, "{a} vs {c}");
+        }
+    }
+}
