@@ -290,3 +290,158 @@ fn run_check_compares_with_references() {
         "outputs differ from",
     );
 }
+
+#[test]
+fn quantization_options_and_their_errors() {
+    let dir = models().join("qwen3_small_prefill_ts");
+    let m = dir.join("model.onnx");
+    let ins = dir.join("inputs");
+    // -v prints the plan; the head stays f32 by default.
+    let o = lpc(&[
+        "compile",
+        s(&m),
+        "--format",
+        "hif4",
+        "-v",
+        "--override",
+        "nomatch_xyz=hif8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("quantization: weights hif4 (consortium), activations hif4 (consortium), rotate hadamard"), "{out}");
+    assert!(
+        out.contains("/m/lm_head/MatMul: f32 (default: output head)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: --override nomatch_xyz: no linear layer matches"),
+        "{out}"
+    );
+    assert_eq!(out.matches("lpc.qgemm(").count(), 8, "{out}");
+    // --exclude replaces the defaults; an empty one excludes nothing.
+    let o = lpc(&["compile", s(&m), "--format", "mxfp4", "--exclude", ""]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("lpc.qgemm(")
+            .count(),
+        9
+    );
+    let o = lpc(&["compile", s(&m), "--format", "mxfp4", "--exclude", "mlp"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("lpc.qgemm(")
+            .count(),
+        5
+    );
+    // Overrides beat the defaults.
+    let o = lpc(&[
+        "compile",
+        s(&m),
+        "--format",
+        "mxfp4",
+        "--override",
+        "lm_head=hif8",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("wformat = \"hif8\"") && out.matches("lpc.qgemm(").count() == 9,
+        "{out}"
+    );
+    // lpc run --format runs the quantized graph.
+    let o = lpc(&[
+        "run",
+        s(&m),
+        "--inputs",
+        s(&ins),
+        "--format",
+        "hif8",
+        "--check",
+        s(&dir.join("ref_ort")),
+        "--tolerance",
+        "0.5",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fails_with(
+        &[
+            "run",
+            s(&m),
+            "--inputs",
+            s(&ins),
+            "--format",
+            "hif8",
+            "--check",
+            s(&dir.join("ref_ort")),
+        ],
+        "outputs differ",
+    );
+    // Errors.
+    fails_with(
+        &["compile", s(&m), "--format", "fp4"],
+        "unknown format `fp4`",
+    );
+    fails_with(
+        &[
+            "compile",
+            s(&m),
+            "--format",
+            "mxfp4",
+            "--exclude",
+            "(unclosed",
+        ],
+        "--exclude `(unclosed`: not a valid regex",
+    );
+    fails_with(
+        &[
+            "compile",
+            s(&m),
+            "--format",
+            "mxfp4",
+            "--override",
+            "q_proj",
+        ],
+        "expected REGEX=FORMAT",
+    );
+    fails_with(
+        &[
+            "compile",
+            s(&m),
+            "--format",
+            "mxfp4",
+            "--override",
+            "q_proj=int3",
+        ],
+        "unknown format `int3`",
+    );
+    fails_with(
+        &["compile", s(&m), "--format", "hif4", "--rounding", "rne"],
+        "--rounding applies to mxfp4 and hif8 only",
+    );
+    fails_with(
+        &["compile", s(&m), "--format", "mxfp4", "--rotate", "givens"],
+        "expected hadamard or none",
+    );
+    fails_with(&["eval", s(&m), "--inputs", s(&ins)], "needs a format");
+    fails_with(
+        &["compile", s(&m), "--activations", "hif8"],
+        "without weights",
+    );
+    // eval writes its JSON report.
+    let tmp = tempfile::tempdir().unwrap();
+    let rep = tmp.path().join("r.json");
+    let o = lpc(&[
+        "eval",
+        s(&m),
+        "--inputs",
+        s(&ins),
+        "--format",
+        "mxfp4",
+        "--report",
+        s(&rep),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = std::fs::read_to_string(&rep).unwrap();
+    assert!(
+        json.contains("\"output_sqnr_db\"") && json.contains("\"top1_agreement\""),
+        "{json}"
+    );
+}

@@ -24,11 +24,15 @@ mod rotate;
 pub mod util;
 mod weights_prequantize;
 
+pub use fuse_qgemm::FuseQgemm;
 use lpc_ir::{text, verify::verify, Graph};
 pub use quant_policy::QuantConfig;
+pub use quantize_insert::QuantizeInsert;
 pub use rotate::rotation_block;
+pub use rotate::Rotate;
 use std::time::{Duration, Instant};
 use thiserror::Error;
+pub use weights_prequantize::WeightsPrequantize;
 
 #[derive(Debug, Error)]
 pub enum PassError {

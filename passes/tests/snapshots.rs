@@ -2,21 +2,110 @@
 //! verified after the pass. Re-bless with `INSTA_UPDATE=always cargo test -p
 //! lpc-passes` (CI runs with `INSTA_UPDATE=no`).
 
-use lpc_ir::{text, verify::verify};
-use lpc_passes::by_name;
+use lpc_ir::interp::{self, Data, TensorValue};
+use lpc_ir::{text, verify::verify, DType, Dim, Graph};
+use lpc_passes::{
+    by_name, FuseQgemm, Pass, QuantConfig, QuantizeInsert, Rotate, WeightsPrequantize,
+};
+use lpc_runtime::formats::{Format, Mxfp4Rounding};
+use std::collections::HashMap;
 
-/// Parses `src`, runs the named passes in order, verifies, prints.
+/// Deterministic inputs for a test graph: symbols bound to 3, floats in
+/// [-1, 1), integers in 0..3.
+fn inputs(g: &Graph) -> HashMap<String, TensorValue> {
+    let mut seed = 0x2545_F491u64;
+    g.inputs
+        .iter()
+        .map(|&i| {
+            let v = g.value(i);
+            let ty = v.ty.as_ref().expect("test inputs are typed");
+            let shape: Vec<usize> = ty
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.iter()
+                        .map(|d| if let Dim::Fixed(n) = d { *n } else { 3 })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let n: usize = shape.iter().product();
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let data = match ty.dtype {
+                DType::Bool => Data::B((0..n).map(|_| next() % 2 == 0).collect()),
+                d if d.is_float() => Data::F(
+                    (0..n)
+                        .map(|_| (next() % 2000) as f32 / 1000.0 - 1.0)
+                        .collect(),
+                ),
+                _ => Data::I((0..n).map(|_| (next() % 3) as i64).collect()),
+            };
+            (
+                v.name.clone(),
+                TensorValue::with_dtype(ty.dtype, shape, data),
+            )
+        })
+        .collect()
+}
+
+/// Parses `src`, runs the named passes in order, verifies, checks that the
+/// interpreter computes the same outputs before and after, prints.
 fn run(passes: &[&str], src: &str) -> String {
+    let passes: Vec<Box<dyn Pass>> = passes
+        .iter()
+        .map(|p| by_name(p).unwrap_or_else(|| panic!("no pass {p}")))
+        .collect();
+    run_passes(passes, src, true)
+}
+
+fn run_passes(passes: Vec<Box<dyn Pass>>, src: &str, same_outputs: bool) -> String {
     let mut g = text::parse(src, &|_| None).expect("test IR parses");
     verify(&g).expect("test IR verifies");
-    for p in passes {
-        by_name(p)
-            .unwrap_or_else(|| panic!("no pass {p}"))
-            .run(&mut g)
-            .expect("pass runs");
-        verify(&g).unwrap_or_else(|e| panic!("after {p}: {e}"));
+    let ins = inputs(&g);
+    let before = interp::run(&g, &ins).expect("test IR runs");
+    for p in &passes {
+        p.run(&mut g).expect("pass runs");
+        verify(&g).unwrap_or_else(|e| panic!("after {}: {e}", p.name()));
+    }
+    let after = interp::run(&g, &ins).expect("transformed IR runs");
+    if same_outputs {
+        for (k, (a, b)) in before.iter().zip(&after).enumerate() {
+            assert_eq!(a.shape, b.shape, "output {k}");
+            for (x, y) in a.to_f64().iter().zip(b.to_f64()) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "output {k}: {x} became {y}"
+                );
+            }
+        }
     }
     text::print(&g)
+}
+
+/// A W4A4 MXFP4 configuration, quantizing every layer.
+fn mxfp4_cfg(rotate: bool) -> QuantConfig {
+    QuantConfig {
+        weights: Some(Format::Mxfp4(Mxfp4Rounding::Rne)),
+        activations: Some(Format::Mxfp4(Mxfp4Rounding::Rne)),
+        rotate,
+        quantize_all: true,
+        ..Default::default()
+    }
+}
+
+/// The quantization test graph: a 64 -> 2 linear layer.
+fn quant_src() -> String {
+    let w: Vec<String> = (0..128)
+        .map(|i| format!("{:?}", ((i * 37 % 23) as f32 - 11.0) / 16.0))
+        .collect();
+    format!(
+        "graph \"g\" [\"\" = 17] {{\n  input %0 \"x\": f32[batch, 64]\n  const %1 \"w\": f32[64, 2] = [{}]\n  %2 \"y\": f32[batch, 2] = lpc.linear(%0, %1) {{transposed = 0}} \"proj\"\n  output %2\n}}",
+        w.join(", ")
+    )
 }
 
 #[test]
@@ -267,4 +356,58 @@ fn fuse_parallel_linear() {
   output %7
 }"#
     ));
+}
+
+#[test]
+fn rotate() {
+    // Rotation alone is exact in real arithmetic: outputs unchanged.
+    insta::assert_snapshot!(run_passes(
+        vec![Box::new(Rotate(mxfp4_cfg(true)))],
+        &quant_src(),
+        true
+    ));
+}
+
+#[test]
+fn quantize_insert() {
+    insta::assert_snapshot!(run_passes(
+        vec![Box::new(QuantizeInsert(mxfp4_cfg(false)))],
+        &quant_src(),
+        false
+    ));
+}
+
+#[test]
+fn weights_prequantize() {
+    insta::assert_snapshot!(run_passes(
+        vec![
+            Box::new(Rotate(mxfp4_cfg(true))),
+            Box::new(QuantizeInsert(mxfp4_cfg(true))),
+            Box::new(WeightsPrequantize)
+        ],
+        &quant_src(),
+        false
+    ));
+}
+
+#[test]
+fn fuse_qgemm() {
+    let mut g = text::parse(&quant_src(), &|_| None).unwrap();
+    let prep: Vec<Box<dyn Pass>> = vec![
+        Box::new(Rotate(mxfp4_cfg(true))),
+        Box::new(QuantizeInsert(mxfp4_cfg(true))),
+        Box::new(WeightsPrequantize),
+    ];
+    for p in &prep {
+        p.run(&mut g).unwrap();
+    }
+    let ins = inputs(&g);
+    let before = interp::run(&g, &ins).unwrap();
+    FuseQgemm.run(&mut g).unwrap();
+    by_name("dce").unwrap().run(&mut g).unwrap();
+    verify(&g).unwrap();
+    // Fusing does not change the quantized values.
+    let after = interp::run(&g, &ins).unwrap();
+    assert_eq!(before[0].to_f64(), after[0].to_f64());
+    insta::assert_snapshot!(text::print(&g));
 }

@@ -1,0 +1,330 @@
+//! Quantization end to end: numerics against an independent reference,
+//! rotation exactness, the accuracy report on every fixture, the Hadamard
+//! gain on outlier layers, determinism.
+
+use lpc::eval::evaluate;
+use lpc::onnx::{import, OnnxModel};
+use lpc::run::read_inputs;
+use lpc_ir::interp::{self, TensorValue};
+use lpc_ir::{text, verify::verify, Graph};
+use lpc_passes::{canonicalize, quantize, PassManager, QuantConfig, RunOptions};
+use lpc_runtime::formats::{
+    hif4, hif8, mxfp4, BlockFormat, Format, Hif4, Hif4Variant, Hif8Rounding, Mxfp4, Mxfp4Rounding,
+};
+use lpc_tests::fixture;
+use std::collections::HashMap;
+
+fn cfg(f: Format, rotate: bool) -> QuantConfig {
+    QuantConfig {
+        weights: Some(f),
+        activations: Some(f),
+        rotate,
+        ..Default::default()
+    }
+}
+
+fn rand(n: usize, seed: u64, outliers: bool) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let v = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1;
+            if outliers && i % 41 == 0 {
+                v * 30.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// The straightforward reference: quantize the weight columns and the
+/// activation rows block by block with the runtime's codecs, multiply with the
+/// exact block dot products of the spec, accumulate in f64.
+fn reference(f: Format, x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let col = |j: usize| -> Vec<f32> { (0..k).map(|i| w[i * n + j]).collect() };
+    let mut out = vec![0f64; m * n];
+    for r in 0..m {
+        let xr = &x[r * k..(r + 1) * k];
+        for j in 0..n {
+            let wc = col(j);
+            out[r * n + j] = match f {
+                Format::Mxfp4(mode) => {
+                    let q = |v: &[f32]| {
+                        v.chunks(32)
+                            .map(|c| Mxfp4::quantize_block(c, mode))
+                            .collect::<Vec<_>>()
+                    };
+                    mxfp4::dot(&q(xr), &q(&wc))
+                }
+                Format::Hif4(var) => {
+                    let q = |v: &[f32]| {
+                        v.chunks(64)
+                            .map(|c| Hif4::quantize_block(c, var))
+                            .collect::<Vec<_>>()
+                    };
+                    hif4::dot(&q(xr), &q(&wc))
+                }
+                Format::Hif8(mode) => {
+                    let q =
+                        |v: &[f32]| v.iter().map(|&e| hif8::encode(e, mode)).collect::<Vec<_>>();
+                    hif8::dot(&q(xr), &q(&wc))
+                }
+            };
+        }
+    }
+    out
+}
+
+fn layer_graph(x_dims: (usize, usize), w: &[f32], n: usize) -> Graph {
+    let (m, k) = x_dims;
+    let vals: Vec<String> = w.iter().map(|v| format!("{v:?}")).collect();
+    let src = format!(
+        "graph \"l\" [\"\" = 17] {{\n  input %0 \"x\": f32[{m}, {k}]\n  const %1 \"w\": f32[{k}, {n}] = [{}]\n  %2 \"y\": f32[{m}, {n}] = lpc.linear(%0, %1) {{transposed = 0}} \"layer\"\n  output %2\n}}",
+        vals.join(", ")
+    );
+    // Large constants print as blobs; this graph is parsed from inline text.
+    text::parse(&src, &|_| None).unwrap()
+}
+
+#[test]
+fn qgemm_equals_the_block_dot_reference() {
+    let (m, k, n) = (3, 192, 5);
+    let formats = [
+        Format::Mxfp4(Mxfp4Rounding::Rne),
+        Format::Mxfp4(Mxfp4Rounding::TiesAway),
+        Format::Hif4(Hif4Variant::Consortium),
+        Format::Hif4(Hif4Variant::Amct),
+        Format::Hif8(Hif8Rounding::Ta),
+        Format::Hif8(Hif8Rounding::Hybrid),
+    ];
+    for (t, f) in formats.into_iter().enumerate() {
+        let x = rand(m * k, 11 + t as u64, true);
+        let w = rand(k * n, 97 + t as u64, true);
+        let mut g = layer_graph((m, k), &w, n);
+        let c = QuantConfig {
+            quantize_all: true,
+            ..cfg(f, false)
+        };
+        PassManager::new(
+            quantize(&c),
+            RunOptions {
+                verify: true,
+                ..Default::default()
+            },
+        )
+        .run(&mut g)
+        .unwrap();
+        assert_eq!(g.op_counts().get("lpc.qgemm"), Some(&1), "{f}");
+        let ins: HashMap<String, TensorValue> =
+            [("x".to_string(), TensorValue::f32(vec![m, k], x.clone()))].into();
+        let y = interp::run(&g, &ins).unwrap()[0].as_f32().unwrap().to_vec();
+        let want = reference(f, &x, &w, m, k, n);
+        for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+            // Both sum exact products in f64; only the final f32 rounding differs.
+            assert!(
+                (a as f64 - b).abs() <= 2.0 * f32::EPSILON as f64 * b.abs() + 1e-30,
+                "{f} [{i}]: {a} vs {b}"
+            );
+        }
+    }
+}
+
+fn canonical(model: &str) -> Graph {
+    let mut g =
+        import(&OnnxModel::load(&fixture(&format!("models/{model}/model.onnx"))).unwrap()).unwrap();
+    PassManager::new(canonicalize(), RunOptions::default())
+        .run(&mut g)
+        .unwrap();
+    g
+}
+
+/// Rotating without quantizing changes nothing beyond f32 rounding.
+#[test]
+fn rotation_alone_is_exact() {
+    for m in ["qwen3_small_prefill_ts", "wan_small_ts"] {
+        let mut g = canonical(m);
+        let c = QuantConfig {
+            quantize_all: true,
+            ..cfg(Format::Mxfp4(Mxfp4Rounding::Rne), true)
+        };
+        let rot = lpc_passes::Rotate(c);
+        use lpc_passes::Pass;
+        assert!(rot.run(&mut g).unwrap(), "{m}: nothing rotated");
+        verify(&g).unwrap();
+        let dir = fixture(&format!("models/{m}"));
+        let ins = read_inputs(&g, Some(&dir.join("inputs")), &[]).unwrap();
+        let out = interp::run(&g, &ins).unwrap();
+        let name = g.value(g.outputs[0]).name.clone();
+        let want = lpc::run::value_from_npy(
+            &lpc::npy::read(&dir.join("ref_ort").join(format!("{name}.npy"))).unwrap(),
+        );
+        for (a, b) in out[0].to_f64().iter().zip(want.to_f64()) {
+            assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "{m}: {a} vs {b}");
+        }
+    }
+}
+
+const FORMATS: [Format; 3] = [
+    Format::Mxfp4(Mxfp4Rounding::Rne),
+    Format::Hif4(Hif4Variant::Consortium),
+    Format::Hif8(Hif8Rounding::Ta),
+];
+
+#[test]
+fn eval_runs_on_every_fixture_and_format() {
+    for m in [
+        "qwen3_small_prefill_ts",
+        "qwen3_small_decode_ts",
+        "qwen3_small_prefill_op23",
+        "qwen3_small_genai_fp32",
+        "wan_small_ts",
+        "wan_small_op23",
+    ] {
+        let dir = fixture(&format!("models/{m}"));
+        for f in FORMATS {
+            let r = evaluate(
+                &dir.join("model.onnx"),
+                &dir.join("inputs"),
+                &cfg(f, f.block_len() > 1),
+            )
+            .unwrap_or_else(|e| panic!("{m} {f}: {e}"));
+            assert!(!r.layers.is_empty(), "{m} {f}: no layer quantized");
+            for l in &r.layers {
+                assert!(
+                    l.output_sqnr_db.is_finite() && l.output_sqnr_db > 5.0,
+                    "{m} {f} {}: {}",
+                    l.name,
+                    l.output_sqnr_db
+                );
+                assert!(
+                    l.bytes_after * 3 < l.bytes_before,
+                    "{m} {f} {}: not packed",
+                    l.name
+                );
+            }
+            // The head stays f32 by default; its logits still move a little.
+            let o = &r.outputs[0];
+            assert!(
+                o.sqnr_db > 5.0 && o.sqnr_db.is_finite(),
+                "{m} {f}: {}",
+                o.sqnr_db
+            );
+            if o.name == "logits" {
+                assert!(
+                    o.top1_agreement.unwrap() >= 0.5 && o.kl_divergence.unwrap() < 0.1,
+                    "{m} {f}"
+                );
+            }
+        }
+    }
+}
+
+/// The layers of the Wan fixture whose inputs have outlier channels gain
+/// output SQNR from the Hadamard rotation.
+#[test]
+fn hadamard_helps_the_outlier_layers() {
+    let dir = fixture("models/wan_small_ts");
+    for f in [
+        Format::Mxfp4(Mxfp4Rounding::Rne),
+        Format::Hif4(Hif4Variant::Consortium),
+    ] {
+        let run = |rotate| {
+            evaluate(
+                &dir.join("model.onnx"),
+                &dir.join("inputs"),
+                &cfg(f, rotate),
+            )
+            .unwrap()
+        };
+        let (plain, rot) = (run(false), run(true));
+        // attn1 q/k/v (to_q has outliers), attn2 to_k/to_v, ffn.net.0, ffn.net.2.
+        let outlier = |n: &str| {
+            ["attn1/to_v", "attn2/to_v", "ffn/net.0", "ffn/net.2"]
+                .iter()
+                .any(|s| n.contains(s))
+        };
+        let gains: Vec<f64> = plain
+            .layers
+            .iter()
+            .zip(&rot.layers)
+            .filter(|(a, _)| outlier(&a.name))
+            .map(|(a, b)| b.output_sqnr_db - a.output_sqnr_db)
+            .collect();
+        assert_eq!(gains.len(), 4, "{f}");
+        let mean = gains.iter().sum::<f64>() / gains.len() as f64;
+        eprintln!("{f}: Hadamard gain on the outlier layers {gains:.2?} dB, mean {mean:.2} dB");
+        assert!(mean > 0.5, "{f}: mean gain {mean} dB");
+    }
+}
+
+#[test]
+fn reports_and_packed_weights_are_deterministic() {
+    let dir = fixture("models/qwen3_small_prefill_ts");
+    let f = Format::Hif4(Hif4Variant::Consortium);
+    let json = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let r = evaluate(&dir.join("model.onnx"), &dir.join("inputs"), &cfg(f, true)).unwrap();
+            serde_json::to_string(&r).unwrap()
+        })
+    };
+    let packed = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut g = canonical("qwen3_small_prefill_ts");
+            PassManager::new(quantize(&cfg(f, true)), RunOptions::default())
+                .run(&mut g)
+                .unwrap();
+            let mut bytes: Vec<(String, Vec<u8>)> = g
+                .value_ids()
+                .filter_map(|v| {
+                    g.constant(v)
+                        .filter(|t| t.dtype == lpc_ir::DType::U8)
+                        .map(|t| (g.value(v).name.clone(), t.data.to_vec()))
+                })
+                .collect();
+            bytes.sort();
+            bytes
+        })
+    };
+    assert_eq!(json(1), json(2));
+    assert_eq!(json(2), json(2));
+    assert_eq!(packed(1), packed(2));
+}
+
+/// A configuration without formats quantizes nothing: the canonical f32 model.
+#[test]
+fn format_none_is_the_f32_model() {
+    let dir = fixture("models/wan_small_op23");
+    let plain = lpc::run::run_model(
+        &dir.join("model.onnx"),
+        Some(&dir.join("inputs")),
+        &[],
+        None,
+    )
+    .unwrap();
+    let none = QuantConfig::default();
+    let q = lpc::run::run_model(
+        &dir.join("model.onnx"),
+        Some(&dir.join("inputs")),
+        &[],
+        Some(&none),
+    )
+    .unwrap();
+    // Canonicalization may reorder f32 sums (fused linears): within 1e-5.
+    for ((_, a), (_, b)) in plain.iter().zip(&q) {
+        assert_eq!(a.shape, b.shape);
+        for (x, y) in a.to_f64().iter().zip(b.to_f64()) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()));
+        }
+    }
+}
