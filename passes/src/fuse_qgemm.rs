@@ -15,6 +15,7 @@ use crate::Pass;
 use lpc_ir::{Attr, DType, Graph, NodeId, ValueId};
 use std::collections::BTreeMap;
 
+#[derive(Debug)]
 pub struct FuseQgemm;
 
 fn producer<'g>(g: &'g Graph, v: ValueId, op: &str) -> Option<&'g lpc_ir::Node> {

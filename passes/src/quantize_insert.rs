@@ -16,6 +16,7 @@ use lpc_ir::{Attr, DType, Graph, NewNode, Type, ValueId};
 use lpc_runtime::formats::Format;
 use std::collections::BTreeMap;
 
+#[derive(Debug)]
 pub struct QuantizeInsert(pub QuantConfig);
 
 /// `dequantize(quantize(v))` along `axis` (of length `k`).

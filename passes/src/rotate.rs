@@ -15,6 +15,7 @@ use crate::Pass;
 use lpc_ir::{Attr, Graph, NewNode};
 use std::collections::BTreeMap;
 
+#[derive(Debug)]
 pub struct Rotate(pub QuantConfig);
 
 /// The rotation block for a scheme.

@@ -14,6 +14,7 @@ use lpc_ir::{DType, Graph, NodeId, Tensor};
 use lpc_runtime::formats::Element;
 use lpc_runtime::hadamard;
 
+#[derive(Debug)]
 pub struct WeightsPrequantize;
 
 fn widen(t: &Tensor) -> Option<Vec<f32>> {
