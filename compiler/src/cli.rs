@@ -103,6 +103,12 @@ pub enum Command {
         /// Print the effective quantization configuration and per-layer plan.
         #[arg(short, long)]
         verbose: bool,
+        /// Write the accuracy report (as `lpc eval`) as JSON; needs --calib.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Inputs to measure the report on: a folder of .npy or a .npz bundle.
+        #[arg(long, value_name = "DIR|FILE.npz")]
+        calib: Option<PathBuf>,
     },
     /// Run a model in lpc's reference interpreter on .npy inputs.
     Run {
@@ -198,26 +204,43 @@ pub fn run(cli: Cli) -> Result<String, String> {
             time_passes,
             quant,
             verbose,
-        } => compile::compile(&CompileOptions {
-            model,
-            output,
-            print_ir_after,
-            dump_phases_to,
-            time_passes,
-            quant: if quant.active() {
+            report,
+            calib,
+        } => {
+            let quant = quant.resolved()?;
+            let qcfg = if quant.active() {
                 Some(quant.config()?)
             } else {
                 quant.config().map(|_| None)?
-            },
-            verbose,
-        })
-        .map_err(|e| e.to_string()),
+            };
+            let mut text = compile::compile(&CompileOptions {
+                model: model.clone(),
+                output,
+                print_ir_after,
+                dump_phases_to,
+                time_passes,
+                quant: qcfg.clone(),
+                verbose,
+            })
+            .map_err(|e| e.to_string())?;
+            if let Some(r) = report {
+                let (Some(q), Some(c)) = (qcfg, calib) else {
+                    return Err(
+                        "--report needs a format and --calib DIR|FILE.npz (inputs to measure on)"
+                            .into(),
+                    );
+                };
+                text += &eval::eval(&model, &c, &q, Some(&r)).map_err(|e| e.to_string())?;
+            }
+            Ok(text)
+        }
         Command::Eval {
             model,
             inputs,
             report,
             quant,
         } => {
+            let quant = quant.resolved()?;
             if !quant.active() {
                 return Err("lpc eval needs a format to evaluate (--format or --weights)".into());
             }

@@ -37,6 +37,27 @@ pub struct QuantArgs {
     /// Quantize every linear layer, the output head and conditioning layers too.
     #[arg(long)]
     pub quantize_all: bool,
+    /// Options file (default: `lpc.toml` in the current directory, if any);
+    /// command-line options win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// `lpc.toml`: the same options as the command line.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileOptions {
+    pub format: Option<String>,
+    pub weights: Option<String>,
+    pub activations: Option<String>,
+    pub rounding: Option<String>,
+    pub variant: Option<String>,
+    pub rotate: Option<String>,
+    /// Present (even empty) replaces the default exclusions.
+    pub exclude: Option<Vec<String>>,
+    #[serde(rename = "override")]
+    pub overrides: Option<Vec<String>>,
+    pub quantize_all: Option<bool>,
 }
 
 fn parse_format(
@@ -67,6 +88,47 @@ fn regex(s: &str, flag: &str) -> Result<Regex, String> {
 }
 
 impl QuantArgs {
+    /// These options over those of the config file (`--config`, or `lpc.toml`
+    /// in the current directory): the command line wins field by field.
+    pub fn resolved(&self) -> Result<QuantArgs, String> {
+        let path = match &self.config {
+            Some(p) => Some(p.clone()),
+            None => Some(std::path::PathBuf::from("lpc.toml")).filter(|p| p.is_file()),
+        };
+        let Some(path) = path else {
+            return Ok(self.clone());
+        };
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f: FileOptions = toml::from_str(&text)
+            .map_err(|e| format!("{}: {}", path.display(), e.to_string().replace('\n', " ")))?;
+        let pick = |cli: &Option<String>, file: Option<String>| cli.clone().or(file);
+        let exclude_given = !self.exclude.is_empty();
+        Ok(QuantArgs {
+            format: pick(&self.format, f.format),
+            weights: pick(&self.weights, f.weights),
+            activations: pick(&self.activations, f.activations),
+            rounding: pick(&self.rounding, f.rounding),
+            variant: pick(&self.variant, f.variant),
+            rotate: pick(&self.rotate, f.rotate),
+            exclude: if exclude_given {
+                self.exclude.clone()
+            } else {
+                // An empty list in the file means "exclude nothing".
+                f.exclude
+                    .map(|v| if v.is_empty() { vec![String::new()] } else { v })
+                    .unwrap_or_default()
+            },
+            overrides: if self.overrides.is_empty() {
+                f.overrides.unwrap_or_default()
+            } else {
+                self.overrides.clone()
+            },
+            quantize_all: self.quantize_all || f.quantize_all.unwrap_or(false),
+            config: None,
+        })
+    }
+
     /// Is anything to be quantized?
     pub fn active(&self) -> bool {
         self.format.as_deref().is_some_and(|f| f != "none")

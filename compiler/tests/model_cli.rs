@@ -445,3 +445,61 @@ fn quantization_options_and_their_errors() {
         "{json}"
     );
 }
+
+#[test]
+fn config_file_and_compile_report() {
+    let dir = models().join("qwen3_small_prefill_ts");
+    let m = dir.join("model.onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("lpc.toml");
+    std::fs::write(&cfg, "format = \"hif4\"\nexclude = []\nrotate = \"none\"\n").unwrap();
+    // The file's options apply; an empty exclude list excludes nothing.
+    let o = lpc(&["compile", s(&m), "--config", s(&cfg), "-v"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("weights hif4 (consortium)") && out.contains("rotate none, exclude nothing"),
+        "{out}"
+    );
+    assert_eq!(out.matches("lpc.qgemm(").count(), 9);
+    // The command line wins.
+    let o = lpc(&[
+        "compile",
+        s(&m),
+        "--config",
+        s(&cfg),
+        "-v",
+        "--format",
+        "mxfp4",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("weights mxfp4 (rne)"));
+    std::fs::write(&cfg, "formt = \"hif4\"\n").unwrap();
+    fails_with(
+        &["compile", s(&m), "--config", s(&cfg)],
+        "unknown field `formt`",
+    );
+    // compile --report measures on --calib inputs.
+    let rep = tmp.path().join("r.json");
+    fails_with(
+        &["compile", s(&m), "--format", "hif8", "--report", s(&rep)],
+        "--report needs a format and --calib",
+    );
+    let o = lpc(&[
+        "compile",
+        s(&m),
+        "--format",
+        "hif8",
+        "--report",
+        s(&rep),
+        "--calib",
+        s(&dir.join("inputs")),
+        "-o",
+        s(&tmp.path().join("m.ir")),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(&rep)
+        .unwrap()
+        .contains("\"layers\""));
+    assert!(std::fs::read_to_string(tmp.path().join("m.ir"))
+        .unwrap()
+        .contains("lpc.qgemm("));
+}
