@@ -158,14 +158,19 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
             continue;
         };
         let parts = q.int("parts").unwrap_or(1).max(1) as usize;
-        let consts: Vec<Option<TensorValue>> = q.inputs[1..]
+        // The layer alone: without its fused epilogue.
+        let mut layer = q.clone();
+        layer.attrs.remove("activation");
+        layer.attrs.insert("residual".into(), lpc_ir::Attr::Int(0));
+        let n_ops = 1 + parts + q.int("bias").unwrap_or(0) as usize;
+        let consts: Vec<Option<TensorValue>> = q.inputs[1..n_ops]
             .iter()
             .map(|v| v.and_then(|v| gq.constant(v)).map(TensorValue::from_tensor))
             .collect();
         let mut operands: Vec<Option<&TensorValue>> = vec![Some(&x)];
         operands.extend(consts.iter().map(Option::as_ref));
         let yq = kernel(&OpCtx {
-            node: q,
+            node: &layer,
             inputs: operands,
             opset: 0,
         })

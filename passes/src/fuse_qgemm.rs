@@ -4,9 +4,12 @@
 //! constants `P_i` in one weight format, where `A` is
 //! `lpc.dequantize(lpc.quantize(X))` (W and A quantized) or `X` (weight-only),
 //! and `X` is `lpc.rotate(x)` (rotated layers) or `x`.
-//! Guarantees: `lpc.qgemm(x, P_1, ..., P_n, bias?) {parts, k, wformat, wmode,
-//! aformat, amode, rotate}` computes the same values: the activation rotation
-//! and quantization move into the GEMM's prologue, the weights stay packed.
+//! Guarantees: `lpc.qgemm(x, P_1, ..., P_n, bias?, residual?) {parts, k,
+//! wformat, wmode, aformat, amode, rotate, bias, residual, activation?}`
+//! computes the same values: the activation rotation and quantization move
+//! into the GEMM's prologue, the weights stay packed, and a following
+//! single-use `lpc.silu`/`lpc.gelu` and then a residual `Add` of the same
+//! shape move into its epilogue.
 //! The attributes record which format each layer got. Run after
 //! `weights-prequantize`; `dce` after.
 
@@ -77,18 +80,62 @@ fn fuse(g: &mut Graph, n: NodeId) -> Option<()> {
     attrs.insert("rotate".to_string(), Attr::Int(rotate));
     let mut inputs = vec![Some(x)];
     inputs.extend(packed.into_iter().map(Some));
-    if let Some(b) = node.inputs.get(1 + parts).copied().flatten() {
-        inputs.push(Some(b));
+    let bias = node.inputs.get(1 + parts).copied().flatten();
+    attrs.insert("bias".to_string(), Attr::Int(bias.is_some() as i64));
+    inputs.extend(bias.map(Some));
+    // Epilogue: a single-use activation, then a single-use residual Add of
+    // the same (fully known) shape.
+    let mut out = node.outputs[0];
+    let mut absorbed = Vec::new();
+    let only_reader = |g: &Graph, v: ValueId| -> Option<NodeId> {
+        let c = g.consumers(v);
+        (c.len() == 1 && !g.outputs.contains(&v)).then(|| c[0].0)
+    };
+    if let Some(r) = only_reader(g, out) {
+        let act = match (g.node(r).op.as_str(), g.node(r).string("approximate")) {
+            ("lpc.silu", _) => Some("silu"),
+            ("lpc.gelu", Some("tanh")) => Some("gelu_tanh"),
+            ("lpc.gelu", _) => Some("gelu"),
+            _ => None,
+        };
+        if let Some(a) = act {
+            attrs.insert("activation".to_string(), Attr::String(a.into()));
+            out = g.node(r).outputs[0];
+            absorbed.push(r);
+        }
     }
-    replace_value(
-        g,
-        node.outputs[0],
-        node.name.clone(),
-        "lpc.qgemm",
-        attrs,
-        inputs,
-    );
+    let known_shape = |g: &Graph, v: ValueId| {
+        g.value(v)
+            .ty
+            .as_ref()
+            .and_then(|t| t.shape.clone())
+            .filter(|s| s.iter().all(|d| *d != lpc_ir::Dim::Unknown))
+    };
+    let mut residual = None;
+    if let Some(r) = only_reader(g, out) {
+        let add = g.node(r);
+        if add.op == "Add" {
+            let other = if add.inputs[0] == Some(out) {
+                add.inputs[1]
+            } else {
+                add.inputs[0]
+            };
+            if let Some(o) = other.filter(|&o| o != out) {
+                if known_shape(g, o).is_some() && known_shape(g, o) == known_shape(g, out) {
+                    residual = Some(o);
+                    out = add.outputs[0];
+                    absorbed.push(r);
+                }
+            }
+        }
+    }
+    attrs.insert("residual".to_string(), Attr::Int(residual.is_some() as i64));
+    inputs.extend(residual.map(Some));
+    replace_value(g, out, node.name.clone(), "lpc.qgemm", attrs, inputs);
     g.remove_node(n);
+    for a in absorbed {
+        g.remove_node(a);
+    }
     Some(())
 }
 

@@ -411,3 +411,30 @@ fn fuse_qgemm() {
     assert_eq!(before[0].to_f64(), after[0].to_f64());
     insta::assert_snapshot!(text::print(&g));
 }
+
+#[test]
+fn fuse_qgemm_epilogue() {
+    // y = silu(x W) + r: the activation and the residual move into the qgemm.
+    let src = quant_src().replace(
+        "  output %2\n}",
+        "  input %3 \"r\": f32[batch, 2]\n  %4 \"a\": f32[batch, 2] = lpc.silu(%2) \"act\"\n  %5 \"out\": f32[batch, 2] = Add(%4, %3) \"residual\"\n  output %5\n}",
+    );
+    let mut g = text::parse(&src, &|_| None).unwrap();
+    let prep: Vec<Box<dyn Pass>> = vec![
+        Box::new(QuantizeInsert(mxfp4_cfg(false))),
+        Box::new(WeightsPrequantize),
+    ];
+    for p in &prep {
+        p.run(&mut g).unwrap();
+    }
+    let ins = inputs(&g);
+    let before = interp::run(&g, &ins).unwrap();
+    FuseQgemm.run(&mut g).unwrap();
+    by_name("dce").unwrap().run(&mut g).unwrap();
+    verify(&g).unwrap();
+    let after = interp::run(&g, &ins).unwrap();
+    for (a, b) in before[0].to_f64().iter().zip(after[0].to_f64()) {
+        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    insta::assert_snapshot!(text::print(&g));
+}

@@ -119,10 +119,11 @@ pub fn rotate(c: &OpCtx) -> R<Vec<TensorValue>> {
     )])
 }
 
-/// `lpc.qgemm(x, P_1, ..., P_n, bias?) {parts, k, wformat, wmode, aformat,
-/// amode, rotate}`: rotate (when `rotate` > 0) and quantize the activation
-/// rows along K, multiply with the packed weights (each `[out_i, bytes]`),
-/// accumulate the exact products in f64 in K order, add the bias.
+/// `lpc.qgemm(x, P_1, ..., P_n, bias?, residual?) {parts, k, wformat, wmode,
+/// aformat, amode, rotate, bias, residual, activation?}`: rotate (when
+/// `rotate` > 0) and quantize the activation rows along K, multiply with the
+/// packed weights (each `[out_i, bytes]`), accumulate the exact products in
+/// f64 in K order, add the bias, apply the activation, add the residual.
 pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
     let xt = c.input(0)?;
     let k = c.node.int("k").ok_or("`k` attribute is required")? as usize;
@@ -160,13 +161,42 @@ pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
         ));
     }
     let n_total: usize = ws.iter().map(|w| w.1).sum();
-    let bias = c
-        .opt(1 + parts)
-        .map(|b| b.as_f32().ok_or("bias must be float"))
-        .transpose()?;
-    if bias.is_some_and(|b| b.len() != n_total) {
-        return Err("bias length differs from the output features".into());
-    }
+    let has_bias = c
+        .node
+        .int("bias")
+        .map_or(c.opt(1 + parts).is_some(), |b| b != 0);
+    let bias = if has_bias {
+        let b = c.input(1 + parts)?.as_f32().ok_or("bias must be float")?;
+        if b.len() != n_total {
+            return Err("bias length differs from the output features".into());
+        }
+        Some(b)
+    } else {
+        None
+    };
+    let residual = if c.int("residual", 0) != 0 {
+        let r = c.input(1 + parts + has_bias as usize)?;
+        if r.len() != rows * n_total {
+            return Err(format!("residual {:?} does not match the output", r.shape));
+        }
+        Some(r.as_f32().ok_or("residual must be float")?)
+    } else {
+        None
+    };
+    let act: fn(f32) -> f32 = match c.node.string("activation") {
+        None => |v| v,
+        Some("silu") => |v| v * (1.0 / (1.0 + (-v).exp())),
+        Some("gelu") => |v| {
+            (0.5 * v as f64 * (1.0 + super::util::erf(v as f64 / std::f64::consts::SQRT_2))) as f32
+        },
+        Some("gelu_tanh") => |v| {
+            let v = v as f64;
+            (0.5 * v
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh()))
+                as f32
+        },
+        Some(a) => return Err(format!("unknown epilogue activation `{a}`")),
+    };
     let mut out = vec![0f32; rows * n_total];
     for r in 0..rows {
         let xr = &x[r * k..(r + 1) * k];
@@ -175,7 +205,9 @@ pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
             for j in 0..*n {
                 let wr = &w[j * k..(j + 1) * k];
                 let acc: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-                out[r * n_total + off + j] = (acc + bias.map_or(0.0, |b| b[off + j] as f64)) as f32;
+                let y = act((acc + bias.map_or(0.0, |b| b[off + j] as f64)) as f32);
+                let i = r * n_total + off + j;
+                out[i] = residual.map_or(y, |res| y + res[i]);
             }
             off += n;
         }
