@@ -2,8 +2,9 @@
 # The main job, set-up included. Until code generation lands (issue 5) it
 # shows what lpc does today on the bundled small Qwen3 (the TorchScript export
 # in tests/fixtures/models/qwen3_small_prefill_ts): its canonical form, a run
-# of the reference interpreter checked against onnxruntime's logits; then the
-# quantization error of every format on bundled tensors, and the bulk
+# of the reference interpreter checked against onnxruntime's logits, and the
+# W4A4 / W8A8 quantized model's error against fp32 (per layer and end to
+# end); then the error of every format on bundled tensors and the bulk
 # quantization throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,13 @@ echo "== The small Qwen3 (TorchScript export): what lpc sees"
 echo
 echo "== Reference interpreter on its 12-token prompt, checked against onnxruntime"
 "$LPC" run "$Q/model.onnx" --inputs "$Q/inputs" --check "$Q/ref_ort"
+echo
+echo "== W4A4 MXFP4 (block Hadamard rotation): error per layer and end to end, vs fp32"
+"$LPC" eval "$Q/model.onnx" --inputs "$Q/inputs" --format mxfp4 --report target/qwen3_mxfp4_report.json
+echo
+echo "== W4A4 HiFloat4 and W8A8 HiFloat8, end to end"
+"$LPC" eval "$Q/model.onnx" --inputs "$Q/inputs" --format hif4 | tail -1
+"$LPC" eval "$Q/model.onnx" --inputs "$Q/inputs" --format hif8 | tail -1
 echo
 echo "== Qwen3 prefill logits [1, 12, 512], blocks along the last axis"
 "$LPC" quantize "$T/qwen3_prefill_logits.npy" --format all
