@@ -6,7 +6,6 @@ use crate::onnx::{import, OnnxError, OnnxModel};
 use lpc_ir::text;
 use lpc_passes::{canonicalize, PassError, PassManager, RunOptions};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -77,22 +76,10 @@ pub fn plan_report(g: &lpc_ir::Graph, q: &lpc_passes::QuantConfig, verbose: bool
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), CompileError> {
-    let err = |source| CompileError::Write {
+    crate::atomic::write(path, text.as_bytes()).map_err(|source| CompileError::Write {
         path: path.display().to_string(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".lpc-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(err)?;
-    tmp.write_all(text.as_bytes()).map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    })
 }
 
 /// Runs the pipeline; returns the text for stdout (the IR when no `-o`,

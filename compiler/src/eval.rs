@@ -10,7 +10,6 @@ use lpc_runtime::hadamard;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use thiserror::Error;
 
@@ -335,20 +334,10 @@ pub fn eval(
     let r = evaluate(model, inputs, cfg)?;
     let mut text = table(&r);
     if let Some(p) = report {
-        let json = serde_json::to_string_pretty(&r).map_err(|e| EvalError::Other(e.to_string()))?;
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let werr = |e: std::io::Error| EvalError::Other(format!("writing {}: {e}", p.display()));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".lpc-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(werr)?;
-        tmp.write_all(json.as_bytes()).map_err(werr)?;
-        tmp.write_all(b"\n").map_err(werr)?;
-        tmp.persist(p).map_err(|e| werr(e.error))?;
+        let json =
+            serde_json::to_string_pretty(&r).map_err(|e| EvalError::Other(e.to_string()))? + "\n";
+        crate::atomic::write(p, json.as_bytes())
+            .map_err(|e| EvalError::Other(format!("writing {}: {e}", p.display())))?;
         let _ = writeln!(text, "wrote {}", p.display());
     }
     Ok(text)

@@ -1,5 +1,6 @@
 //! lpc, the compiler: command line, driver, the ONNX frontend.
 
+pub mod atomic;
 pub mod cli;
 pub mod compile;
 pub mod eval;

@@ -4,7 +4,6 @@ use crate::npy::{self, NpyError};
 use lpc_ir::DType;
 use lpc_runtime::formats::{Format, FormatError, Hif4Variant, Hif8Rounding, Mxfp4Rounding};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -130,26 +129,13 @@ fn quantize_array(req: &QuantizeRequest, a: &npy::NpyArray) -> Result<Quantized,
     Ok(Quantized { x, rows })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, renamed
-/// over it only once complete.
-fn stage(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile, QuantizeError> {
-    let err = |source| QuantizeError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".lpc-").suffix(".tmp");
-    // tempfile creates 0600 files; outputs get the usual 0644.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut tmp = builder.tempfile_in(dir).map_err(err)?;
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    Ok(tmp)
+fn stage(path: &Path, bytes: &[u8]) -> Result<crate::atomic::Staged, QuantizeError> {
+    crate::atomic::stage(path, |f| std::io::Write::write_all(f, bytes)).map_err(|source| {
+        QuantizeError::Write {
+            path: path.display().to_string(),
+            source,
+        }
+    })
 }
 
 /// Runs the request; returns the report text. Nothing is written unless
@@ -208,9 +194,9 @@ pub fn run(req: &QuantizeRequest) -> Result<String, QuantizeError> {
         );
     }
     for (tmp, path) in staged {
-        tmp.persist(path).map_err(|e| QuantizeError::Write {
+        tmp.commit(path).map_err(|source| QuantizeError::Write {
             path: path.display().to_string(),
-            source: e.error,
+            source,
         })?;
         let _ = writeln!(report, "wrote   {}", path.display());
     }

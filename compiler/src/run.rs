@@ -119,36 +119,51 @@ pub fn run_model(
 /// Writes outputs as `<dir>/<name>.npy`, each atomically, or as one `.npz`
 /// bundle when `dir` ends in `.npz`.
 pub fn write_outputs(dir: &Path, outs: &[(String, TensorValue)]) -> Result<Vec<PathBuf>, RunError> {
+    // numpy has no 4-bit type: such outputs are written as i8 / u8 values.
+    let arrays: Vec<(String, DType, Vec<usize>, Vec<u8>)> = outs
+        .iter()
+        .map(|(n, v)| match v.dtype {
+            DType::I4 | DType::U4 => {
+                let d = if v.dtype == DType::I4 {
+                    DType::I8
+                } else {
+                    DType::U8
+                };
+                (
+                    n.clone(),
+                    d,
+                    v.shape.clone(),
+                    v.to_f64().iter().map(|&x| x as i64 as u8).collect(),
+                )
+            }
+            _ => {
+                let t = v.to_tensor();
+                (n.clone(), t.dtype, t.dims, t.data.to_vec())
+            }
+        })
+        .collect();
+    let werr = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| RunError::Write { path, source }
+    };
     if dir.extension().is_some_and(|e| e == "npz") {
-        let werr = |source| RunError::Write {
-            path: dir.display().to_string(),
-            source,
-        };
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if !parent.is_dir() {
             return Err(RunError::Usage(format!(
                 "output directory {} does not exist",
                 parent.display()
             )));
         }
-        let tensors: Vec<_> = outs
+        let refs: Vec<_> = arrays
             .iter()
-            .map(|(n, v)| (n.clone(), v.to_tensor()))
+            .map(|(n, d, s, b)| (n.clone(), *d, s.clone(), &b[..]))
             .collect();
-        let arrays: Vec<_> = tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), t.dtype, t.dims.clone(), &t.data[..]))
-            .collect();
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".lpc-")
-            .suffix(".tmp")
-            .tempfile_in(parent)
-            .map_err(werr)?;
-        npy::write_npz(tmp.as_file_mut(), &arrays).map_err(werr)?;
-        tmp.persist(dir).map_err(|e| werr(e.error))?;
+        crate::atomic::stage(dir, |f| npy::write_npz(f, &refs))
+            .and_then(|s| s.commit(dir))
+            .map_err(werr(dir))?;
         return Ok(vec![dir.to_path_buf()]);
     }
     if !dir.is_dir() {
@@ -158,32 +173,15 @@ pub fn write_outputs(dir: &Path, outs: &[(String, TensorValue)]) -> Result<Vec<P
         )));
     }
     let mut staged = Vec::new();
-    for (name, v) in outs {
-        let t = v.to_tensor();
+    for (name, dtype, shape, bytes) in &arrays {
         let path = dir.join(format!("{}.npy", name.replace(['/', '\\'], "_")));
-        let werr = |source| RunError::Write {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".lpc-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(werr)?;
-        let dtype = if t.dtype == DType::I4 || t.dtype == DType::U4 {
-            DType::I8
-        } else {
-            t.dtype
-        };
-        npy::write(tmp.as_file_mut(), dtype, &t.dims, &t.data).map_err(werr)?;
-        staged.push((tmp, path));
+        let s = crate::atomic::stage(&path, |f| npy::write(f, *dtype, shape, bytes))
+            .map_err(werr(&path))?;
+        staged.push((s, path));
     }
     let mut written = Vec::new();
-    for (tmp, path) in staged {
-        tmp.persist(&path).map_err(|e| RunError::Write {
-            path: path.display().to_string(),
-            source: e.error,
-        })?;
+    for (s, path) in staged {
+        s.commit(&path).map_err(werr(&path))?;
         written.push(path);
     }
     Ok(written)

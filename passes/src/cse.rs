@@ -42,9 +42,7 @@ impl Pass for Cse {
                 }
             }
         }
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         let mut seen: HashMap<String, Vec<ValueId>> = HashMap::new();
         for n in order {
             let node = g.node(n);

@@ -17,9 +17,7 @@ impl Pass for Dce {
         "remove nodes whose results are never used"
     }
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         let mut live: HashSet<_> = g.outputs.iter().copied().collect();
         let mut dead = Vec::new();
         for &n in order.iter().rev() {

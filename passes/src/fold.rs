@@ -27,9 +27,7 @@ impl Pass for ConstFold {
         "evaluate constant subgraphs and remove no-op nodes"
     }
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         let opset = g.opsets.get("").copied().unwrap_or(0);
         let mut changed = false;
         for n in order {

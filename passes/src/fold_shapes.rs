@@ -170,9 +170,7 @@ impl Pass for FoldShapes {
         for _ in 0..8 {
             let (sv, inferred) = infer(g)?;
             changed |= inferred;
-            let order = g
-                .topo_order()
-                .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+            let order = crate::util::topo(g)?;
             let mut round = false;
             for n in order {
                 if g.contains_node(n) {

@@ -108,9 +108,7 @@ impl Pass for FuseActivations {
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
         let mut changed = false;
         for pass in 0..2 {
-            let order = g
-                .topo_order()
-                .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+            let order = crate::util::topo(g)?;
             for n in order {
                 if !g.contains_node(n) {
                     continue;

@@ -475,9 +475,7 @@ impl Pass for FuseAttention {
         "RoPE and attention spellings to lpc.rope and lpc.attention"
     }
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         let mut changed = false;
         for n in order {
             if !g.contains_node(n) {

@@ -90,9 +90,7 @@ impl Pass for FuseRmsNorm {
         "RMSNorm chains and ops to lpc.rms_norm"
     }
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         let mut changed = false;
         for n in order {
             if !g.contains_node(n) {

@@ -43,9 +43,7 @@ impl Pass for FuseParallelLinear {
         "linear layers over the same input to one multi-part lpc.linear + Split"
     }
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         // Group by (input, layout, input width, weight dtype), in graph order.
         let mut groups: BTreeMap<(ValueId, i64, usize, i32), Vec<NodeId>> = BTreeMap::new();
         for &n in &order {

@@ -147,9 +147,7 @@ impl Pass for FuseQgemm {
         "quantized lpc.linear (fake-quant operands, packed weights) to lpc.qgemm"
     }
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         let mut changed = false;
         for n in order {
             if g.contains_node(n) && g.node(n).op == "lpc.linear" && fuse(g, n).is_some() {

@@ -600,9 +600,7 @@ fn out_shapes(g: &Graph, sv: &SymValues, n: NodeId) -> Vec<Option<Vec<Dim>>> {
 /// Fills in missing shapes (keeping shapes the exporter wrote) and returns
 /// the symbolic values of small integer tensors.
 pub fn infer(g: &mut Graph) -> Result<(SymValues, bool), String> {
-    let order = g
-        .topo_order()
-        .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+    let order = crate::util::topo(g)?;
     let mut sv = SymValues::new();
     let mut changed = false;
     for n in order {

@@ -53,9 +53,7 @@ impl Pass for InferTypes {
         "give every node result an element type"
     }
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         let mut changed = false;
         for n in order {
             let outs = g.node(n).outputs.clone();

@@ -80,3 +80,9 @@ pub fn nodes_of(g: &Graph, op: &str) -> Vec<NodeId> {
         .filter(|&n| g.node(n).op == op)
         .collect()
 }
+
+/// The graph's nodes in topological order, or an error naming a node on a cycle.
+pub fn topo(g: &Graph) -> Result<Vec<NodeId>, String> {
+    g.topo_order()
+        .map_err(|n| format!("cycle at `{}`", g.node(n).name))
+}

@@ -74,11 +74,7 @@ fn prequantize(g: &mut Graph, n: NodeId) -> Result<bool, String> {
                 node.name
             ));
         }
-        let inner: usize = t.dims[ax + 1..].iter().product();
-        let outer: usize = t.dims[..ax].iter().product();
-        for o in 0..outer {
-            hadamard::rotate_columns(&mut x[o * k * inner..(o + 1) * k * inner], k, inner, b);
-        }
+        hadamard::rotate_axis(&mut x, &t.dims, ax, b);
     }
     let ax = norm(node.int("axis").unwrap_or(-1));
     let l = f
@@ -108,9 +104,7 @@ impl Pass for WeightsPrequantize {
         "pack constant weights at compile time with the runtime's codecs"
     }
     fn run(&self, g: &mut Graph) -> Result<bool, String> {
-        let order = g
-            .topo_order()
-            .map_err(|n| format!("cycle at `{}`", g.node(n).name))?;
+        let order = crate::util::topo(g)?;
         let mut changed = false;
         for n in order {
             if g.contains_node(n) && g.node(n).op == "lpc.quantize" {

@@ -53,6 +53,19 @@ pub fn rotate_columns(w: &mut [f32], k: usize, n: usize, b: usize) {
     }
 }
 
+/// Rotates a C-order tensor of shape `dims` along `axis`.
+pub fn rotate_axis(x: &mut [f32], dims: &[usize], axis: usize, b: usize) {
+    let k = dims[axis];
+    let inner: usize = dims[axis + 1..].iter().product();
+    if inner == 1 {
+        rotate_rows(x, k, b);
+    } else {
+        for chunk in x.chunks_exact_mut(k * inner) {
+            rotate_columns(chunk, k, inner, b);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +97,23 @@ mod tests {
             rotate_blocks(&mut y, b);
             for (a, c) in x.iter().zip(&y) {
                 assert!((a - c).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn rotate_axis_equals_transposed_rows() {
+        let (a, k, c, b) = (2, 32, 3, 32);
+        let x: Vec<f32> = (0..a * k * c).map(|i| (i as f32 * 0.3).sin()).collect();
+        let mut y = x.clone();
+        rotate_axis(&mut y, &[a, k, c], 1, b);
+        for i in 0..a {
+            for j in 0..c {
+                let mut col: Vec<f32> = (0..k).map(|t| x[(i * k + t) * c + j]).collect();
+                rotate_blocks(&mut col, b);
+                for t in 0..k {
+                    assert_eq!(col[t], y[(i * k + t) * c + j]);
+                }
             }
         }
     }

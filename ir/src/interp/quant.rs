@@ -103,15 +103,7 @@ pub fn rotate(c: &OpCtx) -> R<Vec<TensorValue>> {
         ));
     }
     let mut x = c.f32_in(0)?.to_vec();
-    let inner: usize = a.shape[ax + 1..].iter().product();
-    let outer: usize = a.shape[..ax].iter().product();
-    if inner == 1 {
-        hadamard::rotate_rows(&mut x, k, b);
-    } else {
-        for o in 0..outer {
-            hadamard::rotate_columns(&mut x[o * k * inner..(o + 1) * k * inner], k, inner, b);
-        }
-    }
+    hadamard::rotate_axis(&mut x, &a.shape, ax, b);
     Ok(vec![TensorValue::with_dtype(
         a.dtype,
         a.shape.clone(),
