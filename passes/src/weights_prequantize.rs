@@ -9,7 +9,7 @@
 //! Run after `quantize-insert` (and `rotate`), before `fuse-qgemm`.
 
 use crate::Pass;
-use lpc_ir::interp::quant::format_of;
+use lpc_ir::interp::quant::{format_of, packed_shape};
 use lpc_ir::{DType, Graph, NodeId, Tensor};
 use lpc_runtime::formats::Element;
 use lpc_runtime::hadamard;
@@ -82,14 +82,7 @@ fn prequantize(g: &mut Graph, n: NodeId) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let bytes = f.quantize(&x, &l).map_err(|e| e.to_string())?;
     drop(x);
-    let mut shape: Vec<usize> = t
-        .dims
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != ax)
-        .map(|(_, &d)| d)
-        .collect();
-    shape.push(l.blocks_per_row() * f.block_bytes());
+    let shape = packed_shape(&t.dims, ax, f);
     let packed = Tensor::new(DType::U8, shape, bytes.into()).ok_or("packed size")?;
     g.make_const(node.outputs[0], packed);
     g.remove_node(n);

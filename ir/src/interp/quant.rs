@@ -52,6 +52,19 @@ fn packed_value(shape: Vec<usize>, bytes: Vec<u8>) -> TensorValue {
     )
 }
 
+/// The shape of `dims` packed along `axis`: the other dims in order, then
+/// the bytes of one row's blocks (the last one zero-padded).
+pub fn packed_shape(dims: &[usize], axis: usize, f: Format) -> Vec<usize> {
+    let mut shape: Vec<usize> = dims
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != axis)
+        .map(|(_, &d)| d)
+        .collect();
+    shape.push(dims[axis].div_ceil(f.block_len()) * f.block_bytes());
+    shape
+}
+
 /// `lpc.quantize(x) {format, mode, axis}` -> packed u8.
 pub fn quantize(c: &OpCtx) -> R<Vec<TensorValue>> {
     let a = c.input(0)?;
@@ -61,14 +74,7 @@ pub fn quantize(c: &OpCtx) -> R<Vec<TensorValue>> {
         .layout(&a.shape, ax as isize, true)
         .map_err(|e| e.to_string())?;
     let bytes = f.quantize(c.f32_in(0)?, &l).map_err(|e| e.to_string())?;
-    let mut shape: Vec<usize> = a
-        .shape
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != ax)
-        .map(|(_, &d)| d)
-        .collect();
-    shape.push(l.blocks_per_row() * f.block_bytes());
+    let shape = packed_shape(&a.shape, ax, f);
     Ok(vec![packed_value(shape, bytes)])
 }
 
