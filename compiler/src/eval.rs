@@ -161,7 +161,8 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         let mut layer = q.clone();
         layer.attrs.remove("activation");
         layer.attrs.insert("residual".into(), lpc_ir::Attr::Int(0));
-        let n_ops = 1 + parts + q.int("bias").unwrap_or(0) as usize;
+        let wscaled = q.int("wscale").unwrap_or(0) != 0;
+        let n_ops = 1 + parts * (1 + wscaled as usize) + q.int("bias").unwrap_or(0) as usize;
         let consts: Vec<Option<TensorValue>> = q.inputs[1..n_ops]
             .iter()
             .map(|v| v.and_then(|v| gq.constant(v)).map(TensorValue::from_tensor))
@@ -184,18 +185,30 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
             .ok_or_else(|| EvalError::Other("weights not quantized".into()))?;
         let mut deq = Vec::new();
         let mut after = 0;
-        for c in consts.iter().take(parts).flatten() {
-            let t = c.to_tensor();
+        for (i, c) in consts.iter().take(parts).enumerate() {
+            let t = c
+                .as_ref()
+                .ok_or_else(|| {
+                    EvalError::Other(format!("`{}`: weights are not constants", q.name))
+                })?
+                .to_tensor();
             after += t.data.len();
             let l = wf
                 .layout(&[t.dims[0], k], -1, true)
                 .map_err(|e| EvalError::Other(e.to_string()))?;
-            deq.extend(
-                wf.dequantize(&t.data, &l)
-                    .map_err(|e| EvalError::Other(e.to_string()))?
-                    .into_iter()
-                    .map(|v| v as f64),
-            );
+            let mut w = wf
+                .dequantize(&t.data, &l)
+                .map_err(|e| EvalError::Other(e.to_string()))?;
+            if wscaled {
+                let e = consts[parts + i]
+                    .as_ref()
+                    .map(|e| e.to_f64())
+                    .unwrap_or_default();
+                let e: Vec<i32> = e.iter().map(|&v| v as i32).collect();
+                after += e.len();
+                lpc_runtime::formats::rowscale::unscale_rows(&mut w, &l, &e);
+            }
+            deq.extend(w.into_iter().map(|v| v as f64));
         }
         let (wsq, _, _) = compare(&wrows, &deq);
         let fmt = |f: &str, m: &str| {

@@ -25,6 +25,11 @@ pub struct QuantArgs {
     /// Block Hadamard rotation: hadamard (default for 4-bit formats) or none.
     #[arg(long)]
     pub rotate: Option<String>,
+    /// Power-of-two row scales for HiF8 (per output channel and per token),
+    /// putting each row's amax in HiF8's top 3-bit-mantissa binade: pow2
+    /// (default) or none.
+    #[arg(long)]
+    pub hif8_scale: Option<String>,
     /// Do not quantize layers whose node or weight name matches (repeatable).
     /// Given at all, it replaces the default exclusions; `--exclude ''`
     /// excludes nothing.
@@ -53,6 +58,7 @@ pub struct FileOptions {
     pub rounding: Option<String>,
     pub variant: Option<String>,
     pub rotate: Option<String>,
+    pub hif8_scale: Option<String>,
     /// Present (even empty) replaces the default exclusions.
     pub exclude: Option<Vec<String>>,
     #[serde(rename = "override")]
@@ -111,6 +117,7 @@ impl QuantArgs {
             rounding: pick(&self.rounding, f.rounding),
             variant: pick(&self.variant, f.variant),
             rotate: pick(&self.rotate, f.rotate),
+            hif8_scale: pick(&self.hif8_scale, f.hif8_scale),
             exclude: if exclude_given {
                 self.exclude.clone()
             } else {
@@ -162,6 +169,11 @@ impl QuantArgs {
             Some("none") => false,
             Some(o) => return Err(format!("--rotate {o}: expected hadamard or none")),
         };
+        let hif8_scale = match self.hif8_scale.as_deref() {
+            None | Some("pow2") => true,
+            Some("none") => false,
+            Some(o) => return Err(format!("--hif8-scale {o}: expected pow2 or none")),
+        };
         let exclude = if self.exclude.is_empty() {
             None
         } else {
@@ -190,6 +202,7 @@ impl QuantArgs {
             weights,
             activations,
             rotate,
+            hif8_scale,
             exclude,
             overrides,
             quantize_all: self.quantize_all,
@@ -215,10 +228,11 @@ pub fn describe(cfg: &QuantConfig) -> String {
         .map(|(r, f2)| format!("{}={}", r.as_str(), f(*f2)))
         .collect();
     format!(
-        "quantization: weights {}, activations {}, rotate {}, exclude {}, overrides [{}]{}\n",
+        "quantization: weights {}, activations {}, rotate {}, hif8 scale {}, exclude {}, overrides [{}]{}\n",
         f(cfg.weights),
         f(cfg.activations),
         if cfg.rotate { "hadamard" } else { "none" },
+        if cfg.hif8_scale { "pow2" } else { "none" },
         ex,
         ov.join(", "),
         if cfg.quantize_all {

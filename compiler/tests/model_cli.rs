@@ -457,7 +457,8 @@ fn config_file_and_compile_report() {
     let o = lpc(&["compile", s(&m), "--config", s(&cfg), "-v"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("weights hif4 (consortium)") && out.contains("rotate none, exclude nothing"),
+        out.contains("weights hif4 (consortium)")
+            && out.contains("rotate none, hif8 scale pow2, exclude nothing"),
         "{out}"
     );
     assert_eq!(out.matches("lpc.qgemm(").count(), 9);

@@ -1,7 +1,8 @@
 //! `fuse-qgemm`: a quantized linear layer becomes one `lpc.qgemm`.
 //!
-//! Matches: `lpc.linear(A, lpc.dequantize(P_1), ..., bias?)` with packed
-//! constants `P_i` in one weight format, where `A` is
+//! Matches: `lpc.linear(A, lpc.dequantize(P_1[, E_1]), ..., bias?)` with
+//! packed constants `P_i` (and constant row exponents `E_i` of scaled HiF8)
+//! in one weight format, where `A` is
 //! `lpc.dequantize(lpc.quantize(X))` (W and A quantized) or `X` (weight-only),
 //! and `X` is `lpc.rotate(x)` (rotated layers) or `x`.
 //! Guarantees: `lpc.qgemm(x, P_1, ..., P_n, bias?, residual?) {parts, k,
@@ -30,17 +31,29 @@ fn fuse(g: &mut Graph, n: NodeId) -> Option<()> {
     let parts = node.int("parts").unwrap_or(1).max(1) as usize;
     // Weights: dequantize(packed constant), all in one format.
     let mut packed = Vec::new();
-    let mut wfmt: Option<(String, String, i64)> = None;
+    let mut exps = Vec::new();
+    let mut wfmt: Option<(String, String, i64, bool)> = None;
     for i in 0..parts {
         let dq = producer(g, node.inputs[1 + i]?, "lpc.dequantize")?;
         let p = dq.inputs[0]?;
         if g.constant(p).is_none_or(|t| t.dtype != DType::U8) {
             return None;
         }
+        let scaled = dq.string("scale") == Some("pow2");
+        if scaled {
+            let e = dq
+                .inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .filter(|&e| g.constant(e).is_some())?;
+            exps.push(e);
+        }
         let f = (
             dq.string("format")?.to_string(),
             dq.string("mode")?.to_string(),
             dq.int("axis_len")?,
+            scaled,
         );
         if wfmt.as_ref().is_some_and(|w| *w != f) {
             return None;
@@ -48,19 +61,20 @@ fn fuse(g: &mut Graph, n: NodeId) -> Option<()> {
         wfmt = Some(f);
         packed.push(p);
     }
-    let (wformat, wmode, k) = wfmt?;
+    let (wformat, wmode, k, wscale) = wfmt?;
     // Activation: dequantize(quantize(X)) or X; X = rotate(x) or x.
     let a = node.inputs[0]?;
-    let (mut x, aformat, amode) = match producer(g, a, "lpc.dequantize") {
+    let (mut x, aformat, amode, ascale) = match producer(g, a, "lpc.dequantize") {
         Some(dq) => {
             let q = producer(g, dq.inputs[0]?, "lpc.quantize")?;
             (
                 q.inputs[0]?,
                 dq.string("format")?.to_string(),
                 dq.string("mode")?.to_string(),
+                dq.string("scale").unwrap_or("none").to_string(),
             )
         }
-        None => (a, "none".to_string(), String::new()),
+        None => (a, "none".to_string(), String::new(), "none".to_string()),
     };
     let mut rotate = 0;
     if let Some(r) = producer(g, x, "lpc.rotate") {
@@ -78,8 +92,11 @@ fn fuse(g: &mut Graph, n: NodeId) -> Option<()> {
     attrs.insert("aformat".to_string(), Attr::String(aformat));
     attrs.insert("amode".to_string(), Attr::String(amode));
     attrs.insert("rotate".to_string(), Attr::Int(rotate));
+    attrs.insert("wscale".to_string(), Attr::Int(wscale as i64));
+    attrs.insert("ascale".to_string(), Attr::String(ascale));
     let mut inputs = vec![Some(x)];
     inputs.extend(packed.into_iter().map(Some));
+    inputs.extend(exps.into_iter().map(Some));
     let bias = node.inputs.get(1 + parts).copied().flatten();
     attrs.insert("bias".to_string(), Attr::Int(bias.is_some() as i64));
     inputs.extend(bias.map(Some));

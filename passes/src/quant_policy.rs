@@ -27,6 +27,9 @@ pub struct QuantConfig {
     pub activations: Option<Format>,
     /// Block Hadamard rotation before quantization.
     pub rotate: bool,
+    /// Power-of-two row scales for HiF8 weights (per output channel) and
+    /// activations (per token): `--hif8-scale pow2`.
+    pub hif8_scale: bool,
     /// `None`: the default exclusions; `Some(list)`: exactly these.
     pub exclude: Option<Vec<Regex>>,
     /// `REGEX=FORMAT` (`none` excludes); the first match wins.

@@ -19,13 +19,41 @@ use std::collections::BTreeMap;
 #[derive(Debug)]
 pub struct QuantizeInsert(pub QuantConfig);
 
-/// `dequantize(quantize(v))` along `axis` (of length `k`).
-fn qdq(g: &mut Graph, v: ValueId, f: Format, axis: i64, k: usize, tag: &str) -> ValueId {
+/// `dequantize(quantize(v))` along `axis` (of length `k`); with `scaled`,
+/// per-row power-of-two scales travel from the quantize to the dequantize.
+fn qdq(
+    g: &mut Graph,
+    v: ValueId,
+    f: Format,
+    axis: i64,
+    k: usize,
+    scaled: bool,
+    tag: &str,
+) -> ValueId {
     let mut attrs = BTreeMap::new();
     attrs.insert("format".to_string(), Attr::String(f.name().into()));
     attrs.insert("mode".to_string(), Attr::String(f.mode_name().into()));
     attrs.insert("axis".to_string(), Attr::Int(axis));
+    if scaled {
+        attrs.insert("scale".to_string(), Attr::String("pow2".into()));
+    }
     let ty = g.value(v).ty.clone();
+    let mut outs = vec![(
+        format!("{tag}/packed"),
+        Some(Type {
+            dtype: DType::U8,
+            shape: None,
+        }),
+    )];
+    if scaled {
+        outs.push((
+            format!("{tag}/exps"),
+            Some(Type {
+                dtype: DType::I32,
+                shape: None,
+            }),
+        ));
+    }
     let q = g
         .add_node(
             NewNode {
@@ -34,22 +62,16 @@ fn qdq(g: &mut Graph, v: ValueId, f: Format, axis: i64, k: usize, tag: &str) -> 
                 attrs: attrs.clone(),
                 inputs: vec![Some(v)],
             },
-            vec![(
-                format!("{tag}/packed"),
-                Some(Type {
-                    dtype: DType::U8,
-                    shape: None,
-                }),
-            )],
+            outs,
         )
-        .1[0];
+        .1;
     attrs.insert("axis_len".to_string(), Attr::Int(k as i64));
     g.add_node(
         NewNode {
             name: format!("{tag}/dequantize"),
             op: "lpc.dequantize".into(),
             attrs,
-            inputs: vec![Some(q)],
+            inputs: q.into_iter().map(Some).collect(),
         },
         vec![(format!("{tag}/fq"), ty)],
     )
@@ -88,19 +110,15 @@ impl Pass for QuantizeInsert {
             };
             if let Some(af) = af {
                 let x = node.inputs[0].ok_or("linear without input")?;
-                let fq = qdq(g, x, af, -1, k, &format!("{}/act", node.name));
+                let scaled = self.0.hif8_scale && matches!(af, Format::Hif8(_));
+                let fq = qdq(g, x, af, -1, k, scaled, &format!("{}/act", node.name));
                 g.set_input(lp.node, 0, Some(fq));
             }
             for i in 0..parts {
                 let w = node.inputs[1 + i].ok_or("linear without weight")?;
-                let fq = qdq(
-                    g,
-                    w,
-                    wf,
-                    if transposed { 1 } else { 0 },
-                    k,
-                    &format!("{}/w{i}", node.name),
-                );
+                let scaled = self.0.hif8_scale && matches!(wf, Format::Hif8(_));
+                let axis = if transposed { 1 } else { 0 };
+                let fq = qdq(g, w, wf, axis, k, scaled, &format!("{}/w{i}", node.name));
                 g.set_input(lp.node, 1 + i, Some(fq));
             }
             changed = true;

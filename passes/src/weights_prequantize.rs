@@ -11,6 +11,7 @@
 use crate::Pass;
 use lpc_ir::interp::quant::{format_of, packed_shape};
 use lpc_ir::{DType, Graph, NodeId, Tensor};
+use lpc_runtime::formats::rowscale;
 use lpc_runtime::formats::Element;
 use lpc_runtime::hadamard;
 
@@ -80,11 +81,25 @@ fn prequantize(g: &mut Graph, n: NodeId) -> Result<bool, String> {
     let l = f
         .layout(&t.dims, ax as isize, true)
         .map_err(|e| e.to_string())?;
+    let scaled = node.string("scale") == Some("pow2");
+    let exps = if scaled {
+        Some(rowscale::scale_rows(&mut x, &l))
+    } else {
+        None
+    };
     let bytes = f.quantize(&x, &l).map_err(|e| e.to_string())?;
     drop(x);
     let shape = packed_shape(&t.dims, ax, f);
+    let rows = shape[..shape.len() - 1].to_vec();
     let packed = Tensor::new(DType::U8, shape, bytes.into()).ok_or("packed size")?;
     g.make_const(node.outputs[0], packed);
+    if let (Some(e), Some(&o)) = (exps, node.outputs.get(1)) {
+        let data: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
+        g.make_const(
+            o,
+            Tensor::new(DType::I32, rows, data.into()).ok_or("exponents size")?,
+        );
+    }
     g.remove_node(n);
     Ok(true)
 }

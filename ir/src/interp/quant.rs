@@ -11,6 +11,7 @@ use super::util::axis as norm_axis;
 use super::value::{Data, TensorValue};
 use super::{OpCtx, R};
 use crate::DType;
+use lpc_runtime::formats::rowscale;
 use lpc_runtime::formats::Format;
 use lpc_runtime::hadamard;
 
@@ -65,7 +66,32 @@ pub fn packed_shape(dims: &[usize], axis: usize, f: Format) -> Vec<usize> {
     shape
 }
 
-/// `lpc.quantize(x) {format, mode, axis}` -> packed u8.
+fn pow2_scaled(c: &OpCtx) -> R<bool> {
+    match c.node.string("scale") {
+        None | Some("none") => Ok(false),
+        Some("pow2") => Ok(true),
+        Some(o) => Err(format!("unknown scale `{o}` (expected none or pow2)")),
+    }
+}
+
+fn exps_value(shape: Vec<usize>, e: &[i32]) -> TensorValue {
+    TensorValue::with_dtype(
+        DType::I32,
+        shape,
+        Data::I(e.iter().map(|&v| v as i64).collect()),
+    )
+}
+
+fn exps_of(v: &TensorValue, rows: usize) -> R<Vec<i32>> {
+    match &v.data {
+        Data::I(e) if e.len() == rows => Ok(e.iter().map(|&x| x as i32).collect()),
+        _ => Err(format!("row exponents must be {rows} integers")),
+    }
+}
+
+/// `lpc.quantize(x) {format, mode, axis, scale?}` -> packed u8; with
+/// `scale = "pow2"` each row is first scaled by its own power of two
+/// (`rowscale`), returned as a second output `[rows]` of exponents.
 pub fn quantize(c: &OpCtx) -> R<Vec<TensorValue>> {
     let a = c.input(0)?;
     let f = attr_format(c, "format", "mode")?.ok_or("cannot quantize to `none`")?;
@@ -73,12 +99,20 @@ pub fn quantize(c: &OpCtx) -> R<Vec<TensorValue>> {
     let l = f
         .layout(&a.shape, ax as isize, true)
         .map_err(|e| e.to_string())?;
-    let bytes = f.quantize(c.f32_in(0)?, &l).map_err(|e| e.to_string())?;
     let shape = packed_shape(&a.shape, ax, f);
+    if pow2_scaled(c)? {
+        let mut x = c.f32_in(0)?.to_vec();
+        let e = rowscale::scale_rows(&mut x, &l);
+        let bytes = f.quantize(&x, &l).map_err(|e| e.to_string())?;
+        let rows = shape[..shape.len() - 1].to_vec();
+        return Ok(vec![packed_value(shape, bytes), exps_value(rows, &e)]);
+    }
+    let bytes = f.quantize(c.f32_in(0)?, &l).map_err(|e| e.to_string())?;
     Ok(vec![packed_value(shape, bytes)])
 }
 
-/// `lpc.dequantize(p) {format, mode, axis, axis_len}` -> f32 in the original shape.
+/// `lpc.dequantize(p, exps?) {format, mode, axis, axis_len, scale?}` -> f32 in
+/// the original shape (rows multiplied by `2^-e` when scaled).
 pub fn dequantize(c: &OpCtx) -> R<Vec<TensorValue>> {
     let p = c.input(0)?;
     let f = attr_format(c, "format", "mode")?.ok_or("cannot dequantize from `none`")?;
@@ -93,7 +127,11 @@ pub fn dequantize(c: &OpCtx) -> R<Vec<TensorValue>> {
     let l = f
         .layout(&shape, ax as isize, true)
         .map_err(|e| e.to_string())?;
-    let y = f.dequantize(&bytes_of(p)?, &l).map_err(|e| e.to_string())?;
+    let mut y = f.dequantize(&bytes_of(p)?, &l).map_err(|e| e.to_string())?;
+    if pow2_scaled(c)? {
+        let e = exps_of(c.input(1)?, l.rows())?;
+        rowscale::unscale_rows(&mut y, &l, &e);
+    }
     Ok(vec![TensorValue::f32(shape, y)])
 }
 
@@ -117,11 +155,13 @@ pub fn rotate(c: &OpCtx) -> R<Vec<TensorValue>> {
     )])
 }
 
-/// `lpc.qgemm(x, P_1, ..., P_n, bias?, residual?) {parts, k, wformat, wmode,
-/// aformat, amode, rotate, bias, residual, activation?}`: rotate (when
-/// `rotate` > 0) and quantize the activation rows along K, multiply with the
-/// packed weights (each `[out_i, bytes]`), accumulate the exact products in
-/// f64 in K order, add the bias, apply the activation, add the residual.
+/// `lpc.qgemm(x, P_1, ..., P_n, E_1.., bias?, residual?) {parts, k, wformat,
+/// wmode, aformat, amode, rotate, wscale, ascale, bias, residual,
+/// activation?}`: rotate (when `rotate` > 0) and quantize the activation rows
+/// along K (each row scaled by its own power of two first when `ascale =
+/// "pow2"`), multiply with the packed weights (each `[out_i, bytes]`, with
+/// per-row exponents `E_i` when `wscale = 1`), accumulate the exact products
+/// in f64 in K order, add the bias, apply the activation, add the residual.
 pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
     let xt = c.input(0)?;
     let k = c.node.int("k").ok_or("`k` attribute is required")? as usize;
@@ -144,27 +184,43 @@ pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
     }
     if let Some(af) = af {
         let l = af.layout(&[rows, k], -1, true).map_err(|e| e.to_string())?;
+        let ascaled = c.node.string("ascale") == Some("pow2");
+        let e = if ascaled {
+            rowscale::scale_rows(&mut x, &l)
+        } else {
+            Vec::new()
+        };
         let p = af.quantize(&x, &l).map_err(|e| e.to_string())?;
         x = af.dequantize(&p, &l).map_err(|e| e.to_string())?;
+        if ascaled {
+            rowscale::unscale_rows(&mut x, &l, &e);
+        }
     }
+    // Weights `[n, k]` per part, rows multiplied by `2^-e` when scaled.
+    let wscaled = c.int("wscale", 0) != 0;
     let mut ws = Vec::with_capacity(parts);
     for i in 0..parts {
         let p = c.input(1 + i)?;
         let n = *p.shape.first().ok_or("packed weight must be 2-D")?;
         let l = wf.layout(&[n, k], -1, true).map_err(|e| e.to_string())?;
-        ws.push((
-            wf.dequantize(&bytes_of(p)?, &l)
-                .map_err(|e| e.to_string())?,
-            n,
-        ));
+        let mut w = wf
+            .dequantize(&bytes_of(p)?, &l)
+            .map_err(|e| e.to_string())?;
+        if wscaled {
+            let e = exps_of(c.input(1 + parts + i)?, n)?;
+            rowscale::unscale_rows(&mut w, &l, &e);
+        }
+        ws.push((w, n));
     }
+    // Operands after the weights: their exponents (wscale), bias, residual.
+    let after_w = 1 + parts + if wscaled { parts } else { 0 };
     let n_total: usize = ws.iter().map(|w| w.1).sum();
     let has_bias = c
         .node
         .int("bias")
-        .map_or(c.opt(1 + parts).is_some(), |b| b != 0);
+        .map_or(c.opt(after_w).is_some(), |b| b != 0);
     let bias = if has_bias {
-        let b = c.input(1 + parts)?.as_f32().ok_or("bias must be float")?;
+        let b = c.input(after_w)?.as_f32().ok_or("bias must be float")?;
         if b.len() != n_total {
             return Err("bias length differs from the output features".into());
         }
@@ -173,7 +229,7 @@ pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
         None
     };
     let residual = if c.int("residual", 0) != 0 {
-        let r = c.input(1 + parts + has_bias as usize)?;
+        let r = c.input(after_w + has_bias as usize)?;
         if r.len() != rows * n_total {
             return Err(format!("residual {:?} does not match the output", r.shape));
         }

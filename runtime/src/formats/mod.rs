@@ -13,6 +13,7 @@ mod bulk;
 pub mod hif4;
 pub mod hif8;
 pub mod mxfp4;
+pub mod rowscale;
 
 pub use bulk::{dequantize_along_axis, quantize_along_axis, AxisLayout, Element};
 pub use hif4::{Hif4, Hif4Unit, Hif4Variant};
