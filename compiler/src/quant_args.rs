@@ -30,6 +30,11 @@ pub struct QuantArgs {
     /// (default) or none.
     #[arg(long)]
     pub hif8_scale: Option<String>,
+    /// Scale search for 4-bit weights: per block, the spec's scale or a
+    /// neighbour (and for HiF4 the micro-exponents), whichever encodes the
+    /// weights with the least squared error.
+    #[arg(long)]
+    pub scale_search: bool,
     /// Do not quantize layers whose node or weight name matches (repeatable).
     /// Given at all, it replaces the default exclusions; `--exclude ''`
     /// excludes nothing.
@@ -59,6 +64,7 @@ pub struct FileOptions {
     pub variant: Option<String>,
     pub rotate: Option<String>,
     pub hif8_scale: Option<String>,
+    pub scale_search: Option<bool>,
     /// Present (even empty) replaces the default exclusions.
     pub exclude: Option<Vec<String>>,
     #[serde(rename = "override")]
@@ -118,6 +124,7 @@ impl QuantArgs {
             variant: pick(&self.variant, f.variant),
             rotate: pick(&self.rotate, f.rotate),
             hif8_scale: pick(&self.hif8_scale, f.hif8_scale),
+            scale_search: self.scale_search || f.scale_search.unwrap_or(false),
             exclude: if exclude_given {
                 self.exclude.clone()
             } else {
@@ -203,6 +210,7 @@ impl QuantArgs {
             activations,
             rotate,
             hif8_scale,
+            scale_search: self.scale_search,
             exclude,
             overrides,
             quantize_all: self.quantize_all,
@@ -228,11 +236,12 @@ pub fn describe(cfg: &QuantConfig) -> String {
         .map(|(r, f2)| format!("{}={}", r.as_str(), f(*f2)))
         .collect();
     format!(
-        "quantization: weights {}, activations {}, rotate {}, hif8 scale {}, exclude {}, overrides [{}]{}\n",
+        "quantization: weights {}, activations {}, rotate {}, hif8 scale {}{}, exclude {}, overrides [{}]{}\n",
         f(cfg.weights),
         f(cfg.activations),
         if cfg.rotate { "hadamard" } else { "none" },
         if cfg.hif8_scale { "pow2" } else { "none" },
+        if cfg.scale_search { ", scale search" } else { "" },
         ex,
         ov.join(", "),
         if cfg.quantize_all {

@@ -30,6 +30,8 @@ pub struct QuantConfig {
     /// Power-of-two row scales for HiF8 weights (per output channel) and
     /// activations (per token): `--hif8-scale pow2`.
     pub hif8_scale: bool,
+    /// Scale search for 4-bit weights: `--scale-search`.
+    pub scale_search: bool,
     /// `None`: the default exclusions; `Some(list)`: exactly these.
     pub exclude: Option<Vec<Regex>>,
     /// `REGEX=FORMAT` (`none` excludes); the first match wins.

@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 pub struct QuantizeInsert(pub QuantConfig);
 
 /// `dequantize(quantize(v))` along `axis` (of length `k`); with `scaled`,
-/// per-row power-of-two scales travel from the quantize to the dequantize.
+/// per-row power-of-two scales travel from the quantize to the dequantize;
+/// `search` asks for the scale search (weights).
 fn qdq(
     g: &mut Graph,
     v: ValueId,
@@ -28,9 +29,13 @@ fn qdq(
     axis: i64,
     k: usize,
     scaled: bool,
+    search: bool,
     tag: &str,
 ) -> ValueId {
     let mut attrs = BTreeMap::new();
+    if search {
+        attrs.insert("search".to_string(), Attr::Int(1));
+    }
     attrs.insert("format".to_string(), Attr::String(f.name().into()));
     attrs.insert("mode".to_string(), Attr::String(f.mode_name().into()));
     attrs.insert("axis".to_string(), Attr::Int(axis));
@@ -111,14 +116,33 @@ impl Pass for QuantizeInsert {
             if let Some(af) = af {
                 let x = node.inputs[0].ok_or("linear without input")?;
                 let scaled = self.0.hif8_scale && matches!(af, Format::Hif8(_));
-                let fq = qdq(g, x, af, -1, k, scaled, &format!("{}/act", node.name));
+                let fq = qdq(
+                    g,
+                    x,
+                    af,
+                    -1,
+                    k,
+                    scaled,
+                    false,
+                    &format!("{}/act", node.name),
+                );
                 g.set_input(lp.node, 0, Some(fq));
             }
             for i in 0..parts {
                 let w = node.inputs[1 + i].ok_or("linear without weight")?;
                 let scaled = self.0.hif8_scale && matches!(wf, Format::Hif8(_));
                 let axis = if transposed { 1 } else { 0 };
-                let fq = qdq(g, w, wf, axis, k, scaled, &format!("{}/w{i}", node.name));
+                let search = self.0.scale_search && wf.block_len() > 1;
+                let fq = qdq(
+                    g,
+                    w,
+                    wf,
+                    axis,
+                    k,
+                    scaled,
+                    search,
+                    &format!("{}/w{i}", node.name),
+                );
                 g.set_input(lp.node, 1 + i, Some(fq));
             }
             changed = true;

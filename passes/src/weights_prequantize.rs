@@ -87,7 +87,12 @@ fn prequantize(g: &mut Graph, n: NodeId) -> Result<bool, String> {
     } else {
         None
     };
-    let bytes = f.quantize(&x, &l).map_err(|e| e.to_string())?;
+    let bytes = if node.int("search") == Some(1) {
+        f.quantize_search(&x, &l)
+    } else {
+        f.quantize(&x, &l)
+    }
+    .map_err(|e| e.to_string())?;
     drop(x);
     let shape = packed_shape(&t.dims, ax, f);
     let rows = shape[..shape.len() - 1].to_vec();

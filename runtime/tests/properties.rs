@@ -312,3 +312,33 @@ fn bulk_equals_blockwise() {
         assert_eq!(unit, bytemuck::bytes_of(&want));
     }
 }
+
+/// The bulk scale search equals the block search, row by row, along any axis.
+#[test]
+fn bulk_scale_search_equals_blockwise() {
+    use lpc_runtime::formats::search;
+    let (k, n) = (96, 5);
+    let w: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 700.0)
+        .collect();
+    for f in [
+        Format::Mxfp4(Mxfp4Rounding::Rne),
+        Format::Hif4(Hif4Variant::Amct),
+    ] {
+        let l = f.layout(&[k, n], 0, true).unwrap();
+        let bytes = f.quantize_search(&w, &l).unwrap();
+        let bb = f.block_bytes();
+        for j in 0..n {
+            let col: Vec<f32> = (0..k).map(|i| w[i * n + j]).collect();
+            for (b, chunk) in col.chunks(f.block_len()).enumerate() {
+                let want: Vec<u8> = match f {
+                    Format::Mxfp4(m) => bytemuck::bytes_of(&search::mxfp4_block(chunk, m)).to_vec(),
+                    Format::Hif4(v) => bytemuck::bytes_of(&search::hif4_unit(chunk, v)).to_vec(),
+                    Format::Hif8(_) => unreachable!(),
+                };
+                let at = (j * l.blocks_per_row() + b) * bb;
+                assert_eq!(&bytes[at..at + bb], &want[..], "{f} column {j} block {b}");
+            }
+        }
+    }
+}

@@ -394,3 +394,72 @@ fn scaled_hif8_weight_sqnr() {
         assert!(gain > 0.0, "{m}: {gain}");
     }
 }
+
+/// Scale search never loses weight SQNR (per block it keeps the spec's
+/// encoding unless a neighbour is strictly better), and the compile-time
+/// packed weights equal what the interpreter's `lpc.quantize` computes.
+#[test]
+fn scale_search_weights() {
+    for m in ["qwen3_small_prefill_ts", "wan_small_ts"] {
+        let dir = fixture(&format!("models/{m}"));
+        for f in [
+            Format::Mxfp4(Mxfp4Rounding::Rne),
+            Format::Hif4(Hif4Variant::Consortium),
+        ] {
+            let run = |search| {
+                evaluate(
+                    &dir.join("model.onnx"),
+                    &dir.join("inputs"),
+                    &QuantConfig {
+                        scale_search: search,
+                        ..cfg(f, true)
+                    },
+                )
+                .unwrap()
+            };
+            let (rtn, ss) = (run(false), run(true));
+            for (a, b) in rtn.layers.iter().zip(&ss.layers) {
+                assert!(
+                    b.weight_sqnr_db >= a.weight_sqnr_db - 1e-9,
+                    "{m} {f} {}: {} < {}",
+                    a.name,
+                    b.weight_sqnr_db,
+                    a.weight_sqnr_db
+                );
+            }
+            let mean = |r: &lpc::eval::Report| {
+                r.layers.iter().map(|l| l.output_sqnr_db).sum::<f64>() / r.layers.len() as f64
+            };
+            eprintln!(
+                "{m} {f}: scale search, mean layer output SQNR {:.2} -> {:.2} dB",
+                mean(&rtn),
+                mean(&ss)
+            );
+        }
+        // Prequantized (compile time) vs quantized by the interpreter at run time.
+        let c = QuantConfig {
+            scale_search: true,
+            ..cfg(Format::Hif4(Hif4Variant::Amct), true)
+        };
+        let mut full = canonical(m);
+        PassManager::new(quantize(&c), RunOptions::default())
+            .run(&mut full)
+            .unwrap();
+        let mut lazy = canonical(m);
+        let passes: Vec<Box<dyn lpc_passes::Pass>> = vec![
+            Box::new(lpc_passes::Rotate(c.clone())),
+            Box::new(lpc_passes::QuantizeInsert(c.clone())),
+        ];
+        PassManager::new(passes, RunOptions::default())
+            .run(&mut lazy)
+            .unwrap();
+        let ins = read_inputs(&full, Some(&dir.join("inputs")), &[]).unwrap();
+        let (a, b) = (
+            interp::run(&full, &ins).unwrap(),
+            interp::run(&lazy, &ins).unwrap(),
+        );
+        for (x, y) in a[0].to_f64().iter().zip(b[0].to_f64()) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}: {x} vs {y}");
+        }
+    }
+}

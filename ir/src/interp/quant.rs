@@ -100,14 +100,23 @@ pub fn quantize(c: &OpCtx) -> R<Vec<TensorValue>> {
         .layout(&a.shape, ax as isize, true)
         .map_err(|e| e.to_string())?;
     let shape = packed_shape(&a.shape, ax, f);
+    // `search = 1`: the scale search of weights (`--scale-search`).
+    let search = c.int("search", 0) != 0;
+    let enc = |x: &[f32]| {
+        if search {
+            f.quantize_search(x, &l)
+        } else {
+            f.quantize(x, &l)
+        }
+    };
     if pow2_scaled(c)? {
         let mut x = c.f32_in(0)?.to_vec();
         let e = rowscale::scale_rows(&mut x, &l);
-        let bytes = f.quantize(&x, &l).map_err(|e| e.to_string())?;
+        let bytes = enc(&x).map_err(|e| e.to_string())?;
         let rows = shape[..shape.len() - 1].to_vec();
         return Ok(vec![packed_value(shape, bytes), exps_value(rows, &e)]);
     }
-    let bytes = f.quantize(c.f32_in(0)?, &l).map_err(|e| e.to_string())?;
+    let bytes = enc(c.f32_in(0)?).map_err(|e| e.to_string())?;
     Ok(vec![packed_value(shape, bytes)])
 }
 

@@ -258,6 +258,44 @@ pub fn quantize_along_axis<F: BlockFormat, T: Element>(
     Ok(())
 }
 
+/// Quantizes along the layout's axis with a custom block encoder (e.g. the
+/// scale search): rows are gathered, cut into blocks (the last one
+/// zero-padded by the encoder) and encoded one by one; parallel with the
+/// `parallel` feature. Same block order as [`quantize_along_axis`].
+pub fn quantize_along_axis_with<F: BlockFormat, T: Element>(
+    x: &[T],
+    l: &AxisLayout,
+    encode: impl Fn(&[f32]) -> F::Block + Sync,
+    out: &mut [F::Block],
+) -> Result<(), FormatError> {
+    check::<F>(l, x.len(), out.len())?;
+    let bpr = l.blocks_per_row();
+    if bpr == 0 || l.rows() == 0 {
+        return Ok(());
+    }
+    let row = |r: usize, dst: &mut [F::Block]| {
+        let (o, i) = (r / l.inner, r % l.inner);
+        let v: Vec<f32> = (0..l.axis_len)
+            .map(|k| x[(o * l.axis_len + k) * l.inner + i].to_f32())
+            .collect();
+        for (b, chunk) in dst.iter_mut().zip(v.chunks(F::BLOCK_LEN)) {
+            *b = encode(chunk);
+        }
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(bpr)
+            .enumerate()
+            .for_each(|(r, dst)| row(r, dst));
+    }
+    #[cfg(not(feature = "parallel"))]
+    for (r, dst) in out.chunks_mut(bpr).enumerate() {
+        row(r, dst);
+    }
+    Ok(())
+}
+
 /// Dequantizes packed blocks back into `y` in the tensor's own layout.
 pub fn dequantize_along_axis<F: BlockFormat>(
     blocks: &[F::Block],

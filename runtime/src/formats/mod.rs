@@ -14,8 +14,11 @@ pub mod hif4;
 pub mod hif8;
 pub mod mxfp4;
 pub mod rowscale;
+pub mod search;
 
-pub use bulk::{dequantize_along_axis, quantize_along_axis, AxisLayout, Element};
+pub use bulk::{
+    dequantize_along_axis, quantize_along_axis, quantize_along_axis_with, AxisLayout, Element,
+};
 pub use hif4::{Hif4, Hif4Unit, Hif4Variant};
 pub use hif8::{Hif8, Hif8Code, Hif8Rounding};
 pub use mxfp4::{Mxfp4, Mxfp4Block, Mxfp4Rounding};
@@ -277,6 +280,29 @@ impl Format {
             Self::Mxfp4(m) => run::<Mxfp4, T>(x, layout, m),
             Self::Hif4(v) => run::<Hif4, T>(x, layout, v),
             Self::Hif8(m) => run::<Hif8, T>(x, layout, m),
+        }
+    }
+
+    /// As [`Format::quantize`], with the scale search of [`search`] for the
+    /// 4-bit formats (HiF8 has no block scale: the same as `quantize`).
+    pub fn quantize_search<T: Element>(
+        self,
+        x: &[T],
+        layout: &AxisLayout,
+    ) -> Result<Vec<u8>, FormatError> {
+        fn run<F: BlockFormat, T: Element>(
+            x: &[T],
+            l: &AxisLayout,
+            enc: impl Fn(&[f32]) -> F::Block + Sync,
+        ) -> Result<Vec<u8>, FormatError> {
+            let mut out = vec![0u8; l.num_blocks() * F::BLOCK_BYTES];
+            quantize_along_axis_with::<F, T>(x, l, enc, bytemuck::cast_slice_mut(&mut out))?;
+            Ok(out)
+        }
+        match self {
+            Self::Mxfp4(m) => run::<Mxfp4, T>(x, layout, |b| search::mxfp4_block(b, m)),
+            Self::Hif4(v) => run::<Hif4, T>(x, layout, |b| search::hif4_unit(b, v)),
+            Self::Hif8(_) => self.quantize(x, layout),
         }
     }
 
