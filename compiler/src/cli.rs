@@ -147,6 +147,17 @@ pub enum Command {
         /// Write the report as JSON too.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Also quantize one layer at a time and rank the layers by their
+        /// effect on the first output.
+        #[arg(long)]
+        sensitivity: bool,
+        /// Keep the most sensitive layers in a wider format until the target
+        /// holds: sqnr>=DB, kl<=X or top1>=FRACTION (on the first output).
+        #[arg(long, value_name = "TARGET")]
+        auto_mixed: Option<String>,
+        /// The wider format of --auto-mixed: hif8 (default) or none (f32).
+        #[arg(long, value_name = "FORMAT", default_value = "hif8")]
+        auto_mixed_format: String,
         #[command(flatten)]
         quant: QuantArgs,
     },
@@ -238,11 +249,36 @@ pub fn run(cli: Cli) -> Result<String, String> {
             model,
             inputs,
             report,
+            sensitivity,
+            auto_mixed,
+            auto_mixed_format,
             quant,
         } => {
             let quant = quant.resolved()?;
             if !quant.active() {
                 return Err("lpc eval needs a format to evaluate (--format or --weights)".into());
+            }
+            if sensitivity || auto_mixed.is_some() {
+                let cfg = quant.config()?;
+                let r = match &auto_mixed {
+                    Some(t) => {
+                        let wide = if auto_mixed_format == "none" {
+                            None
+                        } else {
+                            Some(
+                                lpc_runtime::formats::Format::parse(&auto_mixed_format, None, None)
+                                    .map_err(|e| e.to_string())?,
+                            )
+                        };
+                        eval::auto_mixed(&model, &inputs, &cfg, t, wide)
+                    }
+                    None => eval::evaluate(&model, &inputs, &cfg).and_then(|mut r| {
+                        r.sensitivity = Some(eval::sensitivity(&model, &inputs, &cfg, &r)?);
+                        Ok(r)
+                    }),
+                }
+                .map_err(|e| e.to_string())?;
+                return eval::finish(&r, report.as_deref()).map_err(|e| e.to_string());
             }
             eval::eval(&model, &inputs, &quant.config()?, report.as_deref())
                 .map_err(|e| e.to_string())

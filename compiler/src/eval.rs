@@ -54,6 +54,29 @@ pub struct Report {
     pub config: String,
     pub layers: Vec<LayerReport>,
     pub outputs: Vec<OutputReport>,
+    /// Bits per weight over every linear layer (quantized ones as packed,
+    /// the others at their stored width).
+    pub effective_bits_per_weight: f64,
+    /// `--sensitivity`: each layer quantized alone, most sensitive first.
+    pub sensitivity: Option<Vec<Sensitivity>>,
+    /// `--auto-mixed`: the layers kept in the wider format, and whether the
+    /// target was met.
+    pub auto_mixed: Option<AutoMixed>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct Sensitivity {
+    pub name: String,
+    /// End-to-end SQNR (first output) with only this layer quantized.
+    pub output_sqnr_db: f64,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct AutoMixed {
+    pub target: String,
+    pub wide_format: String,
+    pub wide_layers: Vec<String>,
+    pub met: bool,
 }
 
 /// (SQNR dB, cosine, max abs error) of `q` against `r`.
@@ -268,12 +291,143 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
             top1_agreement: top1,
         });
     }
+    // Effective bits per weight over all linear layers.
+    let packed: HashMap<&str, usize> = layers
+        .iter()
+        .map(|l| (l.name.as_str(), l.bytes_after))
+        .collect();
+    let (mut bits, mut params) = (0f64, 0f64);
+    for n in gc.node_ids().filter(|&n| gc.node(n).op == "lpc.linear") {
+        let node = gc.node(n);
+        let parts = node.int("parts").unwrap_or(1).max(1) as usize;
+        let ws: Vec<&lpc_ir::Tensor> = node.inputs[1..1 + parts]
+            .iter()
+            .filter_map(|v| v.and_then(|v| gc.constant(v)))
+            .collect();
+        let count: usize = ws.iter().map(|t| t.len()).sum();
+        let bytes = packed
+            .get(node.name.as_str())
+            .copied()
+            .unwrap_or_else(|| ws.iter().map(|t| t.data.len()).sum());
+        bits += bytes as f64 * 8.0;
+        params += count as f64;
+    }
     Ok(Report {
         model: model.display().to_string(),
         config: crate::quant_args::describe(cfg).trim_end().to_string(),
         layers,
         outputs,
+        effective_bits_per_weight: if params > 0.0 { bits / params } else { 0.0 },
+        sensitivity: None,
+        auto_mixed: None,
     })
+}
+
+/// `cfg` restricted to the named layers (each with the given format); every
+/// other layer stays f32.
+fn only(
+    cfg: &QuantConfig,
+    layers: &[(String, Option<lpc_runtime::formats::Format>)],
+) -> QuantConfig {
+    let exact =
+        |n: &str| regex::Regex::new(&format!("^{}$", regex::escape(n))).expect("escaped regex");
+    QuantConfig {
+        exclude: Some(vec![regex::Regex::new(".*").expect("regex")]),
+        overrides: layers.iter().map(|(n, f)| (exact(n), *f)).collect(),
+        quantize_all: false,
+        ..cfg.clone()
+    }
+}
+
+/// Each layer of the plan quantized alone, ranked by its end-to-end SQNR
+/// (most sensitive first).
+pub fn sensitivity(
+    model: &Path,
+    inputs: &Path,
+    cfg: &QuantConfig,
+    base: &Report,
+) -> Result<Vec<Sensitivity>, EvalError> {
+    let mut out = Vec::new();
+    for l in &base.layers {
+        let r = evaluate(model, inputs, &only(cfg, &[(l.name.clone(), cfg.weights)]))?;
+        out.push(Sensitivity {
+            name: l.name.clone(),
+            output_sqnr_db: r.outputs.first().map_or(f64::NAN, |o| o.sqnr_db),
+        });
+    }
+    out.sort_by(|a, b| {
+        a.output_sqnr_db
+            .total_cmp(&b.output_sqnr_db)
+            .then(a.name.cmp(&b.name))
+    });
+    Ok(out)
+}
+
+/// A target on the first output: `sqnr>=DB`, `kl<=X` or `top1>=FRACTION`.
+pub fn parse_target(t: &str) -> Result<(String, f64), String> {
+    for (m, op) in [("sqnr", ">="), ("kl", "<="), ("top1", ">=")] {
+        if let Some(v) = t.strip_prefix(m).and_then(|r| r.strip_prefix(op)) {
+            return v
+                .parse()
+                .map(|x| (m.to_string(), x))
+                .map_err(|_| format!("--auto-mixed {t}: bad number `{v}`"));
+        }
+    }
+    Err(format!(
+        "--auto-mixed {t}: expected sqnr>=DB, kl<=X or top1>=FRACTION"
+    ))
+}
+
+fn meets(r: &Report, metric: &str, v: f64) -> bool {
+    let Some(o) = r.outputs.first() else {
+        return false;
+    };
+    match metric {
+        "sqnr" => o.sqnr_db >= v,
+        "kl" => o.kl_divergence.is_some_and(|k| k <= v),
+        _ => o.top1_agreement.is_some_and(|t| t >= v),
+    }
+}
+
+/// Keeps the most sensitive layers in `wide` (a format, or `None` for f32)
+/// one by one until the target holds; the final report records the choice.
+pub fn auto_mixed(
+    model: &Path,
+    inputs: &Path,
+    cfg: &QuantConfig,
+    target: &str,
+    wide: Option<lpc_runtime::formats::Format>,
+) -> Result<Report, EvalError> {
+    let (metric, v) = parse_target(target).map_err(EvalError::Other)?;
+    let base = evaluate(model, inputs, cfg)?;
+    let ranked = sensitivity(model, inputs, cfg, &base)?;
+    let mut wide_layers: Vec<String> = Vec::new();
+    let mut report = base;
+    let mut met = meets(&report, &metric, v);
+    for s in &ranked {
+        if met {
+            break;
+        }
+        wide_layers.push(s.name.clone());
+        let mut c = cfg.clone();
+        let exact =
+            |n: &str| regex::Regex::new(&format!("^{}$", regex::escape(n))).expect("escaped regex");
+        c.overrides = wide_layers
+            .iter()
+            .map(|n| (exact(n), wide))
+            .chain(cfg.overrides.iter().cloned())
+            .collect();
+        report = evaluate(model, inputs, &c)?;
+        met = meets(&report, &metric, v);
+    }
+    report.sensitivity = Some(ranked);
+    report.auto_mixed = Some(AutoMixed {
+        target: target.to_string(),
+        wide_format: wide.map_or("f32".to_string(), |f| f.to_string()),
+        wide_layers,
+        met,
+    });
+    Ok(report)
 }
 
 pub fn table(r: &Report) -> String {
@@ -324,6 +478,31 @@ pub fn table(r: &Report) -> String {
             r.layers.iter().map(|l| l.output_sqnr_db).sum::<f64>() / n
         );
     }
+    let _ = writeln!(
+        o,
+        "effective bits per weight (all linear layers): {:.3}",
+        r.effective_bits_per_weight
+    );
+    if let Some(sens) = &r.sensitivity {
+        let _ = writeln!(
+            o,
+            "sensitivity (each layer quantized alone; end-to-end SQNR, most sensitive first):"
+        );
+        for s in sens {
+            let _ = writeln!(o, "  {:>8.2} dB  {}", s.output_sqnr_db, s.name);
+        }
+    }
+    if let Some(a) = &r.auto_mixed {
+        let _ = writeln!(
+            o,
+            "auto-mixed {}: {} layer(s) kept in {}{}: {}",
+            a.target,
+            a.wide_layers.len(),
+            a.wide_format,
+            if a.met { "" } else { " (target NOT met)" },
+            a.wide_layers.join(", ")
+        );
+    }
     for out in &r.outputs {
         let mut line = format!(
             "output {}: SQNR {:.2} dB, max |err| {:.3e}",
@@ -337,6 +516,19 @@ pub fn table(r: &Report) -> String {
     o
 }
 
+/// Prints the table and writes the JSON report atomically.
+pub fn finish(r: &Report, report: Option<&Path>) -> Result<String, EvalError> {
+    let mut text = table(r);
+    if let Some(p) = report {
+        let json =
+            serde_json::to_string_pretty(r).map_err(|e| EvalError::Other(e.to_string()))? + "\n";
+        crate::atomic::write(p, json.as_bytes())
+            .map_err(|e| EvalError::Other(format!("writing {}: {e}", p.display())))?;
+        let _ = writeln!(text, "wrote {}", p.display());
+    }
+    Ok(text)
+}
+
 /// Runs the evaluation; prints the table, writes the JSON report atomically.
 pub fn eval(
     model: &Path,
@@ -344,14 +536,5 @@ pub fn eval(
     cfg: &QuantConfig,
     report: Option<&Path>,
 ) -> Result<String, EvalError> {
-    let r = evaluate(model, inputs, cfg)?;
-    let mut text = table(&r);
-    if let Some(p) = report {
-        let json =
-            serde_json::to_string_pretty(&r).map_err(|e| EvalError::Other(e.to_string()))? + "\n";
-        crate::atomic::write(p, json.as_bytes())
-            .map_err(|e| EvalError::Other(format!("writing {}: {e}", p.display())))?;
-        let _ = writeln!(text, "wrote {}", p.display());
-    }
-    Ok(text)
+    finish(&evaluate(model, inputs, cfg)?, report)
 }

@@ -422,6 +422,19 @@ fn quantization_options_and_their_errors() {
     );
     fails_with(&["eval", s(&m), "--inputs", s(&ins)], "needs a format");
     fails_with(
+        &[
+            "eval",
+            s(&m),
+            "--inputs",
+            s(&ins),
+            "--format",
+            "mxfp4",
+            "--auto-mixed",
+            "psnr>=3",
+        ],
+        "expected sqnr>=DB",
+    );
+    fails_with(
         &["compile", s(&m), "--activations", "hif8"],
         "without weights",
     );

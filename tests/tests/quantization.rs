@@ -463,3 +463,46 @@ fn scale_search_weights() {
         }
     }
 }
+
+/// Sensitivity ranks every quantized layer; auto-mixed keeps the most
+/// sensitive ones wide until the target holds, or says it could not.
+#[test]
+fn sensitivity_and_auto_mixed() {
+    let dir = fixture("models/qwen3_small_prefill_ts");
+    let (m, ins) = (dir.join("model.onnx"), dir.join("inputs"));
+    let c = cfg(Format::Mxfp4(Mxfp4Rounding::Rne), true);
+    let base = evaluate(&m, &ins, &c).unwrap();
+    let ranked = lpc::eval::sensitivity(&m, &ins, &c, &base).unwrap();
+    assert_eq!(ranked.len(), base.layers.len());
+    assert!(ranked
+        .windows(2)
+        .all(|w| w[0].output_sqnr_db <= w[1].output_sqnr_db));
+    // Each layer alone hurts less than all of them together.
+    assert!(ranked
+        .iter()
+        .all(|s| s.output_sqnr_db > base.outputs[0].sqnr_db));
+
+    let target = base.outputs[0].sqnr_db + 2.0;
+    let wide = Some(Format::Hif8(Hif8Rounding::Ta));
+    let r = lpc::eval::auto_mixed(&m, &ins, &c, &format!("sqnr>={target}"), wide).unwrap();
+    let a = r.auto_mixed.as_ref().unwrap();
+    assert!(a.met && !a.wide_layers.is_empty() && r.outputs[0].sqnr_db >= target);
+    assert_eq!(
+        a.wide_layers[0], ranked[0].name,
+        "the most sensitive layer goes first"
+    );
+    assert!(r.effective_bits_per_weight > base.effective_bits_per_weight);
+    let wide_count = r
+        .layers
+        .iter()
+        .filter(|l| l.weights.starts_with("hif8"))
+        .count();
+    assert_eq!(wide_count, a.wide_layers.len());
+
+    let r = lpc::eval::auto_mixed(&m, &ins, &c, "sqnr>=200", wide).unwrap();
+    let a = r.auto_mixed.as_ref().unwrap();
+    assert!(!a.met && a.wide_layers.len() == ranked.len());
+    assert!(
+        lpc::eval::parse_target("psnr>=3").is_err() && lpc::eval::parse_target("kl<=x").is_err()
+    );
+}
