@@ -28,6 +28,9 @@ pub struct LayerReport {
     pub name: String,
     pub weights: String,
     pub activations: String,
+    /// How the layer was quantized: `rtn` (round to nearest, the spec's
+    /// rule), plus `hadamard`, `pow2-scale`, `scale-search` where applied.
+    pub method: String,
     pub rotate: i64,
     pub weight_sqnr_db: f64,
     pub output_sqnr_db: f64,
@@ -241,7 +244,18 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
                 format!("{f} ({m})")
             }
         };
+        let mut method = vec!["rtn"];
+        if rotate > 0 {
+            method.push("hadamard");
+        }
+        if q.int("wscale") == Some(1) || q.string("ascale") == Some("pow2") {
+            method.push("pow2-scale");
+        }
+        if cfg.scale_search && wf.block_len() > 1 {
+            method.push("scale-search");
+        }
         layers.push(LayerReport {
+            method: method.join("+"),
             name: q.name.clone(),
             weights: fmt(
                 q.string("wformat").unwrap_or(""),
