@@ -219,11 +219,17 @@ pub fn run(cli: Cli) -> Result<String, String> {
             calib,
         } => {
             let quant = quant.resolved()?;
-            let qcfg = if quant.active() {
+            let mut qcfg = if quant.active() {
                 Some(quant.config()?)
             } else {
                 quant.config().map(|_| None)?
             };
+            if let Some(q) = qcfg.as_mut().filter(|q| q.gptq.is_some()) {
+                let c = calib.as_deref().ok_or(
+                    "--gptq needs --calib DIR|FILE.npz (a template for the calibration inputs)",
+                )?;
+                crate::gptq::prepare_model(&model, q, c)?;
+            }
             let mut text = compile::compile(&CompileOptions {
                 model: model.clone(),
                 output,
@@ -258,8 +264,9 @@ pub fn run(cli: Cli) -> Result<String, String> {
             if !quant.active() {
                 return Err("lpc eval needs a format to evaluate (--format or --weights)".into());
             }
+            let mut cfg = quant.config()?;
+            crate::gptq::prepare_model(&model, &mut cfg, &inputs)?;
             if sensitivity || auto_mixed.is_some() {
-                let cfg = quant.config()?;
                 let r = match &auto_mixed {
                     Some(t) => {
                         let wide = if auto_mixed_format == "none" {
@@ -280,8 +287,7 @@ pub fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
                 return eval::finish(&r, report.as_deref()).map_err(|e| e.to_string());
             }
-            eval::eval(&model, &inputs, &quant.config()?, report.as_deref())
-                .map_err(|e| e.to_string())
+            eval::eval(&model, &inputs, &cfg, report.as_deref()).map_err(|e| e.to_string())
         }
         Command::Inspect { model, print_ir } => {
             inspect::inspect(&model, print_ir).map_err(|e| e.to_string())
@@ -295,7 +301,7 @@ pub fn run(cli: Cli) -> Result<String, String> {
             tolerance,
             quant,
         } => {
-            let qcfg = if quant.active() {
+            let mut qcfg = if quant.active() {
                 Some(quant.config()?)
             } else {
                 quant.config().map(|_| None)?
@@ -315,6 +321,12 @@ pub fn run(cli: Cli) -> Result<String, String> {
                 if !dir.is_dir() {
                     return Err(format!("output directory {} does not exist", dir.display()));
                 }
+            }
+            if let Some(q) = qcfg.as_mut().filter(|q| q.gptq.is_some()) {
+                let d = inputs
+                    .as_deref()
+                    .ok_or("--gptq needs --inputs (a template for the calibration inputs)")?;
+                crate::gptq::prepare_model(&model, q, d)?;
             }
             let t = std::time::Instant::now();
             let outs = run::run_model(&model, inputs.as_deref(), &pairs, qcfg.as_ref())

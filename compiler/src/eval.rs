@@ -147,11 +147,16 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
     PassManager::new(canonicalize(), RunOptions::default())
         .run(&mut gc)
         .map_err(e)?;
+    let ins = read_inputs(&gc, Some(inputs), &[])?;
+    let mut cfg = cfg.clone();
+    if cfg.gptq.as_ref().is_some_and(|g| g.hessians.is_empty()) {
+        crate::gptq::prepare(&gc, &mut cfg, &ins).map_err(EvalError::Other)?;
+    }
+    let cfg = &cfg;
     let mut gq = gc.clone();
     PassManager::new(lpc_passes::quantize(cfg), RunOptions::default())
         .run(&mut gq)
         .map_err(e)?;
-    let ins = read_inputs(&gc, Some(inputs), &[])?;
     let ie = |e: interp::InterpError| EvalError::Other(format!("{}: {e}", model.display()));
     let (outs_f, vals_f) = interp::run_capture(&gc, &ins).map_err(ie)?;
     let outs_q = interp::run(&gq, &ins).map_err(ie)?;
@@ -253,6 +258,13 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         }
         if cfg.scale_search && wf.block_len() > 1 {
             method.push("scale-search");
+        }
+        if cfg
+            .gptq
+            .as_ref()
+            .is_some_and(|g| g.hessians.contains_key(&q.name))
+        {
+            method.push("gptq");
         }
         layers.push(LayerReport {
             method: method.join("+"),

@@ -4,6 +4,7 @@ pub mod atomic;
 pub mod cli;
 pub mod compile;
 pub mod eval;
+pub mod gptq;
 pub mod inspect;
 pub mod npy;
 pub mod onnx;

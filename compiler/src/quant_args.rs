@@ -35,6 +35,24 @@ pub struct QuantArgs {
     /// weights with the least squared error.
     #[arg(long)]
     pub scale_search: bool,
+    /// GPTQ error compensation for the weights: Hessians from calibration
+    /// inputs generated (--calib-samples, --seed) from the inputs given to
+    /// measure on (`--calib` / `--inputs`), run through the model in order.
+    #[arg(long)]
+    pub gptq: bool,
+    /// Calibration samples for --gptq.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub calib_samples: usize,
+    /// GPTQ dampening: a fraction of the Hessian's mean diagonal.
+    #[arg(long, default_value_t = 0.01, value_name = "FRACTION")]
+    pub gptq_damp: f64,
+    /// GPTQ in order of decreasing Hessian diagonal (block encodings fixed
+    /// up front from the original weights).
+    #[arg(long)]
+    pub gptq_act_order: bool,
+    /// Seed of the calibration inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Do not quantize layers whose node or weight name matches (repeatable).
     /// Given at all, it replaces the default exclusions; `--exclude ''`
     /// excludes nothing.
@@ -65,6 +83,8 @@ pub struct FileOptions {
     pub rotate: Option<String>,
     pub hif8_scale: Option<String>,
     pub scale_search: Option<bool>,
+    pub gptq: Option<bool>,
+    pub gptq_act_order: Option<bool>,
     /// Present (even empty) replaces the default exclusions.
     pub exclude: Option<Vec<String>>,
     #[serde(rename = "override")]
@@ -125,6 +145,11 @@ impl QuantArgs {
             rotate: pick(&self.rotate, f.rotate),
             hif8_scale: pick(&self.hif8_scale, f.hif8_scale),
             scale_search: self.scale_search || f.scale_search.unwrap_or(false),
+            gptq: self.gptq || f.gptq.unwrap_or(false),
+            gptq_act_order: self.gptq_act_order || f.gptq_act_order.unwrap_or(false),
+            calib_samples: self.calib_samples,
+            gptq_damp: self.gptq_damp,
+            seed: self.seed,
             exclude: if exclude_given {
                 self.exclude.clone()
             } else {
@@ -211,6 +236,16 @@ impl QuantArgs {
             rotate,
             hif8_scale,
             scale_search: self.scale_search,
+            gptq: self.gptq.then(|| lpc_passes::quant_policy::Gptq {
+                hessians: Default::default(),
+                options: lpc_passes::gptq::Options {
+                    damp: self.gptq_damp,
+                    act_order: self.gptq_act_order,
+                    search: false,
+                },
+                samples: self.calib_samples,
+                seed: self.seed,
+            }),
             exclude,
             overrides,
             quantize_all: self.quantize_all,
@@ -241,7 +276,18 @@ pub fn describe(cfg: &QuantConfig) -> String {
         f(cfg.activations),
         if cfg.rotate { "hadamard" } else { "none" },
         if cfg.hif8_scale { "pow2" } else { "none" },
-        if cfg.scale_search { ", scale search" } else { "" },
+        match (&cfg.gptq, cfg.scale_search) {
+            (Some(g), s) => format!(
+                "{}, gptq (damp {}, {} samples, seed {}{})",
+                if s { ", scale search" } else { "" },
+                g.options.damp,
+                g.samples,
+                g.seed,
+                if g.options.act_order { ", act-order" } else { "" }
+            ),
+            (None, true) => ", scale search".to_string(),
+            (None, false) => String::new(),
+        },
         ex,
         ov.join(", "),
         if cfg.quantize_all {

@@ -16,6 +16,7 @@ mod fuse_linear;
 mod fuse_norm;
 mod fuse_parallel;
 mod fuse_qgemm;
+pub mod gptq;
 pub mod infer_shapes;
 mod infer_types;
 pub mod quant_policy;
@@ -68,7 +69,9 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_parallel::FuseParallelLinear),
         Box::new(rotate::Rotate(QuantConfig::default())),
         Box::new(quantize_insert::QuantizeInsert(QuantConfig::default())),
-        Box::new(weights_prequantize::WeightsPrequantize),
+        Box::new(weights_prequantize::WeightsPrequantize(
+            QuantConfig::default(),
+        )),
         Box::new(fuse_qgemm::FuseQgemm),
     ]
 }
@@ -78,7 +81,7 @@ pub fn quantize(cfg: &QuantConfig) -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(rotate::Rotate(cfg.clone())),
         Box::new(quantize_insert::QuantizeInsert(cfg.clone())),
-        Box::new(weights_prequantize::WeightsPrequantize),
+        Box::new(weights_prequantize::WeightsPrequantize(cfg.clone())),
         Box::new(fuse_qgemm::FuseQgemm),
         by_name("dce").expect("registered"),
     ]

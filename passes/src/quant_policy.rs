@@ -32,11 +32,24 @@ pub struct QuantConfig {
     pub hif8_scale: bool,
     /// Scale search for 4-bit weights: `--scale-search`.
     pub scale_search: bool,
+    /// GPTQ error compensation: per-layer Hessians from calibration runs.
+    pub gptq: Option<Gptq>,
     /// `None`: the default exclusions; `Some(list)`: exactly these.
     pub exclude: Option<Vec<Regex>>,
     /// `REGEX=FORMAT` (`none` excludes); the first match wins.
     pub overrides: Vec<(Regex, Option<Format>)>,
     pub quantize_all: bool,
+}
+
+/// GPTQ for the layers that have a Hessian (keyed by layer name: the
+/// `lpc.linear` node's name); the others get round-to-nearest.
+#[derive(Debug, Clone, Default)]
+pub struct Gptq {
+    pub hessians: std::sync::Arc<HashMap<String, crate::gptq::Hessian>>,
+    pub options: crate::gptq::Options,
+    /// Calibration samples to generate, and their seed.
+    pub samples: usize,
+    pub seed: u64,
 }
 
 /// The decision for one layer.

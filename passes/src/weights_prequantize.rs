@@ -16,7 +16,7 @@ use lpc_runtime::formats::Element;
 use lpc_runtime::hadamard;
 
 #[derive(Debug)]
-pub struct WeightsPrequantize;
+pub struct WeightsPrequantize(pub crate::QuantConfig);
 
 fn widen(t: &Tensor) -> Option<Vec<f32>> {
     fn conv<T: Element + Copy>(d: &[u8], from: fn(&[u8]) -> T, size: usize) -> Vec<f32> {
@@ -34,7 +34,7 @@ fn widen(t: &Tensor) -> Option<Vec<f32>> {
     })
 }
 
-fn prequantize(g: &mut Graph, n: NodeId) -> Result<bool, String> {
+fn prequantize(g: &mut Graph, n: NodeId, cfg: &crate::QuantConfig) -> Result<bool, String> {
     let node = g.node(n).clone();
     let Some(src) = node.inputs[0] else {
         return Ok(false);
@@ -87,12 +87,38 @@ fn prequantize(g: &mut Graph, n: NodeId) -> Result<bool, String> {
     } else {
         None
     };
-    let bytes = if node.int("search") == Some(1) {
-        f.quantize_search(&x, &l)
+    // `{layer}/w{i}/quantize`: the layer's Hessian, if GPTQ has one.
+    let layer = node.name.rsplit_once("/w").map(|(l, _)| l);
+    let hessian = cfg
+        .gptq
+        .as_ref()
+        .and_then(|gq| Some((gq, gq.hessians.get(layer?)?)));
+    let bytes = if let Some((gq, h)) = hessian {
+        if h.k != l.axis_len {
+            return Err(format!(
+                "`{}`: GPTQ Hessian is {}x{} for a reduction axis of {}",
+                node.name, h.k, h.k, l.axis_len
+            ));
+        }
+        // Rows along the reduction axis, in the bulk codec's row order.
+        let rows: Vec<f32> = (0..l.rows())
+            .flat_map(|r| {
+                let (o, i) = (r / l.inner, r % l.inner);
+                let x = &x;
+                (0..l.axis_len).map(move |k| x[(o * l.axis_len + k) * l.inner + i])
+            })
+            .collect();
+        let opt = crate::gptq::Options {
+            search: node.int("search") == Some(1),
+            ..gq.options
+        };
+        crate::gptq::quantize(f, &rows, l.rows(), h, opt)
+            .map_err(|e| format!("`{}`: {e}", node.name))?
+    } else if node.int("search") == Some(1) {
+        f.quantize_search(&x, &l).map_err(|e| e.to_string())?
     } else {
-        f.quantize(&x, &l)
-    }
-    .map_err(|e| e.to_string())?;
+        f.quantize(&x, &l).map_err(|e| e.to_string())?
+    };
     drop(x);
     let shape = packed_shape(&t.dims, ax, f);
     let rows = shape[..shape.len() - 1].to_vec();
@@ -121,7 +147,7 @@ impl Pass for WeightsPrequantize {
         let mut changed = false;
         for n in order {
             if g.contains_node(n) && g.node(n).op == "lpc.quantize" {
-                changed |= prequantize(g, n)?;
+                changed |= prequantize(g, n, &self.0)?;
             }
         }
         Ok(changed)

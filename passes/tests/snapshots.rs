@@ -383,7 +383,7 @@ fn weights_prequantize() {
         vec![
             Box::new(Rotate(mxfp4_cfg(true))),
             Box::new(QuantizeInsert(mxfp4_cfg(true))),
-            Box::new(WeightsPrequantize)
+            Box::new(WeightsPrequantize(QuantConfig::default()))
         ],
         &quant_src(),
         false
@@ -396,7 +396,7 @@ fn fuse_qgemm() {
     let prep: Vec<Box<dyn Pass>> = vec![
         Box::new(Rotate(mxfp4_cfg(true))),
         Box::new(QuantizeInsert(mxfp4_cfg(true))),
-        Box::new(WeightsPrequantize),
+        Box::new(WeightsPrequantize(QuantConfig::default())),
     ];
     for p in &prep {
         p.run(&mut g).unwrap();
@@ -422,7 +422,7 @@ fn fuse_qgemm_epilogue() {
     let mut g = text::parse(&src, &|_| None).unwrap();
     let prep: Vec<Box<dyn Pass>> = vec![
         Box::new(QuantizeInsert(mxfp4_cfg(false))),
-        Box::new(WeightsPrequantize),
+        Box::new(WeightsPrequantize(QuantConfig::default())),
     ];
     for p in &prep {
         p.run(&mut g).unwrap();

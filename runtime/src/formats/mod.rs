@@ -329,6 +329,73 @@ impl Format {
             Self::Hif8(_) => run::<Hif8>(packed, layout),
         }
     }
+
+    /// Encodes one block (`x.len() <= block_len()`, zero-padded) into its
+    /// packed bytes: the spec's rule, or the scale search of [`search`].
+    pub fn encode_block(self, x: &[f32], search: bool) -> Vec<u8> {
+        fn bytes<B: bytemuck::Pod>(b: B) -> Vec<u8> {
+            bytemuck::bytes_of(&b).to_vec()
+        }
+        match self {
+            Self::Mxfp4(m) if search => bytes(search::mxfp4_block(x, m)),
+            Self::Mxfp4(m) => bytes(Mxfp4::quantize_block(x, m)),
+            Self::Hif4(v) if search => bytes(search::hif4_unit(x, v)),
+            Self::Hif4(v) => bytes(Hif4::quantize_block(x, v)),
+            Self::Hif8(m) => bytes(Hif8::quantize_block(x, m)),
+        }
+    }
+
+    /// For a 4-bit format's packed block: the value of each of the 16
+    /// element codes at every position, given the block's scale (and HiF4's
+    /// micro-exponents), which stay fixed. `None` for HiF8 (no block scale).
+    /// Element `i`'s code is the nibble `i % 2` of data byte `i / 2` in both
+    /// 4-bit formats (see [`Format::set_code`]).
+    pub fn code_values(self, block: &[u8]) -> Option<Vec<[f32; 16]>> {
+        fn run<F: BlockFormat>(block: &[u8], data: usize) -> Vec<[f32; 16]> {
+            let mut out = vec![[0f32; 16]; F::BLOCK_LEN];
+            let mut b = block.to_vec();
+            let mut y = vec![0f32; F::BLOCK_LEN];
+            for c in 0..16u8 {
+                b[data..].fill(c | c << 4);
+                F::dequantize_block(bytemuck::from_bytes(&b), &mut y);
+                for (o, &v) in out.iter_mut().zip(&y) {
+                    o[c as usize] = v;
+                }
+            }
+            out
+        }
+        match self {
+            Self::Mxfp4(_) => Some(run::<Mxfp4>(block, 1)),
+            Self::Hif4(_) => Some(run::<Hif4>(block, 4)),
+            Self::Hif8(_) => None,
+        }
+    }
+
+    /// Sets element `i`'s 4-bit code in a packed 4-bit block.
+    pub fn set_code(self, block: &mut [u8], i: usize, code: u8) {
+        let data = match self {
+            Self::Mxfp4(_) => 1,
+            Self::Hif4(_) => 4,
+            Self::Hif8(_) => {
+                block[i] = code;
+                return;
+            }
+        };
+        let sh = 4 * (i % 2);
+        let b = &mut block[data + i / 2];
+        *b = (*b & !(0xF << sh)) | (code & 0xF) << sh;
+    }
+
+    /// HiF8 only: the code and value of one element (`None` for block formats).
+    pub fn quantize_scalar(self, x: f32) -> Option<(u8, f32)> {
+        match self {
+            Self::Hif8(m) => {
+                let c = hif8::encode(x, m);
+                Some((c, hif8::decode(c)))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Format {

@@ -1,0 +1,209 @@
+//! `--gptq`: calibration inputs and the per-layer Hessians GPTQ needs.
+//!
+//! Calibration inputs are generated from a template (the `--calib` /
+//! `--inputs` bundle) with a fixed seed, so they differ from the evaluation
+//! inputs but follow the model's own input distributions: token ids are
+//! drawn uniformly from the embedding table's rows, float inputs (latents,
+//! text embeddings, KV caches) from a normal with the template's mean and
+//! standard deviation; masks and positions are kept.
+//!
+//! Hessians are accumulated sequentially: layer by layer in topological
+//! order, the calibration inputs run through the model quantized so far
+//! (earlier layers already with GPTQ), so each layer's `Σ x xᵀ` reflects the
+//! quantization of the layers before it (rotated, when the layer rotates).
+
+use crate::onnx::{import, OnnxModel};
+use crate::run::read_inputs;
+use lpc_ir::interp::{self, TensorValue};
+use lpc_ir::Graph;
+use lpc_passes::gptq::Hessian;
+use lpc_passes::{canonicalize, PassManager, QuantConfig, RunOptions};
+use lpc_runtime::hadamard;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// SplitMix64: a tiny, fully specified generator, so that calibration inputs
+/// are byte-identical for a seed on every platform and version.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.unit();
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+/// Rows of the constant table of a `Gather` that reads `input` as indices.
+fn vocab(g: &Graph, name: &str) -> Option<usize> {
+    let v = g
+        .inputs
+        .iter()
+        .copied()
+        .find(|&i| g.value(i).name == name)?;
+    g.consumers(v).into_iter().find_map(|(n, k)| {
+        let node = g.node(n);
+        (node.op == "Gather" && k == 1)
+            .then(|| g.constant(node.inputs[0]?)?.dims.first().copied())
+            .flatten()
+    })
+}
+
+/// `n` calibration samples shaped like `template`, from `seed`.
+pub fn calibration_inputs(
+    g: &Graph,
+    template: &HashMap<String, TensorValue>,
+    n: usize,
+    seed: u64,
+) -> Vec<HashMap<String, TensorValue>> {
+    let mut rng = SplitMix(seed);
+    let mut names: Vec<&String> = template.keys().collect();
+    names.sort();
+    (0..n)
+        .map(|_| {
+            names
+                .iter()
+                .map(|&name| {
+                    let t = &template[name];
+                    let v = if let (Some(_), Some(vs)) = (t.as_i64(), vocab(g, name)) {
+                        let ids = (0..t.len())
+                            .map(|_| (rng.next() % vs.max(1) as u64) as i64)
+                            .collect();
+                        TensorValue::i64(t.shape.clone(), ids)
+                    } else if let Some(x) = t.as_f32() {
+                        let m = x.iter().map(|&v| v as f64).sum::<f64>() / x.len().max(1) as f64;
+                        let var = x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>()
+                            / x.len().max(1) as f64;
+                        let y = (0..x.len())
+                            .map(|_| (m + var.sqrt() * rng.normal()) as f32)
+                            .collect();
+                        TensorValue::with_dtype(t.dtype, t.shape.clone(), interp::Data::F(y))
+                    } else {
+                        t.clone()
+                    };
+                    (name.clone(), v)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The quantized layers in topological order: `(name, rotation block)`.
+fn layers(gc: &Graph, cfg: &QuantConfig) -> Result<Vec<(String, usize)>, String> {
+    let mut gq = gc.clone();
+    PassManager::new(lpc_passes::quantize(cfg), RunOptions::default())
+        .run(&mut gq)
+        .map_err(|e| e.to_string())?;
+    Ok(gq
+        .topo_order()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&n| gq.node(n).op == "lpc.qgemm")
+        .map(|n| {
+            let q = gq.node(n);
+            (q.name.clone(), q.int("rotate").unwrap_or(0).max(0) as usize)
+        })
+        .collect())
+}
+
+/// Accumulates every quantized layer's Hessian, sequentially (see the module
+/// docs), and stores them in `cfg.gptq`.
+pub fn prepare(
+    gc: &Graph,
+    cfg: &mut QuantConfig,
+    template: &HashMap<String, TensorValue>,
+) -> Result<(), String> {
+    let Some(gq_cfg) = cfg.gptq.clone() else {
+        return Ok(());
+    };
+    let samples = calibration_inputs(gc, template, gq_cfg.samples.max(1), gq_cfg.seed);
+    let mut hessians: HashMap<String, Hessian> = HashMap::new();
+    let order = layers(
+        gc,
+        &QuantConfig {
+            gptq: None,
+            ..cfg.clone()
+        },
+    )?;
+    // Progress on stderr when it is a terminal (no progress crate is
+    // available offline; one line, rewritten in place).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for (name, rot) in &order {
+        if tty {
+            eprint!("\rgptq {}/{} {name}\x1b[K", hessians.len() + 1, order.len());
+        }
+        // The model quantized so far: GPTQ where a Hessian exists.
+        cfg.gptq = Some(lpc_passes::quant_policy::Gptq {
+            hessians: Arc::new(std::mem::take(&mut hessians)),
+            ..gq_cfg.clone()
+        });
+        let mut gq = gc.clone();
+        PassManager::new(lpc_passes::quantize(cfg), RunOptions::default())
+            .run(&mut gq)
+            .map_err(|e| e.to_string())?;
+        hessians = Arc::try_unwrap(cfg.gptq.take().expect("set").hessians)
+            .unwrap_or_else(|a| (*a).clone());
+        let q = gq
+            .node_ids()
+            .find(|&n| gq.node(n).op == "lpc.qgemm" && &gq.node(n).name == name)
+            .ok_or_else(|| format!("GPTQ: layer `{name}` disappeared"))?;
+        let xin = gq.node(q).inputs[0].ok_or("qgemm without input")?;
+        let k = gq.node(q).int("k").unwrap_or(0) as usize;
+        let mut h = Hessian::new(k);
+        for s in &samples {
+            let (_, vals) = interp::run_capture(&gq, s).map_err(|e| e.to_string())?;
+            let x = vals
+                .get(&xin)
+                .cloned()
+                .or_else(|| s.get(&gq.value(xin).name).cloned())
+                .ok_or_else(|| format!("GPTQ: no input value for `{name}`"))?;
+            let mut x: Vec<f32> = x.to_f64().into_iter().map(|v| v as f32).collect();
+            if k == 0 || x.len() % k != 0 {
+                return Err(format!("GPTQ: `{name}` input is not rows of {k}"));
+            }
+            if *rot > 0 {
+                for row in x.chunks_exact_mut(k) {
+                    hadamard::rotate_blocks(row, *rot);
+                }
+            }
+            h.add_rows(&x);
+        }
+        hessians.insert(name.clone(), h);
+    }
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    cfg.gptq = Some(lpc_passes::quant_policy::Gptq {
+        hessians: Arc::new(hessians),
+        ..gq_cfg
+    });
+    Ok(())
+}
+
+/// [`prepare`] for a model file, with the template from `inputs`.
+pub fn prepare_model(model: &Path, cfg: &mut QuantConfig, inputs: &Path) -> Result<(), String> {
+    if cfg.gptq.is_none() {
+        return Ok(());
+    }
+    let e = |e: String| format!("{}: {e}", model.display());
+    let mut gc = import(&OnnxModel::load(model).map_err(|x| e(x.to_string()))?)
+        .map_err(|x| e(x.to_string()))?;
+    PassManager::new(canonicalize(), RunOptions::default())
+        .run(&mut gc)
+        .map_err(|x| e(x.to_string()))?;
+    let template = read_inputs(&gc, Some(inputs), &[]).map_err(|x| x.to_string())?;
+    prepare(&gc, cfg, &template).map_err(e)
+}
