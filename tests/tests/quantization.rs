@@ -548,6 +548,39 @@ fn gptq_on_the_fixtures() {
         let c = gptq_cfg(false);
         let hs = &c.gptq.as_ref().unwrap().hessians;
         assert!(!hs.is_empty() && hs.values().all(|h| h.rows > 0), "{m}");
+        // The first layer's input does not depend on any quantization: its
+        // Hessian is Σ x xᵀ over the f32 model's (rotated) inputs to it.
+        let first = gc
+            .topo_order()
+            .unwrap()
+            .into_iter()
+            .find(|&n| hs.contains_key(&gc.node(n).name))
+            .unwrap();
+        let (name, xin) = (
+            gc.node(first).name.clone(),
+            gc.node(first).inputs[0].unwrap(),
+        );
+        let k = hs[&name].k;
+        let samples = lpc::gptq::calibration_inputs(&gc, &template, 64, 1);
+        let mut direct = vec![0f64; k * k];
+        for s in &samples {
+            let (_, vals) = interp::run_capture(&gc, s).unwrap();
+            let mut x: Vec<f32> = vals[&xin].to_f64().iter().map(|&v| v as f32).collect();
+            for row in x.chunks_exact_mut(k) {
+                lpc_runtime::hadamard::rotate_blocks(row, 32);
+                for i in 0..k {
+                    for j in 0..k {
+                        direct[i * k + j] += row[i] as f64 * row[j] as f64;
+                    }
+                }
+            }
+        }
+        for (a, b) in hs[&name].h.iter().zip(&direct) {
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "{m} {name}: {a} vs {b}"
+            );
+        }
         let packed = |c: &QuantConfig, threads: usize| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
