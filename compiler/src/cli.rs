@@ -224,9 +224,9 @@ pub fn run(cli: Cli) -> Result<String, String> {
             } else {
                 quant.config().map(|_| None)?
             };
-            if let Some(q) = qcfg.as_mut().filter(|q| q.gptq.is_some()) {
+            if let Some(q) = qcfg.as_mut().filter(|q| crate::gptq::needs_calibration(q)) {
                 let c = calib.as_deref().ok_or(
-                    "--gptq needs --calib DIR|FILE.npz (a template for the calibration inputs)",
+                    "--gptq/--smooth need --calib DIR|FILE.npz (a template for the calibration inputs)",
                 )?;
                 crate::gptq::prepare_model(&model, q, c)?;
             }
@@ -322,10 +322,10 @@ pub fn run(cli: Cli) -> Result<String, String> {
                     return Err(format!("output directory {} does not exist", dir.display()));
                 }
             }
-            if let Some(q) = qcfg.as_mut().filter(|q| q.gptq.is_some()) {
-                let d = inputs
-                    .as_deref()
-                    .ok_or("--gptq needs --inputs (a template for the calibration inputs)")?;
+            if let Some(q) = qcfg.as_mut().filter(|q| crate::gptq::needs_calibration(q)) {
+                let d = inputs.as_deref().ok_or(
+                    "--gptq/--smooth need --inputs (a template for the calibration inputs)",
+                )?;
                 crate::gptq::prepare_model(&model, q, d)?;
             }
             let t = std::time::Instant::now();

@@ -117,7 +117,15 @@ fn argmax(row: &[f64]) -> usize {
 
 /// The original weights of a canonical linear as `[N, K]` f32 rows, rotated
 /// like the quantized layer.
-fn weight_rows(g: &Graph, lin: NodeId, parts: usize, rotate: usize) -> Option<(Vec<f64>, usize)> {
+/// The layer's f32 weights as rows along K (scaled by the smoothing
+/// factors, then rotated, as the quantizer saw them).
+fn weight_rows(
+    g: &Graph,
+    lin: NodeId,
+    parts: usize,
+    rotate: usize,
+    smooth: Option<&[f32]>,
+) -> Option<(Vec<f64>, usize)> {
     let node = g.node(lin);
     let tr = node.int("transposed") == Some(1);
     let mut rows = Vec::new();
@@ -130,7 +138,10 @@ fn weight_rows(g: &Graph, lin: NodeId, parts: usize, rotate: usize) -> Option<(V
         let (k, n) = if tr { (c, r) } else { (r, c) };
         for j in 0..n {
             let mut row: Vec<f32> = (0..k)
-                .map(|i| if tr { v[j * k + i] } else { v[i * n + j] } as f32)
+                .map(|i| {
+                    let w = if tr { v[j * k + i] } else { v[i * n + j] } as f32;
+                    smooth.map_or(w, |s| w * s[i])
+                })
                 .collect();
             if rotate > 0 {
                 hadamard::rotate_blocks(&mut row, rotate);
@@ -149,9 +160,7 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         .map_err(e)?;
     let ins = read_inputs(&gc, Some(inputs), &[])?;
     let mut cfg = cfg.clone();
-    if cfg.gptq.as_ref().is_some_and(|g| g.hessians.is_empty()) {
-        crate::gptq::prepare(&gc, &mut cfg, &ins).map_err(EvalError::Other)?;
-    }
+    crate::gptq::prepare(&gc, &mut cfg, &ins).map_err(EvalError::Other)?;
     let cfg = &cfg;
     let mut gq = gc.clone();
     PassManager::new(lpc_passes::quantize(cfg), RunOptions::default())
@@ -187,6 +196,22 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         let (Some(x), Some(y)) = (value(ln.inputs[0].expect("input")), value(ln.outputs[0])) else {
             continue;
         };
+        // Smoothed layers see `x / s` (folded into the norm) and `W · s`.
+        let smooth: Option<Vec<f32>> = match q.attr("smooth") {
+            Some(lpc_ir::Attr::Floats(f)) => Some(f.clone()),
+            _ => None,
+        };
+        let x = match &smooth {
+            Some(s) if x.shape.last() == Some(&s.len()) => {
+                let v: Vec<f32> = x
+                    .to_f64()
+                    .chunks_exact(s.len())
+                    .flat_map(|r| r.iter().zip(s).map(|(a, b)| (*a / *b as f64) as f32))
+                    .collect();
+                TensorValue::f32(x.shape.clone(), v)
+            }
+            _ => x,
+        };
         let parts = q.int("parts").unwrap_or(1).max(1) as usize;
         // The layer alone: without its fused epilogue.
         let mut layer = q.clone();
@@ -209,7 +234,7 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         let (osq, cos, mx) = compare(&y.to_f64(), &yq[0].to_f64());
         let rotate = q.int("rotate").unwrap_or(0);
         let k = q.int("k").unwrap_or(0) as usize;
-        let (wrows, before) = weight_rows(&gc, lin, parts, rotate as usize)
+        let (wrows, before) = weight_rows(&gc, lin, parts, rotate as usize, smooth.as_deref())
             .ok_or_else(|| EvalError::Other(format!("`{}`: weights", q.name)))?;
         let wf = format_of(q.string("wformat").unwrap_or("none"), q.string("wmode"))
             .map_err(EvalError::Other)?
@@ -258,6 +283,9 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         }
         if cfg.scale_search && wf.block_len() > 1 {
             method.push("scale-search");
+        }
+        if smooth.is_some() {
+            method.push("smooth");
         }
         if cfg
             .gptq

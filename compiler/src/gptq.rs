@@ -1,4 +1,5 @@
-//! `--gptq`: calibration inputs and the per-layer Hessians GPTQ needs.
+//! Calibration: the inputs, `--smooth`'s activation maxima and the
+//! per-layer Hessians `--gptq` needs.
 //!
 //! Calibration inputs are generated from a template (the `--calib` /
 //! `--inputs` bundle) with a fixed seed, so they differ from the evaluation
@@ -119,14 +120,58 @@ fn layers(gc: &Graph, cfg: &QuantConfig) -> Result<Vec<(String, usize)>, String>
         .collect())
 }
 
-/// Accumulates every quantized layer's Hessian, sequentially (see the module
-/// docs), and stores them in `cfg.gptq`.
+/// Per input channel `max|x|` of every quantized layer, over the f32 model
+/// run on the calibration inputs.
+fn activation_maxima(
+    gc: &Graph,
+    cfg: &QuantConfig,
+    samples: &[HashMap<String, TensorValue>],
+) -> Result<HashMap<String, Vec<f32>>, String> {
+    let layers: Vec<(String, lpc_ir::ValueId)> = lpc_passes::quant_policy::plan(gc, cfg)
+        .layers
+        .into_iter()
+        .filter(|l| l.formats.is_some())
+        .filter_map(|l| Some((gc.node(l.node).name.clone(), gc.node(l.node).inputs[0]?)))
+        .collect();
+    let mut out: HashMap<String, Vec<f32>> = HashMap::new();
+    for s in samples {
+        let (_, vals) = interp::run_capture(gc, s).map_err(|e| e.to_string())?;
+        for (name, v) in &layers {
+            let Some(x) = vals.get(v).or_else(|| s.get(&gc.value(*v).name)) else {
+                continue;
+            };
+            let k = *x.shape.last().unwrap_or(&0);
+            if k == 0 {
+                continue;
+            }
+            let m = out.entry(name.clone()).or_insert_with(|| vec![0.0; k]);
+            for row in x.to_f64().chunks_exact(k) {
+                for (a, &b) in m.iter_mut().zip(row) {
+                    *a = a.max(b.abs() as f32);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fills in what the configuration's calibration-based methods need:
+/// `--smooth`'s activation maxima (from the f32 model), then the GPTQ
+/// Hessians (sequentially, see the module docs, on the smoothed model).
 pub fn prepare(
     gc: &Graph,
     cfg: &mut QuantConfig,
     template: &HashMap<String, TensorValue>,
 ) -> Result<(), String> {
-    let Some(gq_cfg) = cfg.gptq.clone() else {
+    if let Some(sm) = cfg.smooth.clone().filter(|s| s.act_max.is_empty()) {
+        let samples = calibration_inputs(gc, template, sm.samples.max(1), sm.seed);
+        let act_max = activation_maxima(gc, cfg, &samples)?;
+        cfg.smooth = Some(lpc_passes::smooth::SmoothConfig {
+            act_max: Arc::new(act_max),
+            ..sm
+        });
+    }
+    let Some(gq_cfg) = cfg.gptq.clone().filter(|g| g.hessians.is_empty()) else {
         return Ok(());
     };
     let samples = calibration_inputs(gc, template, gq_cfg.samples.max(1), gq_cfg.seed);
@@ -195,7 +240,7 @@ pub fn prepare(
 
 /// [`prepare`] for a model file, with the template from `inputs`.
 pub fn prepare_model(model: &Path, cfg: &mut QuantConfig, inputs: &Path) -> Result<(), String> {
-    if cfg.gptq.is_none() {
+    if !needs_calibration(cfg) {
         return Ok(());
     }
     let e = |e: String| format!("{}: {e}", model.display());
@@ -206,4 +251,9 @@ pub fn prepare_model(model: &Path, cfg: &mut QuantConfig, inputs: &Path) -> Resu
         .map_err(|x| e(x.to_string()))?;
     let template = read_inputs(&gc, Some(inputs), &[]).map_err(|x| x.to_string())?;
     prepare(&gc, cfg, &template).map_err(e)
+}
+
+/// Does the configuration use calibration data (`--gptq`, `--smooth`)?
+pub fn needs_calibration(cfg: &QuantConfig) -> bool {
+    cfg.gptq.is_some() || cfg.smooth.is_some()
 }

@@ -50,6 +50,11 @@ pub struct QuantArgs {
     /// up front from the original weights).
     #[arg(long)]
     pub gptq_act_order: bool,
+    /// SmoothQuant: migrate activation outliers into the weights with
+    /// migration strength ALPHA (0.5 is typical), from calibration maxima,
+    /// where the factors fold into the preceding RMSNorm (W4A4/W8A8 only).
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth: Option<f32>,
     /// Seed of the calibration inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -85,6 +90,7 @@ pub struct FileOptions {
     pub scale_search: Option<bool>,
     pub gptq: Option<bool>,
     pub gptq_act_order: Option<bool>,
+    pub smooth: Option<f32>,
     /// Present (even empty) replaces the default exclusions.
     pub exclude: Option<Vec<String>>,
     #[serde(rename = "override")]
@@ -148,6 +154,7 @@ impl QuantArgs {
             gptq: self.gptq || f.gptq.unwrap_or(false),
             gptq_act_order: self.gptq_act_order || f.gptq_act_order.unwrap_or(false),
             calib_samples: self.calib_samples,
+            smooth: self.smooth.or(f.smooth),
             gptq_damp: self.gptq_damp,
             seed: self.seed,
             exclude: if exclude_given {
@@ -246,6 +253,17 @@ impl QuantArgs {
                 samples: self.calib_samples,
                 seed: self.seed,
             }),
+            smooth: match self.smooth {
+                Some(a) if !(0.0..=1.0).contains(&a) => {
+                    return Err(format!("--smooth {a}: ALPHA must be in [0, 1]"))
+                }
+                a => a.map(|alpha| lpc_passes::smooth::SmoothConfig {
+                    alpha,
+                    act_max: Default::default(),
+                    samples: self.calib_samples,
+                    seed: self.seed,
+                }),
+            },
             exclude,
             overrides,
             quantize_all: self.quantize_all,
@@ -287,7 +305,11 @@ pub fn describe(cfg: &QuantConfig) -> String {
             ),
             (None, true) => ", scale search".to_string(),
             (None, false) => String::new(),
-        },
+        } + &cfg
+            .smooth
+            .as_ref()
+            .map(|s| format!(", smooth alpha {}", s.alpha))
+            .unwrap_or_default(),
         ex,
         ov.join(", "),
         if cfg.quantize_all {

@@ -94,6 +94,9 @@ fn fuse(g: &mut Graph, n: NodeId) -> Option<()> {
     attrs.insert("rotate".to_string(), Attr::Int(rotate));
     attrs.insert("wscale".to_string(), Attr::Int(wscale as i64));
     attrs.insert("ascale".to_string(), Attr::String(ascale));
+    if let Some(f) = node.attr("smooth") {
+        attrs.insert("smooth".to_string(), f.clone());
+    }
     let mut inputs = vec![Some(x)];
     inputs.extend(packed.into_iter().map(Some));
     inputs.extend(exps.into_iter().map(Some));

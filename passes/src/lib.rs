@@ -22,6 +22,7 @@ mod infer_types;
 pub mod quant_policy;
 mod quantize_insert;
 mod rotate;
+pub mod smooth;
 pub mod util;
 mod weights_prequantize;
 
@@ -67,6 +68,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_act::FuseActivations),
         Box::new(fuse_attention::FuseAttention),
         Box::new(fuse_parallel::FuseParallelLinear),
+        Box::new(smooth::Smooth(QuantConfig::default())),
         Box::new(rotate::Rotate(QuantConfig::default())),
         Box::new(quantize_insert::QuantizeInsert(QuantConfig::default())),
         Box::new(weights_prequantize::WeightsPrequantize(
@@ -79,6 +81,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
 /// The quantization pipeline for a configuration (after `canonicalize()`).
 pub fn quantize(cfg: &QuantConfig) -> Vec<Box<dyn Pass>> {
     vec![
+        Box::new(smooth::Smooth(cfg.clone())),
         Box::new(rotate::Rotate(cfg.clone())),
         Box::new(quantize_insert::QuantizeInsert(cfg.clone())),
         Box::new(weights_prequantize::WeightsPrequantize(cfg.clone())),

@@ -34,6 +34,8 @@ pub struct QuantConfig {
     pub scale_search: bool,
     /// GPTQ error compensation: per-layer Hessians from calibration runs.
     pub gptq: Option<Gptq>,
+    /// SmoothQuant migration (`--smooth ALPHA`) with calibration maxima.
+    pub smooth: Option<crate::smooth::SmoothConfig>,
     /// `None`: the default exclusions; `Some(list)`: exactly these.
     pub exclude: Option<Vec<Regex>>,
     /// `REGEX=FORMAT` (`none` excludes); the first match wins.

@@ -630,3 +630,69 @@ fn gptq_on_the_fixtures() {
         assert_ne!(packed(&gptq_cfg(true), 1), p, "{m}");
     }
 }
+
+/// `--smooth`: the migration alone leaves the f32 model's outputs unchanged
+/// (up to f32 rounding), folds into the RMSNorms, and the report measures
+/// the smoothed layers on their smoothed inputs.
+#[test]
+fn smoothing_is_exact_and_reported() {
+    assert_eq!(
+        lpc_passes::smooth::factors(&[4.0, 0.0, 1.0], &[1.0, 2.0, 0.0], 0.5),
+        vec![2.0, 1.0, 1.0]
+    );
+    let f = Format::Mxfp4(Mxfp4Rounding::Rne);
+    for m in ["qwen3_small_prefill_ts", "wan_small_ts"] {
+        let dir = fixture(&format!("models/{m}"));
+        let gc = canonical(m);
+        let template = read_inputs(&gc, Some(&dir.join("inputs")), &[]).unwrap();
+        let mut c = QuantConfig {
+            smooth: Some(lpc_passes::smooth::SmoothConfig {
+                alpha: 0.5,
+                samples: 4,
+                seed: 3,
+                ..Default::default()
+            }),
+            ..cfg(f, true)
+        };
+        lpc::gptq::prepare(&gc, &mut c, &template).unwrap();
+        let mut g = gc.clone();
+        let changed =
+            lpc_passes::Pass::run(&lpc_passes::smooth::Smooth(c.clone()), &mut g).unwrap();
+        verify(&g).unwrap();
+        let smoothed = g
+            .node_ids()
+            .filter(|&n| g.node(n).attr("smooth").is_some())
+            .count();
+        eprintln!("{m}: {smoothed} layers smoothed");
+        // Wan's norms (LayerNorm with adaLN modulation) have no gamma to fold
+        // into: smoothing leaves it alone.
+        let expect = m.starts_with("qwen3");
+        assert_eq!(changed, expect, "{m}");
+        assert_eq!(smoothed > 0, expect, "{m}");
+        let (a, b) = (
+            interp::run(&gc, &template).unwrap(),
+            interp::run(&g, &template).unwrap(),
+        );
+        for (x, y) in a.iter().zip(&b) {
+            for (p, q) in x.to_f64().iter().zip(y.to_f64()) {
+                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{m}: {p} vs {q}");
+            }
+        }
+        let r = evaluate(&dir.join("model.onnx"), &dir.join("inputs"), &c).unwrap();
+        let sm: Vec<_> = r
+            .layers
+            .iter()
+            .filter(|l| l.method.contains("smooth"))
+            .collect();
+        assert_eq!(sm.len(), smoothed, "{m}");
+        for l in sm {
+            assert!(
+                l.output_sqnr_db > 10.0 && l.weight_sqnr_db > 10.0,
+                "{m} {}: {} / {} dB",
+                l.name,
+                l.weight_sqnr_db,
+                l.output_sqnr_db
+            );
+        }
+    }
+}
