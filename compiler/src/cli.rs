@@ -109,6 +109,13 @@ pub enum Command {
         /// Inputs to measure the report on: a folder of .npy or a .npz bundle.
         #[arg(long, value_name = "DIR|FILE.npz")]
         calib: Option<PathBuf>,
+        /// As `lpc eval --auto-mixed`, measured on --calib: the chosen
+        /// per-layer formats are compiled in (and reported with -v/--report).
+        #[arg(long, value_name = "TARGET")]
+        auto_mixed: Option<String>,
+        /// The wider format of --auto-mixed: hif8 (default) or none (f32).
+        #[arg(long, value_name = "FORMAT", default_value = "hif8")]
+        auto_mixed_format: String,
     },
     /// Run a model in lpc's reference interpreter on .npy inputs.
     Run {
@@ -217,6 +224,8 @@ pub fn run(cli: Cli) -> Result<String, String> {
             verbose,
             report,
             calib,
+            auto_mixed,
+            auto_mixed_format,
         } => {
             let quant = quant.resolved()?;
             let mut qcfg = if quant.active() {
@@ -229,6 +238,23 @@ pub fn run(cli: Cli) -> Result<String, String> {
                     "--gptq/--smooth need --calib DIR|FILE.npz (a template for the calibration inputs)",
                 )?;
                 crate::gptq::prepare_model(&model, q, c)?;
+            }
+            let mut mixed = String::new();
+            if let Some(t) = &auto_mixed {
+                let (Some(q), Some(c)) = (qcfg.as_mut(), calib.as_deref()) else {
+                    return Err("--auto-mixed needs a format and --calib DIR|FILE.npz".into());
+                };
+                let wide = wide_format(&auto_mixed_format)?;
+                let r = eval::auto_mixed(&model, c, q, t, wide).map_err(|e| e.to_string())?;
+                let am = r.auto_mixed.as_ref().expect("auto-mixed report");
+                *q = eval::with_wide_layers(q, &am.wide_layers, wide);
+                mixed = format!(
+                    "auto-mixed {t}: {} layer(s) in {}{}, effective bits per weight {:.3}\n",
+                    am.wide_layers.len(),
+                    am.wide_format,
+                    if am.met { "" } else { " (target not met)" },
+                    r.effective_bits_per_weight
+                );
             }
             let mut text = compile::compile(&CompileOptions {
                 model: model.clone(),
@@ -248,6 +274,9 @@ pub fn run(cli: Cli) -> Result<String, String> {
                     );
                 };
                 text += &eval::eval(&model, &c, &q, Some(&r)).map_err(|e| e.to_string())?;
+            }
+            if !mixed.is_empty() {
+                eprint!("{mixed}");
             }
             Ok(text)
         }
@@ -269,14 +298,7 @@ pub fn run(cli: Cli) -> Result<String, String> {
             if sensitivity || auto_mixed.is_some() {
                 let r = match &auto_mixed {
                     Some(t) => {
-                        let wide = if auto_mixed_format == "none" {
-                            None
-                        } else {
-                            Some(
-                                lpc_runtime::formats::Format::parse(&auto_mixed_format, None, None)
-                                    .map_err(|e| e.to_string())?,
-                            )
-                        };
+                        let wide = wide_format(&auto_mixed_format)?;
                         eval::auto_mixed(&model, &inputs, &cfg, t, wide)
                     }
                     None => eval::evaluate(&model, &inputs, &cfg).and_then(|mut r| {
@@ -360,4 +382,14 @@ pub fn run(cli: Cli) -> Result<String, String> {
             Ok(text)
         }
     }
+}
+
+/// The wider format of `--auto-mixed` (`none`: f32).
+fn wide_format(name: &str) -> Result<Option<lpc_runtime::formats::Format>, String> {
+    if name == "none" {
+        return Ok(None);
+    }
+    lpc_runtime::formats::Format::parse(name, None, None)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }

@@ -445,6 +445,25 @@ fn meets(r: &Report, metric: &str, v: f64) -> bool {
 
 /// Keeps the most sensitive layers in `wide` (a format, or `None` for f32)
 /// one by one until the target holds; the final report records the choice.
+/// `cfg` with the named layers in the `wide` format (`None`: f32), ahead of
+/// its own overrides.
+pub fn with_wide_layers(
+    cfg: &QuantConfig,
+    layers: &[String],
+    wide: Option<lpc_runtime::formats::Format>,
+) -> QuantConfig {
+    let exact =
+        |n: &str| regex::Regex::new(&format!("^{}$", regex::escape(n))).expect("escaped regex");
+    QuantConfig {
+        overrides: layers
+            .iter()
+            .map(|n| (exact(n), wide))
+            .chain(cfg.overrides.iter().cloned())
+            .collect(),
+        ..cfg.clone()
+    }
+}
+
 pub fn auto_mixed(
     model: &Path,
     inputs: &Path,
@@ -463,15 +482,7 @@ pub fn auto_mixed(
             break;
         }
         wide_layers.push(s.name.clone());
-        let mut c = cfg.clone();
-        let exact =
-            |n: &str| regex::Regex::new(&format!("^{}$", regex::escape(n))).expect("escaped regex");
-        c.overrides = wide_layers
-            .iter()
-            .map(|n| (exact(n), wide))
-            .chain(cfg.overrides.iter().cloned())
-            .collect();
-        report = evaluate(model, inputs, &c)?;
+        report = evaluate(model, inputs, &with_wide_layers(cfg, &wide_layers, wide))?;
         met = meets(&report, &metric, v);
     }
     report.sensitivity = Some(ranked);

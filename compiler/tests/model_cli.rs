@@ -517,3 +517,56 @@ fn config_file_and_compile_report() {
         .unwrap()
         .contains("lpc.qgemm("));
 }
+
+/// `lpc compile --auto-mixed` compiles the chosen per-layer formats in;
+/// `--gptq`/`--smooth`/`--auto-mixed` without `--calib` are usage errors.
+#[test]
+fn compile_auto_mixed_and_calibration_errors() {
+    let dir = models().join("qwen3_small_prefill_ts");
+    let (m, calib) = (dir.join("model.onnx"), dir.join("inputs"));
+    let out = tempfile::tempdir().unwrap();
+    let ir = out.path().join("am.ir");
+    let o = lpc(&[
+        "compile",
+        s(&m),
+        "--format",
+        "mxfp4",
+        "--auto-mixed",
+        "sqnr>=20",
+        "--calib",
+        s(&calib),
+        "-o",
+        s(&ir),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("auto-mixed sqnr>=20:"), "{err}");
+    let text = std::fs::read_to_string(&ir).unwrap();
+    let (wide, narrow) = (
+        text.matches("wformat = \"hif8\"").count(),
+        text.matches("wformat = \"mxfp4\"").count(),
+    );
+    assert!(wide > 0 && narrow > 0, "{wide} hif8, {narrow} mxfp4 layers");
+    for flag in [
+        &["--gptq"][..],
+        &["--smooth", "0.5"],
+        &["--auto-mixed", "sqnr>=20"],
+    ] {
+        let mut args = vec!["compile", s(&m), "--format", "mxfp4"];
+        args.extend_from_slice(flag);
+        fails_with(&args, "--calib");
+    }
+    fails_with(
+        &[
+            "eval",
+            s(&m),
+            "--inputs",
+            s(&calib),
+            "--format",
+            "mxfp4",
+            "--smooth",
+            "2",
+        ],
+        "ALPHA must be in [0, 1]",
+    );
+}

@@ -168,6 +168,24 @@ fn canonical(model: &str) -> Graph {
     g
 }
 
+/// The packed weight constants of `g` quantized with `c`, by name.
+fn packed_weights(g: &Graph, c: &QuantConfig) -> Vec<(String, Vec<u8>)> {
+    let mut g = g.clone();
+    PassManager::new(quantize(c), RunOptions::default())
+        .run(&mut g)
+        .unwrap();
+    let mut b: Vec<(String, Vec<u8>)> = g
+        .value_ids()
+        .filter_map(|v| {
+            g.constant(v)
+                .filter(|t| t.dtype == lpc_ir::DType::U8)
+                .map(|t| (g.value(v).name.clone(), t.data.to_vec()))
+        })
+        .collect();
+    b.sort();
+    b
+}
+
 /// Rotating without quantizing changes nothing beyond f32 rounding.
 #[test]
 fn rotation_alone_is_exact() {
@@ -306,22 +324,7 @@ fn reports_and_packed_weights_are_deterministic() {
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| {
-            let mut g = canonical("qwen3_small_prefill_ts");
-            PassManager::new(quantize(&cfg(f, true)), RunOptions::default())
-                .run(&mut g)
-                .unwrap();
-            let mut bytes: Vec<(String, Vec<u8>)> = g
-                .value_ids()
-                .filter_map(|v| {
-                    g.constant(v)
-                        .filter(|t| t.dtype == lpc_ir::DType::U8)
-                        .map(|t| (g.value(v).name.clone(), t.data.to_vec()))
-                })
-                .collect();
-            bytes.sort();
-            bytes
-        })
+        pool.install(|| packed_weights(&canonical("qwen3_small_prefill_ts"), &cfg(f, true)))
     };
     assert_eq!(json(1), json(2));
     assert_eq!(json(2), json(2));
@@ -586,22 +589,7 @@ fn gptq_on_the_fixtures() {
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| {
-                    let mut g = gc.clone();
-                    PassManager::new(quantize(c), RunOptions::default())
-                        .run(&mut g)
-                        .unwrap();
-                    let mut b: Vec<(String, Vec<u8>)> = g
-                        .value_ids()
-                        .filter_map(|v| {
-                            g.constant(v)
-                                .filter(|t| t.dtype == lpc_ir::DType::U8)
-                                .map(|t| (g.value(v).name.clone(), t.data.to_vec()))
-                        })
-                        .collect();
-                    b.sort();
-                    b
-                })
+                .install(|| packed_weights(&gc, c))
         };
         let p = packed(&c, 1);
         assert_eq!(p, packed(&c, 3), "{m}");
