@@ -162,6 +162,9 @@ pub fn quantize(
     if w.iter().any(|v| !v.is_finite()) {
         return Err("GPTQ needs finite weights".into());
     }
+    if k == 0 || rows == 0 {
+        return Ok(Vec::new());
+    }
     let bl = f.block_len();
     let nb = k.div_ceil(bl);
     let bb = f.block_bytes();
@@ -173,7 +176,7 @@ pub fn quantize(
     let (u, dead) = factor(h, opt.damp, &perm)?;
     let mut out = vec![0u8; rows * nb * bb];
     out.par_chunks_mut(nb * bb)
-        .zip(w.par_chunks(k.max(1)))
+        .zip(w.par_chunks(k))
         .for_each(|(packed, row)| {
             // Dead inputs contribute nothing: their weights quantize from 0.
             let orig: Vec<f32> = row

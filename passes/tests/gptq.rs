@@ -255,4 +255,11 @@ fn gptq_rejects_bad_shapes_and_non_finite_weights() {
     let mut w = vec![0.1f32; 32];
     w[3] = f32::NAN;
     assert!(quantize(f, &w, 1, &h, Options::default()).is_err());
+    // Empty weights: nothing to pack, no panic.
+    assert!(quantize(f, &[], 0, &h, Options::default())
+        .unwrap()
+        .is_empty());
+    assert!(quantize(f, &[], 3, &Hessian::new(0), Options::default())
+        .unwrap()
+        .is_empty());
 }
