@@ -40,12 +40,12 @@ pub struct QuantArgs {
     /// measure on (`--calib` / `--inputs`), run through the model in order.
     #[arg(long)]
     pub gptq: bool,
-    /// Calibration samples for --gptq.
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    pub calib_samples: usize,
-    /// GPTQ dampening: a fraction of the Hessian's mean diagonal.
-    #[arg(long, default_value_t = 0.01, value_name = "FRACTION")]
-    pub gptq_damp: f64,
+    /// Calibration samples for --gptq and --smooth [default: 128].
+    #[arg(long, value_name = "N")]
+    pub calib_samples: Option<usize>,
+    /// GPTQ dampening: a fraction of the Hessian's mean diagonal [default: 0.01].
+    #[arg(long, value_name = "FRACTION")]
+    pub gptq_damp: Option<f64>,
     /// GPTQ in order of decreasing Hessian diagonal (block encodings fixed
     /// up front from the original weights).
     #[arg(long)]
@@ -55,9 +55,9 @@ pub struct QuantArgs {
     /// where the factors fold into the preceding RMSNorm (W4A4/W8A8 only).
     #[arg(long, value_name = "ALPHA")]
     pub smooth: Option<f32>,
-    /// Seed of the calibration inputs.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the calibration inputs [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Do not quantize layers whose node or weight name matches (repeatable).
     /// Given at all, it replaces the default exclusions; `--exclude ''`
     /// excludes nothing.
@@ -96,6 +96,9 @@ pub struct FileOptions {
     #[serde(rename = "override")]
     pub overrides: Option<Vec<String>>,
     pub quantize_all: Option<bool>,
+    pub calib_samples: Option<usize>,
+    pub gptq_damp: Option<f64>,
+    pub seed: Option<u64>,
 }
 
 fn parse_format(
@@ -153,10 +156,10 @@ impl QuantArgs {
             scale_search: self.scale_search || f.scale_search.unwrap_or(false),
             gptq: self.gptq || f.gptq.unwrap_or(false),
             gptq_act_order: self.gptq_act_order || f.gptq_act_order.unwrap_or(false),
-            calib_samples: self.calib_samples,
+            calib_samples: self.calib_samples.or(f.calib_samples),
             smooth: self.smooth.or(f.smooth),
-            gptq_damp: self.gptq_damp,
-            seed: self.seed,
+            gptq_damp: self.gptq_damp.or(f.gptq_damp),
+            seed: self.seed.or(f.seed),
             exclude: if exclude_given {
                 self.exclude.clone()
             } else {
@@ -246,12 +249,12 @@ impl QuantArgs {
             gptq: self.gptq.then(|| lpc_passes::quant_policy::Gptq {
                 hessians: Default::default(),
                 options: lpc_passes::gptq::Options {
-                    damp: self.gptq_damp,
+                    damp: self.gptq_damp.unwrap_or(0.01),
                     act_order: self.gptq_act_order,
                     search: false,
                 },
-                samples: self.calib_samples,
-                seed: self.seed,
+                samples: self.calib_samples.unwrap_or(128),
+                seed: self.seed.unwrap_or(0),
             }),
             smooth: match self.smooth {
                 Some(a) if !(0.0..=1.0).contains(&a) => {
@@ -260,8 +263,8 @@ impl QuantArgs {
                 a => a.map(|alpha| lpc_passes::smooth::SmoothConfig {
                     alpha,
                     act_max: Default::default(),
-                    samples: self.calib_samples,
-                    seed: self.seed,
+                    samples: self.calib_samples.unwrap_or(128),
+                    seed: self.seed.unwrap_or(0),
                 }),
             },
             exclude,

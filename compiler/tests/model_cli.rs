@@ -486,6 +486,30 @@ fn config_file_and_compile_report() {
         "mxfp4",
     ]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("weights mxfp4 (rne)"));
+    // Calibration options from the file (GPTQ and smoothing on the given
+    // template), reported by -v; the command line wins for the seed.
+    std::fs::write(
+        &cfg,
+        "format = \"mxfp4\"\ngptq = true\ncalib-samples = 2\nseed = 5\nsmooth = 0.5\n",
+    )
+    .unwrap();
+    let o = lpc(&[
+        "compile",
+        s(&m),
+        "--config",
+        s(&cfg),
+        "-v",
+        "--seed",
+        "7",
+        "--calib",
+        s(&dir.join("inputs")),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("gptq (damp 0.01, 2 samples, seed 7)") && out.contains("smooth alpha 0.5"),
+        "{out}"
+    );
     std::fs::write(&cfg, "formt = \"hif4\"\n").unwrap();
     fails_with(
         &["compile", s(&m), "--config", s(&cfg)],
