@@ -29,7 +29,8 @@ pub struct LayerReport {
     pub weights: String,
     pub activations: String,
     /// How the layer was quantized: `rtn` (round to nearest, the spec's
-    /// rule), plus `hadamard`, `pow2-scale`, `scale-search` where applied.
+    /// rule), plus `hadamard`, `pow2-scale`, `scale-search`, `smooth`,
+    /// `gptq` where applied.
     pub method: String,
     pub rotate: i64,
     pub weight_sqnr_db: f64,
@@ -65,6 +66,83 @@ pub struct Report {
     /// `--auto-mixed`: the layers kept in the wider format, and whether the
     /// target was met.
     pub auto_mixed: Option<AutoMixed>,
+    /// Each enabled method's effect: the metrics without it (everything
+    /// else unchanged) and with it.
+    pub methods: Option<Vec<MethodEffect>>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct MethodEffect {
+    pub method: String,
+    pub layer_output_sqnr_db_without: f64,
+    pub layer_output_sqnr_db_with: f64,
+    /// End to end, on the first output.
+    pub output_sqnr_db_without: f64,
+    pub output_sqnr_db_with: f64,
+}
+
+/// Mean output SQNR over the quantized layers.
+pub fn mean_layer_sqnr(r: &Report) -> f64 {
+    r.layers.iter().map(|l| l.output_sqnr_db).sum::<f64>() / r.layers.len().max(1) as f64
+}
+
+/// Re-evaluates with each enabled method turned off in turn (GPTQ Hessians
+/// recomputed where the change alters what GPTQ sees).
+pub fn method_effects(
+    model: &Path,
+    inputs: &Path,
+    cfg: &QuantConfig,
+    with: &Report,
+) -> Result<Vec<MethodEffect>, EvalError> {
+    let fresh = |c: &mut QuantConfig| {
+        if let Some(g) = c.gptq.as_mut() {
+            g.hessians = Default::default();
+        }
+    };
+    let hif8 = [cfg.weights, cfg.activations]
+        .iter()
+        .flatten()
+        .any(|f| f.block_len() == 1);
+    let four = cfg.weights.is_some_and(|f| f.block_len() > 1);
+    let mut variants: Vec<(&str, QuantConfig)> = Vec::new();
+    let mut off = |name, on: bool, f: &dyn Fn(&mut QuantConfig)| {
+        if on {
+            let mut c = cfg.clone();
+            f(&mut c);
+            variants.push((name, c));
+        }
+    };
+    off("hadamard", cfg.rotate, &|c| {
+        c.rotate = false;
+        fresh(c)
+    });
+    off("pow2-scale", cfg.hif8_scale && hif8, &|c| {
+        c.hif8_scale = false;
+        fresh(c)
+    });
+    off("scale-search", cfg.scale_search && four, &|c| {
+        c.scale_search = false;
+        fresh(c)
+    });
+    off("smooth", cfg.smooth.is_some(), &|c| {
+        c.smooth = None;
+        fresh(c)
+    });
+    off("gptq", cfg.gptq.is_some(), &|c| c.gptq = None);
+    let first = |r: &Report| r.outputs.first().map_or(f64::NAN, |o| o.sqnr_db);
+    variants
+        .into_iter()
+        .map(|(name, c)| {
+            let without = evaluate(model, inputs, &c)?;
+            Ok(MethodEffect {
+                method: name.to_string(),
+                layer_output_sqnr_db_without: mean_layer_sqnr(&without),
+                layer_output_sqnr_db_with: mean_layer_sqnr(with),
+                output_sqnr_db_without: first(&without),
+                output_sqnr_db_with: first(with),
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -374,6 +452,7 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         effective_bits_per_weight: if params > 0.0 { bits / params } else { 0.0 },
         sensitivity: None,
         auto_mixed: None,
+        methods: None,
     })
 }
 
@@ -557,6 +636,19 @@ pub fn table(r: &Report) -> String {
             let _ = writeln!(o, "  {:>8.2} dB  {}", s.output_sqnr_db, s.name);
         }
     }
+    if let Some(ms) = &r.methods {
+        for m in ms {
+            let _ = writeln!(
+                o,
+                "method {}: mean layer output SQNR {:.2} -> {:.2} dB, output SQNR {:.2} -> {:.2} dB (without -> with)",
+                m.method,
+                m.layer_output_sqnr_db_without,
+                m.layer_output_sqnr_db_with,
+                m.output_sqnr_db_without,
+                m.output_sqnr_db_with
+            );
+        }
+    }
     if let Some(a) = &r.auto_mixed {
         let _ = writeln!(
             o,
@@ -601,5 +693,7 @@ pub fn eval(
     cfg: &QuantConfig,
     report: Option<&Path>,
 ) -> Result<String, EvalError> {
-    finish(&evaluate(model, inputs, cfg)?, report)
+    let mut r = evaluate(model, inputs, cfg)?;
+    r.methods = Some(method_effects(model, inputs, cfg, &r)?);
+    finish(&r, report)
 }

@@ -684,3 +684,35 @@ fn smoothing_is_exact_and_reported() {
         }
     }
 }
+
+/// The report's per-method effects: each enabled method off in turn.
+#[test]
+fn method_effects_compare_with_and_without() {
+    let dir = fixture("models/wan_small_ts");
+    let (m, ins) = (dir.join("model.onnx"), dir.join("inputs"));
+    let c = QuantConfig {
+        scale_search: true,
+        ..cfg(Format::Hif4(Hif4Variant::Consortium), true)
+    };
+    let with = evaluate(&m, &ins, &c).unwrap();
+    let fx = lpc::eval::method_effects(&m, &ins, &c, &with).unwrap();
+    let names: Vec<&str> = fx.iter().map(|e| e.method.as_str()).collect();
+    assert_eq!(names, ["hadamard", "scale-search"]);
+    let plain = evaluate(
+        &m,
+        &ins,
+        &QuantConfig {
+            scale_search: false,
+            ..c.clone()
+        },
+    )
+    .unwrap();
+    let e = &fx[1];
+    assert_eq!(e.output_sqnr_db_with, with.outputs[0].sqnr_db);
+    assert_eq!(e.output_sqnr_db_without, plain.outputs[0].sqnr_db);
+    assert_eq!(
+        e.layer_output_sqnr_db_without,
+        lpc::eval::mean_layer_sqnr(&plain)
+    );
+    assert_ne!(e.output_sqnr_db_with, e.output_sqnr_db_without);
+}
