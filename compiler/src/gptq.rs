@@ -102,22 +102,21 @@ pub fn calibration_inputs(
         .collect()
 }
 
-/// The quantized layers in topological order: `(name, rotation block)`.
-fn layers(gc: &Graph, cfg: &QuantConfig) -> Result<Vec<(String, usize)>, String> {
-    let mut gq = gc.clone();
-    PassManager::new(lpc_passes::quantize(cfg), RunOptions::default())
-        .run(&mut gq)
-        .map_err(|e| e.to_string())?;
-    Ok(gq
-        .topo_order()
+/// The names of the quantized layers, in topological order.
+fn layers(gc: &Graph, cfg: &QuantConfig) -> Vec<String> {
+    let planned: std::collections::HashSet<lpc_ir::NodeId> =
+        lpc_passes::quant_policy::plan(gc, cfg)
+            .layers
+            .into_iter()
+            .filter(|l| l.formats.is_some())
+            .map(|l| l.node)
+            .collect();
+    gc.topo_order()
         .unwrap_or_default()
         .into_iter()
-        .filter(|&n| gq.node(n).op == "lpc.qgemm")
-        .map(|n| {
-            let q = gq.node(n);
-            (q.name.clone(), q.int("rotate").unwrap_or(0).max(0) as usize)
-        })
-        .collect())
+        .filter(|n| planned.contains(n))
+        .map(|n| gc.node(n).name.clone())
+        .collect()
 }
 
 /// Per input channel `max|x|` of every quantized layer, over the f32 model
@@ -202,19 +201,13 @@ pub fn prepare(
     }
     let samples = calibration_inputs(gc, template, n, gq_cfg.seed);
     let mut hessians: HashMap<String, Hessian> = HashMap::new();
-    let order = layers(
-        gc,
-        &QuantConfig {
-            gptq: None,
-            ..cfg.clone()
-        },
-    )?;
+    let order = layers(gc, cfg);
     // Progress on stderr when it is a terminal (no progress crate is
     // available offline; one line, rewritten in place).
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for (name, rot) in &order {
+    for (i, name) in order.iter().enumerate() {
         if tty {
-            eprint!("\rgptq {}/{} {name}\x1b[K", hessians.len() + 1, order.len());
+            eprint!("\rgptq {}/{} {name}\x1b[K", i + 1, order.len());
         }
         // The model quantized so far: GPTQ where a Hessian exists.
         cfg.gptq = Some(lpc_passes::quant_policy::Gptq {
@@ -227,12 +220,17 @@ pub fn prepare(
             .map_err(|e| e.to_string())?;
         hessians = Arc::try_unwrap(cfg.gptq.take().expect("set").hessians)
             .unwrap_or_else(|a| (*a).clone());
-        let q = gq
+        // A planned layer that did not become a qgemm (e.g. weights that are
+        // not constants) has nothing for GPTQ to quantize.
+        let Some(q) = gq
             .node_ids()
             .find(|&n| gq.node(n).op == "lpc.qgemm" && &gq.node(n).name == name)
-            .ok_or_else(|| format!("GPTQ: layer `{name}` disappeared"))?;
+        else {
+            continue;
+        };
         let xin = gq.node(q).inputs[0].ok_or("qgemm without input")?;
         let k = gq.node(q).int("k").unwrap_or(0) as usize;
+        let rot = gq.node(q).int("rotate").unwrap_or(0).max(0) as usize;
         let mut h = Hessian::new(k);
         for s in &samples {
             let (_, vals) = interp::run_capture(&gq, s).map_err(|e| e.to_string())?;
@@ -245,9 +243,9 @@ pub fn prepare(
             if k == 0 || x.len() % k != 0 {
                 return Err(format!("GPTQ: `{name}` input is not rows of {k}"));
             }
-            if *rot > 0 {
+            if rot > 0 {
                 for row in x.chunks_exact_mut(k) {
-                    hadamard::rotate_blocks(row, *rot);
+                    hadamard::rotate_blocks(row, rot);
                 }
             }
             h.add_rows(&x);

@@ -33,18 +33,11 @@ pub struct SmoothConfig {
 #[derive(Debug)]
 pub struct Smooth(pub QuantConfig);
 
+/// An f32 tensor's elements (smoothing rewrites f32 constants only).
 fn f32s(t: &Tensor) -> Option<Vec<f32>> {
-    (t.dtype == DType::F32).then(|| {
-        t.data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    })
-}
-
-fn tensor(dims: &[usize], v: &[f32]) -> Tensor {
-    let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    Tensor::new(DType::F32, dims.to_vec(), b.into()).expect("same size")
+    (t.dtype == DType::F32)
+        .then(|| crate::util::widen(t))
+        .flatten()
 }
 
 /// The smoothing factors for activation maxima `a` and weight maxima `w`.
@@ -91,7 +84,7 @@ impl Pass for Smooth {
             let Some(gv) = g.node(norm).inputs.get(1).copied().flatten() else {
                 continue;
             };
-            if g.consumers(x).len() != 1 || g.consumers(gv).len() != 1 {
+            if !crate::util::single_use(g, x) || !crate::util::single_use(g, gv) {
                 continue;
             }
             let Some(gamma) = g.constant(gv).and_then(f32s) else {
@@ -138,7 +131,7 @@ impl Pass for Smooth {
             let s = factors(amax, &wmax, sc.alpha);
             let g2: Vec<f32> = gamma.iter().zip(&s).map(|(a, b)| a / b).collect();
             let gname = format!("{}/smoothed", g.value(gv).name);
-            let gnew = g.add_const(gname, tensor(&[k], &g2));
+            let gnew = g.add_const(gname, Tensor::from_f32(vec![k], &g2));
             g.set_input(norm, 1, Some(gnew));
             for (p, (dims, mut v)) in ws.into_iter().enumerate() {
                 let n = if tr { dims[0] } else { dims[1] };
@@ -149,7 +142,7 @@ impl Pass for Smooth {
                 }
                 let wv = node.inputs[1 + p].expect("checked");
                 let wname = format!("{}/smoothed", g.value(wv).name);
-                let wnew = g.add_const(wname, tensor(&dims, &v));
+                let wnew = g.add_const(wname, Tensor::from_f32(dims.clone(), &v));
                 g.set_input(lp.node, 1 + p, Some(wnew));
             }
             g.node_mut(lp.node)

@@ -86,3 +86,24 @@ pub fn topo(g: &Graph) -> Result<Vec<NodeId>, String> {
     g.topo_order()
         .map_err(|n| format!("cycle at `{}`", g.node(n).name))
 }
+
+/// A float tensor's elements as f32 (f32, f16, bf16; `None` otherwise).
+pub fn widen(t: &lpc_ir::Tensor) -> Option<Vec<f32>> {
+    fn conv<T: lpc_runtime::formats::Element + Copy>(
+        d: &[u8],
+        from: fn(&[u8]) -> T,
+        size: usize,
+    ) -> Vec<f32> {
+        d.chunks_exact(size).map(|c| from(c).to_f32()).collect()
+    }
+    Some(match t.dtype {
+        lpc_ir::DType::F32 => conv(
+            &t.data,
+            |c| f32::from_le_bytes(c.try_into().expect("4 bytes")),
+            4,
+        ),
+        lpc_ir::DType::F16 => conv(&t.data, |c| half::f16::from_le_bytes([c[0], c[1]]), 2),
+        lpc_ir::DType::Bf16 => conv(&t.data, |c| half::bf16::from_le_bytes([c[0], c[1]]), 2),
+        _ => return None,
+    })
+}

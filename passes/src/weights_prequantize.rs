@@ -12,27 +12,10 @@ use crate::Pass;
 use lpc_ir::interp::quant::{format_of, packed_shape};
 use lpc_ir::{DType, Graph, NodeId, Tensor};
 use lpc_runtime::formats::rowscale;
-use lpc_runtime::formats::Element;
 use lpc_runtime::hadamard;
 
 #[derive(Debug)]
 pub struct WeightsPrequantize(pub crate::QuantConfig);
-
-fn widen(t: &Tensor) -> Option<Vec<f32>> {
-    fn conv<T: Element + Copy>(d: &[u8], from: fn(&[u8]) -> T, size: usize) -> Vec<f32> {
-        d.chunks_exact(size).map(|c| from(c).to_f32()).collect()
-    }
-    Some(match t.dtype {
-        DType::F32 => conv(
-            &t.data,
-            |c| f32::from_le_bytes(c.try_into().expect("4 bytes")),
-            4,
-        ),
-        DType::F16 => conv(&t.data, |c| half::f16::from_le_bytes([c[0], c[1]]), 2),
-        DType::Bf16 => conv(&t.data, |c| half::bf16::from_le_bytes([c[0], c[1]]), 2),
-        _ => return None,
-    })
-}
 
 fn prequantize(g: &mut Graph, n: NodeId, cfg: &crate::QuantConfig) -> Result<bool, String> {
     let node = g.node(n).clone();
@@ -53,7 +36,7 @@ fn prequantize(g: &mut Graph, n: NodeId, cfg: &crate::QuantConfig) -> Result<boo
     let Some(t) = w.and_then(|w| g.constant(w)).cloned() else {
         return Ok(false);
     };
-    let Some(mut x) = widen(&t) else {
+    let Some(mut x) = crate::util::widen(&t) else {
         return Ok(false);
     };
     let f = format_of(node.string("format").unwrap_or("none"), node.string("mode"))?
