@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 say() { printf '[setup] %s\n' "$*"; }
 
 # 1. LLVM 22 and MLIR 22 from Debian (needed only by targets/), and GNU time.
-# `time` (GNU time) measures peak memory in the large-import test.
-APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libclang-22-dev libpolly-22-dev libzstd-dev time)
+# `time` (GNU time) measures peak memory in the large-import test; valgrind and
+# python3-numpy run the C and Python examples of compiled models in the suite.
+APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libclang-22-dev libpolly-22-dev libzstd-dev time valgrind python3-numpy)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -78,16 +78,35 @@ pub enum Command {
         #[arg(long)]
         print_ir: bool,
     },
-    /// Compile a model. Today: import and canonicalize, and emit lpc's IR.
+    /// Compile a model: import, canonicalize, quantize, generate native code.
+    ///
+    /// `-o model.so` writes the shared library, `model.h` (its C API and this
+    /// model's inputs and outputs) and `model.lpcw` (the weights, mapped at
+    /// load time) beside it; `--emit` stops at an earlier stage.
     Compile {
         /// The model (.onnx).
         model: PathBuf,
-        /// Output file (stdout when absent).
+        /// Output file (stdout when absent, for `--emit ir|llvm|asm`).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// What to emit. Only `ir` exists so far; code generation comes next.
-        #[arg(long, value_enum, default_value_t = Emit::Ir)]
-        emit: Emit,
+        /// What to emit; default: `lib` when the output ends in `.so`, else `ir`.
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+        /// LLVM optimization level, 0-3.
+        #[arg(short = 'O', long = "opt-level", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=3))]
+        opt_level: u8,
+        /// CPU to generate code for (`native`: this machine; e.g. haswell, sapphirerapids).
+        #[arg(long, default_value = "native")]
+        target_cpu: String,
+        /// LLVM target features (e.g. `+avx2,-avx512f`); default: the CPU's own.
+        #[arg(long)]
+        target_features: Option<String>,
+        /// Put the weights into the library instead of a `.lpcw` file beside it.
+        #[arg(long)]
+        embed_weights: bool,
+        /// Largest value a symbolic input dimension may take at run time.
+        #[arg(long, default_value_t = 1 << 24)]
+        max_dim: u64,
         /// Print the IR after this pass (repeatable, or `all`).
         #[arg(long = "print-ir-after", value_name = "PASS")]
         print_ir_after: Vec<String>,
@@ -117,9 +136,10 @@ pub enum Command {
         #[arg(long, value_name = "FORMAT", default_value = "hif8")]
         auto_mixed_format: String,
     },
-    /// Run a model in lpc's reference interpreter on .npy inputs.
+    /// Run a model on .npy inputs: an .onnx in lpc's reference interpreter,
+    /// or a compiled library (`lpc compile -o model.so`) natively.
     Run {
-        /// The model (.onnx).
+        /// The model (.onnx) or a compiled library (.so).
         model: PathBuf,
         /// Folder with one `<graph input name>.npy` per input, or a `.npz` bundle.
         #[arg(long)]
@@ -139,6 +159,9 @@ pub enum Command {
         /// Allowed |got - want| <= tol + tol * |want| for --check.
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
+        /// Worker threads of a compiled library (0: LPC_NUM_THREADS, else all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
         /// Run the quantized graph (as `lpc compile` would build it).
         #[command(flatten)]
         quant: QuantArgs,
@@ -172,12 +195,22 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
-    /// lpc's textual IR after canonicalization.
+    /// lpc's textual IR after canonicalization (and quantization).
     Ir,
+    /// Optimized LLVM IR of the generated code.
+    Llvm,
+    /// Target assembly of the generated code.
+    Asm,
+    /// An object file of the generated code.
+    Obj,
+    /// The shared library with its header and weights file.
+    Lib,
 }
 
 /// Runs a parsed command line; returns the text to print or a one-line error.
-pub fn run(cli: Cli) -> Result<String, String> {
+/// `backend` generates native code (the `lpc` binary passes the LLVM back end;
+/// library users without one get an error from `compile --emit llvm|asm|obj|lib`).
+pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String> {
     match cli.command {
         Command::Quantize {
             input,
@@ -216,7 +249,12 @@ pub fn run(cli: Cli) -> Result<String, String> {
         Command::Compile {
             model,
             output,
-            emit: Emit::Ir,
+            emit,
+            opt_level,
+            target_cpu,
+            target_features,
+            embed_weights,
+            max_dim,
             print_ir_after,
             dump_phases_to,
             time_passes,
@@ -256,6 +294,32 @@ pub fn run(cli: Cli) -> Result<String, String> {
                     r.effective_bits_per_weight
                 );
             }
+            let emit = emit.unwrap_or(
+                if output
+                    .as_ref()
+                    .is_some_and(|o| o.extension().is_some_and(|e| e == "so"))
+                {
+                    Emit::Lib
+                } else {
+                    Emit::Ir
+                },
+            );
+            let codegen = match emit {
+                Emit::Ir => None,
+                e => Some(compile::Codegen {
+                    emit: match e {
+                        Emit::Llvm => compile::Stage::Llvm,
+                        Emit::Asm => compile::Stage::Asm,
+                        Emit::Obj => compile::Stage::Obj,
+                        _ => compile::Stage::Lib,
+                    },
+                    opt_level,
+                    target_cpu,
+                    target_features,
+                    embed_weights,
+                    max_dim,
+                }),
+            };
             let mut text = compile::compile(&CompileOptions {
                 model: model.clone(),
                 output,
@@ -264,6 +328,8 @@ pub fn run(cli: Cli) -> Result<String, String> {
                 time_passes,
                 quant: qcfg.clone(),
                 verbose,
+                codegen,
+                backend,
             })
             .map_err(|e| e.to_string())?;
             if let Some(r) = report {
@@ -321,6 +387,7 @@ pub fn run(cli: Cli) -> Result<String, String> {
             outputs,
             check,
             tolerance,
+            threads,
             quant,
         } => {
             let mut qcfg = if quant.active() {
@@ -350,10 +417,22 @@ pub fn run(cli: Cli) -> Result<String, String> {
                 )?;
                 crate::gptq::prepare_model(&model, q, d)?;
             }
+            let native = model.extension().is_some_and(|e| e == "so");
             let t = std::time::Instant::now();
-            let outs = run::run_model(&model, inputs.as_deref(), &pairs, qcfg.as_ref())
-                .map_err(|e| e.to_string())?;
-            let elapsed = t.elapsed();
+            let (outs, elapsed) = if native {
+                if qcfg.is_some() {
+                    return Err(
+                        "a compiled library is already quantized: drop the quantization flags"
+                            .into(),
+                    );
+                }
+                run::run_native(&model, inputs.as_deref(), &pairs, threads)
+                    .map_err(|e| e.to_string())?
+            } else {
+                let o = run::run_model(&model, inputs.as_deref(), &pairs, qcfg.as_ref())
+                    .map_err(|e| e.to_string())?;
+                (o, t.elapsed())
+            };
             let mut text = String::new();
             for (name, v) in &outs {
                 let vals = v.to_f64();
@@ -368,7 +447,11 @@ pub fn run(cli: Cli) -> Result<String, String> {
                     v.dtype, v.shape
                 );
             }
-            text += &format!("interpreter time {:.1} ms\n", elapsed.as_secs_f64() * 1e3);
+            text += &format!(
+                "{} time {:.1} ms\n",
+                if native { "run" } else { "interpreter" },
+                elapsed.as_secs_f64() * 1e3
+            );
             if let Some(dir) = outputs {
                 for p in run::write_outputs(&dir, &outs).map_err(|e| e.to_string())? {
                     text += &format!("wrote {}\n", p.display());

@@ -21,6 +21,8 @@ pub enum CompileError {
     },
     #[error("{0}")]
     Usage(String),
+    #[error("{model}: {msg}")]
+    Codegen { model: String, msg: String },
     #[error("writing {path}: {source}")]
     Write {
         path: String,
@@ -28,6 +30,33 @@ pub enum CompileError {
         source: std::io::Error,
     },
 }
+
+/// Where code generation stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Llvm,
+    Asm,
+    Obj,
+    Lib,
+}
+
+/// Code generation options (`lpc compile --emit llvm|asm|obj|lib`).
+#[derive(Debug, Clone)]
+pub struct Codegen {
+    pub emit: Stage,
+    pub opt_level: u8,
+    pub target_cpu: String,
+    pub target_features: Option<String>,
+    pub embed_weights: bool,
+    pub max_dim: u64,
+}
+
+/// A native back end: generates code for the final graph into `out`
+/// (`None`: text for stdout, `--emit llvm|asm`); returns a summary. The
+/// `lpc` binary passes the LLVM back end, which keeps LLVM out of the
+/// library and of every test binary linking it.
+pub type Backend =
+    fn(g: &lpc_ir::Graph, o: &Codegen, model: &Path, out: Option<&Path>) -> Result<String, String>;
 
 #[derive(Debug, Clone, Default)]
 pub struct CompileOptions {
@@ -40,6 +69,9 @@ pub struct CompileOptions {
     pub quant: Option<lpc_passes::QuantConfig>,
     /// Print the effective configuration and the per-layer plan.
     pub verbose: bool,
+    /// Generate native code (else emit the IR).
+    pub codegen: Option<Codegen>,
+    pub backend: Option<Backend>,
 }
 
 /// The pipeline of a compile: canonicalization, then quantization.
@@ -150,10 +182,30 @@ pub fn compile(o: &CompileOptions) -> Result<String, CompileError> {
             write_atomic(&dir.join(format!("{stem}.{}.{pass}.ir", i + 1)), ir)?;
         }
     }
-    let ir = text::print(&g);
-    match &o.output {
-        Some(p) => write_atomic(p, &ir)?,
-        None => out.push_str(&ir),
+    match &o.codegen {
+        None => {
+            let ir = text::print(&g);
+            match &o.output {
+                Some(p) => write_atomic(p, &ir)?,
+                None => out.push_str(&ir),
+            }
+        }
+        Some(cgo) => {
+            let backend = o.backend.ok_or_else(|| {
+                CompileError::Usage("this build of lpc has no code generator".into())
+            })?;
+            if o.output.is_none() && matches!(cgo.emit, Stage::Obj | Stage::Lib) {
+                return Err(CompileError::Usage(
+                    "--emit obj|lib needs an output file (-o model.so)".into(),
+                ));
+            }
+            out += &backend(&g, cgo, &o.model, o.output.as_deref()).map_err(|msg| {
+                CompileError::Codegen {
+                    model: o.model.display().to_string(),
+                    msg,
+                }
+            })?;
+        }
     }
     if o.time_passes {
         let total: f64 = report.timings.iter().map(|t| t.1.as_secs_f64()).sum();

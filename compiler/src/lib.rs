@@ -6,6 +6,7 @@ pub mod compile;
 pub mod eval;
 pub mod gptq;
 pub mod inspect;
+pub mod native;
 pub mod npy;
 pub mod onnx;
 pub mod quant_args;

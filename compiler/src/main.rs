@@ -1,4 +1,64 @@
 use clap::Parser;
+use lpc::compile::{Codegen, Stage};
+use lpc_target_cpu::artifact::{self, BuildOptions, Emit};
+use lpc_target_cpu::{codegen, CpuTarget};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The LLVM back end (`lpc compile --emit llvm|asm|obj|lib`).
+fn cpu_backend(
+    g: &lpc_ir::Graph,
+    o: &Codegen,
+    model: &Path,
+    out: Option<&Path>,
+) -> Result<String, String> {
+    let mut target = CpuTarget::host().map_err(|e| e.to_string())?;
+    if o.target_cpu != "native" {
+        target.cpu = o.target_cpu.clone();
+        target.features = String::new();
+    }
+    if let Some(f) = &o.target_features {
+        target.features = f.clone();
+    }
+    use inkwell::OptimizationLevel as L;
+    let opt = [L::None, L::Less, L::Default, L::Aggressive][o.opt_level.min(3) as usize];
+    let name = model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let bo = BuildOptions {
+        target,
+        opt,
+        codegen: codegen::Options {
+            name,
+            embed_weights: o.embed_weights,
+            max_dim: o.max_dim,
+        },
+        emit: match o.emit {
+            Stage::Llvm => Emit::Llvm,
+            Stage::Asm => Emit::Asm,
+            Stage::Obj => Emit::Obj,
+            Stage::Lib => Emit::Lib,
+        },
+    };
+    let Some(out) = out else {
+        // Text to stdout: build into a scratch directory and read it back.
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let p = dir.path().join("out.txt");
+        artifact::build(g, &bo, &p).map_err(|e| e.to_string())?;
+        return std::fs::read_to_string(&p).map_err(|e| e.to_string());
+    };
+    let r = artifact::build(g, &bo, out).map_err(|e| e.to_string())?;
+    let mut s = String::new();
+    for (f, len) in &r.files {
+        let _ = writeln!(s, "wrote {} ({len} bytes)", f.display());
+    }
+    let _ = writeln!(
+        s,
+        "code generation {:.2} s, LLVM optimization {:.2} s, object and link {:.2} s",
+        r.codegen_s, r.optimize_s, r.emit_s
+    );
+    Ok(s)
+}
 
 fn main() {
     let cli = lpc::cli::Cli::parse();
@@ -6,7 +66,7 @@ fn main() {
     // anyway, the message becomes one `error:` line (exit code 2) instead of
     // a backtrace; the interpreter names the node it was running.
     std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(|| lpc::cli::run(cli));
+    let result = std::panic::catch_unwind(|| lpc::cli::run(cli, Some(cpu_backend)));
     match result {
         Ok(Ok(text)) => print!("{text}"),
         Ok(Err(e)) => {

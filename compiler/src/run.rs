@@ -44,9 +44,19 @@ pub fn read_inputs(
     dir: Option<&Path>,
     pairs: &[(String, PathBuf)],
 ) -> Result<HashMap<String, TensorValue>, RunError> {
+    let names: Vec<String> = g.inputs.iter().map(|&i| g.value(i).name.clone()).collect();
+    read_inputs_named(&names, dir, pairs)
+}
+
+/// As [`read_inputs`], for a list of input names.
+pub fn read_inputs_named(
+    names: &[String],
+    dir: Option<&Path>,
+    pairs: &[(String, PathBuf)],
+) -> Result<HashMap<String, TensorValue>, RunError> {
     let mut out = HashMap::new();
     for (name, file) in pairs {
-        if !g.inputs.iter().any(|&i| &g.value(i).name == name) {
+        if !names.contains(name) {
             return Err(RunError::Usage(format!(
                 "--input {name}: the model has no input `{name}`"
             )));
@@ -59,8 +69,7 @@ pub fn read_inputs(
         }
         _ => None,
     };
-    for &i in &g.inputs {
-        let name = &g.value(i).name;
+    for name in names {
         if out.contains_key(name) {
             continue;
         }
@@ -85,6 +94,29 @@ pub fn read_inputs(
         );
     }
     Ok(out)
+}
+
+/// Loads a compiled library (`lpc compile -o NAME.so`) and runs it.
+pub fn run_native(
+    lib: &Path,
+    dir: Option<&Path>,
+    pairs: &[(String, PathBuf)],
+    threads: i32,
+) -> Result<(Vec<(String, TensorValue)>, std::time::Duration), RunError> {
+    let m = crate::native::NativeModel::load(lib, threads).map_err(RunError::Usage)?;
+    let names: Vec<String> = m.inputs.iter().map(|i| i.0.clone()).collect();
+    let mut vals = read_inputs_named(&names, dir, pairs)?;
+    let ins: Vec<TensorValue> = names
+        .iter()
+        .map(|n| vals.remove(n).expect("read_inputs_named fills every input"))
+        .collect();
+    let t = std::time::Instant::now();
+    let outs = m.run(&ins).map_err(RunError::Usage)?;
+    let dt = t.elapsed();
+    Ok((
+        m.outputs.iter().map(|o| o.0.clone()).zip(outs).collect(),
+        dt,
+    ))
 }
 
 /// Loads, imports and runs a model (quantized as `lpc compile` would when

@@ -1,8 +1,12 @@
-//! lpc's CPU back end.
-//!
-//! Today: the host target description, target machines, the LLVM optimization
-//! pipeline, object emission and linking into a shared library — the pieces the
-//! code generator (issue 5) drives. LLVM stays behind this crate.
+//! lpc's CPU back end: the code generator ([`codegen`]: IR graph to LLVM IR
+//! through inkwell), the target machine and optimization pipeline, object
+//! emission, and [`build`], which turns a graph into `model.so` + `model.h` +
+//! `model.lpcw` (linked with the embedded `lpc-rt` archive). LLVM stays
+//! behind this crate.
+
+pub mod artifact;
+pub mod codegen;
+pub mod header;
 
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
@@ -30,6 +34,14 @@ pub enum CpuError {
     Emit { path: String, msg: String },
     #[error("linking {path} failed: {msg}")]
     Link { path: String, msg: String },
+    #[error(transparent)]
+    Codegen(#[from] codegen::CgError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What to generate code for: an LLVM triple, CPU name and feature string.
@@ -131,7 +143,7 @@ pub fn emit_asm(module: &Module, tm: &TargetMachine) -> Result<String, CpuError>
 /// Links object files (and extra linker arguments) into a shared library with
 /// the system C compiler driver.
 pub fn link_shared(objects: &[&Path], extra: &[&str], out: &Path) -> Result<(), CpuError> {
-    let output = Command::new("cc")
+    let output = Command::new(std::env::var("LPC_CC").unwrap_or_else(|_| "cc".into()))
         .arg("-shared")
         .arg("-o")
         .arg(out)

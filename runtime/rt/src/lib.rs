@@ -1,0 +1,708 @@
+//! `lpc-rt`: what every library lpc emits links besides its generated code.
+//!
+//! - the C API's implementation (`lpc_model_load/run/free`, `lpc_last_error`;
+//!   the generated library exports thin wrappers that pass its descriptor and
+//!   graph function in): input checks against the descriptor before any work,
+//!   weights mapping and checking ([`weights`]), output ownership;
+//! - the services generated code calls (`lpc_rt_*`): allocation of
+//!   intermediates from a per-model pool, a parallel-for, error reporting, and
+//!   activation quantization through the one reference codec of each format
+//!   (`lpc-runtime`).
+//!
+//! The runtime implements no operator: the model's ops are LLVM IR generated
+//! by `targets/cpu`.
+
+pub mod desc;
+pub mod weights;
+
+use desc::{DimDesc, ModelDesc};
+use lpc_runtime::formats::{Hif4Variant, Hif8Rounding, Mxfp4Rounding};
+use lpc_runtime::Format;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+/// Largest rank of a tensor crossing the C API.
+pub const MAX_RANK: usize = 8;
+
+/// A tensor crossing the C API (`lpc_tensor` in the header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LpcTensor {
+    pub dtype: i32,
+    pub rank: i32,
+    pub dims: [i64; MAX_RANK],
+    pub data: *mut c_void,
+}
+
+/// Load options (`lpc_options` in the header); a null pointer means defaults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LpcOptions {
+    /// Worker threads; 0: `LPC_NUM_THREADS`, else the machine's cores.
+    pub num_threads: i32,
+}
+
+/// The generated graph function: `ctx`, the weights data region, the checked
+/// inputs, the outputs to fill. Returns 0, or nonzero after `lpc_rt_error`.
+pub type GraphFn = unsafe extern "C" fn(
+    ctx: *mut RunCtx,
+    weights: *const u8,
+    inputs: *const LpcTensor,
+    outputs: *mut LpcTensor,
+) -> i32;
+
+/// A loop body handed to [`lpc_rt_parallel_for`]: runs indices `[lo, hi)`.
+pub type BodyFn = unsafe extern "C" fn(env: *mut c_void, lo: i64, hi: i64);
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(msg: String) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// Error codes of the C API.
+pub mod code {
+    pub const OK: i32 = 0;
+    pub const BAD_ARGUMENT: i32 = 1;
+    pub const BAD_INPUT: i32 = 2;
+    pub const RUN_FAILED: i32 = 3;
+    pub const INTERNAL: i32 = 4;
+}
+
+enum Weights {
+    Mapped(weights::Mapped),
+    Embedded(*const u8),
+}
+
+/// A loaded model (`lpc_model*` in C).
+pub struct Model {
+    desc: ModelDesc,
+    /// NUL-terminated input and output names for the C accessors.
+    names: [Vec<CString>; 2],
+    graph: GraphFn,
+    weights: Weights,
+    threads: usize,
+    /// Buffers of the previous run's outputs, owned until the next run.
+    outputs: Vec<(*mut u8, usize)>,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.desc.name)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+/// Freed buffers by size, reused by later allocations of the same size (a
+/// model's calls repeat the same sizes).
+#[derive(Default, Debug)]
+struct Pool {
+    free: HashMap<usize, Vec<*mut u8>>,
+}
+
+const BUF_ALIGN: usize = 64;
+
+fn layout(bytes: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(bytes.max(1), BUF_ALIGN).expect("valid layout")
+}
+
+impl Pool {
+    fn get(&mut self, bytes: usize) -> *mut u8 {
+        if let Some(p) = self.free.get_mut(&bytes).and_then(Vec::pop) {
+            return p;
+        }
+        // SAFETY: the layout has a non-zero size.
+        unsafe { std::alloc::alloc(layout(bytes)) }
+    }
+    fn put(&mut self, p: *mut u8, bytes: usize) {
+        self.free.entry(bytes).or_default().push(p);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (&bytes, list) in &self.free {
+            for &p in list {
+                // SAFETY: allocated by `get` with this size.
+                unsafe { std::alloc::dealloc(p, layout(bytes)) };
+            }
+        }
+    }
+}
+
+/// The state of one `lpc_model_run` call, passed to generated code.
+#[derive(Debug)]
+pub struct RunCtx {
+    live: HashMap<usize, usize>,
+    pool: Pool,
+    threads: usize,
+    error: Option<String>,
+    symbols: Vec<u64>,
+}
+
+impl RunCtx {
+    fn alloc(&mut self, bytes: usize) -> *mut u8 {
+        let p = self.pool.get(bytes);
+        if !p.is_null() {
+            self.live.insert(p as usize, bytes);
+        }
+        p
+    }
+    fn release(&mut self, p: *mut u8) {
+        if let Some(bytes) = self.live.remove(&(p as usize)) {
+            self.pool.put(p, bytes);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Services called by generated code.
+
+/// Allocates `bytes` (64-byte aligned) for an intermediate or an output.
+/// Returns null (after recording an error) when memory runs out.
+///
+/// # Safety
+/// `ctx` is the pointer the runtime passed to the graph function.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_alloc(ctx: *mut RunCtx, bytes: i64) -> *mut u8 {
+    // SAFETY: see the contract above.
+    let ctx = unsafe { &mut *ctx };
+    let p = ctx.alloc(bytes.max(0) as usize);
+    if p.is_null() {
+        ctx.error = Some(format!("out of memory allocating {bytes} bytes"));
+    }
+    p
+}
+
+/// Returns a buffer from [`lpc_rt_alloc`] after its last use.
+///
+/// # Safety
+/// `ctx` as for [`lpc_rt_alloc`]; `p` came from it in this call.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_release(ctx: *mut RunCtx, p: *mut u8) {
+    // SAFETY: see the contract above.
+    unsafe { &mut *ctx }.release(p);
+}
+
+/// Records a run-time error of node `node` (a NUL-terminated name).
+///
+/// # Safety
+/// `ctx` as for [`lpc_rt_alloc`]; `node` and `msg` are NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_error(ctx: *mut RunCtx, node: *const c_char, msg: *const c_char) {
+    // SAFETY: see the contract above.
+    let (ctx, node, msg) = unsafe {
+        (
+            &mut *ctx,
+            CStr::from_ptr(node).to_string_lossy(),
+            CStr::from_ptr(msg).to_string_lossy(),
+        )
+    };
+    if ctx.error.is_none() {
+        ctx.error = Some(format!("node `{node}`: {msg}"));
+    }
+}
+
+/// Runs `body(env, lo, hi)` over `[0, n)` split into contiguous chunks, one
+/// per worker thread (the calling thread takes the first).
+///
+/// # Safety
+/// `ctx` as for [`lpc_rt_alloc`]; `body` may be called concurrently on
+/// disjoint ranges with the same `env`.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_parallel_for(
+    ctx: *mut RunCtx,
+    n: i64,
+    body: BodyFn,
+    env: *mut c_void,
+) {
+    // SAFETY: see the contract above.
+    let threads = unsafe { &*ctx }.threads.max(1) as i64;
+    if n <= 0 {
+        return;
+    }
+    let t = threads.min(n);
+    let chunk = (n + t - 1) / t;
+    let env = env as usize;
+    if t == 1 {
+        // SAFETY: the generated body accepts any sub-range of [0, n).
+        unsafe { body(env as *mut c_void, 0, n) };
+        return;
+    }
+    std::thread::scope(|s| {
+        for w in 1..t {
+            let (lo, hi) = (w * chunk, ((w + 1) * chunk).min(n));
+            if lo < hi {
+                // SAFETY: as above; ranges are disjoint.
+                s.spawn(move || unsafe { body(env as *mut c_void, lo, hi) });
+            }
+        }
+        // SAFETY: as above.
+        unsafe { body(env as *mut c_void, 0, chunk.min(n)) };
+    });
+}
+
+/// The `(format, mode)` codes generated code passes for a format.
+pub fn format_codes(f: Format) -> (i32, i32) {
+    let pos = |names: &[&str], n: &str| names.iter().position(|m| *m == n).unwrap_or(0) as i32;
+    match f {
+        Format::Mxfp4(m) => (0, pos(Mxfp4Rounding::NAMES, m.name())),
+        Format::Hif4(v) => (1, pos(Hif4Variant::NAMES, v.name())),
+        Format::Hif8(m) => (2, pos(Hif8Rounding::NAMES, m.name())),
+    }
+}
+
+/// The inverse of [`format_codes`].
+pub fn format_from_codes(f: i32, m: i32) -> Option<Format> {
+    let pick = |names: &[&'static str]| names.get(m as usize).copied();
+    match f {
+        0 => Format::parse("mxfp4", Some(pick(Mxfp4Rounding::NAMES)?), None).ok(),
+        1 => Format::parse("hif4", None, Some(pick(Hif4Variant::NAMES)?)).ok(),
+        2 => Format::parse("hif8", Some(pick(Hif8Rounding::NAMES)?), None).ok(),
+        _ => None,
+    }
+}
+
+/// Quantizes `rows` activation rows of length `k` (row stride `k`) with the
+/// format's reference codec: each row is first rotated by the block Hadamard
+/// transform when `rotate > 0`, and scaled by its power of two (written to
+/// `exps[r]`) when `pow2 != 0`. Writes `rows · bytes_per_row` packed bytes.
+///
+/// # Safety
+/// `x` holds `rows · k` floats, `out` the packed rows, `exps` `rows` ints
+/// (when `pow2`).
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_quantize_rows(
+    fmt: i32,
+    mode: i32,
+    x: *const f32,
+    rows: i64,
+    k: i64,
+    rotate: i64,
+    pow2: i32,
+    out: *mut u8,
+    exps: *mut i32,
+) {
+    let Some(f) = format_from_codes(fmt, mode) else {
+        return;
+    };
+    let (rows, k) = (rows.max(0) as usize, k.max(0) as usize);
+    let bpr = k.div_ceil(f.block_len()) * f.block_bytes();
+    let l = lpc_runtime::formats::AxisLayout::new(&[1, k], 1, f.block_len());
+    let mut row = vec![0f32; k];
+    for r in 0..rows {
+        // SAFETY: in bounds by the contract above.
+        row.copy_from_slice(unsafe { std::slice::from_raw_parts(x.add(r * k), k) });
+        if rotate > 0 {
+            lpc_runtime::hadamard::rotate_blocks(&mut row, rotate as usize);
+        }
+        if pow2 != 0 {
+            let e = lpc_runtime::formats::rowscale::scale_rows(&mut row, &l)[0];
+            // SAFETY: as above.
+            unsafe { *exps.add(r) = e };
+        }
+        let p = f.quantize(&row, &l).unwrap_or_default();
+        // SAFETY: as above; `p` has `bpr` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), out.add(r * bpr), bpr.min(p.len())) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The C API, called through the generated library's exported wrappers.
+
+fn guarded<T>(fallback: T, f: impl FnOnce() -> Result<T, String>) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            set_error(e);
+            fallback
+        }
+        Err(_) => {
+            set_error("internal error in the lpc runtime".into());
+            fallback
+        }
+    }
+}
+
+fn threads_from(opts: Option<&LpcOptions>) -> usize {
+    if let Some(o) = opts {
+        if o.num_threads > 0 {
+            return o.num_threads as usize;
+        }
+    }
+    if let Some(n) = std::env::var("LPC_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return n;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Loads a model: decodes the library's descriptor, maps and checks the
+/// weights (`path`, or the embedded data when `embedded` is not null).
+/// Returns null and sets the last error on failure.
+///
+/// # Safety
+/// `desc` points at `desc_len` bytes; `path` is null or NUL-terminated;
+/// `opts` is null or valid; `embedded` is null or the library's weights.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_load(
+    desc: *const u8,
+    desc_len: i64,
+    graph: GraphFn,
+    embedded: *const u8,
+    path: *const c_char,
+    opts: *const LpcOptions,
+) -> *mut Model {
+    guarded(std::ptr::null_mut(), || {
+        // SAFETY: see the contract above.
+        let d = unsafe { std::slice::from_raw_parts(desc, desc_len.max(0) as usize) };
+        let desc = ModelDesc::decode(d)?;
+        // SAFETY: as above.
+        let opts = unsafe { opts.as_ref() };
+        let weights = if !embedded.is_null() {
+            // SAFETY: as above; the embedded region is `weights_len` bytes.
+            let data = unsafe { std::slice::from_raw_parts(embedded, desc.weights_len as usize) };
+            let crc = weights::crc32(data);
+            if crc != desc.weights_crc {
+                return Err(format!(
+                    "embedded weights are corrupt: CRC {crc:08x}, expected {:08x}",
+                    desc.weights_crc
+                ));
+            }
+            Weights::Embedded(embedded)
+        } else {
+            if path.is_null() {
+                return Err("lpc_model_load: the weights path is null (this library was compiled without --embed-weights)".into());
+            }
+            // SAFETY: as above.
+            let p = PathBuf::from(
+                unsafe { CStr::from_ptr(path) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            Weights::Mapped(weights::Mapped::open(
+                &p,
+                desc.weights_len,
+                desc.weights_crc,
+            )?)
+        };
+        let cnames = |l: &[desc::TensorDesc]| -> Vec<CString> {
+            l.iter()
+                .map(|t| CString::new(t.name.replace('\0', " ")).unwrap_or_default())
+                .collect()
+        };
+        let names = [cnames(&desc.inputs), cnames(&desc.outputs)];
+        Ok(Box::into_raw(Box::new(Model {
+            names,
+            desc,
+            graph,
+            weights,
+            threads: threads_from(opts),
+            outputs: Vec::new(),
+            pool: Pool::default(),
+        })))
+    })
+}
+
+/// Frees a model and the buffers of its last outputs.
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`], not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_free(m: *mut Model) {
+    if m.is_null() {
+        return;
+    }
+    // SAFETY: see the contract above.
+    let mut m = unsafe { Box::from_raw(m) };
+    for (p, bytes) in m.outputs.drain(..) {
+        // SAFETY: allocated by the pool with this size.
+        unsafe { std::alloc::dealloc(p, layout(bytes)) };
+    }
+}
+
+/// The message of the last failed call on this thread ("" if none).
+#[no_mangle]
+pub extern "C" fn lpc_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Checks the inputs against the descriptor; returns the bound symbols.
+pub fn check_inputs(desc: &ModelDesc, inputs: &[LpcTensor]) -> Result<Vec<u64>, String> {
+    let mut sym: Vec<Option<(u64, usize)>> = vec![None; desc.symbols.len()];
+    for (i, (t, d)) in inputs.iter().zip(&desc.inputs).enumerate() {
+        let shape = desc.shape_text(d);
+        let what = |m: String| format!("input {i} `{}`: {m}", d.name);
+        if t.dtype != d.dtype {
+            return Err(what(format!(
+                "element type {} (code {}), expected {}",
+                desc::dtype::name(t.dtype),
+                t.dtype,
+                desc::dtype::name(d.dtype)
+            )));
+        }
+        if t.rank < 0 || t.rank as usize != d.dims.len() {
+            return Err(what(format!(
+                "rank {}, expected {} {shape}",
+                t.rank,
+                d.dims.len()
+            )));
+        }
+        let mut elems: u64 = 1;
+        for (k, dd) in d.dims.iter().enumerate() {
+            let n = t.dims[k];
+            if n < 0 {
+                return Err(what(format!("dimension {k} is negative ({n})")));
+            }
+            let n = n as u64;
+            match dd {
+                DimDesc::Fixed(f) if *f != n => {
+                    return Err(what(format!("dimension {k} is {n}, expected {f} {shape}")))
+                }
+                DimDesc::Sym(s) => {
+                    let sd = &desc.symbols[*s as usize];
+                    if n > sd.max {
+                        return Err(what(format!(
+                            "dimension {k} (`{}`) is {n}, above its limit {}",
+                            sd.name, sd.max
+                        )));
+                    }
+                    match sym[*s as usize] {
+                        Some((m, j)) if m != n => {
+                            return Err(what(format!(
+                                "dimension {k} (`{}`) is {n}, but input `{}` binds it to {m}",
+                                sd.name, desc.inputs[j].name
+                            )))
+                        }
+                        _ => sym[*s as usize] = Some((n, i)),
+                    }
+                }
+                _ => {}
+            }
+            elems = elems
+                .checked_mul(n)
+                .ok_or_else(|| what("element count overflows".into()))?;
+        }
+        if t.data.is_null() && elems > 0 {
+            return Err(what("data pointer is null".into()));
+        }
+    }
+    Ok(sym.into_iter().map(|s| s.map_or(0, |s| s.0)).collect())
+}
+
+/// Runs the model: checks the inputs, calls the generated graph, and fills
+/// `outputs` (data owned by the model until its next run or free).
+///
+/// # Safety
+/// `m` from [`lpc_rt_load`]; `inputs` and `outputs` point at the declared
+/// numbers of descriptors (`n_inputs`, `n_outputs` are checked).
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_run(
+    m: *mut Model,
+    inputs: *const LpcTensor,
+    n_inputs: i64,
+    outputs: *mut LpcTensor,
+    n_outputs: i64,
+) -> i32 {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: see the contract above.
+        unsafe { run_inner(m, inputs, n_inputs, outputs, n_outputs) }
+    }));
+    match r {
+        Ok(Ok(())) => code::OK,
+        Ok(Err((c, msg))) => {
+            set_error(msg);
+            c
+        }
+        Err(_) => {
+            set_error("internal error in the lpc runtime".into());
+            code::INTERNAL
+        }
+    }
+}
+
+/// # Safety
+/// As [`lpc_model_run`].
+unsafe fn run_inner(
+    m: *mut Model,
+    inputs: *const LpcTensor,
+    n_inputs: i64,
+    outputs: *mut LpcTensor,
+    n_outputs: i64,
+) -> Result<(), (i32, String)> {
+    let bad = |m: String| (code::BAD_ARGUMENT, m);
+    // SAFETY: see the contract of `lpc_model_run` (null checked).
+    let Some(m) = (unsafe { m.as_mut() }) else {
+        return Err(bad("lpc_model_run: model is null".into()));
+    };
+    let (ni, no) = (m.desc.inputs.len(), m.desc.outputs.len());
+    if inputs.is_null() && ni > 0 || outputs.is_null() && no > 0 {
+        return Err(bad(
+            "lpc_model_run: inputs or outputs pointer is null".into()
+        ));
+    }
+    if n_inputs != ni as i64 || n_outputs != no as i64 {
+        return Err(bad(format!(
+            "lpc_model_run: model `{}` takes {ni} inputs and {no} outputs, got {n_inputs} and {n_outputs}",
+            m.desc.name
+        )));
+    }
+    let ins: &[LpcTensor] = if ni == 0 {
+        &[]
+    } else {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(inputs, ni) }
+    };
+    let symbols = check_inputs(&m.desc, ins)
+        .map_err(|e| (code::BAD_INPUT, format!("{}: {e}", m.desc.name)))?;
+    // The previous outputs go back to the pool.
+    let mut ctx = RunCtx {
+        live: HashMap::new(),
+        pool: std::mem::take(&mut m.pool),
+        threads: m.threads,
+        error: None,
+        symbols,
+    };
+    for (p, bytes) in m.outputs.drain(..) {
+        ctx.pool.put(p, bytes);
+    }
+    let w = match &m.weights {
+        Weights::Mapped(mm) => mm.data().as_ptr(),
+        Weights::Embedded(p) => *p,
+    };
+    // SAFETY: the graph was generated for this descriptor, and the inputs
+    // were checked against it.
+    let rc = unsafe { (m.graph)(&mut ctx, w, ins.as_ptr(), outputs) };
+    let result = if rc != 0 || ctx.error.is_some() {
+        Err((
+            code::RUN_FAILED,
+            format!(
+                "{}: {}",
+                m.desc.name,
+                ctx.error
+                    .take()
+                    .unwrap_or_else(|| format!("run failed (code {rc})"))
+            ),
+        ))
+    } else {
+        // SAFETY: as above; the graph filled `no` descriptors.
+        let outs = unsafe { std::slice::from_raw_parts(outputs, no) };
+        for o in outs {
+            if let Some(b) = ctx.live.remove(&(o.data as usize)) {
+                m.outputs.push((o.data as *mut u8, b));
+            }
+        }
+        Ok(())
+    };
+    for (p, b) in ctx.live.drain() {
+        ctx.pool.put(p as *mut u8, b);
+    }
+    m.pool = std::mem::take(&mut ctx.pool);
+    result
+}
+
+/// The bound value of symbol `i` in this run (generated code reads symbolic
+/// dimensions from the inputs directly; this is for diagnostics).
+///
+/// # Safety
+/// `ctx` as for [`lpc_rt_alloc`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_symbol(ctx: *mut RunCtx, i: i64) -> i64 {
+    // SAFETY: see the contract above.
+    unsafe { &*ctx }
+        .symbols
+        .get(i as usize)
+        .map_or(-1, |&v| v as i64)
+}
+
+fn io_of(m: *const Model, output: bool) -> Option<(&'static Model, usize)> {
+    // SAFETY: the C contract: `m` is null or a live model; the reference
+    // does not outlive the accessor call that uses it.
+    let m: &'static Model = unsafe { m.as_ref()? };
+    Some((m, output as usize))
+}
+
+/// Number of inputs (-1 for a null model).
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_num_inputs(m: *const Model) -> i64 {
+    io_of(m, false).map_or(-1, |(m, _)| m.desc.inputs.len() as i64)
+}
+
+/// Number of outputs (-1 for a null model).
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_num_outputs(m: *const Model) -> i64 {
+    io_of(m, true).map_or(-1, |(m, _)| m.desc.outputs.len() as i64)
+}
+
+fn name_of(m: *const Model, output: bool, i: i64) -> *const c_char {
+    io_of(m, output)
+        .and_then(|(m, k)| m.names[k].get(usize::try_from(i).ok()?))
+        .map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+fn dtype_of(m: *const Model, output: bool, i: i64) -> i32 {
+    io_of(m, output)
+        .and_then(|(m, _)| {
+            let l = if output {
+                &m.desc.outputs
+            } else {
+                &m.desc.inputs
+            };
+            l.get(usize::try_from(i).ok()?).map(|t| t.dtype)
+        })
+        .unwrap_or(-1)
+}
+
+/// Name of input `i` (null when out of range).
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_input_name(m: *const Model, i: i64) -> *const c_char {
+    name_of(m, false, i)
+}
+
+/// Name of output `i` (null when out of range).
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_output_name(m: *const Model, i: i64) -> *const c_char {
+    name_of(m, true, i)
+}
+
+/// Element type code of input `i` (-1 when out of range).
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_input_dtype(m: *const Model, i: i64) -> i32 {
+    dtype_of(m, false, i)
+}
+
+/// Element type code of output `i` (-1 when out of range).
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_output_dtype(m: *const Model, i: i64) -> i32 {
+    dtype_of(m, true, i)
+}

@@ -1,0 +1,419 @@
+//! Elementwise ops with numpy broadcasting: arithmetic, comparisons, logic,
+//! `Where`, unary math, `Cast`, and lpc's fused activations. Scalars are
+//! computed as f32 (floats), i64 (integers of any width) or i1 (bool), with
+//! the interpreter's semantics (integer division truncates, by zero gives 0).
+
+use super::arg;
+use super::core::{Cg, Val, R};
+use inkwell::values::{FloatValue, IntValue};
+use inkwell::{FloatPredicate, IntPredicate};
+use lpc_ir::{DType, Node};
+
+/// A scalar in its compute domain.
+#[derive(Clone, Copy, Debug)]
+pub enum S<'c> {
+    F(FloatValue<'c>),
+    I(IntValue<'c>),
+    B(IntValue<'c>),
+}
+
+fn is_int(dt: DType) -> bool {
+    matches!(dt, DType::I64 | DType::I32 | DType::I8 | DType::U8)
+}
+
+impl<'c> Cg<'c> {
+    pub fn load_s(
+        &self,
+        dt: DType,
+        p: inkwell::values::PointerValue<'c>,
+        i: IntValue<'c>,
+    ) -> R<S<'c>> {
+        let v = self.load(dt, p, i)?;
+        Ok(match dt {
+            DType::F32 => S::F(v.into_float_value()),
+            DType::I64 => S::I(v.into_int_value()),
+            DType::I32 | DType::I8 => S::I(self.b.build_int_s_extend(
+                v.into_int_value(),
+                self.i64t(),
+                "",
+            )?),
+            DType::U8 => S::I(
+                self.b
+                    .build_int_z_extend(v.into_int_value(), self.i64t(), "")?,
+            ),
+            DType::Bool => S::B(self.icmp(
+                IntPredicate::NE,
+                v.into_int_value(),
+                self.i8t().const_zero(),
+            )?),
+            other => {
+                return self.err(format!(
+                    "element type {other} is not supported in elementwise code yet"
+                ))
+            }
+        })
+    }
+
+    /// Converts a scalar to element type `dt` (ONNX Cast semantics).
+    pub fn convert(&self, s: S<'c>, dt: DType) -> R<S<'c>> {
+        Ok(match (s, dt) {
+            (S::F(_), DType::F32) | (S::B(_), DType::Bool) => s,
+            (S::I(_), d) if is_int(d) => s,
+            (S::F(f), d) if is_int(d) => {
+                S::I(self.b.build_float_to_signed_int(f, self.i64t(), "")?)
+            }
+            (S::F(f), DType::Bool) => S::B(self.fcmp(FloatPredicate::UNE, f, self.cf32(0.0))?),
+            (S::I(i), DType::F32) => S::F(self.b.build_signed_int_to_float(i, self.f32t(), "")?),
+            (S::I(i), DType::Bool) => S::B(self.icmp(IntPredicate::NE, i, self.c64(0))?),
+            (S::B(b), DType::F32) => {
+                S::F(self.b.build_unsigned_int_to_float(b, self.f32t(), "")?)
+            }
+            (S::B(b), d) if is_int(d) => S::I(self.b.build_int_z_extend(b, self.i64t(), "")?),
+            (_, d) => return self.err(format!("cannot convert to {d} in generated code yet")),
+        })
+    }
+
+    pub fn store_s(
+        &self,
+        dt: DType,
+        p: inkwell::values::PointerValue<'c>,
+        i: IntValue<'c>,
+        s: S<'c>,
+    ) -> R<()> {
+        let v = match (self.convert(s, dt)?, dt) {
+            (S::F(f), _) => f.into(),
+            (S::I(x), DType::I64) => x.into(),
+            (S::I(x), DType::I32) => self.b.build_int_truncate(x, self.i32t(), "")?.into(),
+            (S::I(x), _) => self.b.build_int_truncate(x, self.i8t(), "")?.into(),
+            (S::B(b), _) => self.b.build_int_z_extend(b, self.i8t(), "")?.into(),
+        };
+        self.store(dt, p, i, v)
+    }
+
+    /// Broadcasts operands: the output dimensions and, per operand, the
+    /// strides along the output's axes (0 where the operand is broadcast).
+    pub fn broadcast(
+        &mut self,
+        ins: &[&Val<'c>],
+    ) -> R<(Vec<IntValue<'c>>, Vec<Vec<IntValue<'c>>>)> {
+        let rank = ins.iter().map(|v| v.rank()).max().unwrap_or(0);
+        let one = self.c64(1);
+        let mut out = vec![one; rank];
+        for k in 0..rank {
+            for v in ins {
+                let off = rank - v.rank();
+                if k >= off {
+                    out[k] = self.smax(out[k], v.dims[k - off])?;
+                }
+            }
+        }
+        let mut strides = Vec::with_capacity(ins.len());
+        for v in ins {
+            let off = rank - v.rank();
+            let own = self.strides(&v.dims)?;
+            let mut s = vec![self.c64(0); rank];
+            for k in off..rank {
+                let d = v.dims[k - off];
+                let is1 = self.icmp(IntPredicate::EQ, d, one)?;
+                let same = self.icmp(IntPredicate::EQ, d, out[k])?;
+                let ok = self.b.build_or(is1, same, "")?;
+                self.check(ok, "operand shapes do not broadcast")?;
+                s[k] = self.select_i(is1, self.c64(0), own[k - off])?;
+            }
+            strides.push(s);
+        }
+        Ok((out, strides))
+    }
+
+    /// The offset of an index vector under strides.
+    pub fn offset(&self, idx: &[IntValue<'c>], strides: &[IntValue<'c>]) -> R<IntValue<'c>> {
+        let mut o = self.c64(0);
+        for (&i, &s) in idx.iter().zip(strides) {
+            let t = self.mul(i, s)?;
+            o = self.add(o, t)?;
+        }
+        Ok(o)
+    }
+
+    /// `out[i] = f(ins[i]...)` over the broadcast of the operands.
+    pub fn map(
+        &mut self,
+        ins: &[&Val<'c>],
+        out_dt: DType,
+        f: &dyn Fn(&Cg<'c>, &[S<'c>]) -> R<S<'c>>,
+    ) -> R<Val<'c>> {
+        let (dims, strides) = self.broadcast(ins)?;
+        let n = self.product(&dims)?;
+        let out = self.alloc(out_dt, n)?;
+        let ostr = self.strides(&dims)?;
+        let ins: Vec<Val<'c>> = ins.iter().map(|v| (*v).clone()).collect();
+        self.for_nd(&dims, &mut |cg, idx| {
+            let mut xs = Vec::with_capacity(ins.len());
+            for (v, s) in ins.iter().zip(&strides) {
+                let o = cg.offset(idx, s)?;
+                xs.push(cg.load_s(v.dt, v.ptr, o)?);
+            }
+            let y = f(cg, &xs)?;
+            let o = cg.offset(idx, &ostr)?;
+            cg.store_s(out_dt, out, o, y)
+        })?;
+        Ok(Val {
+            ptr: out,
+            dims,
+            dt: out_dt,
+        })
+    }
+
+    pub fn silu(&self, x: FloatValue<'c>) -> R<FloatValue<'c>> {
+        let s = self.sigmoid(x)?;
+        self.fmul(x, s)
+    }
+    pub fn sigmoid(&self, x: FloatValue<'c>) -> R<FloatValue<'c>> {
+        let nx = self.b.build_float_neg(x, "")?;
+        let e = self.math_f32("exp", nx)?;
+        let d = self.fadd(self.cf32(1.0), e)?;
+        self.fdiv(self.cf32(1.0), d)
+    }
+    /// GELU, erf form (`tanh = false`) or tanh form, computed in f32.
+    pub fn gelu(&self, x: FloatValue<'c>, tanh: bool) -> R<FloatValue<'c>> {
+        let inner = if tanh {
+            let x3 = self.fmul(self.fmul(x, x)?, x)?;
+            let t = self.fadd(x, self.fmul(self.cf32(0.044715), x3)?)?;
+            let u = self.fmul(self.cf32((2.0 / std::f32::consts::PI).sqrt()), t)?;
+            self.math_f32("tanh", u)?
+        } else {
+            let u = self.fmul(x, self.cf32(std::f32::consts::FRAC_1_SQRT_2))?;
+            self.math_f32("erf", u)?
+        };
+        let h = self.fmul(self.cf32(0.5), x)?;
+        self.fmul(h, self.fadd(self.cf32(1.0), inner)?)
+    }
+
+    /// A unary float op by ONNX name.
+    pub fn unary_f(&self, op: &str, x: FloatValue<'c>, n: &Node) -> R<FloatValue<'c>> {
+        Ok(match op {
+            "Neg" => self.b.build_float_neg(x, "")?,
+            "Abs" => self.math_f32("fabs", x)?,
+            "Sqrt" | "Exp" | "Log" | "Sin" | "Cos" | "Floor" | "Ceil" | "Tanh" | "Erf" => {
+                self.math_f32(&op.to_ascii_lowercase(), x)?
+            }
+            "Sigmoid" => self.sigmoid(x)?,
+            "Relu" => {
+                let c = self.fcmp(FloatPredicate::OGT, x, self.cf32(0.0))?;
+                self.select_f(c, x, self.cf32(0.0))?
+            }
+            "Reciprocal" => self.fdiv(self.cf32(1.0), x)?,
+            "Softplus" => {
+                let e = self.math_f32("exp", x)?;
+                self.math_f32("log", self.fadd(self.cf32(1.0), e)?)?
+            }
+            "Gelu" | "lpc.gelu" => self.gelu(x, n.string("approximate") == Some("tanh"))?,
+            "lpc.silu" => self.silu(x)?,
+            _ => return self.err(format!("no float form of {op}")),
+        })
+    }
+}
+
+fn arith<'c>(cg: &Cg<'c>, op: &str, a: S<'c>, b: S<'c>) -> R<S<'c>> {
+    Ok(match (a, b) {
+        (S::F(x), S::F(y)) => S::F(match op {
+            "Add" => cg.fadd(x, y)?,
+            "Sub" => cg.fsub(x, y)?,
+            "Mul" => cg.fmul(x, y)?,
+            "Div" => cg.fdiv(x, y)?,
+            "Pow" => cg
+                .intrinsic("llvm.pow", &[cg.f32t().into()], &[x.into(), y.into()])?
+                .into_float_value(),
+            "Max" | "Min" => {
+                let name = if op == "Max" {
+                    "llvm.maximum"
+                } else {
+                    "llvm.minimum"
+                };
+                cg.intrinsic(name, &[cg.f32t().into()], &[x.into(), y.into()])?
+                    .into_float_value()
+            }
+            _ => return cg.err(format!("no float form of {op}")),
+        }),
+        (S::F(x), S::I(y)) if op == "Pow" => {
+            let yf = cg.b.build_signed_int_to_float(y, cg.f32t(), "")?;
+            return arith(cg, op, S::F(x), S::F(yf));
+        }
+        (S::I(x), S::I(y)) => S::I(match op {
+            "Add" => cg.add(x, y)?,
+            "Sub" => cg.sub(x, y)?,
+            "Mul" => cg.mul(x, y)?,
+            "Div" => {
+                let z = cg.icmp(IntPredicate::EQ, y, cg.c64(0))?;
+                let safe = cg.select_i(z, cg.c64(1), y)?;
+                let q = cg.sdiv(x, safe)?;
+                cg.select_i(z, cg.c64(0), q)?
+            }
+            "Max" => cg.smax(x, y)?,
+            "Min" => cg.smin(x, y)?,
+            _ => return cg.err(format!("no integer form of {op}")),
+        }),
+        _ => return cg.err(format!("{op}: operand types do not match")),
+    })
+}
+
+fn compare<'c>(cg: &Cg<'c>, op: &str, a: S<'c>, b: S<'c>) -> R<S<'c>> {
+    Ok(S::B(match (a, b) {
+        (S::F(x), S::F(y)) => {
+            use FloatPredicate::*;
+            let p = match op {
+                "Equal" => OEQ,
+                "Less" => OLT,
+                "LessOrEqual" => OLE,
+                "Greater" => OGT,
+                _ => OGE,
+            };
+            cg.fcmp(p, x, y)?
+        }
+        (S::I(x), S::I(y)) | (S::B(x), S::B(y)) => {
+            use IntPredicate::*;
+            let (x, y) = if x.get_type().get_bit_width() == 1 {
+                (
+                    cg.b.build_int_z_extend(x, cg.i64t(), "")?,
+                    cg.b.build_int_z_extend(y, cg.i64t(), "")?,
+                )
+            } else {
+                (x, y)
+            };
+            let p = match op {
+                "Equal" => EQ,
+                "Less" => SLT,
+                "LessOrEqual" => SLE,
+                "Greater" => SGT,
+                _ => SGE,
+            };
+            cg.icmp(p, x, y)?
+        }
+        _ => return cg.err(format!("{op}: operand types do not match")),
+    }))
+}
+
+pub fn emit<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
+    let op = n.op.as_str();
+    let a = |k| arg(cg, ins, k).cloned();
+    let out = match op {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" => {
+            let x = a(0)?;
+            let mut acc = x;
+            for k in 1..ins.len() {
+                let y = arg(cg, ins, k)?.clone();
+                let dt = acc.dt;
+                let o = op.to_string();
+                acc = cg.map(&[&acc, &y], dt, &move |cg, s| arith(cg, &o, s[0], s[1]))?;
+            }
+            acc
+        }
+        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" => {
+            let (x, y) = (a(0)?, a(1)?);
+            let o = op.to_string();
+            cg.map(&[&x, &y], DType::Bool, &move |cg, s| {
+                compare(cg, &o, s[0], s[1])
+            })?
+        }
+        "And" | "Or" | "Xor" => {
+            let (x, y) = (a(0)?, a(1)?);
+            let o = op.to_string();
+            cg.map(&[&x, &y], DType::Bool, &move |cg, s| {
+                let (S::B(p), S::B(q)) = (s[0], s[1]) else {
+                    return cg.err(format!("{o} needs bool operands"));
+                };
+                Ok(S::B(match o.as_str() {
+                    "And" => cg.b.build_and(p, q, "")?,
+                    "Or" => cg.b.build_or(p, q, "")?,
+                    _ => cg.b.build_xor(p, q, "")?,
+                }))
+            })?
+        }
+        "Not" => {
+            let x = a(0)?;
+            cg.map(&[&x], DType::Bool, &|cg, s| match s[0] {
+                S::B(p) => Ok(S::B(cg.b.build_not(p, "")?)),
+                _ => cg.err("Not needs a bool operand"),
+            })?
+        }
+        "Where" => {
+            let (c, x, y) = (a(0)?, a(1)?, a(2)?);
+            let dt = x.dt;
+            cg.map(&[&c, &x, &y], dt, &|cg, s| {
+                let S::B(c) = s[0] else {
+                    return cg.err("Where needs a bool condition");
+                };
+                Ok(match (s[1], s[2]) {
+                    (S::F(p), S::F(q)) => S::F(cg.select_f(c, p, q)?),
+                    (S::I(p), S::I(q)) => S::I(cg.select_i(c, p, q)?),
+                    (S::B(p), S::B(q)) => S::B(cg.select_i(c, p, q)?),
+                    _ => return cg.err("Where operands differ in type"),
+                })
+            })?
+        }
+        "Neg" | "Abs"
+            if ins
+                .first()
+                .and_then(|v| v.as_ref())
+                .is_some_and(|v| is_int(v.dt)) =>
+        {
+            let x = a(0)?;
+            let neg = op == "Neg";
+            cg.map(&[&x], x.dt, &move |cg, s| {
+                let S::I(v) = s[0] else {
+                    return cg.err("integer operand expected");
+                };
+                let m = cg.sub(cg.c64(0), v)?;
+                Ok(S::I(if neg {
+                    m
+                } else {
+                    let c = cg.icmp(IntPredicate::SLT, v, cg.c64(0))?;
+                    cg.select_i(c, m, v)?
+                }))
+            })?
+        }
+        "Neg" | "Abs" | "Sqrt" | "Exp" | "Log" | "Sin" | "Cos" | "Tanh" | "Sigmoid" | "Erf"
+        | "Relu" | "Reciprocal" | "Floor" | "Ceil" | "Softplus" | "Gelu" | "lpc.gelu"
+        | "lpc.silu" => {
+            let x = a(0)?;
+            if x.dt != DType::F32 {
+                return cg.err(format!(
+                    "{op} on {} is not supported by code generation yet",
+                    x.dt
+                ));
+            }
+            let node = n.clone();
+            let o = op.to_string();
+            cg.map(&[&x], DType::F32, &move |cg, s| {
+                let S::F(v) = s[0] else {
+                    return cg.err("float operand expected");
+                };
+                Ok(S::F(cg.unary_f(&o, v, &node)?))
+            })?
+        }
+        "lpc.swiglu" => {
+            let (x, y) = (a(0)?, a(1)?);
+            cg.map(&[&x, &y], DType::F32, &|cg, s| {
+                let (S::F(g), S::F(u)) = (s[0], s[1]) else {
+                    return cg.err("float operands expected");
+                };
+                Ok(S::F(cg.fmul(cg.silu(g)?, u)?))
+            })?
+        }
+        "Cast" => {
+            let x = a(0)?;
+            let to = n.int("to").unwrap_or(1) as i32;
+            let Some(dt) = DType::from_onnx_code(to) else {
+                return cg.err(format!("Cast to element type code {to}"));
+            };
+            if dt == x.dt {
+                x
+            } else {
+                cg.map(&[&x], dt, &|_, s| Ok(s[0]))?
+            }
+        }
+        "Identity" => a(0)?,
+        _ => return Ok(None),
+    };
+    Ok(Some(vec![out]))
+}

@@ -1,0 +1,830 @@
+//! Normalizations, softmax, rotary embeddings and attention (with the KV
+//! cache of the decode graphs), with the interpreter's semantics: norms and
+//! attention accumulate in f64, fully masked attention rows give zeros.
+
+use super::arg;
+use super::core::{Cg, Val, R};
+use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::{FloatPredicate, IntPredicate};
+use lpc_ir::{DType, Node};
+
+fn need_f32(cg: &Cg, v: &Val, what: &str) -> R<()> {
+    if v.dt != DType::F32 {
+        return cg.err(format!("{what} must be f32 (got {})", v.dt));
+    }
+    Ok(())
+}
+
+/// Rows of the last axis: (rows, n).
+fn rows_of<'c>(cg: &Cg<'c>, x: &Val<'c>, axis: i64) -> R<(IntValue<'c>, IntValue<'c>, usize)> {
+    let r = x.rank() as i64;
+    let k = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&k) {
+        return cg.err(format!("axis {axis} is out of range"));
+    }
+    let k = k as usize;
+    Ok((cg.product(&x.dims[..k])?, cg.product(&x.dims[k..])?, k))
+}
+
+/// A per-channel parameter of `n` elements, or a scalar broadcast.
+fn param_index<'c>(cg: &mut Cg<'c>, p: &Val<'c>, n: IntValue<'c>) -> R<IntValue<'c>> {
+    let len = cg.product(&p.dims)?;
+    let full = cg.icmp(IntPredicate::EQ, len, n)?;
+    let one = cg.icmp(IntPredicate::EQ, len, cg.c64(1))?;
+    let ok = cg.b.build_or(full, one, "")?;
+    cg.check(ok, "a scale or bias does not match the normalized size")?;
+    // Stride 1 when full, 0 when a scalar.
+    cg.select_i(full, cg.c64(1), cg.c64(0))
+}
+
+impl<'c> Cg<'c> {
+    fn norm(
+        &mut self,
+        x: &Val<'c>,
+        n_outs: usize,
+        axis: i64,
+        eps: f32,
+        center: bool,
+        scale: &Val<'c>,
+        bias: Option<&Val<'c>>,
+    ) -> R<Vec<Val<'c>>> {
+        need_f32(self, x, "input")?;
+        let (rows, n, k) = rows_of(self, x, axis)?;
+        let ss = param_index(self, scale, n)?;
+        let bs = match bias {
+            Some(b) => Some(param_index(self, b, n)?),
+            None => None,
+        };
+        let total = self.mul(rows, n)?;
+        let y = self.alloc(DType::F32, total)?;
+        let stats = if n_outs > 1 {
+            Some((self.alloc(DType::F32, rows)?, self.alloc(DType::F32, rows)?))
+        } else {
+            None
+        };
+        let f64t = self.f64t();
+        let acc = self.slot(f64t.into(), self.cf64(0.0).into())?;
+        let (xp, sp, bp) = (x.ptr, scale.ptr, bias.map(|b| b.ptr));
+        self.for_n(rows, |cg, r| {
+            let base = cg.mul(r, n)?;
+            let nf = cg.si_to_f64(n)?;
+            let mean = if center {
+                cg.b.build_store(acc, cg.cf64(0.0))?;
+                cg.for_n(n, |cg, j| {
+                    let v = cg.fext(cg.load_f32(xp, cg.add(base, j)?)?)?;
+                    let a = cg.b.build_load(f64t, acc, "")?.into_float_value();
+                    cg.b.build_store(acc, cg.fadd(a, v)?)?;
+                    Ok(())
+                })?;
+                let s = cg.b.build_load(f64t, acc, "")?.into_float_value();
+                cg.fdiv(s, nf)?
+            } else {
+                cg.cf64(0.0)
+            };
+            cg.b.build_store(acc, cg.cf64(0.0))?;
+            cg.for_n(n, |cg, j| {
+                let v = cg.fsub(cg.fext(cg.load_f32(xp, cg.add(base, j)?)?)?, mean)?;
+                let a = cg.b.build_load(f64t, acc, "")?.into_float_value();
+                cg.b.build_store(acc, cg.fadd(a, cg.fmul(v, v)?)?)?;
+                Ok(())
+            })?;
+            let var = cg.fdiv(cg.b.build_load(f64t, acc, "")?.into_float_value(), nf)?;
+            let e = cg.fadd(var, cg.cf64(eps as f64))?;
+            let sq = cg
+                .intrinsic("llvm.sqrt", &[f64t.into()], &[e.into()])?
+                .into_float_value();
+            let is = cg.fdiv(cg.cf64(1.0), sq)?;
+            if let Some((mp, ip)) = stats {
+                cg.store(DType::F32, mp, r, cg.ftrunc(mean)?.into())?;
+                cg.store(DType::F32, ip, r, cg.ftrunc(is)?.into())?;
+            }
+            cg.for_n(n, |cg, j| {
+                let i = cg.add(base, j)?;
+                let v = cg.fsub(cg.fext(cg.load_f32(xp, i)?)?, mean)?;
+                let s = cg.fext(cg.load_f32(sp, cg.mul(j, ss)?)?)?;
+                let mut o = cg.fmul(cg.fmul(v, is)?, s)?;
+                if let (Some(bp), Some(bs)) = (bp, bs) {
+                    let b = cg.fext(cg.load_f32(bp, cg.mul(j, bs)?)?)?;
+                    o = cg.fadd(o, b)?;
+                }
+                cg.store(DType::F32, y, i, cg.ftrunc(o)?.into())
+            })
+        })?;
+        let mut out = vec![Val {
+            ptr: y,
+            dims: x.dims.clone(),
+            dt: DType::F32,
+        }];
+        if let Some((mp, ip)) = stats {
+            let sd: Vec<IntValue> = (0..x.rank())
+                .map(|i| if i < k { x.dims[i] } else { self.c64(1) })
+                .collect();
+            if center {
+                out.push(Val {
+                    ptr: mp,
+                    dims: sd.clone(),
+                    dt: DType::F32,
+                });
+            } else {
+                self.release(mp)?;
+            }
+            out.push(Val {
+                ptr: ip,
+                dims: sd,
+                dt: DType::F32,
+            });
+        }
+        Ok(out)
+    }
+
+    fn softmax(&mut self, x: &Val<'c>, axis: i64, opset: i64) -> R<Val<'c>> {
+        need_f32(self, x, "input")?;
+        let r = x.rank() as i64;
+        let k = if axis < 0 { axis + r } else { axis };
+        if !(0..r).contains(&k) {
+            return self.err(format!("axis {axis} is out of range"));
+        }
+        let k = k as usize;
+        let (outer, d, inner) = if opset >= 13 {
+            (
+                self.product(&x.dims[..k])?,
+                x.dims[k],
+                self.product(&x.dims[k + 1..])?,
+            )
+        } else {
+            (
+                self.product(&x.dims[..k])?,
+                self.product(&x.dims[k..])?,
+                self.c64(1),
+            )
+        };
+        let total = self.product(&x.dims)?;
+        let y = self.alloc(DType::F32, total)?;
+        let f64t = self.f64t();
+        let mx = self.slot(self.f32t().into(), self.cf32(0.0).into())?;
+        let sum = self.slot(f64t.into(), self.cf64(0.0).into())?;
+        let xp = x.ptr;
+        self.for_nd(&[outer, inner], &mut |cg, oi| {
+            let at = |cg: &Cg<'c>, j: IntValue<'c>| -> R<IntValue<'c>> {
+                cg.add(cg.mul(cg.add(cg.mul(oi[0], d)?, j)?, inner)?, oi[1])
+            };
+            cg.b.build_store(mx, cg.cf32(f32::NEG_INFINITY))?;
+            cg.for_n(d, |cg, j| {
+                let v = cg.load_f32(xp, at(cg, j)?)?;
+                let m = cg.b.build_load(cg.f32t(), mx, "")?.into_float_value();
+                let m2 = cg
+                    .intrinsic("llvm.maxnum", &[cg.f32t().into()], &[m.into(), v.into()])?
+                    .into_float_value();
+                cg.b.build_store(mx, m2)?;
+                Ok(())
+            })?;
+            let m = cg.b.build_load(cg.f32t(), mx, "")?.into_float_value();
+            cg.b.build_store(sum, cg.cf64(0.0))?;
+            let ex = |cg: &Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
+                let v = cg.fext(cg.fsub(cg.load_f32(xp, at(cg, j)?)?, m)?)?;
+                Ok(cg
+                    .intrinsic("llvm.exp", &[cg.f64t().into()], &[v.into()])?
+                    .into_float_value())
+            };
+            cg.for_n(d, |cg, j| {
+                let e = ex(cg, j)?;
+                let s = cg.b.build_load(f64t, sum, "")?.into_float_value();
+                cg.b.build_store(sum, cg.fadd(s, e)?)?;
+                Ok(())
+            })?;
+            let s = cg.b.build_load(f64t, sum, "")?.into_float_value();
+            cg.for_n(d, |cg, j| {
+                let e = ex(cg, j)?;
+                let o = cg.ftrunc(cg.fdiv(e, s)?)?;
+                cg.store(DType::F32, y, at(cg, j)?, o.into())
+            })
+        })?;
+        Ok(Val {
+            ptr: y,
+            dims: x.dims.clone(),
+            dt: DType::F32,
+        })
+    }
+
+    /// ONNX RotaryEmbedding: `[B, H, S, D]` or `[B, S, H·D]` (num_heads),
+    /// caches `[max_pos, rot/2]` indexed by position ids, or `[B, S, rot/2]`.
+    fn rope(&mut self, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
+        let x = arg(self, ins, 0)?.clone();
+        let (cos, sin) = (arg(self, ins, 1)?.clone(), arg(self, ins, 2)?.clone());
+        let pos = ins.get(3).cloned().flatten();
+        need_f32(self, &x, "input")?;
+        let interleaved = n.int("interleaved").unwrap_or(0) != 0;
+        // (b, h, s, d) and the strides of b, h, s.
+        let (b, h, s, d, strides) = match x.rank() {
+            4 => {
+                let [b, h, s, d] = x.dims[..] else {
+                    unreachable!()
+                };
+                let st = self.strides(&x.dims)?;
+                (b, h, s, d, [st[0], st[1], st[2]])
+            }
+            3 => {
+                let heads = n.int("num_heads").unwrap_or(0);
+                if heads <= 0 {
+                    return self.err("3-D input needs num_heads");
+                }
+                let h = self.c64(heads);
+                let [b, s, hd] = x.dims[..] else {
+                    unreachable!()
+                };
+                let d = self.sdiv(hd, h)?;
+                let ok = self.icmp(IntPredicate::EQ, self.mul(d, h)?, hd)?;
+                self.check(ok, "num_heads does not divide the hidden size")?;
+                let ss = hd;
+                let sb = self.mul(s, hd)?;
+                (b, h, s, d, [sb, d, ss])
+            }
+            r => return self.err(format!("input must be 3-D or 4-D, got rank {r}")),
+        };
+        let rot = match n.int("rotary_embedding_dim").unwrap_or(0) {
+            0 => d,
+            r => self.c64(r),
+        };
+        let half = self.sdiv(rot, self.c64(2))?;
+        let cw = *cos
+            .dims
+            .last()
+            .ok_or_else(|| super::core::CgError::Graph("cos cache must not be a scalar".into()))?;
+        let ok = self.and(
+            self.icmp(IntPredicate::SLE, rot, d)?,
+            self.icmp(IntPredicate::SGE, cw, half)?,
+        )?;
+        self.check(
+            ok,
+            "the rotary dimension does not fit the head size and caches",
+        )?;
+        let cache_rows = self.sdiv(self.product(&cos.dims)?, cw)?;
+        if pos.is_none() {
+            let ok = self.icmp(IntPredicate::EQ, cache_rows, self.mul(b, s)?)?;
+            self.check(ok, "without position_ids, caches must be [B, S, rot/2]")?;
+        }
+        let total = self.product(&x.dims)?;
+        let y = self.alloc(DType::F32, total)?;
+        let bytes = self.mul(total, self.c64(4))?;
+        self.b.build_memcpy(y, 4, x.ptr, 4, bytes)?;
+        let (cp, sp) = (cos.ptr, sin.ptr);
+        self.for_nd(&[b, s], &mut |cg, bs| {
+            let row = match &pos {
+                Some(p) => {
+                    let i = cg.add(cg.mul(bs[0], s)?, bs[1])?;
+                    let r = cg.load_s(p.dt, p.ptr, i)?;
+                    let super::elementwise::S::I(r) = r else {
+                        return cg.err("position_ids must be integers");
+                    };
+                    let ok = cg.and(
+                        cg.icmp(IntPredicate::SGE, r, cg.c64(0))?,
+                        cg.icmp(IntPredicate::SLT, r, cache_rows)?,
+                    )?;
+                    cg.check(ok, "a position id is outside the caches")?;
+                    r
+                }
+                None => cg.add(cg.mul(bs[0], s)?, bs[1])?,
+            };
+            let cbase = cg.mul(row, cw)?;
+            cg.for_nd(&[h, half], &mut |cg, hi| {
+                let base = cg.add(
+                    cg.add(cg.mul(bs[0], strides[0])?, cg.mul(hi[0], strides[1])?)?,
+                    cg.mul(bs[1], strides[2])?,
+                )?;
+                let i = hi[1];
+                let (ia, ib) = if interleaved {
+                    let a = cg.mul(i, cg.c64(2))?;
+                    (a, cg.add(a, cg.c64(1))?)
+                } else {
+                    (i, cg.add(i, half)?)
+                };
+                let (pa, pb) = (cg.add(base, ia)?, cg.add(base, ib)?);
+                let (x1, x2) = (cg.load_f32(y, pa)?, cg.load_f32(y, pb)?);
+                let c = cg.load_f32(cp, cg.add(cbase, i)?)?;
+                let sn = cg.load_f32(sp, cg.add(cbase, i)?)?;
+                let a = cg.fsub(cg.fmul(c, x1)?, cg.fmul(sn, x2)?)?;
+                let bb = cg.fadd(cg.fmul(sn, x1)?, cg.fmul(c, x2)?)?;
+                cg.store(DType::F32, y, pa, a.into())?;
+                cg.store(DType::F32, y, pb, bb.into())
+            })
+        })?;
+        Ok(Val {
+            ptr: y,
+            dims: x.dims.clone(),
+            dt: DType::F32,
+        })
+    }
+}
+
+/// A per-batch index function generated inline (`past length of batch b`).
+type PerBatch<'a, 'c> = Box<dyn Fn(&Cg<'c>, IntValue<'c>) -> R<IntValue<'c>> + 'a>;
+
+/// A q/k/v operand's layout: element (b, h, i, d) is at
+/// `b·sb + h·sh + i·si + d`.
+#[derive(Clone, Copy)]
+struct Layout<'c> {
+    b: IntValue<'c>,
+    h: IntValue<'c>,
+    s: IntValue<'c>,
+    d: IntValue<'c>,
+    sb: IntValue<'c>,
+    sh: IntValue<'c>,
+    si: IntValue<'c>,
+}
+
+fn layout<'c>(cg: &mut Cg<'c>, v: &Val<'c>, heads: i64) -> R<Layout<'c>> {
+    match v.rank() {
+        4 => {
+            let st = cg.strides(&v.dims)?;
+            Ok(Layout {
+                b: v.dims[0],
+                h: v.dims[1],
+                s: v.dims[2],
+                d: v.dims[3],
+                sb: st[0],
+                sh: st[1],
+                si: st[2],
+            })
+        }
+        3 => {
+            if heads <= 0 {
+                return cg.err("3-D attention inputs need q_num_heads and kv_num_heads");
+            }
+            let h = cg.c64(heads);
+            let hd = v.dims[2];
+            let d = cg.sdiv(hd, h)?;
+            let ok = cg.icmp(IntPredicate::EQ, cg.mul(d, h)?, hd)?;
+            cg.check(ok, "the head count does not divide the hidden size")?;
+            Ok(Layout {
+                b: v.dims[0],
+                h,
+                s: v.dims[1],
+                d,
+                sb: cg.mul(v.dims[1], hd)?,
+                sh: d,
+                si: hd,
+            })
+        }
+        r => cg.err(format!("attention inputs must be 3-D or 4-D, got rank {r}")),
+    }
+}
+
+fn contiguous<'c>(
+    cg: &mut Cg<'c>,
+    b: IntValue<'c>,
+    h: IntValue<'c>,
+    s: IntValue<'c>,
+    d: IntValue<'c>,
+) -> R<Layout<'c>> {
+    let si = d;
+    let sh = cg.mul(s, d)?;
+    let sb = cg.mul(h, sh)?;
+    Ok(Layout {
+        b,
+        h,
+        s,
+        d,
+        sb,
+        sh,
+        si,
+    })
+}
+
+impl<'c> Cg<'c> {
+    /// Copies `src` (any layout) into a contiguous BHSD tensor `dst` with
+    /// sequence capacity `cap`, at sequence offset `at(b)`.
+    fn put_seq(
+        &mut self,
+        src: PointerValue<'c>,
+        l: Layout<'c>,
+        count: &dyn Fn(&Cg<'c>, IntValue<'c>) -> R<IntValue<'c>>,
+        dst: PointerValue<'c>,
+        dl: Layout<'c>,
+        at: &dyn Fn(&Cg<'c>, IntValue<'c>) -> R<IntValue<'c>>,
+    ) -> R<()> {
+        self.for_nd(&[l.b, l.h], &mut |cg, bh| {
+            let n = count(cg, bh[0])?;
+            let off = at(cg, bh[0])?;
+            cg.for_n(n, |cg, i| {
+                let sbase = cg.add(
+                    cg.add(cg.mul(bh[0], l.sb)?, cg.mul(bh[1], l.sh)?)?,
+                    cg.mul(i, l.si)?,
+                )?;
+                let di = cg.add(off, i)?;
+                let dbase = cg.add(
+                    cg.add(cg.mul(bh[0], dl.sb)?, cg.mul(bh[1], dl.sh)?)?,
+                    cg.mul(di, dl.si)?,
+                )?;
+                let bytes = cg.mul(l.d, cg.c64(4))?;
+                let sp = cg.gep(DType::F32, src, sbase)?;
+                let dp = cg.gep(DType::F32, dst, dbase)?;
+                cg.b.build_memcpy(dp, 4, sp, 4, bytes)?;
+                Ok(())
+            })
+        })
+    }
+
+    fn attention(&mut self, n: &Node, ins: &[Option<Val<'c>>]) -> R<Vec<Val<'c>>> {
+        let (q, k, v) = (
+            arg(self, ins, 0)?.clone(),
+            arg(self, ins, 1)?.clone(),
+            arg(self, ins, 2)?.clone(),
+        );
+        for (t, w) in [(&q, "Q"), (&k, "K"), (&v, "V")] {
+            need_f32(self, t, w)?;
+        }
+        let mask = ins.get(3).cloned().flatten();
+        let (past_k, past_v) = (ins.get(4).cloned().flatten(), ins.get(5).cloned().flatten());
+        let seqlens = ins.get(6).cloned().flatten();
+        let hq_attr = n.int("q_num_heads").unwrap_or(0);
+        let hkv_attr = n.int("kv_num_heads").unwrap_or(0);
+        let ql = layout(self, &q, hq_attr)?;
+        let kl = layout(self, &k, hkv_attr)?;
+        let vl = layout(self, &v, hkv_attr)?;
+        let three_d = q.rank() == 3;
+        let (b, hq, l, d) = (ql.b, ql.h, ql.s, ql.d);
+        let (hkv, sn, dv) = (kl.h, kl.s, vl.d);
+        let ok = self.and(
+            self.icmp(IntPredicate::SGT, hkv, self.c64(0))?,
+            self.icmp(
+                IntPredicate::EQ,
+                self.srem(hq, self.smax(hkv, self.c64(1))?)?,
+                self.c64(0),
+            )?,
+        )?;
+        self.check(ok, "query heads do not group over the kv heads")?;
+        let grp = self.sdiv(hq, self.smax(hkv, self.c64(1))?)?;
+        // Keys and values as contiguous BHSD with the cache prepended:
+        // (k, v, total length, per-batch past length).
+        let cache = match (&past_k, &past_v, &seqlens) {
+            (Some(pk), Some(pv), _) => Some((pk.clone(), pv.clone())),
+            (None, None, _) => None,
+            _ => return self.err("past key and value come together"),
+        };
+        if seqlens.is_some() && mask.is_some() {
+            return self.err("a mask cannot be combined with seqlens_k");
+        }
+        let (kk, vv, total, past_len, kkl, vvl, owned_kv): (
+            PointerValue,
+            PointerValue,
+            IntValue,
+            PerBatch<'_, 'c>,
+            Layout,
+            Layout,
+            bool,
+        ) = match cache {
+            None if seqlens.is_none() => {
+                let z = self.c64(0);
+                (k.ptr, v.ptr, sn, Box::new(move |_, _| Ok(z)), kl, vl, false)
+            }
+            cache => {
+                let p = match &cache {
+                    Some((pk, _)) => {
+                        if pk.rank() != 4 {
+                            return self.err("past key must be 4-D");
+                        }
+                        pk.dims[2]
+                    }
+                    None => self.c64(0),
+                };
+                let t = self.add(p, sn)?;
+                let kkl = contiguous(self, b, hkv, t, d)?;
+                let vvl = contiguous(self, b, hkv, t, dv)?;
+                let nk = self.product(&[b, hkv, t, d])?;
+                let nv = self.product(&[b, hkv, t, dv])?;
+                let kk = self.alloc(DType::F32, nk)?;
+                let vv = self.alloc(DType::F32, nv)?;
+                let past: PerBatch<'_, 'c> = match &seqlens {
+                    Some(sl) => {
+                        // Zero the padding, check every entry first.
+                        let zb = self.mul(nk, self.c64(4))?;
+                        self.b.build_memset(kk, 4, self.i8t().const_zero(), zb)?;
+                        let zb = self.mul(nv, self.c64(4))?;
+                        self.b.build_memset(vv, 4, self.i8t().const_zero(), zb)?;
+                        let nsl = self.product(&sl.dims)?;
+                        let ok = self.icmp(IntPredicate::EQ, nsl, b)?;
+                        self.check(ok, "seqlens_k must have one entry per batch")?;
+                        let (sp, sdt) = (sl.ptr, sl.dt);
+                        let f = move |cg: &Cg<'c>, bi: IntValue<'c>| -> R<IntValue<'c>> {
+                            let super::elementwise::S::I(x) = cg.load_s(sdt, sp, bi)? else {
+                                return cg.err("seqlens_k must be integers");
+                            };
+                            cg.sub(cg.add(x, cg.c64(1))?, sn)
+                        };
+                        self.for_n(b, |cg, bi| {
+                            let pb = f(cg, bi)?;
+                            let ok = cg.and(
+                                cg.icmp(IntPredicate::SGE, pb, cg.c64(0))?,
+                                cg.icmp(IntPredicate::SLE, pb, p)?,
+                            )?;
+                            cg.check(
+                                ok,
+                                "seqlens_k is inconsistent with the new tokens and the cache",
+                            )
+                        })?;
+                        Box::new(f)
+                    }
+                    None => Box::new(move |_, _| Ok(p)),
+                };
+                if let Some((pk, pv)) = &cache {
+                    let pkl = layout(self, pk, 0)?;
+                    let pvl = layout(self, pv, 0)?;
+                    let z = self.c64(0);
+                    self.put_seq(pk.ptr, pkl, &*past, kk, kkl, &move |_, _| Ok(z))?;
+                    self.put_seq(pv.ptr, pvl, &*past, vv, vvl, &move |_, _| Ok(z))?;
+                }
+                let cnt = move |_: &Cg<'c>, _| Ok(sn);
+                self.put_seq(k.ptr, kl, &cnt, kk, kkl, &*past)?;
+                self.put_seq(v.ptr, vl, &cnt, vv, vvl, &*past)?;
+                (kk, vv, t, past, kkl, vvl, true)
+            }
+        };
+        let scale = match n.float("scale") {
+            Some(s) if s != 0.0 => self.cf64(s as f64),
+            _ => {
+                let df = self.si_to_f64(d)?;
+                let sq = self
+                    .intrinsic("llvm.sqrt", &[self.f64t().into()], &[df.into()])?
+                    .into_float_value();
+                self.fdiv(self.cf64(1.0), sq)?
+            }
+        };
+        let softcap = n.float("softcap").unwrap_or(0.0);
+        let causal = n.int("is_causal").unwrap_or(0) != 0;
+        // The mask: per-axis strides over [B, Hq, L, width] (0 where
+        // broadcast), columns past its width are masked.
+        let mask_info = match &mask {
+            Some(m) => {
+                if m.rank() == 0 || m.rank() > 4 {
+                    return self.err("mask must have rank 1 to 4");
+                }
+                let mut md = vec![self.c64(1); 4 - m.rank()];
+                md.extend(&m.dims);
+                let own = self.strides(&md)?;
+                let targets = [b, hq, l];
+                let mut st = Vec::new();
+                for a in 0..3 {
+                    let is1 = self.icmp(IntPredicate::EQ, md[a], self.c64(1))?;
+                    let same = self.icmp(IntPredicate::EQ, md[a], targets[a])?;
+                    let ok = self.b.build_or(is1, same, "")?;
+                    self.check(ok, "the mask does not broadcast over the scores")?;
+                    st.push(self.select_i(is1, self.c64(0), own[a])?);
+                }
+                let w = md[3];
+                let ok = self.icmp(IntPredicate::SLE, w, total)?;
+                self.check(ok, "the mask is wider than the keys")?;
+                Some((m.ptr, m.dt, st, w))
+            }
+            None => None,
+        };
+        // Per-batch past lengths into a buffer (the body cannot call back).
+        let pastbuf = self.alloc(DType::I64, b)?;
+        self.for_n(b, |cg, bi| {
+            let p = past_len(cg, bi)?;
+            cg.store(DType::I64, pastbuf, bi, p.into())
+        })?;
+        let gqa = seqlens.is_some();
+        // Output in q's layout.
+        let ny = self.product(&[b, hq, l, dv])?;
+        let y = self.alloc(DType::F32, ny)?;
+        let yl = if three_d {
+            let hd = self.mul(hq, dv)?;
+            Layout {
+                b,
+                h: hq,
+                s: l,
+                d: dv,
+                sb: self.mul(l, hd)?,
+                sh: dv,
+                si: hd,
+            }
+        } else {
+            contiguous(self, b, hq, l, dv)?
+        };
+        let rows = self.product(&[b, hq, l])?;
+        let mut caps: Vec<BasicValueEnum> = vec![
+            q.ptr.into(),
+            kk.into(),
+            vv.into(),
+            y.into(),
+            pastbuf.into(),
+            hq.into(),
+            l.into(),
+            d.into(),
+            dv.into(),
+            total.into(),
+            grp.into(),
+            sn.into(),
+            ql.sb.into(),
+            ql.sh.into(),
+            ql.si.into(),
+            kkl.sb.into(),
+            kkl.sh.into(),
+            kkl.si.into(),
+            vvl.sb.into(),
+            vvl.sh.into(),
+            vvl.si.into(),
+            yl.sb.into(),
+            yl.sh.into(),
+            yl.si.into(),
+            scale.into(),
+        ];
+        if let Some((mp, _, st, w)) = &mask_info {
+            caps.extend::<[BasicValueEnum; 5]>([
+                (*mp).into(),
+                st[0].into(),
+                st[1].into(),
+                st[2].into(),
+                (*w).into(),
+            ]);
+        }
+        let mask_dt = mask_info.as_ref().map(|m| m.1);
+        self.parallel_for(rows, &caps, |cg, c, lo, hi| {
+            let p = |k: usize| c[k].into_pointer_value();
+            let i = |k: usize| c[k].into_int_value();
+            let (qp, kp, vp, yp, pp) = (p(0), p(1), p(2), p(3), p(4));
+            let (hq, l, d, dv, total, grp, sn) = (i(5), i(6), i(7), i(8), i(9), i(10), i(11));
+            let (qsb, qsh, qsi) = (i(12), i(13), i(14));
+            let (ksb, ksh, ksi) = (i(15), i(16), i(17));
+            let (vsb, vsh, vsi) = (i(18), i(19), i(20));
+            let (ysb, ysh, ysi) = (i(21), i(22), i(23));
+            let scale = c[24].into_float_value();
+            let f64t = cg.f64t();
+            let acc = cg.b.build_array_alloca(f64t, dv, "acc")?;
+            let mx = cg.b.build_alloca(f64t, "mx")?;
+            let sum = cg.b.build_alloca(f64t, "sum")?;
+            let dot = cg.b.build_alloca(f64t, "dot")?;
+            cg.for_range(lo, hi, |cg, r| {
+                // r = (bi·hq + h)·l + qi
+                let qi = cg.srem(r, l)?;
+                let bh = cg.sdiv(r, l)?;
+                let h = cg.srem(bh, hq)?;
+                let bi = cg.sdiv(bh, hq)?;
+                let kh = cg.sdiv(h, grp)?;
+                let past = cg.load_i64(pp, bi)?;
+                let qbase = cg.add(cg.add(cg.mul(bi, qsb)?, cg.mul(h, qsh)?)?, cg.mul(qi, qsi)?)?;
+                let kbase = cg.add(cg.mul(bi, ksb)?, cg.mul(kh, ksh)?)?;
+                let vbase = cg.add(cg.mul(bi, vsb)?, cg.mul(kh, vsh)?)?;
+                // score(j), -inf when masked.
+                let score = |cg: &mut Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
+                    cg.b.build_store(dot, cg.cf64(0.0))?;
+                    let kb = cg.add(kbase, cg.mul(j, ksi)?)?;
+                    cg.for_n(d, |cg, t| {
+                        let a = cg.fext(cg.load_f32(qp, cg.add(qbase, t)?)?)?;
+                        let bb = cg.fext(cg.load_f32(kp, cg.add(kb, t)?)?)?;
+                        let s = cg.b.build_load(f64t, dot, "")?.into_float_value();
+                        cg.b.build_store(dot, cg.fadd(s, cg.fmul(a, bb)?)?)?;
+                        Ok(())
+                    })?;
+                    let mut s =
+                        cg.fmul(cg.b.build_load(f64t, dot, "")?.into_float_value(), scale)?;
+                    if softcap > 0.0 {
+                        let sc = cg.cf64(softcap as f64);
+                        let t =
+                            cg.intrinsic("llvm.tanh", &[f64t.into()], &[cg.fdiv(s, sc)?.into()]);
+                        let t = match t {
+                            Ok(t) => t.into_float_value(),
+                            Err(_) => return cg.err("tanh is not available"),
+                        };
+                        s = cg.fmul(sc, t)?;
+                    }
+                    let ninf = cg.cf64(f64::NEG_INFINITY);
+                    let qpos = cg.add(past, qi)?;
+                    // Masking rules.
+                    let mut masked = cg.cx.bool_type().const_zero();
+                    if causal || gqa {
+                        let after = cg.icmp(IntPredicate::SGT, j, qpos)?;
+                        masked = cg.b.build_or(masked, after, "")?;
+                    }
+                    if gqa {
+                        let beyond = cg.icmp(IntPredicate::SGE, j, cg.add(past, sn)?)?;
+                        masked = cg.b.build_or(masked, beyond, "")?;
+                    }
+                    if let Some(mdt) = mask_dt {
+                        let (mp, s0, s1, s2, w) = (p(25), i(26), i(27), i(28), i(29));
+                        let inside = cg.icmp(IntPredicate::SLT, j, w)?;
+                        let jc = cg.select_i(inside, j, cg.c64(0))?;
+                        let mi = cg.add(
+                            cg.add(cg.add(cg.mul(bi, s0)?, cg.mul(h, s1)?)?, cg.mul(qi, s2)?)?,
+                            jc,
+                        )?;
+                        let outside = cg.b.build_not(inside, "")?;
+                        masked = cg.b.build_or(masked, outside, "")?;
+                        match mdt {
+                            DType::Bool => {
+                                let mv = cg.load_u8(mp, mi)?;
+                                let off = cg.icmp(IntPredicate::EQ, mv, cg.i8t().const_zero())?;
+                                masked = cg.b.build_or(masked, off, "")?;
+                            }
+                            DType::F32 => {
+                                let add = cg.fext(cg.load_f32(mp, mi)?)?;
+                                s = cg.fadd(s, add)?;
+                                let ni = cg.fcmp(FloatPredicate::OEQ, add, ninf)?;
+                                masked = cg.b.build_or(masked, ni, "")?;
+                            }
+                            other => return cg.err(format!("mask of type {other}")),
+                        }
+                    }
+                    cg.select_f(masked, ninf, s)
+                };
+                cg.b.build_store(mx, cg.cf64(f64::NEG_INFINITY))?;
+                cg.for_n(total, |cg, j| {
+                    let s = score(cg, j)?;
+                    let m = cg.b.build_load(f64t, mx, "")?.into_float_value();
+                    let m2 = cg
+                        .intrinsic("llvm.maxnum", &[f64t.into()], &[m.into(), s.into()])?
+                        .into_float_value();
+                    cg.b.build_store(mx, m2)?;
+                    Ok(())
+                })?;
+                let m = cg.b.build_load(f64t, mx, "")?.into_float_value();
+                cg.b.build_store(sum, cg.cf64(0.0))?;
+                cg.for_n(dv, |cg, t| {
+                    cg.store(DType::F64, acc, t, cg.cf64(0.0).into())
+                })?;
+                let any = cg.fcmp(FloatPredicate::ONE, m, cg.cf64(f64::NEG_INFINITY))?;
+                let m_safe = cg.select_f(any, m, cg.cf64(0.0))?;
+                cg.for_n(total, |cg, j| {
+                    let s = score(cg, j)?;
+                    let e = cg
+                        .intrinsic("llvm.exp", &[f64t.into()], &[cg.fsub(s, m_safe)?.into()])?
+                        .into_float_value();
+                    let su = cg.b.build_load(f64t, sum, "")?.into_float_value();
+                    cg.b.build_store(sum, cg.fadd(su, e)?)?;
+                    let vb = cg.add(vbase, cg.mul(j, vsi)?)?;
+                    cg.for_n(dv, |cg, t| {
+                        let x = cg.fext(cg.load_f32(vp, cg.add(vb, t)?)?)?;
+                        let a = cg.load(DType::F64, acc, t)?.into_float_value();
+                        cg.store(DType::F64, acc, t, cg.fadd(a, cg.fmul(e, x)?)?.into())
+                    })
+                })?;
+                let su = cg.b.build_load(f64t, sum, "")?.into_float_value();
+                let ybase = cg.add(cg.add(cg.mul(bi, ysb)?, cg.mul(h, ysh)?)?, cg.mul(qi, ysi)?)?;
+                cg.for_n(dv, |cg, t| {
+                    let a = cg.load(DType::F64, acc, t)?.into_float_value();
+                    let o = cg.ftrunc(cg.fdiv(a, su)?)?;
+                    let o = cg.select_f(any, o, cg.cf32(0.0))?;
+                    cg.store(DType::F32, yp, cg.add(ybase, t)?, o.into())
+                })
+            })
+        })?;
+        self.release(pastbuf)?;
+        let ydims = if three_d {
+            vec![b, l, self.mul(hq, dv)?]
+        } else {
+            vec![b, hq, l, dv]
+        };
+        let mut out = vec![Val {
+            ptr: y,
+            dims: ydims,
+            dt: DType::F32,
+        }];
+        if owned_kv {
+            out.push(Val {
+                ptr: kk,
+                dims: vec![b, hkv, total, d],
+                dt: DType::F32,
+            });
+            out.push(Val {
+                ptr: vv,
+                dims: vec![b, hkv, total, dv],
+                dt: DType::F32,
+            });
+        } else {
+            out.push(k.clone());
+            out.push(v.clone());
+        }
+        Ok(out)
+    }
+}
+
+pub fn emit<'c>(
+    cg: &mut Cg<'c>,
+    n: &Node,
+    ins: &[Option<Val<'c>>],
+    opset: i64,
+) -> R<Option<Vec<Val<'c>>>> {
+    let op = n.op.as_str();
+    let eps = n.float("epsilon").unwrap_or(1e-5);
+    let axis = n.int("axis").unwrap_or(-1);
+    let out = match op {
+        "lpc.rms_norm" | "RMSNormalization" | "SimplifiedLayerNormalization" => {
+            let (x, s) = (arg(cg, ins, 0)?.clone(), arg(cg, ins, 1)?.clone());
+            cg.norm(&x, n.outputs.len(), axis, eps, false, &s, None)?
+        }
+        "lpc.layer_norm" | "LayerNormalization" => {
+            let (x, s) = (arg(cg, ins, 0)?.clone(), arg(cg, ins, 1)?.clone());
+            let b = ins.get(2).cloned().flatten();
+            cg.norm(&x, n.outputs.len(), axis, eps, true, &s, b.as_ref())?
+        }
+        "Softmax" => {
+            let x = arg(cg, ins, 0)?.clone();
+            let ax = n.int("axis").unwrap_or(if opset >= 13 { -1 } else { 1 });
+            vec![cg.softmax(&x, ax, opset)?]
+        }
+        "lpc.rope" | "RotaryEmbedding" => vec![cg.rope(n, ins)?],
+        "lpc.attention" => cg.attention(n, ins)?,
+        _ => return Ok(None),
+    };
+    Ok(Some(out))
+}
