@@ -162,13 +162,15 @@ pub fn rotary_embedding(c: &OpCtx) -> R<Vec<TensorValue>> {
                 Ok(r as usize)
             }
             None => {
-                if cos_t.shape.len() != 3 || cos_t.shape[0] != b || cos_t.shape[1] != s {
+                let cb = cos_t.shape.first().copied().unwrap_or(0);
+                if cos_t.shape.len() != 3 || (cb != b && cb != 1) || cos_t.shape[1] != s {
                     return Err(format!(
-                        "without position_ids, caches must be [B, S, rot/2], got {:?}",
+                        "without position_ids, caches must be [B or 1, S, rot/2], got {:?}",
                         cos_t.shape
                     ));
                 }
-                Ok(bi * s + si)
+                // Caches of batch 1 are shared by every batch entry.
+                Ok(if cb == 1 { si } else { bi * s + si })
             }
         }
     };

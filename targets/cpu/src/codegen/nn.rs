@@ -259,9 +259,18 @@ impl<'c> Cg<'c> {
             "the rotary dimension does not fit the head size and caches",
         )?;
         let cache_rows = self.sdiv(self.product(&cos.dims)?, cw)?;
+        // Without position ids: caches [B, S, rot/2], or [1, S, rot/2] shared
+        // by every batch entry.
+        let mut cache_batch = self.c64(0);
         if pos.is_none() {
-            let ok = self.icmp(IntPredicate::EQ, cache_rows, self.mul(b, s)?)?;
-            self.check(ok, "without position_ids, caches must be [B, S, rot/2]")?;
+            let full = self.icmp(IntPredicate::EQ, cache_rows, self.mul(b, s)?)?;
+            let shared = self.icmp(IntPredicate::EQ, cache_rows, s)?;
+            let ok = self.b.build_or(full, shared, "")?;
+            self.check(
+                ok,
+                "without position_ids, caches must be [B or 1, S, rot/2]",
+            )?;
+            cache_batch = self.select_i(full, self.c64(1), self.c64(0))?;
         }
         let total = self.product(&x.dims)?;
         let y = self.alloc(DType::F32, total)?;
@@ -283,7 +292,7 @@ impl<'c> Cg<'c> {
                     cg.check(ok, "a position id is outside the caches")?;
                     r
                 }
-                None => cg.add(cg.mul(bs[0], s)?, bs[1])?,
+                None => cg.add(cg.mul(cg.mul(bs[0], cache_batch)?, s)?, bs[1])?,
             };
             let cbase = cg.mul(row, cw)?;
             cg.for_nd(&[h, half], &mut |cg, hi| {

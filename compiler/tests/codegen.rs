@@ -1,0 +1,499 @@
+//! Compiled libraries end to end: `lpc compile -o model.so` through the real
+//! binary, then the library driven through its C API (`lpc::native`), the C
+//! example, the Python example, `lpc run model.so`, and bad input.
+//!
+//! The bar (issue 5): for every fixture and format (none, mxfp4, hif4,
+//! hif8) the library's outputs equal the interpreter's outputs of the same
+//! quantized graph within 1e-5 of the output's largest magnitude, and the
+//! unquantized library matches onnxruntime (`ref_ort`) within 1e-4.
+
+use lpc::native::NativeModel;
+use lpc::{npy, run};
+use lpc_ir::interp::TensorValue;
+use lpc_rt::{LpcTensor, MAX_RANK};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn lpc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lpc"))
+        .args(args)
+        .output()
+        .expect("running lpc")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Compiles a fixture into `dir/NAME.so` (extra flags appended).
+fn compile(fixture: &str, format: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let m = models().join(fixture).join("model.onnx");
+    let so = dir.join(format!("{fixture}_{format}.so"));
+    let mut args = vec!["compile", s(&m), "-o", s(&so)];
+    if format != "none" {
+        args.extend(["--format", format]);
+    }
+    args.extend(extra);
+    let o = lpc(&args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    so
+}
+
+/// Largest |a - b| over the largest |b|.
+fn rel_diff(got: &TensorValue, want: &TensorValue) -> f64 {
+    assert_eq!(got.shape, want.shape);
+    assert_eq!(got.dtype, want.dtype);
+    let (g, w) = (got.to_f64(), want.to_f64());
+    let scale = w.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
+    g.iter()
+        .zip(&w)
+        .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
+        .fold(0f64, f64::max)
+        / scale
+}
+
+fn inputs_of(dir: &Path, m: &NativeModel) -> Vec<TensorValue> {
+    let names: Vec<String> = m.inputs.iter().map(|i| i.0.clone()).collect();
+    let mut vals = run::read_inputs_named(&names, Some(dir), &[]).unwrap();
+    names.iter().map(|n| vals.remove(n).unwrap()).collect()
+}
+
+fn check_fixture(fixture: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = models().join(fixture).join("model.onnx");
+    // Prefill inputs, and the decode step's where the fixture has one.
+    let sets: Vec<(PathBuf, PathBuf)> =
+        [("inputs", "ref_ort"), ("decode_inputs", "decode_ref_ort")]
+            .iter()
+            .map(|(i, r)| {
+                (
+                    models().join(fixture).join(i),
+                    models().join(fixture).join(r),
+                )
+            })
+            .filter(|(i, _)| i.is_dir())
+            .collect();
+    for format in ["none", "mxfp4", "hif4", "hif8"] {
+        let so = compile(fixture, format, dir.path(), &[]);
+        let lib = NativeModel::load(&so, 2).unwrap();
+        for (inputs, ref_ort) in &sets {
+            check_set(&lib, &model, inputs, ref_ort, format, dir.path());
+        }
+    }
+}
+
+fn check_set(
+    lib: &NativeModel,
+    model: &Path,
+    inputs: &Path,
+    ref_ort: &Path,
+    format: &str,
+    dir: &Path,
+) {
+    let fixture = inputs.display();
+    {
+        let ins = inputs_of(inputs, lib);
+        let got = lib.run(&ins).unwrap();
+        // The interpreter on the same quantized graph, through the CLI.
+        let refs = dir.join(format!("{format}.npz"));
+        let mut args = vec![
+            "run",
+            s(model),
+            "--inputs",
+            s(inputs),
+            "--outputs",
+            s(&refs),
+        ];
+        if format != "none" {
+            args.extend(["--format", format]);
+        }
+        let o = lpc(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let want: Vec<(String, TensorValue)> = lib
+            .outputs
+            .iter()
+            .map(|(n, _)| {
+                let a = npy::read_npz(&refs)
+                    .unwrap()
+                    .into_iter()
+                    .find(|(k, _)| k == n)
+                    .unwrap_or_else(|| panic!("no `{n}` in {}", refs.display()))
+                    .1;
+                (n.clone(), run::value_from_npy(&a))
+            })
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (g, (name, w)) in got.iter().zip(&want) {
+            let d = rel_diff(g, w);
+            assert!(
+                d <= 1e-5,
+                "{fixture} {format} {name}: library vs interpreter {d:e}"
+            );
+        }
+        if format == "none" {
+            let mut compared = 0;
+            for (g, (name, _)) in got.iter().zip(&want) {
+                let p = ref_ort.join(format!("{}.npy", name.replace('/', "_")));
+                if !p.exists() {
+                    continue;
+                }
+                compared += 1;
+                let r = run::value_from_npy(&npy::read(&p).unwrap());
+                let (a, b) = (g.to_f64(), r.to_f64());
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        (x - y).abs() <= 1e-4 + 1e-4 * y.abs(),
+                        "{fixture} {name}: {x} vs onnxruntime {y}"
+                    );
+                }
+            }
+            assert!(compared > 0, "{fixture}: no onnxruntime reference");
+        }
+    }
+}
+
+#[test]
+fn qwen3_prefill_op23_matches_the_interpreter() {
+    check_fixture("qwen3_small_prefill_op23");
+}
+#[test]
+fn qwen3_prefill_ts_matches_the_interpreter() {
+    check_fixture("qwen3_small_prefill_ts");
+}
+#[test]
+fn qwen3_decode_ts_matches_the_interpreter() {
+    check_fixture("qwen3_small_decode_ts");
+}
+#[test]
+fn qwen3_genai_matches_the_interpreter() {
+    check_fixture("qwen3_small_genai_fp32");
+}
+#[test]
+fn wan_op23_matches_the_interpreter() {
+    check_fixture("wan_small_op23");
+}
+#[test]
+fn wan_ts_matches_the_interpreter() {
+    check_fixture("wan_small_ts");
+}
+
+fn tensor(dtype: i32, dims: &[i64], data: *mut std::ffi::c_void) -> LpcTensor {
+    let mut d = [0i64; MAX_RANK];
+    d[..dims.len()].copy_from_slice(dims);
+    LpcTensor {
+        dtype,
+        rank: dims.len() as i32,
+        dims: d,
+        data,
+    }
+}
+
+/// Runs the C example (built here) on a compiled model, optionally under
+/// valgrind; returns the output directory.
+fn run_c_example(so: &Path, inputs: &Path, dir: &Path, valgrind: bool) -> PathBuf {
+    let header = so.with_extension("h");
+    let exe = dir.join("run_model");
+    let o = Command::new("cc")
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-g"])
+        .arg(format!("-I{}", header.parent().unwrap().display()))
+        .arg(format!(
+            "-DLPC_MODEL_HEADER=\"{}\"",
+            header.file_name().unwrap().to_str().unwrap()
+        ))
+        .arg(examples().join("c/run_model.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = dir.join(if valgrind { "c_valgrind" } else { "c_out" });
+    std::fs::create_dir_all(&out).unwrap();
+    let mut cmd = if valgrind {
+        let mut c = Command::new("valgrind");
+        c.args([
+            "-q",
+            "--error-exitcode=9",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+        ])
+        .arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    let o = cmd.arg(so).arg(inputs).arg(&out).arg("2").output().unwrap();
+    assert!(
+        o.status.success(),
+        "C example{}: {}",
+        if valgrind { " under valgrind" } else { "" },
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+fn read_dir_outputs(dir: &Path, lib: &NativeModel) -> Vec<TensorValue> {
+    lib.outputs
+        .iter()
+        .map(|(n, _)| {
+            let p = dir.join(format!("{}.npy", n.replace('/', "_")));
+            run::value_from_npy(&npy::read(&p).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn c_and_python_examples_run_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = "qwen3_small_decode_ts";
+    let so = compile(fx, "mxfp4", dir.path(), &[]);
+    let inputs = models().join(fx).join("inputs");
+    let lib = NativeModel::load(&so, 2).unwrap();
+    let want = lib.run(&inputs_of(&inputs, &lib)).unwrap();
+    let c_out = run_c_example(&so, &inputs, dir.path(), false);
+    for (g, w) in read_dir_outputs(&c_out, &lib).iter().zip(&want) {
+        assert_eq!(rel_diff(g, w), 0.0, "C example differs");
+    }
+    // The Python example: numpy and ctypes only (Debian's python3-numpy,
+    // installed by scripts/setup.sh).
+    let py = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let py_out = dir.path().join("py_out");
+    std::fs::create_dir_all(&py_out).unwrap();
+    let o = Command::new(py)
+        .arg(examples().join("python/run_model.py"))
+        .arg(&so)
+        .arg(&inputs)
+        .arg(&py_out)
+        .arg("2")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "Python example (needs numpy: scripts/setup.sh installs python3-numpy): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (g, w) in read_dir_outputs(&py_out, &lib).iter().zip(&want) {
+        assert_eq!(rel_diff(g, w), 0.0, "Python example differs");
+    }
+}
+
+/// The AVX2 path (`--target-cpu haswell`, no AVX-512) on this machine:
+/// correct, and clean under valgrind (which cannot run AVX-512 code).
+#[test]
+fn avx2_build_is_correct_and_clean_under_valgrind() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = "qwen3_small_decode_ts";
+    let inputs = models().join(fx).join("inputs");
+    for format in ["mxfp4", "hif4", "hif8"] {
+        let native = compile(fx, format, dir.path(), &[]);
+        let lib = NativeModel::load(&native, 1).unwrap();
+        let want = lib.run(&inputs_of(&inputs, &lib)).unwrap();
+        drop(lib);
+        let hdir = dir.path().join(format!("haswell_{format}"));
+        std::fs::create_dir_all(&hdir).unwrap();
+        let so = compile(fx, format, &hdir, &["--target-cpu", "haswell"]);
+        let asm = lpc(&[
+            "compile",
+            s(&models().join(fx).join("model.onnx")),
+            "--format",
+            format,
+            "--target-cpu",
+            "haswell",
+            "--emit",
+            "asm",
+        ]);
+        let text = String::from_utf8_lossy(&asm.stdout);
+        assert!(
+            text.contains("ymm") && !text.contains("zmm"),
+            "haswell code uses AVX2, not AVX-512"
+        );
+        let lib = NativeModel::load(&so, 2).unwrap();
+        let got = lib.run(&inputs_of(&inputs, &lib)).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(rel_diff(g, w) <= 1e-5, "{format}: AVX2 build differs");
+        }
+        if format == "mxfp4" {
+            let out = run_c_example(&so, &inputs, &hdir, true);
+            for (g, w) in read_dir_outputs(&out, &lib).iter().zip(&want) {
+                assert!(rel_diff(g, w) <= 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_through_the_c_api_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = "qwen3_small_prefill_ts";
+    let so = compile(fx, "mxfp4", dir.path(), &["--max-dim", "64"]);
+    let lib = NativeModel::load(&so, 1).unwrap();
+    assert_eq!(lib.inputs.len(), 1);
+    let mut ids = vec![1i64; 4 * 70];
+    let p = ids.as_mut_ptr() as *mut std::ffi::c_void;
+    let mut outs = vec![tensor(0, &[], std::ptr::null_mut()); lib.outputs.len()];
+    let mut expect = |ins: &[LpcTensor], code: i32, needle: &str| {
+        // SAFETY: every descriptor points into `ids` within its length.
+        let rc = unsafe { lib.run_raw(ins, &mut outs) };
+        let e = lib.error();
+        assert_eq!(rc, code, "{needle}: {e}");
+        assert!(e.contains(needle), "expected `{needle}` in `{e}`");
+    };
+    expect(&[tensor(7, &[1, 5, 1], p)], 2, "rank 3, expected 2");
+    expect(&[tensor(1, &[1, 5], p)], 2, "element type f32");
+    expect(
+        &[tensor(7, &[1, 5], std::ptr::null_mut())],
+        2,
+        "data pointer is null",
+    );
+    expect(&[tensor(7, &[1, -5], p)], 2, "negative");
+    expect(&[tensor(7, &[1, 70], p)], 2, "above its limit 64");
+    expect(&[], 1, "takes 1 inputs");
+    // The good call still works afterwards.
+    // SAFETY: as above.
+    let rc = unsafe { lib.run_raw(&[tensor(7, &[2, 5], p)], &mut outs) };
+    assert_eq!(rc, 0, "{}", lib.error());
+    assert_eq!(&outs[0].dims[..3], &[2, 5, 512]);
+    // Batch 2 agrees with the interpreter on the same quantized graph.
+    let bdir = dir.path().join("batch2");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let ids2: Vec<i64> = (0..10).map(|i| (i * 37 + 5) % 512).collect();
+    let bytes: Vec<u8> = ids2.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut f = std::fs::File::create(bdir.join("input_ids.npy")).unwrap();
+    npy::write(&mut f, lpc_ir::DType::I64, &[2, 5], &bytes).unwrap();
+    let refs = dir.path().join("b2.npz");
+    let m = models().join(fx).join("model.onnx");
+    let o = lpc(&[
+        "run",
+        s(&m),
+        "--inputs",
+        s(&bdir),
+        "--format",
+        "mxfp4",
+        "--outputs",
+        s(&refs),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = run::value_from_npy(&npy::read_npz(&refs).unwrap().remove(0).1);
+    let ins = inputs_of(&bdir, &lib);
+    assert!(rel_diff(&lib.run(&ins).unwrap()[0], &want) <= 1e-5);
+    // An index out of range is a run-time error naming the node, not a crash.
+    ids[3] = 100_000;
+    // SAFETY: as above.
+    let rc = unsafe { lib.run_raw(&[tensor(7, &[1, 5], p)], &mut outs) };
+    assert_eq!(rc, 3);
+    assert!(
+        lib.error().contains("Gather: an index is out of range"),
+        "{}",
+        lib.error()
+    );
+}
+
+#[test]
+fn weights_files_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let so = compile("wan_small_op23", "hif4", dir.path(), &[]);
+    let w = so.with_extension("lpcw");
+    let good = std::fs::read(&w).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 1;
+    std::fs::write(&w, &bad).unwrap();
+    let e = NativeModel::load(&so, 1).unwrap_err();
+    assert!(e.contains("is corrupt"), "{e}");
+    std::fs::write(&w, &good[..n / 3]).unwrap();
+    let e = NativeModel::load(&so, 1).unwrap_err();
+    assert!(e.contains("is truncated"), "{e}");
+    // Another model's weights.
+    let other = compile("wan_small_op23", "mxfp4", dir.path(), &[]);
+    std::fs::copy(other.with_extension("lpcw"), &w).unwrap();
+    let e = NativeModel::load(&so, 1).unwrap_err();
+    assert!(e.contains("belongs to another compile"), "{e}");
+    std::fs::write(&w, &good).unwrap();
+    NativeModel::load(&so, 1).unwrap();
+}
+
+#[test]
+fn embedded_weights_emit_stages_and_lpc_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = "wan_small_ts";
+    let m = models().join(fx).join("model.onnx");
+    let inputs = models().join(fx).join("inputs");
+    let sub = dir.path().join("emb");
+    std::fs::create_dir_all(&sub).unwrap();
+    let emb = compile(fx, "hif8", &sub, &["--embed-weights"]);
+    assert!(!emb.with_extension("lpcw").exists());
+    let plain = compile(fx, "hif8", dir.path(), &[]);
+    let (a, b) = (
+        NativeModel::load(&emb, 2).unwrap(),
+        NativeModel::load(&plain, 2).unwrap(),
+    );
+    let (ga, gb) = (
+        a.run(&inputs_of(&inputs, &a)).unwrap(),
+        b.run(&inputs_of(&inputs, &b)).unwrap(),
+    );
+    assert_eq!(rel_diff(&ga[0], &gb[0]), 0.0);
+    let header = std::fs::read_to_string(plain.with_extension("h")).unwrap();
+    for needle in [
+        "lpc_model_load",
+        "lpc_tensor",
+        "#define LPC_NUM_INPUTS 3",
+        "LPC_OUTPUT_0_NAME \"sample\"",
+    ] {
+        assert!(header.contains(needle), "header lacks {needle}:\n{header}");
+    }
+    // --emit stops at each stage.
+    for (emit, needle) in [("llvm", "define"), ("asm", "lpc_model_load")] {
+        let o = lpc(&["compile", s(&m), "--format", "mxfp4", "--emit", emit]);
+        assert!(o.status.success());
+        assert!(String::from_utf8_lossy(&o.stdout).contains(needle));
+    }
+    let obj = dir.path().join("m.o");
+    let o = lpc(&["compile", s(&m), "--emit", "obj", "-o", s(&obj)]);
+    assert!(o.status.success());
+    assert_eq!(&std::fs::read(&obj).unwrap()[..4], b"\x7fELF");
+    let o = lpc(&["compile", s(&m), "--emit", "lib"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs an output file"));
+    let missing = dir.path().join("no/such/dir/m.so");
+    let o = lpc(&["compile", s(&m), "-o", s(&missing)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!missing.exists());
+    // `lpc run` on the library.
+    let o = lpc(&["run", s(&plain), "--inputs", s(&inputs), "--threads", "2"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("sample: f32") && out.contains("run time"),
+        "{out}"
+    );
+    // Nothing but the outputs is left in the output directories.
+    for d in [dir.path(), &sub] {
+        for e in std::fs::read_dir(d).unwrap() {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !n.starts_with(".lpc-build"),
+                "staging directory left behind: {n}"
+            );
+        }
+    }
+}
