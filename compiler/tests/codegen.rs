@@ -71,6 +71,10 @@ fn inputs_of(dir: &Path, m: &NativeModel) -> Vec<TensorValue> {
 }
 
 fn check_fixture(fixture: &str) {
+    check_fixture_with(fixture, &["none", "mxfp4", "hif4", "hif8"], &[]);
+}
+
+fn check_fixture_with(fixture: &str, formats: &[&str], flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let model = models().join(fixture).join("model.onnx");
     // Prefill inputs, and the decode step's where the fixture has one.
@@ -85,11 +89,11 @@ fn check_fixture(fixture: &str) {
             })
             .filter(|(i, _)| i.is_dir())
             .collect();
-    for format in ["none", "mxfp4", "hif4", "hif8"] {
-        let so = compile(fixture, format, dir.path(), &[]);
+    for &format in formats {
+        let so = compile(fixture, format, dir.path(), flags);
         let lib = NativeModel::load(&so, 2).unwrap();
         for (inputs, ref_ort) in &sets {
-            check_set(&lib, &model, inputs, ref_ort, format, dir.path());
+            check_set(&lib, &model, inputs, ref_ort, format, flags, dir.path());
         }
     }
 }
@@ -100,6 +104,7 @@ fn check_set(
     inputs: &Path,
     ref_ort: &Path,
     format: &str,
+    flags: &[&str],
     dir: &Path,
 ) {
     let fixture = inputs.display();
@@ -119,6 +124,7 @@ fn check_set(
         if format != "none" {
             args.extend(["--format", format]);
         }
+        args.extend(flags.iter().filter(|f| !f.starts_with("--target")));
         let o = lpc(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let want: Vec<(String, TensorValue)> = lib
@@ -183,6 +189,14 @@ fn qwen3_genai_matches_the_interpreter() {
 #[test]
 fn wan_op23_matches_the_interpreter() {
     check_fixture("wan_small_op23");
+}
+#[test]
+fn weight_only_quantization_matches_the_interpreter() {
+    check_fixture_with(
+        "qwen3_small_decode_ts",
+        &["mxfp4", "hif4", "hif8"],
+        &["--activations", "none"],
+    );
 }
 #[test]
 fn wan_ts_matches_the_interpreter() {

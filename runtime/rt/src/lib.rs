@@ -276,6 +276,8 @@ pub fn format_from_codes(f: i32, m: i32) -> Option<Format> {
 /// format's reference codec: each row is first rotated by the block Hadamard
 /// transform when `rotate > 0`, and scaled by its power of two (written to
 /// `exps[r]`) when `pow2 != 0`. Writes `rows · bytes_per_row` packed bytes.
+/// With `fmt < 0` (weight-only quantization) the rows are only rotated and
+/// written as f32 (`out` then holds `rows · k` floats).
 ///
 /// # Safety
 /// `x` holds `rows · k` floats, `out` the packed rows, `exps` `rows` ints
@@ -292,10 +294,27 @@ pub unsafe extern "C" fn lpc_rt_quantize_rows(
     out: *mut u8,
     exps: *mut i32,
 ) {
+    let (rows, k) = (rows.max(0) as usize, k.max(0) as usize);
+    if fmt < 0 {
+        // Weight-only quantization: rows rotated (or copied) as f32.
+        for r in 0..rows {
+            // SAFETY: in bounds by the contract above; `out` holds f32 rows.
+            let (src, dst) = unsafe {
+                (
+                    std::slice::from_raw_parts(x.add(r * k), k),
+                    std::slice::from_raw_parts_mut((out as *mut f32).add(r * k), k),
+                )
+            };
+            dst.copy_from_slice(src);
+            if rotate > 0 {
+                lpc_runtime::hadamard::rotate_blocks(dst, rotate as usize);
+            }
+        }
+        return;
+    }
     let Some(f) = format_from_codes(fmt, mode) else {
         return;
     };
-    let (rows, k) = (rows.max(0) as usize, k.max(0) as usize);
     let bpr = k.div_ceil(f.block_len()) * f.block_bytes();
     let l = lpc_runtime::formats::AxisLayout::new(&[1, k], 1, f.block_len());
     let mut row = vec![0f32; k];

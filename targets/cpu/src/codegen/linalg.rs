@@ -126,54 +126,8 @@ impl<'c> Cg<'c> {
                 self.for_n(nb, |cg, t| {
                     let base = cg.mul(t, cg.c64(36))?;
                     cg.b.build_store(isum, cg.c64(0))?;
-                    let code =
-                        |cg: &Cg<'c>, p: PointerValue<'c>, i: IntValue<'c>| -> R<IntValue<'c>> {
-                            let byte = cg.zext64(cg.load_u8(
-                                p,
-                                cg.add(base, cg.add(cg.c64(4), cg.sdiv(i, cg.c64(2))?)?)?,
-                            )?)?;
-                            let sh = cg.mul(cg.srem(i, cg.c64(2))?, cg.c64(4))?;
-                            let nib = cg.b.build_and(
-                                cg.b.build_right_shift(byte, sh, false, "")?,
-                                cg.c64(15),
-                                "",
-                            )?;
-                            let g = cg.sdiv(i, cg.c64(8))?;
-                            let m1 = cg.zext64(cg.load_u8(p, cg.add(base, cg.c64(1))?)?)?;
-                            let e8 = cg.b.build_and(
-                                cg.b.build_right_shift(m1, cg.sub(cg.c64(7), g)?, false, "")?,
-                                cg.c64(1),
-                                "",
-                            )?;
-                            let h = cg.sdiv(i, cg.c64(4))?;
-                            let m2 = cg.zext64(cg.load_u8(
-                                p,
-                                cg.add(base, cg.add(cg.c64(2), cg.sdiv(h, cg.c64(8))?)?)?,
-                            )?)?;
-                            let e16 = cg.b.build_and(
-                                cg.b.build_right_shift(
-                                    m2,
-                                    cg.sub(cg.c64(7), cg.srem(h, cg.c64(8))?)?,
-                                    false,
-                                    "",
-                                )?,
-                                cg.c64(1),
-                                "",
-                            )?;
-                            let mag = cg.b.build_left_shift(
-                                cg.b.build_and(nib, cg.c64(7), "")?,
-                                cg.add(e8, e16)?,
-                                "",
-                            )?;
-                            let neg = cg.icmp(
-                                IntPredicate::NE,
-                                cg.b.build_and(nib, cg.c64(8), "")?,
-                                cg.c64(0),
-                            )?;
-                            cg.select_i(neg, cg.sub(cg.c64(0), mag)?, mag)
-                        };
                     cg.for_n(cg.c64(64), |cg, i| {
-                        let (ca, cw) = (code(cg, a, i)?, code(cg, w, i)?);
+                        let (ca, cw) = (cg.hif4_code(a, base, i)?, cg.hif4_code(w, base, i)?);
                         let s = cg.b.build_load(cg.i64t(), isum, "")?.into_int_value();
                         cg.b.build_store(isum, cg.add(s, cg.mul(ca, cw)?)?)?;
                         Ok(())
@@ -200,6 +154,119 @@ impl<'c> Cg<'c> {
             }
         }
         Ok(self.b.build_load(f64t, acc, "")?.into_float_value())
+    }
+
+    /// The f64 dot product of an f32 row with a packed weight row of `k`
+    /// elements (weight-only quantization): each weight element decoded to
+    /// its exact value.
+    fn mixed_dot(
+        &mut self,
+        f: Format,
+        x: PointerValue<'c>,
+        w: PointerValue<'c>,
+        k: i64,
+        acc: PointerValue<'c>,
+    ) -> R<FloatValue<'c>> {
+        let f64t = self.f64t();
+        self.b.build_store(acc, self.cf64(0.0))?;
+        let add = |cg: &Cg<'c>, i: IntValue<'c>, v: FloatValue<'c>| -> R<()> {
+            let xv = cg.fext(cg.load_f32(x, i)?)?;
+            let old = cg.b.build_load(f64t, acc, "")?.into_float_value();
+            cg.b.build_store(acc, cg.fadd(old, cg.fmul(xv, v)?)?)?;
+            Ok(())
+        };
+        match f {
+            Format::Mxfp4(_) => {
+                let lut = self.table_i8("lpc.e2m1x2", &mxfp4::E2M1_X2);
+                let nb = (k + 31) / 32;
+                self.for_n(self.c64(nb), |cg, t| {
+                    let base = cg.mul(t, cg.c64(17))?;
+                    let sw = cg.zext64(cg.load_u8(w, base)?)?;
+                    let sc = cg.pow2_f64(cg.sub(sw, cg.c64(128))?)?;
+                    let poisoned = cg.icmp(IntPredicate::EQ, sw, cg.c64(255))?;
+                    let sc = cg.select_f(poisoned, cg.cf64(f64::NAN), sc)?;
+                    let lo = cg.mul(t, cg.c64(32))?;
+                    let n = cg.smin(cg.c64(32), cg.sub(cg.c64(k), lo)?)?;
+                    cg.for_n(n, |cg, i| {
+                        let at = cg.add(base, cg.add(cg.c64(1), cg.sdiv(i, cg.c64(2))?)?)?;
+                        let byte = cg.zext64(cg.load_u8(w, at)?)?;
+                        let sh = cg.mul(cg.srem(i, cg.c64(2))?, cg.c64(4))?;
+                        let nib = cg.b.build_and(
+                            cg.b.build_right_shift(byte, sh, false, "")?,
+                            cg.c64(15),
+                            "",
+                        )?;
+                        let c = cg.sext64(cg.load_u8(lut, nib)?)?;
+                        let v = cg.fmul(cg.si_to_f64(c)?, sc)?;
+                        add(cg, cg.add(lo, i)?, v)
+                    })
+                })?;
+            }
+            Format::Hif4(_) => {
+                let scales: Vec<f32> = (0..=255u8).map(hif4::e6m2_to_f32).collect();
+                let st = self.table_f32("lpc.e6m2", &scales);
+                let nb = (k + 63) / 64;
+                self.for_n(self.c64(nb), |cg, t| {
+                    let base = cg.mul(t, cg.c64(36))?;
+                    let sc = cg.fext(cg.load_f32(st, cg.zext64(cg.load_u8(w, base)?)?)?)?;
+                    let sc = cg.fdiv(sc, cg.cf64(4.0))?;
+                    let lo = cg.mul(t, cg.c64(64))?;
+                    let n = cg.smin(cg.c64(64), cg.sub(cg.c64(k), lo)?)?;
+                    cg.for_n(n, |cg, i| {
+                        let c = cg.hif4_code(w, base, i)?;
+                        add(cg, cg.add(lo, i)?, cg.fmul(cg.si_to_f64(c)?, sc)?)
+                    })
+                })?;
+            }
+            Format::Hif8(_) => {
+                let vals: Vec<f32> = (0..=255u8).map(hif8::decode).collect();
+                let lut = self.table_f32("lpc.hif8", &vals);
+                self.for_n(self.c64(k), |cg, i| {
+                    let v = cg.fext(cg.load_f32(lut, cg.zext64(cg.load_u8(w, i)?)?)?)?;
+                    add(cg, i, v)
+                })?;
+            }
+        }
+        Ok(self.b.build_load(f64t, acc, "")?.into_float_value())
+    }
+
+    /// The integer code of element `i` of the HiF4 unit at byte `base`:
+    /// `±((n & 7) << (E1_8 + E1_16))` (SPEC §3.6).
+    fn hif4_code(
+        &self,
+        p: PointerValue<'c>,
+        base: IntValue<'c>,
+        i: IntValue<'c>,
+    ) -> R<IntValue<'c>> {
+        let cg = self;
+        let byte =
+            cg.zext64(cg.load_u8(p, cg.add(base, cg.add(cg.c64(4), cg.sdiv(i, cg.c64(2))?)?)?)?)?;
+        let sh = cg.mul(cg.srem(i, cg.c64(2))?, cg.c64(4))?;
+        let nib =
+            cg.b.build_and(cg.b.build_right_shift(byte, sh, false, "")?, cg.c64(15), "")?;
+        let g = cg.sdiv(i, cg.c64(8))?;
+        let m1 = cg.zext64(cg.load_u8(p, cg.add(base, cg.c64(1))?)?)?;
+        let e8 = cg.b.build_and(
+            cg.b.build_right_shift(m1, cg.sub(cg.c64(7), g)?, false, "")?,
+            cg.c64(1),
+            "",
+        )?;
+        let h = cg.sdiv(i, cg.c64(4))?;
+        let m2 =
+            cg.zext64(cg.load_u8(p, cg.add(base, cg.add(cg.c64(2), cg.sdiv(h, cg.c64(8))?)?)?)?)?;
+        let e16 = cg.b.build_and(
+            cg.b.build_right_shift(m2, cg.sub(cg.c64(7), cg.srem(h, cg.c64(8))?)?, false, "")?,
+            cg.c64(1),
+            "",
+        )?;
+        let mag =
+            cg.b.build_left_shift(cg.b.build_and(nib, cg.c64(7), "")?, cg.add(e8, e16)?, "")?;
+        let neg = cg.icmp(
+            IntPredicate::NE,
+            cg.b.build_and(nib, cg.c64(8), "")?,
+            cg.c64(0),
+        )?;
+        cg.select_i(neg, cg.sub(cg.c64(0), mag)?, mag)
     }
 
     fn epilogue(&self, v: FloatValue<'c>, act: Option<&str>) -> R<FloatValue<'c>> {
@@ -353,12 +420,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let Some(wf) = format_attr(cg, n, "wformat", "wmode")? else {
         return cg.err("weights must be quantized");
     };
-    let Some(af) = format_attr(cg, n, "aformat", "amode")? else {
-        return cg.err(
-            "weight-only quantization (f32 activations) is not supported by code generation yet",
-        );
-    };
-    if af.name() != wf.name() {
+    let af = format_attr(cg, n, "aformat", "amode")?;
+    if let Some(af) = af.filter(|af| af.name() != wf.name()) {
         return cg.err(format!(
             "activations in {} with weights in {} have no block dot product",
             af.name(),
@@ -371,16 +434,18 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             "{kk} features are not a multiple of the rotation block {rot}"
         ));
     }
-    let ascaled = n.string("ascale") == Some("pow2");
+    let ascaled = af.is_some() && n.string("ascale") == Some("pow2");
     let wscaled = n.int("wscale").unwrap_or(0) != 0;
     let rows = cg.product(&x.dims[..x.rank() - 1])?;
-    let bl = af.block_len() as i64;
+    let bl = wf.block_len() as i64;
     let nb_i = (kk + bl - 1) / bl;
-    let bpr = nb_i * af.block_bytes() as i64;
-    // Prologue: every activation row quantized once.
-    let pa = cg.alloc(DType::U8, cg.mul(rows, cg.c64(bpr))?)?;
+    let bpr = nb_i * wf.block_bytes() as i64;
+    // Prologue: every activation row rotated and quantized once (packed
+    // rows), or only rotated (f32 rows) for weight-only quantization.
+    let abpr = if af.is_some() { bpr } else { 4 * kk };
+    let pa = cg.alloc(DType::U8, cg.mul(rows, cg.c64(abpr))?)?;
     let ea = cg.alloc(DType::I32, cg.smax(rows, cg.c64(1))?)?;
-    let (fc, mc) = lpc_rt::format_codes(af);
+    let (fc, mc) = af.map_or((-1, 0), lpc_rt::format_codes);
     let i32c = |v: i32| cg.i32t().const_int(v as u64, true);
     cg.call_void(
         cg.rt("lpc_rt_quantize_rows"),
@@ -454,6 +519,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             residual.as_ref().map_or(null, |r| r.ptr).into(),
         ];
         let (has_e, has_b, has_r) = (e.is_some(), bias.is_some(), residual.is_some());
+        let weight_only = af.is_none();
         let act = act.clone();
         cg.parallel_for(nn, &caps, |cg, c, lo, hi| {
             let p = |i: usize| c[i].into_pointer_value();
@@ -471,8 +537,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             cg.for_range(lo, hi, |cg, j| {
                 let wrow = cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?)?;
                 cg.for_n(rows, |cg, r| {
-                    let arow = cg.gep_bytes(ap, cg.mul(r, cg.c64(bpr))?)?;
-                    let mut v = cg.packed_dot(wf, arow, wrow, nbv, acc, isum)?;
+                    let arow = cg.gep_bytes(ap, cg.mul(r, cg.c64(abpr))?)?;
+                    let mut v = if weight_only {
+                        cg.mixed_dot(wf, arow, wrow, kk, acc)?
+                    } else {
+                        cg.packed_dot(wf, arow, wrow, nbv, acc, isum)?
+                    };
                     if ascaled || has_e {
                         let mut e = cg.c64(0);
                         if ascaled {
