@@ -136,6 +136,26 @@ pub enum Command {
         #[arg(long, value_name = "FORMAT", default_value = "hif8")]
         auto_mixed_format: String,
     },
+    /// Greedy generation with a compiled decoder LLM (`lpc compile -o model.so`
+    /// of a Qwen3-style export with a KV cache): a prefill on the prompt, then
+    /// one token per step; prints the tokens and tokens per second, and with
+    /// --reference the next-token agreement with another library (e.g. f32).
+    Generate {
+        /// The compiled model (.so).
+        model: PathBuf,
+        /// Prompt token ids, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        prompt: Vec<i64>,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// A second compiled library fed the same tokens (agreement).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Worker threads (0: LPC_NUM_THREADS, else all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
+    },
     /// Run a model on .npy inputs: an .onnx in lpc's reference interpreter,
     /// or a compiled library (`lpc compile -o model.so`) natively.
     Run {
@@ -377,6 +397,13 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
             }
             eval::eval(&model, &inputs, &cfg, report.as_deref()).map_err(|e| e.to_string())
         }
+        Command::Generate {
+            model,
+            prompt,
+            steps,
+            reference,
+            threads,
+        } => crate::generate::generate(&model, &prompt, steps, reference.as_deref(), threads),
         Command::Inspect { model, print_ir } => {
             inspect::inspect(&model, print_ir).map_err(|e| e.to_string())
         }

@@ -4,6 +4,7 @@ pub mod atomic;
 pub mod cli;
 pub mod compile;
 pub mod eval;
+pub mod generate;
 pub mod gptq;
 pub mod inspect;
 pub mod native;

@@ -15,6 +15,7 @@ type ErrFn = unsafe extern "C" fn() -> *const c_char;
 type CountFn = unsafe extern "C" fn(*const c_void) -> i64;
 type NameFn = unsafe extern "C" fn(*const c_void, i64) -> *const c_char;
 type DtypeFn = unsafe extern "C" fn(*const c_void, i64) -> i32;
+type DimFn = unsafe extern "C" fn(*const c_void, i64, i32) -> i64;
 
 /// A loaded library and model handle.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct NativeModel {
     err: ErrFn,
     /// Input and output names and element types, in order.
     pub inputs: Vec<(String, DType)>,
+    /// Declared input dimensions (`None`: symbolic).
+    pub input_dims: Vec<Vec<Option<usize>>>,
     pub outputs: Vec<(String, DType)>,
     _lib: libloading::Library,
 }
@@ -57,6 +60,8 @@ impl NativeModel {
         let oname: NameFn = sym(&l, &path, "lpc_model_output_name")?;
         let idt: DtypeFn = sym(&l, &path, "lpc_model_input_dtype")?;
         let odt: DtypeFn = sym(&l, &path, "lpc_model_output_dtype")?;
+        let irank: DtypeFn = sym(&l, &path, "lpc_model_input_rank")?;
+        let idim: DimFn = sym(&l, &path, "lpc_model_input_dim")?;
         let w = lib.with_extension("lpcw");
         let wc = if w.exists() {
             Some(CString::new(w.display().to_string()).map_err(|e| e.to_string())?)
@@ -91,6 +96,15 @@ impl NativeModel {
                 .collect()
         };
         let inputs = list(ni, iname, idt);
+        let input_dims = (0..inputs.len() as i64)
+            .map(|i| {
+                // SAFETY: `handle` is live; indices are in range.
+                let r = unsafe { irank(handle, i) };
+                (0..r)
+                    .map(|k| usize::try_from(unsafe { idim(handle, i, k) }).ok())
+                    .collect()
+            })
+            .collect();
         let outputs = list(no, oname, odt);
         Ok(Self {
             path,
@@ -99,6 +113,7 @@ impl NativeModel {
             free,
             err,
             inputs,
+            input_dims,
             outputs,
             _lib: l,
         })

@@ -725,3 +725,32 @@ pub unsafe extern "C" fn lpc_model_input_dtype(m: *const Model, i: i64) -> i32 {
 pub unsafe extern "C" fn lpc_model_output_dtype(m: *const Model, i: i64) -> i32 {
     dtype_of(m, true, i)
 }
+
+/// Rank of input `i` (-1 when out of range).
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_input_rank(m: *const Model, i: i64) -> i32 {
+    io_of(m, false)
+        .and_then(|(m, _)| m.desc.inputs.get(usize::try_from(i).ok()?))
+        .map_or(-1, |t| t.dims.len() as i32)
+}
+
+/// Dimension `k` of input `i`: its fixed size, or -1 when symbolic (or out
+/// of range).
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_input_dim(m: *const Model, i: i64, k: i32) -> i64 {
+    io_of(m, false)
+        .and_then(|(m, _)| {
+            let t = m.desc.inputs.get(usize::try_from(i).ok()?)?;
+            match t.dims.get(usize::try_from(k).ok()?)? {
+                DimDesc::Fixed(n) => Some(*n as i64),
+                DimDesc::Sym(_) => Some(-1),
+            }
+        })
+        .unwrap_or(-1)
+}

@@ -63,6 +63,9 @@ const char *lpc_model_input_name(const lpc_model *model, int64_t i);
 const char *lpc_model_output_name(const lpc_model *model, int64_t i);
 int32_t lpc_model_input_dtype(const lpc_model *model, int64_t i);
 int32_t lpc_model_output_dtype(const lpc_model *model, int64_t i);
+/* Rank of input i, and its dimension k: the fixed size, or -1 when symbolic. */
+int32_t lpc_model_input_rank(const lpc_model *model, int64_t i);
+int64_t lpc_model_input_dim(const lpc_model *model, int64_t i, int32_t k);
 "#;
 
 fn ident(s: &str) -> String {
