@@ -566,3 +566,70 @@ fn kv_cache_decode_equals_one_long_prefill() {
         );
     }
 }
+
+/// Every single-op case (`tests/fixtures/ops`, onnxruntime references) as a
+/// compiled library: the generated code of each op against onnxruntime.
+#[test]
+fn every_op_case_compiles_and_matches_onnxruntime() {
+    let root = models().join("../ops");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 80);
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |d: &PathBuf| -> Result<(), String> {
+        let case = d.file_name().unwrap().to_string_lossy().into_owned();
+        let so = tmp.path().join(format!("{case}.so"));
+        let m = d.join("model.onnx");
+        let o = lpc(&["compile", s(&m), "-O1", "-o", s(&so)]);
+        if !o.status.success() {
+            return Err(format!(
+                "{case}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        let lib = NativeModel::load(&so, 1).map_err(|e| format!("{case}: {e}"))?;
+        let got = lib
+            .run(&inputs_of(&d.join("inputs"), &lib))
+            .map_err(|e| format!("{case}: {e}"))?;
+        for (g, (name, _)) in got.iter().zip(&lib.outputs) {
+            let want = run::value_from_npy(
+                &npy::read(&d.join("ref_ort").join(format!("{name}.npy"))).unwrap(),
+            );
+            if g.shape != want.shape || g.dtype != want.dtype {
+                return Err(format!(
+                    "{case} {name}: {} {:?} vs onnxruntime {} {:?}",
+                    g.dtype, g.shape, want.dtype, want.shape
+                ));
+            }
+            for (i, (a, b)) in g.to_f64().iter().zip(want.to_f64()).enumerate() {
+                if !((a - b).abs() <= 1e-4 + 1e-4 * b.abs() || (a.is_nan() && b.is_nan())) {
+                    return Err(format!("{case} {name}[{i}]: {a} vs onnxruntime {b}"));
+                }
+            }
+        }
+        Ok(())
+    };
+    let failures: Vec<String> = std::thread::scope(|sc| {
+        let (a, b) = dirs.split_at(dirs.len() / 2);
+        let h: Vec<_> = [a, b]
+            .into_iter()
+            .map(|part| {
+                sc.spawn(move || {
+                    part.iter()
+                        .filter_map(|d| check(d).err())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        h.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -117,6 +117,8 @@ impl<'c> Cg<'c> {
         Ok(match dt {
             DType::F32 => self.f32t().into(),
             DType::F64 => self.f64t().into(),
+            DType::F16 => self.cx.f16_type().into(),
+            DType::Bf16 => self.cx.bf16_type().into(),
             DType::I64 => self.i64t().into(),
             DType::I32 => self.i32t().into(),
             DType::I8 | DType::U8 | DType::Bool => self.i8t().into(),

@@ -31,6 +31,12 @@ impl<'c> Cg<'c> {
         let v = self.load(dt, p, i)?;
         Ok(match dt {
             DType::F32 => S::F(v.into_float_value()),
+            // Half types compute in f32 (exact widening).
+            DType::F16 | DType::Bf16 => S::F(self.b.build_float_ext(
+                v.into_float_value(),
+                self.f32t(),
+                "",
+            )?),
             DType::I64 => S::I(v.into_int_value()),
             DType::I32 | DType::I8 => S::I(self.b.build_int_s_extend(
                 v.into_int_value(),
@@ -57,7 +63,13 @@ impl<'c> Cg<'c> {
     /// Converts a scalar to element type `dt` (ONNX Cast semantics).
     pub fn convert(&self, s: S<'c>, dt: DType) -> R<S<'c>> {
         Ok(match (s, dt) {
-            (S::F(_), DType::F32) | (S::B(_), DType::Bool) => s,
+            (S::F(_), DType::F32 | DType::F16 | DType::Bf16) | (S::B(_), DType::Bool) => s,
+            (S::I(i), DType::F16 | DType::Bf16) => {
+                S::F(self.b.build_signed_int_to_float(i, self.f32t(), "")?)
+            }
+            (S::B(b), DType::F16 | DType::Bf16) => {
+                S::F(self.b.build_unsigned_int_to_float(b, self.f32t(), "")?)
+            }
             (S::I(_), d) if is_int(d) => s,
             (S::F(f), d) if is_int(d) => {
                 S::I(self.b.build_float_to_signed_int(f, self.i64t(), "")?)
@@ -81,6 +93,9 @@ impl<'c> Cg<'c> {
         s: S<'c>,
     ) -> R<()> {
         let v = match (self.convert(s, dt)?, dt) {
+            // Round to nearest even, as ONNX Cast.
+            (S::F(f), DType::F16) => self.b.build_float_trunc(f, self.cx.f16_type(), "")?.into(),
+            (S::F(f), DType::Bf16) => self.b.build_float_trunc(f, self.cx.bf16_type(), "")?.into(),
             (S::F(f), _) => f.into(),
             (S::I(x), DType::I64) => x.into(),
             (S::I(x), DType::I32) => self.b.build_int_truncate(x, self.i32t(), "")?.into(),
@@ -215,6 +230,44 @@ impl<'c> Cg<'c> {
 }
 
 fn arith<'c>(cg: &Cg<'c>, op: &str, a: S<'c>, b: S<'c>) -> R<S<'c>> {
+    arith_mod(cg, op, false, a, b)
+}
+
+/// Binary arithmetic; `fmod` selects C-style `Mod` (sign of the dividend)
+/// over Python-style (sign of the divisor).
+fn arith_mod<'c>(cg: &Cg<'c>, op: &str, fmod: bool, a: S<'c>, b: S<'c>) -> R<S<'c>> {
+    if op == "Mod" {
+        return Ok(match (a, b) {
+            (S::F(x), S::F(y)) => {
+                let r = cg.b.build_float_rem(x, y, "")?;
+                if fmod {
+                    S::F(r)
+                } else {
+                    let nz = cg.fcmp(FloatPredicate::ONE, r, cg.cf32(0.0))?;
+                    let rn = cg.fcmp(FloatPredicate::OLT, r, cg.cf32(0.0))?;
+                    let yn = cg.fcmp(FloatPredicate::OLT, y, cg.cf32(0.0))?;
+                    let diff = cg.b.build_xor(rn, yn, "")?;
+                    let fix = cg.and(nz, diff)?;
+                    S::F(cg.select_f(fix, cg.fadd(r, y)?, r)?)
+                }
+            }
+            (S::I(x), S::I(y)) => {
+                let z = cg.icmp(IntPredicate::EQ, y, cg.c64(0))?;
+                let safe = cg.select_i(z, cg.c64(1), y)?;
+                let r = cg.select_i(z, cg.c64(0), cg.srem(x, safe)?)?;
+                if fmod {
+                    S::I(r)
+                } else {
+                    let nz = cg.icmp(IntPredicate::NE, r, cg.c64(0))?;
+                    let rn = cg.icmp(IntPredicate::SLT, r, cg.c64(0))?;
+                    let yn = cg.icmp(IntPredicate::SLT, y, cg.c64(0))?;
+                    let fix = cg.and(nz, cg.b.build_xor(rn, yn, "")?)?;
+                    S::I(cg.select_i(fix, cg.add(r, y)?, r)?)
+                }
+            }
+            _ => return cg.err("Mod: operand types do not match"),
+        });
+    }
     Ok(match (a, b) {
         (S::F(x), S::F(y)) => S::F(match op {
             "Add" => cg.fadd(x, y)?,
@@ -297,14 +350,17 @@ pub fn emit<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<
     let op = n.op.as_str();
     let a = |k| arg(cg, ins, k).cloned();
     let out = match op {
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" => {
             let x = a(0)?;
+            let fmod = n.int("fmod").unwrap_or(0) != 0;
             let mut acc = x;
             for k in 1..ins.len() {
                 let y = arg(cg, ins, k)?.clone();
                 let dt = acc.dt;
                 let o = op.to_string();
-                acc = cg.map(&[&acc, &y], dt, &move |cg, s| arith(cg, &o, s[0], s[1]))?;
+                acc = cg.map(&[&acc, &y], dt, &move |cg, s| {
+                    arith_mod(cg, &o, fmod, s[0], s[1])
+                })?;
             }
             acc
         }

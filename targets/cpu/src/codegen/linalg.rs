@@ -685,11 +685,177 @@ fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     })
 }
 
+/// `out[b, i, j] = Σ_k a[b, i·sai + k·sak] · w[b, k·sbk + j·sbj]` over batch
+/// offsets given per batch index; f32 accumulation in K order.
+#[allow(clippy::too_many_arguments)]
+fn small_gemm<'c>(
+    cg: &mut Cg<'c>,
+    batch: &[IntValue<'c>],
+    (ap, a_b): (PointerValue<'c>, &[IntValue<'c>]),
+    (bp, b_b): (PointerValue<'c>, &[IntValue<'c>]),
+    (m, k, n): (IntValue<'c>, IntValue<'c>, IntValue<'c>),
+    (sai, sak, sbk, sbj): (IntValue<'c>, IntValue<'c>, IntValue<'c>, IntValue<'c>),
+    out: PointerValue<'c>,
+) -> R<()> {
+    let acc = cg.slot(cg.f32t().into(), cg.cf32(0.0).into())?;
+    let (a_b, b_b) = (a_b.to_vec(), b_b.to_vec());
+    let mut dims = batch.to_vec();
+    dims.extend([m, n]);
+    let ostr = cg.strides(&dims)?;
+    let nb = batch.len();
+    cg.for_nd(&dims.clone(), &mut |cg, idx| {
+        let abase = cg.offset(&idx[..nb], &a_b)?;
+        let bbase = cg.offset(&idx[..nb], &b_b)?;
+        let (i, j) = (idx[nb], idx[nb + 1]);
+        let arow = cg.add(abase, cg.mul(i, sai)?)?;
+        let bcol = cg.add(bbase, cg.mul(j, sbj)?)?;
+        cg.b.build_store(acc, cg.cf32(0.0))?;
+        cg.for_n(k, |cg, t| {
+            let x = cg.load_f32(ap, cg.add(arow, cg.mul(t, sak)?)?)?;
+            let y = cg.load_f32(bp, cg.add(bcol, cg.mul(t, sbk)?)?)?;
+            let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
+            cg.b.build_store(acc, cg.fadd(s, cg.fmul(x, y)?)?)?;
+            Ok(())
+        })?;
+        let s = cg.b.build_load(cg.f32t(), acc, "")?;
+        cg.store(DType::F32, out, cg.offset(idx, &ostr)?, s)
+    })
+}
+
+/// ONNX MatMul with numpy broadcasting of the batch dimensions and 1-D
+/// operands (`lpc.linear` covers constant weights; this is the rest).
+fn matmul<'c>(cg: &mut Cg<'c>, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
+    let (a, b) = (arg(cg, ins, 0)?.clone(), arg(cg, ins, 1)?.clone());
+    if a.dt != DType::F32 || b.dt != DType::F32 || a.rank() == 0 || b.rank() == 0 {
+        return cg.err("MatMul operands must be f32 of rank >= 1");
+    }
+    let one = cg.c64(1);
+    let ad = if a.rank() == 1 {
+        vec![one, a.dims[0]]
+    } else {
+        a.dims.clone()
+    };
+    let bd = if b.rank() == 1 {
+        vec![b.dims[0], one]
+    } else {
+        b.dims.clone()
+    };
+    let (ra, rb) = (ad.len(), bd.len());
+    let (m, k, k2, n) = (ad[ra - 2], ad[ra - 1], bd[rb - 2], bd[rb - 1]);
+    let ok = cg.icmp(IntPredicate::EQ, k, k2)?;
+    cg.check(ok, "MatMul inner dimensions differ")?;
+    // Batch dims as broadcast views (strides in units of whole matrices).
+    let av = Val {
+        ptr: a.ptr,
+        dims: ad[..ra - 2].to_vec(),
+        dt: a.dt,
+    };
+    let bv = Val {
+        ptr: b.ptr,
+        dims: bd[..rb - 2].to_vec(),
+        dt: b.dt,
+    };
+    let (batch, st) = cg.broadcast(&[&av, &bv])?;
+    let (ma, mb) = (cg.mul(m, k)?, cg.mul(k, n)?);
+    let sa: Vec<IntValue> = st[0].iter().map(|&x| cg.mul(x, ma)).collect::<R<_>>()?;
+    let sb: Vec<IntValue> = st[1].iter().map(|&x| cg.mul(x, mb)).collect::<R<_>>()?;
+    let mut odims = batch.clone();
+    odims.extend([m, n]);
+    let out = cg.alloc(DType::F32, cg.product(&odims)?)?;
+    small_gemm(
+        cg,
+        &batch,
+        (a.ptr, &sa),
+        (b.ptr, &sb),
+        (m, k, n),
+        (k, one, n, one),
+        out,
+    )?;
+    let mut dims = batch;
+    if a.rank() != 1 {
+        dims.push(m);
+    }
+    if b.rank() != 1 {
+        dims.push(n);
+    }
+    Ok(Val {
+        ptr: out,
+        dims,
+        dt: DType::F32,
+    })
+}
+
+/// ONNX Gemm: `alpha · A' B' + beta · C` (A', B' transposed by the flags).
+fn gemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
+    let (a, b) = (arg(cg, ins, 0)?.clone(), arg(cg, ins, 1)?.clone());
+    if a.rank() != 2 || b.rank() != 2 || a.dt != DType::F32 || b.dt != DType::F32 {
+        return cg.err("Gemm operands must be 2-D f32");
+    }
+    let (ta, tb) = (
+        n.int("transA").unwrap_or(0) != 0,
+        n.int("transB").unwrap_or(0) != 0,
+    );
+    let (alpha, beta) = (
+        n.float("alpha").unwrap_or(1.0),
+        n.float("beta").unwrap_or(1.0),
+    );
+    let one = cg.c64(1);
+    let (m, k, sai, sak) = if ta {
+        (a.dims[1], a.dims[0], one, a.dims[1])
+    } else {
+        (a.dims[0], a.dims[1], a.dims[1], one)
+    };
+    let (k2, nn, sbk, sbj) = if tb {
+        (b.dims[1], b.dims[0], one, b.dims[1])
+    } else {
+        (b.dims[0], b.dims[1], b.dims[1], one)
+    };
+    let ok = cg.icmp(IntPredicate::EQ, k, k2)?;
+    cg.check(ok, "Gemm inner dimensions differ")?;
+    let out = cg.alloc(DType::F32, cg.mul(m, nn)?)?;
+    small_gemm(
+        cg,
+        &[],
+        (a.ptr, &[]),
+        (b.ptr, &[]),
+        (m, k, nn),
+        (sai, sak, sbk, sbj),
+        out,
+    )?;
+    let y = Val {
+        ptr: out,
+        dims: vec![m, nn],
+        dt: DType::F32,
+    };
+    let c = ins.get(2).cloned().flatten();
+    let (ca, cb) = (cg.cf32(alpha), cg.cf32(beta));
+    let r = match &c {
+        Some(c) => cg.map(&[&y, c], DType::F32, &|cg, s| {
+            let (super::elementwise::S::F(p), super::elementwise::S::F(q)) = (s[0], s[1]) else {
+                return cg.err("Gemm operands must be float");
+            };
+            Ok(super::elementwise::S::F(
+                cg.fadd(cg.fmul(p, ca)?, cg.fmul(q, cb)?)?,
+            ))
+        })?,
+        None => cg.map(&[&y], DType::F32, &|cg, s| match s[0] {
+            super::elementwise::S::F(p) => Ok(super::elementwise::S::F(cg.fmul(p, ca)?)),
+            _ => cg.err("Gemm operands must be float"),
+        })?,
+    };
+    cg.release(out)?;
+    let ok = cg.icmp(IntPredicate::EQ, cg.product(&r.dims)?, cg.mul(m, nn)?)?;
+    cg.check(ok, "Gemm: C does not broadcast to the output")?;
+    Ok(r)
+}
+
 pub fn emit<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
     Ok(Some(vec![match n.op.as_str() {
         "lpc.linear" => linear(cg, n, ins)?,
         "lpc.qgemm" => qgemm(cg, n, ins)?,
         "Conv" => conv(cg, n, ins)?,
+        "MatMul" => matmul(cg, ins)?,
+        "Gemm" => gemm(cg, n, ins)?,
         _ => return Ok(None),
     }]))
 }

@@ -138,12 +138,37 @@ pub fn describe(g: &Graph, o: &Options, w: &WeightsLayout) -> R<ModelDesc> {
         ids.iter()
             .map(|&v| {
                 let val = g.value(v);
-                let ty = val.ty.as_ref().ok_or_else(|| {
-                    CgError::Graph(format!("{what} `{}` has no element type", val.name))
-                })?;
-                let shape = ty.shape.as_ref().ok_or_else(|| {
-                    CgError::Graph(format!("{what} `{}` has no known rank", val.name))
-                })?;
+                // An output's type may be unknown until code generation
+                // (filled in by `generate_into`, dtype 0 until then).
+                let (ty, shape) = match &val.ty {
+                    Some(ty) => (ty, ty.shape.as_ref()),
+                    None if what == "output" => {
+                        return Ok(TensorDesc {
+                            name: val.name.clone(),
+                            dtype: 0,
+                            dims: Vec::new(),
+                        })
+                    }
+                    None => {
+                        return Err(CgError::Graph(format!(
+                            "{what} `{}` has no element type",
+                            val.name
+                        )))
+                    }
+                };
+                let Some(shape) = shape else {
+                    if what == "output" {
+                        return Ok(TensorDesc {
+                            name: val.name.clone(),
+                            dtype: 0,
+                            dims: Vec::new(),
+                        });
+                    }
+                    return Err(CgError::Graph(format!(
+                        "{what} `{}` has no known rank",
+                        val.name
+                    )));
+                };
                 if shape.len() > lpc_rt::MAX_RANK {
                     return Err(CgError::Graph(format!(
                         "{what} `{}` has rank {} > {}",
@@ -186,8 +211,8 @@ pub struct Generated<'c> {
 /// Generates the module for a graph.
 pub fn generate<'c>(cx: &'c Context, g: &Graph, o: &Options) -> R<Generated<'c>> {
     let weights = WeightsLayout::plan(g);
-    let desc = describe(g, o, &weights)?;
-    let module = generate_into(cx, cx.create_module(&o.name), g, o, &desc, &weights)?;
+    let mut desc = describe(g, o, &weights)?;
+    let module = generate_into(cx, cx.create_module(&o.name), g, o, &mut desc, &weights)?;
     Ok(Generated {
         module,
         desc,
@@ -200,7 +225,7 @@ fn generate_into<'c>(
     m: Module<'c>,
     g: &Graph,
     o: &Options,
-    desc: &ModelDesc,
+    desc: &mut ModelDesc,
     w: &WeightsLayout,
 ) -> R<Module<'c>> {
     let p = cx.ptr_type(inkwell::AddressSpace::default());
@@ -382,6 +407,19 @@ fn generate_into<'c>(
         let val = env.get(&v).cloned().ok_or_else(|| {
             CgError::Graph(format!("output `{}` was not computed", g.value(v).name))
         })?;
+        if desc.outputs[i].dtype == 0 {
+            // Declared without a shape: described by what was generated.
+            desc.outputs[i].dtype = val.dt.onnx_code();
+            for k in 0..val.rank() {
+                let name = format!("{}.{k}", desc.outputs[i].name);
+                desc.symbols.push(lpc_rt::desc::SymbolDesc {
+                    name,
+                    max: u64::MAX,
+                });
+                let sym = DimDesc::Sym(desc.symbols.len() as u32 - 1);
+                desc.outputs[i].dims.push(sym);
+            }
+        }
         let want = &desc.outputs[i];
         if val.rank() != want.dims.len() {
             return cg.err(format!(

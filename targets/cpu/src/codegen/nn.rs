@@ -826,13 +826,62 @@ pub fn emit<'c>(
             let b = ins.get(2).cloned().flatten();
             cg.norm(&x, n.outputs.len(), axis, eps, true, &s, b.as_ref())?
         }
+        "com.microsoft.SkipSimplifiedLayerNormalization" => {
+            // (rms_norm(x + skip + bias) · gamma, mean (zeros), 1/std, x + skip + bias)
+            use super::elementwise::S;
+            let add = |cg: &Cg<'c>, s: &[S<'c>]| match (s[0], s[1]) {
+                (S::F(a), S::F(b)) => Ok(S::F(cg.fadd(a, b)?)),
+                _ => cg.err("operands must be float"),
+            };
+            let (x, skip, gamma) = (
+                arg(cg, ins, 0)?.clone(),
+                arg(cg, ins, 1)?.clone(),
+                arg(cg, ins, 2)?.clone(),
+            );
+            let mut sum = cg.map(&[&x, &skip], DType::F32, &add)?;
+            if let Some(b) = ins.get(3).cloned().flatten() {
+                let s2 = cg.map(&[&sum, &b], DType::F32, &add)?;
+                cg.release(sum.ptr)?;
+                sum = s2;
+            }
+            let normed = cg.norm(&sum, 2, -1, eps, false, &gamma, None)?;
+            let (rows, _, _) = rows_of(cg, &sum, -1)?;
+            let mean = cg.alloc(DType::F32, rows)?;
+            cg.for_n(rows, |cg, i| {
+                cg.store(DType::F32, mean, i, cg.cf32(0.0).into())
+            })?;
+            let stat = normed[1].dims.clone();
+            let mut out = vec![
+                normed[0].clone(),
+                Val {
+                    ptr: mean,
+                    dims: stat,
+                    dt: DType::F32,
+                },
+                normed[1].clone(),
+                sum,
+            ];
+            // Results nobody asked for are not kept.
+            for v in out.drain(n.outputs.len().min(4)..) {
+                cg.release(v.ptr)?;
+            }
+            out
+        }
         "Softmax" => {
             let x = arg(cg, ins, 0)?.clone();
             let ax = n.int("axis").unwrap_or(if opset >= 13 { -1 } else { 1 });
             vec![cg.softmax(&x, ax, opset)?]
         }
         "lpc.rope" | "RotaryEmbedding" => vec![cg.rope(n, ins)?],
-        "lpc.attention" => cg.attention(n, ins)?,
+        "lpc.attention" | "Attention" => {
+            if n.outputs.len() > 3 {
+                return cg.err("the qk_matmul_output output is not supported by code generation");
+            }
+            if n.int("qk_matmul_output_mode").unwrap_or(0) != 0 {
+                return cg.err("qk_matmul_output_mode is not supported by code generation");
+            }
+            cg.attention(n, &ins[..ins.len().min(6)])?
+        }
         _ => return Ok(None),
     };
     Ok(Some(out))

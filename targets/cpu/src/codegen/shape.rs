@@ -550,7 +550,49 @@ pub fn emit<'c>(
                 dt: x.dt,
             }]
         }
-        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {
+        "ConstantOfShape" => {
+            let sv = a(0)?;
+            let Some(r) = sv.dims.first().and_then(|&d| Cg::known(d)) else {
+                return cg.err("the shape operand's length must be known at compile time");
+            };
+            let dims = ints_of(cg, cst, 0, &sv, r as usize)?;
+            let (dt, bytes) = match n.attr("value") {
+                Some(lpc_ir::Attr::Tensor(t)) if t.len() == 1 => (t.dtype, t.data.to_vec()),
+                None => (DType::F32, 0f32.to_le_bytes().to_vec()),
+                _ => return cg.err("value must be a one-element tensor"),
+            };
+            let total = cg.product(&dims)?;
+            let out = cg.alloc(dt, total)?;
+            let v: S = match dt {
+                DType::F32 => {
+                    S::F(cg.cf32(f32::from_le_bytes(bytes[..4].try_into().unwrap_or([0; 4]))))
+                }
+                DType::I64 => {
+                    S::I(cg.c64(i64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]))))
+                }
+                DType::I32 => {
+                    S::I(cg.c64(i32::from_le_bytes(bytes[..4].try_into().unwrap_or([0; 4])) as i64))
+                }
+                DType::Bool | DType::U8 => S::I(cg.c64(bytes[0] as i64)),
+                DType::I8 => S::I(cg.c64(bytes[0] as i8 as i64)),
+                other => return cg.err(format!("ConstantOfShape of {other} is not supported yet")),
+            };
+            let v = if dt == DType::Bool {
+                S::B(cg.icmp(
+                    IntPredicate::NE,
+                    match v {
+                        S::I(x) => x,
+                        _ => cg.c64(0),
+                    },
+                    cg.c64(0),
+                )?)
+            } else {
+                v
+            };
+            cg.for_n(total, |cg, i| cg.store_s(dt, out, i, v))?;
+            vec![Val { ptr: out, dims, dt }]
+        }
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" => {
             let x = a(0)?;
             let keep = n.int("keepdims").unwrap_or(1) != 0;
             let ax: Vec<usize> = match axes(n, cst, 1) {
@@ -587,9 +629,11 @@ pub fn emit<'c>(
             let init: S = match (op, is_f) {
                 ("ReduceMax", true) => S::F(cg.cf32(f32::NEG_INFINITY)),
                 ("ReduceMin", true) => S::F(cg.cf32(f32::INFINITY)),
+                ("ReduceProd", true) => S::F(cg.cf32(1.0)),
                 (_, true) => S::F(cg.cf32(0.0)),
                 ("ReduceMax", false) => S::I(cg.c64(i64::MIN)),
                 ("ReduceMin", false) => S::I(cg.c64(i64::MAX)),
+                ("ReduceProd", false) => S::I(cg.c64(1)),
                 _ => S::I(cg.c64(0)),
             };
             cg.for_n(no, |cg, i| cg.store_s(x.dt, out, i, init))?;
@@ -608,11 +652,13 @@ pub fn emit<'c>(
                         "ReduceMin" => cg
                             .intrinsic("llvm.minimum", &[cg.f32t().into()], &[p.into(), q.into()])?
                             .into_float_value(),
+                        "ReduceProd" => cg.fmul(p, q)?,
                         _ => cg.fadd(p, q)?,
                     }),
                     (S::I(p), S::I(q)) => S::I(match o.as_str() {
                         "ReduceMax" => cg.smax(p, q)?,
                         "ReduceMin" => cg.smin(p, q)?,
+                        "ReduceProd" => cg.mul(p, q)?,
                         _ => cg.add(p, q)?,
                     }),
                     _ => return cg.err("reduction operand type"),
