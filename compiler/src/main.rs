@@ -32,6 +32,7 @@ fn cpu_backend(
             name,
             embed_weights: o.embed_weights,
             max_dim: o.max_dim,
+            vnni512: false,
         },
         emit: match o.emit {
             Stage::Llvm => Emit::Llvm,

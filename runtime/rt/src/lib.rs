@@ -13,6 +13,7 @@
 //! by `targets/cpu`.
 
 pub mod desc;
+pub mod pool;
 pub mod weights;
 
 use desc::{DimDesc, ModelDesc};
@@ -87,7 +88,7 @@ pub struct Model {
     names: [Vec<CString>; 2],
     graph: GraphFn,
     weights: Weights,
-    threads: usize,
+    workers: std::sync::Arc<pool::Pool>,
     /// Buffers of the previous run's outputs, owned until the next run.
     outputs: Vec<(*mut u8, usize)>,
     pool: Pool,
@@ -97,7 +98,7 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("name", &self.desc.name)
-            .field("threads", &self.threads)
+            .field("threads", &self.workers.threads())
             .finish()
     }
 }
@@ -144,7 +145,7 @@ impl Drop for Pool {
 pub struct RunCtx {
     live: HashMap<usize, usize>,
     pool: Pool,
-    threads: usize,
+    workers: std::sync::Arc<pool::Pool>,
     error: Option<String>,
     symbols: Vec<u64>,
 }
@@ -226,29 +227,7 @@ pub unsafe extern "C" fn lpc_rt_parallel_for(
     env: *mut c_void,
 ) {
     // SAFETY: see the contract above.
-    let threads = unsafe { &*ctx }.threads.max(1) as i64;
-    if n <= 0 {
-        return;
-    }
-    let t = threads.min(n);
-    let chunk = (n + t - 1) / t;
-    let env = env as usize;
-    if t == 1 {
-        // SAFETY: the generated body accepts any sub-range of [0, n).
-        unsafe { body(env as *mut c_void, 0, n) };
-        return;
-    }
-    std::thread::scope(|s| {
-        for w in 1..t {
-            let (lo, hi) = (w * chunk, ((w + 1) * chunk).min(n));
-            if lo < hi {
-                // SAFETY: as above; ranges are disjoint.
-                s.spawn(move || unsafe { body(env as *mut c_void, lo, hi) });
-            }
-        }
-        // SAFETY: as above.
-        unsafe { body(env as *mut c_void, 0, chunk.min(n)) };
-    });
+    unsafe { &*ctx }.workers.run(n, body, env);
 }
 
 /// The `(format, mode)` codes generated code passes for a format.
@@ -428,7 +407,7 @@ pub unsafe extern "C" fn lpc_rt_load(
             desc,
             graph,
             weights,
-            threads: threads_from(opts),
+            workers: std::sync::Arc::new(pool::Pool::new(threads_from(opts))),
             outputs: Vec::new(),
             pool: Pool::default(),
         })))
@@ -590,7 +569,7 @@ unsafe fn run_inner(
     let mut ctx = RunCtx {
         live: HashMap::new(),
         pool: std::mem::take(&mut m.pool),
-        threads: m.threads,
+        workers: m.workers.clone(),
         error: None,
         symbols,
     };

@@ -130,11 +130,15 @@ pub fn build(g: &Graph, o: &BuildOptions, out: &Path) -> Result<BuildReport, Cpu
     let mut rep = BuildReport::default();
     let t0 = Instant::now();
     let cx = Context::create();
+    // Kernel paths follow the target's features, decided here once.
+    let mut cgo = o.codegen.clone();
+    let f = &o.target.features;
+    cgo.vnni512 = f.contains("+avx512vnni") && f.contains("+avx512bw");
     let Generated {
         module,
         desc,
         weights,
-    } = codegen::generate(&cx, g, &o.codegen)?;
+    } = codegen::generate(&cx, g, &cgo)?;
     rep.codegen_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let tm = o.target.machine(o.opt)?;

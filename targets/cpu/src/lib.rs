@@ -5,6 +5,7 @@
 //! behind this crate.
 
 pub mod artifact;
+pub mod bench;
 pub mod codegen;
 pub mod header;
 

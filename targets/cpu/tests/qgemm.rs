@@ -5,13 +5,13 @@
 //! reference), so results agree to f64 summation order.
 
 use inkwell::OptimizationLevel;
-use lpc_ir::{Attr, DType, Dim, Graph, NewNode, Tensor, Type};
+use lpc_ir::Dim;
 use lpc_rt::{LpcTensor, MAX_RANK};
 use lpc_runtime::formats::{hif4, hif8, mxfp4, rowscale, AxisLayout};
 use lpc_runtime::{hadamard, Format};
 use lpc_target_cpu::artifact::{build, BuildOptions, Emit};
+use lpc_target_cpu::bench::{qgemm_graph, QgemmSpec};
 use lpc_target_cpu::{codegen, CpuTarget};
-use std::collections::BTreeMap;
 use std::ffi::c_void;
 
 struct Rng(u64);
@@ -37,6 +37,7 @@ struct Case {
     act: Option<&'static str>,
 }
 
+/// The reference: activation rows packed with the runtime's codec.
 fn quant_rows(f: Format, x: &[f32], rows: usize, k: usize) -> Vec<u8> {
     let l = f.layout(&[rows, k], -1, true).unwrap();
     f.quantize(x, &l).unwrap()
@@ -52,89 +53,44 @@ fn run_case(c: &Case, seed: u64) {
     let x: Vec<f32> = (0..m * k)
         .map(|i| rng.f() * if i % 7 == 0 { 8.0 } else { 1.0 })
         .collect();
-    let mut w: Vec<f32> = (0..n * k).map(|_| rng.f() * 0.05).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| rng.f() * 0.05).collect();
     let bias: Vec<f32> = (0..n).map(|_| rng.f()).collect();
     let res: Vec<f32> = (0..m * n).map(|_| rng.f()).collect();
-    // Weights: rotated and scaled rows at "compile time", packed.
-    if c.rotate > 0 {
-        hadamard::rotate_rows(&mut w, k, c.rotate);
-    }
-    let wl = AxisLayout::new(&[n, k], 1, c.f.block_len());
-    let wexp = if c.scaled {
-        rowscale::scale_rows(&mut w, &wl)
-    } else {
-        vec![0; n]
+    let spec = QgemmSpec {
+        rotate: c.rotate,
+        scaled: c.scaled,
+        bias: c.bias.then(|| bias.clone()),
+        residual: c.residual,
+        activation: c.act.map(str::to_string),
     };
-    let wp = quant_rows(c.f, &w, n, k);
+    let (g, wp, wexp) = qgemm_graph(c.f, Dim::Fixed(m), k, n, w, &spec);
     let bpr = wp.len() / n;
 
-    // The graph: x -> lpc.qgemm(x, W, E?, bias?, residual?).
-    let mut g = Graph::new("qgemm");
-    let xi = g.add_input("x", Some(Type::fixed(DType::F32, &[m, k])));
-    let wc = g.add_const(
-        "w",
-        Tensor::new(DType::U8, vec![n, bpr], wp.clone().into()).unwrap(),
-    );
-    let mut inputs = vec![Some(xi), Some(wc)];
-    if c.scaled {
-        let b: Vec<u8> = wexp.iter().flat_map(|e| e.to_le_bytes()).collect();
-        inputs.push(Some(g.add_const(
-            "e",
-            Tensor::new(DType::I32, vec![n], b.into()).unwrap(),
-        )));
+    // Both kernel paths: the host's (AVX-512 VNNI here) and AVX2 (haswell).
+    let mut haswell = CpuTarget::host().unwrap();
+    haswell.cpu = "haswell".into();
+    haswell.features = String::new();
+    for target in [CpuTarget::host().unwrap(), haswell] {
+        let got = run_lib(&g, target, &x, &res, c);
+        check(c, &got, &x, &res, &bias, &wp, &wexp, bpr);
     }
-    if c.bias {
-        inputs.push(Some(g.add_const("b", Tensor::from_f32(vec![n], &bias))));
-    }
-    if c.residual {
-        let r = g.add_input("r", Some(Type::fixed(DType::F32, &[m, n])));
-        inputs.push(Some(r));
-    }
-    let mut attrs = BTreeMap::new();
-    let mut set = |k: &str, v: Attr| {
-        attrs.insert(k.to_string(), v);
-    };
-    set("k", Attr::Int(k as i64));
-    set("parts", Attr::Int(1));
-    set("wformat", Attr::String(c.f.name().into()));
-    set("wmode", Attr::String(c.f.mode_name().into()));
-    set("aformat", Attr::String(c.f.name().into()));
-    set("amode", Attr::String(c.f.mode_name().into()));
-    set("rotate", Attr::Int(c.rotate as i64));
-    set("wscale", Attr::Int(c.scaled as i64));
-    set("bias", Attr::Int(c.bias as i64));
-    set("residual", Attr::Int(c.residual as i64));
-    if c.scaled {
-        set("ascale", Attr::String("pow2".into()));
-    }
-    if let Some(a) = c.act {
-        set("activation", Attr::String(a.into()));
-    }
-    let (_, outs) = g.add_node(
-        NewNode {
-            name: "q".into(),
-            op: "lpc.qgemm".into(),
-            attrs,
-            inputs,
-        },
-        vec![(
-            "y".into(),
-            Some(Type::new(DType::F32, vec![Dim::Fixed(m), Dim::Fixed(n)])),
-        )],
-    );
-    g.outputs = outs;
+}
 
+/// Compiles `g` for `target` and runs it on `x` (and the residual).
+fn run_lib(g: &lpc_ir::Graph, target: CpuTarget, x: &[f32], res: &[f32], c: &Case) -> Vec<f32> {
+    let (m, k, n) = (c.m, c.k, c.n);
     let dir = tempfile::tempdir().unwrap();
     let so = dir.path().join("q.so");
     build(
-        &g,
+        g,
         &BuildOptions {
-            target: CpuTarget::host().unwrap(),
+            target,
             opt: OptimizationLevel::Default,
             codegen: codegen::Options {
                 name: "qgemm".into(),
                 embed_weights: true,
                 max_dim: 1 << 20,
+                vnni512: false,
             },
             emit: Emit::Lib,
         },
@@ -143,7 +99,7 @@ fn run_case(c: &Case, seed: u64) {
     .unwrap();
 
     // Run it through the C API.
-    let got: Vec<f32> = unsafe {
+    unsafe {
         let lib = libloading::Library::new(&so).unwrap();
         type Load = unsafe extern "C" fn(*const i8, *const c_void) -> *mut c_void;
         type Run =
@@ -178,11 +134,25 @@ fn run_case(c: &Case, seed: u64) {
             lib.get(b"lpc_model_free").unwrap();
         free(h);
         v
-    };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    c: &Case,
+    got: &[f32],
+    x: &[f32],
+    res: &[f32],
+    bias: &[f32],
+    wp: &[u8],
+    wexp: &[i32],
+    bpr: usize,
+) {
+    let (m, k, n) = (c.m, c.k, c.n);
 
     // The reference: activation rows rotated, scaled and quantized with the
     // runtime's codec, block dot products from the runtime.
-    let mut xr = x.clone();
+    let mut xr = x.to_vec();
     if c.rotate > 0 {
         hadamard::rotate_rows(&mut xr, k, c.rotate);
     }

@@ -56,6 +56,8 @@ pub struct Cg<'c> {
     pub f: FunctionValue<'c>,
     pub ctx: PointerValue<'c>,
     pub fail: Option<BasicBlock<'c>>,
+    /// Code paths the target allows (see `Options`).
+    pub vnni512: bool,
     /// The node being generated, for messages.
     pub node: String,
     pub op: String,

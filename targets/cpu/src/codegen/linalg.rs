@@ -14,7 +14,8 @@
 use super::arg;
 use super::core::{Cg, Val, R};
 use inkwell::module::Linkage;
-use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::types::VectorType;
+use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 use lpc_ir::{DType, Node};
 use lpc_runtime::formats::{hif4, hif8, mxfp4};
@@ -68,91 +69,26 @@ impl<'c> Cg<'c> {
             .into_float_value())
     }
 
-    /// The f64 dot product of two packed rows of `nb` blocks.
-    fn packed_dot(
+    /// The f64 dot product of two HiF8 rows of `k` codes: both decoded
+    /// exactly through a table built from the reference decoder.
+    fn hif8_dot(
         &mut self,
-        f: Format,
         a: PointerValue<'c>,
         w: PointerValue<'c>,
-        nb: IntValue<'c>,
+        k: i64,
         acc: PointerValue<'c>,
-        isum: PointerValue<'c>,
     ) -> R<FloatValue<'c>> {
         let f64t = self.f64t();
         self.b.build_store(acc, self.cf64(0.0))?;
-        match f {
-            Format::Mxfp4(_) => {
-                let lut = self.table_i8("lpc.e2m1x2", &mxfp4::E2M1_X2);
-                self.for_n(nb, |cg, t| {
-                    let base = cg.mul(t, cg.c64(17))?;
-                    let sa = cg.zext64(cg.load_u8(a, base)?)?;
-                    let sw = cg.zext64(cg.load_u8(w, base)?)?;
-                    cg.b.build_store(isum, cg.c64(0))?;
-                    cg.for_n(cg.c64(16), |cg, i| {
-                        let off = cg.add(base, cg.add(i, cg.c64(1))?)?;
-                        let (ba, bw) = (cg.load_u8(a, off)?, cg.load_u8(w, off)?);
-                        let mut s = cg.b.build_load(cg.i64t(), isum, "")?.into_int_value();
-                        for shift in [0u64, 4] {
-                            let sh = cg.i8t().const_int(shift, false);
-                            let m = cg.i8t().const_int(15, false);
-                            let na =
-                                cg.b.build_and(cg.b.build_right_shift(ba, sh, false, "")?, m, "")?;
-                            let nw =
-                                cg.b.build_and(cg.b.build_right_shift(bw, sh, false, "")?, m, "")?;
-                            let va = cg.sext64(cg.load_u8(lut, cg.zext64(na)?)?)?;
-                            let vw = cg.sext64(cg.load_u8(lut, cg.zext64(nw)?)?)?;
-                            s = cg.add(s, cg.mul(va, vw)?)?;
-                        }
-                        cg.b.build_store(isum, s)?;
-                        Ok(())
-                    })?;
-                    let s = cg.b.build_load(cg.i64t(), isum, "")?.into_int_value();
-                    let e = cg.sub(cg.add(sa, sw)?, cg.c64(256))?;
-                    let mut p = cg.fmul(cg.si_to_f64(s)?, cg.pow2_f64(e)?)?;
-                    let poisoned = cg.b.build_or(
-                        cg.icmp(IntPredicate::EQ, sa, cg.c64(255))?,
-                        cg.icmp(IntPredicate::EQ, sw, cg.c64(255))?,
-                        "",
-                    )?;
-                    p = cg.select_f(poisoned, cg.cf64(f64::NAN), p)?;
-                    let old = cg.b.build_load(f64t, acc, "")?.into_float_value();
-                    cg.b.build_store(acc, cg.fadd(old, p)?)?;
-                    Ok(())
-                })?;
-            }
-            Format::Hif4(_) => {
-                let scales: Vec<f32> = (0..=255u8).map(hif4::e6m2_to_f32).collect();
-                let st = self.table_f32("lpc.e6m2", &scales);
-                self.for_n(nb, |cg, t| {
-                    let base = cg.mul(t, cg.c64(36))?;
-                    cg.b.build_store(isum, cg.c64(0))?;
-                    cg.for_n(cg.c64(64), |cg, i| {
-                        let (ca, cw) = (cg.hif4_code(a, base, i)?, cg.hif4_code(w, base, i)?);
-                        let s = cg.b.build_load(cg.i64t(), isum, "")?.into_int_value();
-                        cg.b.build_store(isum, cg.add(s, cg.mul(ca, cw)?)?)?;
-                        Ok(())
-                    })?;
-                    let s = cg.b.build_load(cg.i64t(), isum, "")?.into_int_value();
-                    let sa = cg.fext(cg.load_f32(st, cg.zext64(cg.load_u8(a, base)?)?)?)?;
-                    let sw = cg.fext(cg.load_f32(st, cg.zext64(cg.load_u8(w, base)?)?)?)?;
-                    let p = cg.fdiv(cg.fmul(cg.fmul(cg.si_to_f64(s)?, sa)?, sw)?, cg.cf64(16.0))?;
-                    let old = cg.b.build_load(f64t, acc, "")?.into_float_value();
-                    cg.b.build_store(acc, cg.fadd(old, p)?)?;
-                    Ok(())
-                })?;
-            }
-            Format::Hif8(_) => {
-                let vals: Vec<f32> = (0..=255u8).map(hif8::decode).collect();
-                let lut = self.table_f32("lpc.hif8", &vals);
-                self.for_n(nb, |cg, i| {
-                    let da = cg.fext(cg.load_f32(lut, cg.zext64(cg.load_u8(a, i)?)?)?)?;
-                    let dw = cg.fext(cg.load_f32(lut, cg.zext64(cg.load_u8(w, i)?)?)?)?;
-                    let old = cg.b.build_load(f64t, acc, "")?.into_float_value();
-                    cg.b.build_store(acc, cg.fadd(old, cg.fmul(da, dw)?)?)?;
-                    Ok(())
-                })?;
-            }
-        }
+        let vals: Vec<f32> = (0..=255u8).map(hif8::decode).collect();
+        let lut = self.table_f32("lpc.hif8", &vals);
+        self.for_n(self.c64(k), |cg, i| {
+            let da = cg.fext(cg.load_f32(lut, cg.zext64(cg.load_u8(a, i)?)?)?)?;
+            let dw = cg.fext(cg.load_f32(lut, cg.zext64(cg.load_u8(w, i)?)?)?)?;
+            let old = cg.b.build_load(f64t, acc, "")?.into_float_value();
+            cg.b.build_store(acc, cg.fadd(old, cg.fmul(da, dw)?)?)?;
+            Ok(())
+        })?;
         Ok(self.b.build_load(f64t, acc, "")?.into_float_value())
     }
 
@@ -267,6 +203,245 @@ impl<'c> Cg<'c> {
             cg.c64(0),
         )?;
         cg.select_i(neg, cg.sub(cg.c64(0), mag)?, mag)
+    }
+
+    /// An unaligned vector load of `n` i8 at byte `off` of `p`.
+    fn load_i8xn(&self, p: PointerValue<'c>, off: IntValue<'c>, n: u32) -> R<VectorValue<'c>> {
+        let q = self.gep_bytes(p, off)?;
+        let v = self
+            .b
+            .build_load(self.i8t().vec_type(n), q, "")?
+            .into_vector_value();
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_alignment(1);
+        }
+        Ok(v)
+    }
+    fn store_vec(&self, p: PointerValue<'c>, off: IntValue<'c>, v: VectorValue<'c>) -> R<()> {
+        let q = self.gep_bytes(p, off)?;
+        let st = self.b.build_store(q, v)?;
+        let _ = st.set_alignment(1);
+        Ok(())
+    }
+    /// A vector load of `t` at byte offset `off` with alignment `align`.
+    fn load_vec(
+        &self,
+        p: PointerValue<'c>,
+        off: IntValue<'c>,
+        t: VectorType<'c>,
+        align: u32,
+    ) -> R<VectorValue<'c>> {
+        let q = self.gep_bytes(p, off)?;
+        let v = self.b.build_load(t, q, "")?.into_vector_value();
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_alignment(align);
+        }
+        Ok(v)
+    }
+    fn store_vec_aligned(
+        &self,
+        p: PointerValue<'c>,
+        off: IntValue<'c>,
+        v: VectorValue<'c>,
+        align: u32,
+    ) -> R<()> {
+        let q = self.gep_bytes(p, off)?;
+        let st = self.b.build_store(q, v)?;
+        let _ = st.set_alignment(align);
+        Ok(())
+    }
+    /// `vpdpbusd`: per i32 lane, the sum of four u8·s8 products of `a`
+    /// (unsigned) and `b` (signed), 64 bytes each, added to `acc`.
+    fn vpdpbusd(
+        &self,
+        acc: VectorValue<'c>,
+        a: VectorValue<'c>,
+        b: VectorValue<'c>,
+    ) -> R<VectorValue<'c>> {
+        // LLVM 22 types the byte operands as <64 x i8>.
+        Ok(self
+            .intrinsic(
+                "llvm.x86.avx512.vpdpbusd.512",
+                &[],
+                &[acc.into(), a.into(), b.into()],
+            )?
+            .into_vector_value())
+    }
+    /// Writes the f64 block scales `s64[0..nb]` as f32, each repeated over
+    /// its block's `block/4` i32 lanes, into `out` (`lanes` f32).
+    fn replicate_scales(
+        &mut self,
+        s64: PointerValue<'c>,
+        nb: i64,
+        block: i64,
+        lanes: i64,
+        out: PointerValue<'c>,
+    ) -> R<()> {
+        let per = (block / 4) as u32;
+        let t = self.f32t().vec_type(per);
+        self.for_n(self.c64(nb), |cg, b| {
+            let v = cg.ftrunc(cg.load(DType::F64, s64, b)?.into_float_value())?;
+            let undef = t.get_undef();
+            let ins =
+                cg.b.build_insert_element(undef, v, cg.i32t().const_zero(), "")?;
+            let mask = VectorType::const_vector(&vec![cg.i32t().const_zero(); per as usize]);
+            let splat = cg.b.build_shuffle_vector(ins, undef, mask, "")?;
+            cg.store_vec_aligned(out, cg.mul(b, cg.c64(4 * per as i64))?, splat, 4)
+        })?;
+        // Padding lanes (a last half chunk) hold zeros.
+        let used = nb * per as i64;
+        if used < lanes {
+            let pad = self.gep(DType::F32, out, self.c64(used))?;
+            self.b.build_memset(
+                pad,
+                4,
+                self.i8t().const_zero(),
+                self.c64(4 * (lanes - used)),
+            )?;
+        }
+        Ok(())
+    }
+    fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'c> {
+        let c = self.i8t().const_int(x as u64, false);
+        VectorType::const_vector(&vec![c; n as usize])
+    }
+
+    /// The integer dot product of two i8 code vectors of `n` lanes (i16
+    /// products, i32 sum: vpmaddwd-shaped for LLVM).
+    fn dot_i8(&self, a: VectorValue<'c>, b: VectorValue<'c>, n: u32) -> R<IntValue<'c>> {
+        let i16v = self.cx.i16_type().vec_type(n);
+        let i32v = self.i32t().vec_type(n);
+        let (a, b) = (
+            self.b.build_int_s_extend(a, i16v, "")?,
+            self.b.build_int_s_extend(b, i16v, "")?,
+        );
+        let p = self
+            .b
+            .build_int_s_extend(self.b.build_int_mul(a, b, "")?, i32v, "")?;
+        Ok(self
+            .intrinsic("llvm.vector.reduce.add", &[i32v.into()], &[p.into()])?
+            .into_int_value())
+    }
+
+    /// Decodes block `t` of a packed row into i8 integer codes (written at
+    /// `codes + t·block`) and its scale factor (`scales[t]`, f64): MXFP4
+    /// `2·E2M1` codes through an in-register table (pshufb) and `2^(s-128)`;
+    /// HiF4 `±((n & 7) << (E1_8 + E1_16))` and `S/4`. The product of two
+    /// blocks is then `Σ a·b · scale_a · scale_b`, exactly.
+    fn decode_block(
+        &mut self,
+        f: Format,
+        p: PointerValue<'c>,
+        t: IntValue<'c>,
+        codes: PointerValue<'c>,
+        scales: PointerValue<'c>,
+    ) -> R<()> {
+        match f {
+            Format::Mxfp4(_) => {
+                let base = self.mul(t, self.c64(17))?;
+                let bytes = self.load_i8xn(p, self.add(base, self.c64(1))?, 16)?;
+                let lo = self.b.build_and(bytes, self.splat_i8(15, 16), "")?;
+                let hi = self
+                    .b
+                    .build_right_shift(bytes, self.splat_i8(4, 16), false, "")?;
+                let lutv: Vec<_> = mxfp4::E2M1_X2
+                    .iter()
+                    .map(|&x| self.i8t().const_int(x as u8 as u64, false))
+                    .collect();
+                let lut = VectorType::const_vector(&lutv);
+                let pshufb = |cg: &Cg<'c>, idx: VectorValue<'c>| -> R<VectorValue<'c>> {
+                    Ok(cg
+                        .intrinsic("llvm.x86.ssse3.pshuf.b.128", &[], &[lut.into(), idx.into()])?
+                        .into_vector_value())
+                };
+                let (dl, dh) = (pshufb(self, lo)?, pshufb(self, hi)?);
+                let mask: Vec<_> = (0..32u64)
+                    .map(|i| {
+                        self.i32t()
+                            .const_int(if i % 2 == 0 { i / 2 } else { 16 + i / 2 }, false)
+                    })
+                    .collect();
+                let inter =
+                    self.b
+                        .build_shuffle_vector(dl, dh, VectorType::const_vector(&mask), "")?;
+                self.store_vec(codes, self.mul(t, self.c64(32))?, inter)?;
+                let sb = self.zext64(self.load_u8(p, base)?)?;
+                let sc = self.pow2_f64(self.sub(sb, self.c64(128))?)?;
+                let poisoned = self.icmp(IntPredicate::EQ, sb, self.c64(255))?;
+                let sc = self.select_f(poisoned, self.cf64(f64::NAN), sc)?;
+                self.store(DType::F64, scales, t, sc.into())
+            }
+            Format::Hif4(_) => {
+                // Vector form of hif4_code for the 64 elements at once.
+                let base = self.mul(t, self.c64(36))?;
+                let bytes = self.load_i8xn(p, self.add(base, self.c64(4))?, 32)?;
+                let lo = self.b.build_and(bytes, self.splat_i8(15, 32), "")?;
+                let hi = self
+                    .b
+                    .build_right_shift(bytes, self.splat_i8(4, 32), false, "")?;
+                let mask: Vec<_> = (0..64u64)
+                    .map(|i| {
+                        self.i32t()
+                            .const_int(if i % 2 == 0 { i / 2 } else { 32 + i / 2 }, false)
+                    })
+                    .collect();
+                let nib =
+                    self.b
+                        .build_shuffle_vector(lo, hi, VectorType::const_vector(&mask), "")?;
+                let splat_byte = |cg: &Cg<'c>, at: i64| -> R<VectorValue<'c>> {
+                    let v = cg.load_u8(p, cg.add(base, cg.c64(at))?)?;
+                    let t = cg.i8t().vec_type(64);
+                    let ins =
+                        cg.b.build_insert_element(t.get_undef(), v, cg.i32t().const_zero(), "")?;
+                    let z = VectorType::const_vector(&vec![cg.i32t().const_zero(); 64]);
+                    Ok(cg.b.build_shuffle_vector(ins, t.get_undef(), z, "")?)
+                };
+                let consts = |f: &dyn Fn(u64) -> u64| -> VectorValue<'c> {
+                    let v: Vec<_> = (0..64u64)
+                        .map(|i| self.i8t().const_int(f(i), false))
+                        .collect();
+                    VectorType::const_vector(&v)
+                };
+                let one = self.splat_i8(1, 64);
+                let m1 = splat_byte(self, 1)?;
+                let e8 = self
+                    .b
+                    .build_right_shift(m1, consts(&|i| 7 - i / 8), false, "")?;
+                let e8 = self.b.build_and(e8, one, "")?;
+                let (m2, m3) = (splat_byte(self, 2)?, splat_byte(self, 3)?);
+                let first = consts(&|i| (i < 32) as u64);
+                let is_first =
+                    self.b
+                        .build_int_compare(IntPredicate::NE, first, self.splat_i8(0, 64), "")?;
+                let m23 = self
+                    .b
+                    .build_select(is_first, m2, m3, "")?
+                    .into_vector_value();
+                let e16 = self
+                    .b
+                    .build_right_shift(m23, consts(&|i| 7 - (i / 4) % 8), false, "")?;
+                let e16 = self.b.build_and(e16, one, "")?;
+                let sh = self.b.build_int_add(e8, e16, "")?;
+                let mag = self.b.build_and(nib, self.splat_i8(7, 64), "")?;
+                let mag = self.b.build_left_shift(mag, sh, "")?;
+                let sign = self.b.build_and(nib, self.splat_i8(8, 64), "")?;
+                let neg =
+                    self.b
+                        .build_int_compare(IntPredicate::NE, sign, self.splat_i8(0, 64), "")?;
+                let negmag = self.b.build_int_sub(self.splat_i8(0, 64), mag, "")?;
+                let code = self
+                    .b
+                    .build_select(neg, negmag, mag, "")?
+                    .into_vector_value();
+                self.store_vec(codes, self.mul(t, self.c64(64))?, code)?;
+                let scales_t: Vec<f32> = (0..=255u8).map(hif4::e6m2_to_f32).collect();
+                let st = self.table_f32("lpc.e6m2", &scales_t);
+                let s = self.fext(self.load_f32(st, self.zext64(self.load_u8(p, base)?)?)?)?;
+                let s = self.fdiv(s, self.cf64(4.0))?;
+                self.store(DType::F64, scales, t, s.into())
+            }
+            Format::Hif8(_) => self.err("HiF8 has no block codes"),
+        }
     }
 
     fn epilogue(&self, v: FloatValue<'c>, act: Option<&str>) -> R<FloatValue<'c>> {
@@ -446,21 +621,97 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let pa = cg.alloc(DType::U8, cg.mul(rows, cg.c64(abpr))?)?;
     let ea = cg.alloc(DType::I32, cg.smax(rows, cg.c64(1))?)?;
     let (fc, mc) = af.map_or((-1, 0), lpc_rt::format_codes);
-    let i32c = |v: i32| cg.i32t().const_int(v as u64, true);
-    cg.call_void(
-        cg.rt("lpc_rt_quantize_rows"),
-        &[
-            i32c(fc).into(),
-            i32c(mc).into(),
-            x.ptr.into(),
-            rows.into(),
-            k.into(),
-            cg.c64(rot).into(),
-            i32c(ascaled as i32).into(),
-            pa.into(),
-            ea.into(),
-        ],
-    )?;
+    // 4-bit formats: both operands as i8 block codes and per-block scales;
+    // activations decoded here, once per row.
+    let blocks = af.is_some() && bl > 1;
+    let kpad = nb_i * bl;
+    // With VNNI: activation codes offset to unsigned (u8 = code + off), rows
+    // padded to 64-byte chunks (zero weights there), scales as f32 replicated
+    // over the block's i32 lanes (block/4 of them); else i8 codes and one
+    // f64 scale per block.
+    let vnni = blocks && cg.vnni512;
+    let aoff: u8 = if matches!(wf, Format::Mxfp4(_)) {
+        12
+    } else {
+        28
+    };
+    let kc = if vnni { (kpad + 63) / 64 * 64 } else { kpad };
+    let lanes = kc / 4;
+    let (acodes, ascales) = if blocks {
+        let (sdt, per_row) = if vnni {
+            (DType::F32, lanes)
+        } else {
+            (DType::F64, nb_i)
+        };
+        (
+            cg.alloc(DType::U8, cg.smax(cg.mul(rows, cg.c64(kc))?, cg.c64(1))?)?,
+            cg.alloc(sdt, cg.smax(cg.mul(rows, cg.c64(per_row))?, cg.c64(1))?)?,
+        )
+    } else {
+        (cg.ptrt().const_null(), cg.ptrt().const_null())
+    };
+    let caps: Vec<BasicValueEnum> = vec![
+        x.ptr.into(),
+        pa.into(),
+        ea.into(),
+        acodes.into(),
+        ascales.into(),
+    ];
+    cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
+        let p = |i: usize| c[i].into_pointer_value();
+        let (xp, pap, eap, acp, asp) = (p(0), p(1), p(2), p(3), p(4));
+        let i32c = |v: i32| cg.i32t().const_int(v as u64, true);
+        let cnt = cg.sub(hi, lo)?;
+        let xs = cg.gep(DType::F32, xp, cg.mul(lo, cg.c64(kk))?)?;
+        let ps = cg.gep_bytes(pap, cg.mul(lo, cg.c64(abpr))?)?;
+        let es = cg.gep(DType::I32, eap, lo)?;
+        cg.call_void(
+            cg.rt("lpc_rt_quantize_rows"),
+            &[
+                i32c(fc).into(),
+                i32c(mc).into(),
+                xs.into(),
+                cnt.into(),
+                cg.c64(kk).into(),
+                cg.c64(rot).into(),
+                i32c(ascaled as i32).into(),
+                ps.into(),
+                es.into(),
+            ],
+        )?;
+        if let (true, Some(af), false) = (blocks, af, vnni) {
+            cg.for_range(lo, hi, |cg, r| {
+                let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
+                let crow = cg.gep_bytes(acp, cg.mul(r, cg.c64(kpad))?)?;
+                let srow = cg.gep(DType::F64, asp, cg.mul(r, cg.c64(nb_i))?)?;
+                cg.for_n(cg.c64(nb_i), |cg, t| {
+                    cg.decode_block(af, prow, t, crow, srow)
+                })
+            })?;
+        }
+        if let (true, Some(af)) = (vnni, af) {
+            let s64 =
+                cg.b.build_array_alloca(cg.f64t(), cg.i32t().const_int(nb_i as u64, false), "s64")?;
+            cg.for_range(lo, hi, |cg, r| {
+                let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
+                let crow = cg.gep_bytes(acp, cg.mul(r, cg.c64(kc))?)?;
+                let srow = cg.gep(DType::F32, asp, cg.mul(r, cg.c64(lanes))?)?;
+                cg.for_n(cg.c64(nb_i), |cg, t| {
+                    cg.decode_block(af, prow, t, crow, s64)
+                })?;
+                cg.replicate_scales(s64, nb_i, bl, lanes, srow)?;
+                // Offset to unsigned, chunk by chunk (padding too: harmless,
+                // its weights are zero).
+                cg.for_n(cg.c64(kc / 64), |cg, c| {
+                    let o = cg.mul(c, cg.c64(64))?;
+                    let v = cg.load_i8xn(crow, o, 64)?;
+                    let v = cg.b.build_int_add(v, cg.splat_i8(aoff, 64), "")?;
+                    cg.store_vec(crow, o, v)
+                })
+            })?;
+        }
+        Ok(())
+    })?;
     let mut ws = Vec::new();
     let mut ntot = cg.c64(0);
     for p in 0..parts {
@@ -517,6 +768,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             e.as_ref().map_or(null, |e| e.ptr).into(),
             bias.as_ref().map_or(null, |b| b.ptr).into(),
             residual.as_ref().map_or(null, |r| r.ptr).into(),
+            acodes.into(),
+            ascales.into(),
         ];
         let (has_e, has_b, has_r) = (e.is_some(), bias.is_some(), residual.is_some());
         let weight_only = af.is_none();
@@ -527,21 +780,112 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             let (ap, wp, yp) = (p(0), p(1), p(2));
             let (rows, ntot, off) = (i(3), i(5), i(6));
             let (eap, ewp, bp, rp) = (p(7), p(8), p(9), p(10));
+            let (acp, asp) = (p(11), p(12));
             let acc = cg.b.build_alloca(cg.f64t(), "acc")?;
-            let isum = cg.b.build_alloca(cg.i64t(), "isum")?;
-            let nbv = if matches!(wf, Format::Hif8(_)) {
-                cg.c64(kk)
+            // The weight row being used, as block codes and scales.
+            let wcodes = cg.b.build_array_alloca(
+                cg.i8t(),
+                cg.i32t().const_int(kpad.max(1) as u64, false),
+                "wcodes",
+            )?;
+            let wsc = cg.b.build_array_alloca(
+                cg.f64t(),
+                cg.i32t().const_int(nb_i.max(1) as u64, false),
+                "wscales",
+            )?;
+            // VNNI: the weight row's codes padded to whole chunks (zeros),
+            // its scales replicated per lane, and per chunk the correction
+            // `off · Σ w` of the unsigned activation offset.
+            let f32x16 = cg.f32t().vec_type(16);
+            let i32x16 = cg.i32t().vec_type(16);
+            let (wscx, wcorr, facc) = if vnni {
+                let n32 = cg.i32t().const_int(lanes as u64, false);
+                let wscx = cg.b.build_array_alloca(cg.f32t(), n32, "wscx")?;
+                let wcorr = cg.b.build_array_alloca(cg.i32t(), n32, "wcorr")?;
+                let facc = cg.b.build_alloca(f32x16, "facc")?;
+                let zero8 = cg.i8t().const_zero();
+                cg.b.build_memset(wcodes, 16, zero8, cg.c64(kc))?;
+                cg.b.build_memset(wscx, 16, zero8, cg.c64(4 * lanes))?;
+                (wscx, wcorr, facc)
             } else {
-                cg.c64(nb_i)
+                let null = cg.ptrt().const_null();
+                (null, null, null)
             };
             cg.for_range(lo, hi, |cg, j| {
                 let wrow = cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?)?;
+                if blocks {
+                    cg.for_n(cg.c64(nb_i), |cg, t| {
+                        cg.decode_block(wf, wrow, t, wcodes, wsc)
+                    })?;
+                }
+                if vnni {
+                    cg.replicate_scales(wsc, nb_i, bl, lanes, wscx)?;
+                    cg.for_n(cg.c64(kc / 64), |cg, c| {
+                        let o = cg.mul(c, cg.c64(64))?;
+                        let vw = cg.load_i8xn(wcodes, o, 64)?;
+                        let corr = cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(aoff, 64), vw)?;
+                        cg.store_vec_aligned(wcorr, o, corr, 4)
+                    })?;
+                }
                 cg.for_n(rows, |cg, r| {
                     let arow = cg.gep_bytes(ap, cg.mul(r, cg.c64(abpr))?)?;
                     let mut v = if weight_only {
                         cg.mixed_dot(wf, arow, wrow, kk, acc)?
+                    } else if vnni {
+                        // Per 64-byte chunk: vpdpbusd, minus the offset
+                        // correction, to f32, times the per-lane scale
+                        // products, summed lane-wise; one reduction per output.
+                        cg.b.build_store(facc, f32x16.const_zero())?;
+                        let crow = cg.mul(r, cg.c64(kc))?;
+                        let srow = cg.mul(r, cg.c64(4 * lanes))?;
+                        cg.for_n(cg.c64(kc / 64), |cg, c| {
+                            let o = cg.mul(c, cg.c64(64))?;
+                            let va = cg.load_i8xn(acp, cg.add(crow, o)?, 64)?;
+                            let vw = cg.load_i8xn(wcodes, o, 64)?;
+                            let d = cg.vpdpbusd(i32x16.const_zero(), va, vw)?;
+                            let corr = cg.load_vec(wcorr, o, i32x16, 4)?;
+                            let d = cg.b.build_int_sub(d, corr, "")?;
+                            let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
+                            let sa = cg.load_vec(asp, cg.add(srow, o)?, f32x16, 4)?;
+                            let sw = cg.load_vec(wscx, o, f32x16, 4)?;
+                            let sc = cg.b.build_float_mul(sa, sw, "")?;
+                            let p = cg.b.build_float_mul(fd, sc, "")?;
+                            let a = cg.b.build_load(f32x16, facc, "")?.into_vector_value();
+                            cg.b.build_store(facc, cg.b.build_float_add(a, p, "")?)?;
+                            Ok(())
+                        })?;
+                        let a = cg.b.build_load(f32x16, facc, "")?;
+                        let y = cg
+                            .intrinsic(
+                                "llvm.vector.reduce.fadd",
+                                &[f32x16.into()],
+                                &[cg.cf32(0.0).into(), a.into()],
+                            )?
+                            .into_float_value();
+                        cg.fext(y)?
+                    } else if blocks {
+                        // Σ_t (Σ a·w) · scale_a[t] · scale_w[t], in K order.
+                        cg.b.build_store(acc, cg.cf64(0.0))?;
+                        let crow = cg.mul(r, cg.c64(kpad))?;
+                        let srow = cg.mul(r, cg.c64(nb_i))?;
+                        cg.for_n(cg.c64(nb_i), |cg, t| {
+                            let o = cg.mul(t, cg.c64(bl))?;
+                            let va = cg.load_i8xn(acp, cg.add(crow, o)?, bl as u32)?;
+                            let vw = cg.load_i8xn(wcodes, o, bl as u32)?;
+                            let isum = cg.dot_i8(va, vw, bl as u32)?;
+                            let sa = cg
+                                .load(DType::F64, asp, cg.add(srow, t)?)?
+                                .into_float_value();
+                            let sw = cg.load(DType::F64, wsc, t)?.into_float_value();
+                            let isf = cg.b.build_signed_int_to_float(isum, cg.f64t(), "")?;
+                            let prod = cg.fmul(cg.fmul(isf, sa)?, sw)?;
+                            let old = cg.b.build_load(cg.f64t(), acc, "")?.into_float_value();
+                            cg.b.build_store(acc, cg.fadd(old, prod)?)?;
+                            Ok(())
+                        })?;
+                        cg.b.build_load(cg.f64t(), acc, "")?.into_float_value()
                     } else {
-                        cg.packed_dot(wf, arow, wrow, nbv, acc, isum)?
+                        cg.hif8_dot(arow, wrow, kk, acc)?
                     };
                     if ascaled || has_e {
                         let mut e = cg.c64(0);
@@ -574,6 +918,10 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     }
     cg.release(pa)?;
     cg.release(ea)?;
+    if blocks {
+        cg.release(acodes)?;
+        cg.release(ascales)?;
+    }
     let mut dims = x.dims.clone();
     *dims.last_mut().expect("rank >= 1") = ntot;
     Ok(Val {

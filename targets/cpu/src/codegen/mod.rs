@@ -34,6 +34,8 @@ pub struct Options {
     pub embed_weights: bool,
     /// Largest value a symbolic dimension may be bound to.
     pub max_dim: u64,
+    /// The target has AVX-512 VNNI and BW: 4-bit `qgemm` uses `vpdpbusd`.
+    pub vnni512: bool,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             name: "model".into(),
             embed_weights: false,
             max_dim: 1 << 24,
+            vnni512: false,
         }
     }
 }
@@ -249,6 +252,7 @@ fn generate_into<'c>(
         f: graph_fn,
         ctx: graph_fn.get_nth_param(0).expect("ctx").into_pointer_value(),
         fail: Some(fail),
+        vnni512: o.vnni512,
         node: String::new(),
         op: String::new(),
         counter: 0,

@@ -1,0 +1,216 @@
+//! A persistent worker pool for `lpc_rt_parallel_for`: threads are started
+//! once per loaded model and wait for work (spinning briefly, then parked on
+//! a condition variable), so a parallel loop costs a wake-up, not a thread
+//! spawn. The caller works on the first chunk itself.
+
+use crate::BodyFn;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One parallel loop. Its counters belong to it: a worker still leaving
+/// an old job can never take a chunk of the next one.
+#[derive(Clone)]
+struct Job {
+    body: BodyFn,
+    env: usize,
+    n: i64,
+    chunk: i64,
+    /// Chunks handed out, and chunks not finished.
+    next: Arc<AtomicI64>,
+    remaining: Arc<AtomicI64>,
+}
+
+struct Shared {
+    /// Bumped for every job; workers compare it with the last one they ran.
+    epoch: AtomicU64,
+    job: Mutex<Option<Job>>,
+    wake: Condvar,
+    done: Mutex<()>,
+    done_cv: Condvar,
+    shutdown: AtomicU64,
+}
+
+/// The pool; `threads - 1` workers plus the calling thread.
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({} threads)", self.threads)
+    }
+}
+
+const SPIN: Duration = Duration::from_micros(200);
+
+fn run_chunks(s: &Shared, job: &Job) {
+    let chunks = (job.n + job.chunk - 1) / job.chunk;
+    loop {
+        let c = job.next.fetch_add(1, Ordering::AcqRel);
+        if c >= chunks {
+            break;
+        }
+        let lo = c * job.chunk;
+        let hi = (lo + job.chunk).min(job.n);
+        // SAFETY: the generated body accepts any sub-range of [0, n), and
+        // ranges handed out here are disjoint.
+        unsafe { (job.body)(job.env as *mut c_void, lo, hi) };
+        if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _g = s.done.lock().unwrap_or_else(|e| e.into_inner());
+            s.done_cv.notify_all();
+        }
+    }
+}
+
+fn worker(s: Arc<Shared>) {
+    let mut seen = 0u64;
+    loop {
+        // Spin a little for the next job, then park.
+        let t = Instant::now();
+        let mut e = s.epoch.load(Ordering::Acquire);
+        while e == seen && t.elapsed() < SPIN && s.shutdown.load(Ordering::Acquire) == 0 {
+            std::hint::spin_loop();
+            e = s.epoch.load(Ordering::Acquire);
+        }
+        if e == seen {
+            let mut g = s.job.lock().unwrap_or_else(|e| e.into_inner());
+            while s.epoch.load(Ordering::Acquire) == seen && s.shutdown.load(Ordering::Acquire) == 0
+            {
+                g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        if s.shutdown.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        seen = s.epoch.load(Ordering::Acquire);
+        let job = s.job.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(job) = job {
+            run_chunks(&s, &job);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            job: Mutex::new(None),
+            wake: Condvar::new(),
+            done: Mutex::new(()),
+            done_cv: Condvar::new(),
+            shutdown: AtomicU64::new(0),
+        });
+        let workers = (1..threads)
+            .map(|_| {
+                let s = shared.clone();
+                std::thread::spawn(move || worker(s))
+            })
+            .collect();
+        Self {
+            shared,
+            workers,
+            threads,
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `body` over `[0, n)` in `threads` contiguous chunks and returns
+    /// when all are done.
+    pub fn run(&self, n: i64, body: BodyFn, env: *mut c_void) {
+        if n <= 0 {
+            return;
+        }
+        let t = (self.threads as i64).min(n);
+        let chunk = (n + t - 1) / t;
+        if t == 1 {
+            // SAFETY: as in `run_chunks`.
+            unsafe { body(env, 0, n) };
+            return;
+        }
+        let chunks = (n + chunk - 1) / chunk;
+        let job = Job {
+            body,
+            env: env as usize,
+            n,
+            chunk,
+            next: Arc::new(AtomicI64::new(0)),
+            remaining: Arc::new(AtomicI64::new(chunks)),
+        };
+        let s = &self.shared;
+        {
+            let mut g = s.job.lock().unwrap_or_else(|e| e.into_inner());
+            *g = Some(job.clone());
+            s.epoch.fetch_add(1, Ordering::AcqRel);
+            s.wake.notify_all();
+        }
+        run_chunks(s, &job);
+        // Wait for the others: spin briefly, then park.
+        let t0 = Instant::now();
+        while job.remaining.load(Ordering::Acquire) > 0 {
+            if t0.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            let g = s.done.lock().unwrap_or_else(|e| e.into_inner());
+            if job.remaining.load(Ordering::Acquire) > 0 {
+                let _ = s
+                    .done_cv
+                    .wait_timeout(g, Duration::from_millis(1))
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(1, Ordering::Release);
+        {
+            let _g = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    unsafe extern "C" fn mark(env: *mut c_void, lo: i64, hi: i64) {
+        // SAFETY: env is the test's counter array.
+        let v = unsafe { &*(env as *const Vec<AtomicU32>) };
+        for i in lo..hi {
+            v[i as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn every_index_runs_once_over_many_jobs() {
+        for threads in [1, 2, 3, 8] {
+            let p = Pool::new(threads);
+            for n in [0usize, 1, 2, 5, 64, 1000] {
+                for _ in 0..20 {
+                    let v: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+                    p.run(n as i64, mark, &v as *const _ as *mut c_void);
+                    assert!(
+                        v.iter().all(|x| x.load(Ordering::Relaxed) == 1),
+                        "threads {threads} n {n}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Generated `lpc.qgemm` kernels on Qwen3-32B shapes, beside the plain f32
+//! `lpc.linear` that lpc generates for the same shape and a memory-read
+//! bandwidth probe, all in this process:
+//!
+//!   cargo bench -p lpc-target-cpu --bench qgemm
+//!   LPC_BENCH_SHAPES=5120x25600,25600x5120 LPC_BENCH_M=1,16,512 LPC_BENCH_THREADS=1,2 ...
+//!
+//! Prints time (median of LPC_BENCH_RUNS, default 5, with min-max), GOP/s
+//! (2·M·N·K), weight GB/s, the fraction of the measured read bandwidth
+//! (M = 1) or of the int8 VNNI peak per core (465 GOP/s, ../shared/TOOLCHAIN.md;
+//! M > 1), and the speed-up over f32; writes target/bench/qgemm.json.
+
+use inkwell::OptimizationLevel;
+use lpc_ir::Dim;
+use lpc_rt::{LpcTensor, MAX_RANK};
+use lpc_runtime::Format;
+use lpc_target_cpu::artifact::{build, BuildOptions, Emit};
+use lpc_target_cpu::bench::{linear_graph, qgemm_graph, QgemmSpec};
+use lpc_target_cpu::{codegen, CpuTarget};
+use std::ffi::c_void;
+use std::time::Instant;
+
+const VNNI_PEAK_GOPS_PER_CORE: f64 = 465.0;
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+type Load = unsafe extern "C" fn(*const i8, *const c_void) -> *mut c_void;
+type Run = unsafe extern "C" fn(*mut c_void, *const LpcTensor, i64, *mut LpcTensor, i64) -> i32;
+type Free = unsafe extern "C" fn(*mut c_void);
+
+/// A compiled single-op library.
+struct Lib {
+    _lib: libloading::Library,
+    h: *mut c_void,
+    run: Run,
+    free: Free,
+    weight_bytes: usize,
+}
+
+impl Lib {
+    fn build(g: &lpc_ir::Graph, dir: &std::path::Path, name: &str, threads: i32) -> Lib {
+        let so = dir.join(format!("{name}.so"));
+        let wb = g
+            .value_ids()
+            .filter_map(|v| g.constant(v))
+            .map(|t| t.data.len())
+            .sum();
+        build(
+            g,
+            &BuildOptions {
+                target: CpuTarget::host().unwrap(),
+                opt: OptimizationLevel::Default,
+                codegen: codegen::Options {
+                    name: name.into(),
+                    embed_weights: false,
+                    max_dim: 1 << 20,
+                    vnni512: false,
+                },
+                emit: Emit::Lib,
+            },
+            &so,
+        )
+        .unwrap();
+        // SAFETY: the library is an lpc library with its C API.
+        unsafe {
+            let lib = libloading::Library::new(&so).unwrap();
+            let load: Load = *lib.get(b"lpc_model_load").unwrap();
+            let run: Run = *lib.get(b"lpc_model_run").unwrap();
+            let free: Free = *lib.get(b"lpc_model_free").unwrap();
+            let w = std::ffi::CString::new(so.with_extension("lpcw").to_str().unwrap()).unwrap();
+            let opts = lpc_rt::LpcOptions {
+                num_threads: threads,
+            };
+            let h = load(w.as_ptr() as *const i8, &opts as *const _ as *const c_void);
+            assert!(!h.is_null());
+            Lib {
+                _lib: lib,
+                h,
+                run,
+                free,
+                weight_bytes: wb,
+            }
+        }
+    }
+
+    /// Median, min and max seconds of `runs` calls on `x [m, k]`.
+    fn time(&self, x: &[f32], m: usize, k: usize, runs: usize) -> (f64, f64, f64) {
+        let mut d = [0i64; MAX_RANK];
+        d[0] = m as i64;
+        d[1] = k as i64;
+        let ins = [LpcTensor {
+            dtype: 1,
+            rank: 2,
+            dims: d,
+            data: x.as_ptr() as *mut c_void,
+        }];
+        let mut out = [LpcTensor {
+            dtype: 0,
+            rank: 0,
+            dims: [0; MAX_RANK],
+            data: std::ptr::null_mut(),
+        }];
+        let mut t = Vec::with_capacity(runs);
+        for i in 0..runs + 1 {
+            let s = Instant::now();
+            // SAFETY: descriptors are valid for the call.
+            let rc = unsafe { (self.run)(self.h, ins.as_ptr(), 1, out.as_mut_ptr(), 1) };
+            assert_eq!(rc, 0);
+            if i > 0 {
+                t.push(s.elapsed().as_secs_f64());
+            }
+        }
+        t.sort_by(|a, b| a.total_cmp(b));
+        (t[t.len() / 2], t[0], t[t.len() - 1])
+    }
+}
+
+impl Drop for Lib {
+    fn drop(&mut self) {
+        // SAFETY: loaded above, freed once.
+        unsafe { (self.free)(self.h) };
+    }
+}
+
+/// Read bandwidth (GB/s) over a buffer larger than the caches, `threads`
+/// readers, best of 3.
+fn read_bandwidth(threads: usize) -> f64 {
+    let n: usize = 256 << 20; // 1 GiB of u32
+    let buf: Vec<u32> = (0..n as u32).collect();
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let s = Instant::now();
+        let sum: u64 = std::thread::scope(|sc| {
+            let chunk = n.div_ceil(threads);
+            let hs: Vec<_> = buf
+                .chunks(chunk)
+                .map(|c| {
+                    sc.spawn(move || {
+                        // Eight independent sums: the loads, not an add chain, limit it.
+                        let mut acc = [0u32; 8];
+                        for w in c.chunks_exact(8) {
+                            for (a, &x) in acc.iter_mut().zip(w) {
+                                *a = a.wrapping_add(x);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, &x| a.wrapping_add(x as u64))
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap())
+                .fold(0, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.max((n * 4) as f64 / s.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+fn main() {
+    let shapes = env_list(
+        "LPC_BENCH_SHAPES",
+        "5120x25600,25600x5120,5120x5120,1024x3072,3072x1024",
+    );
+    let ms: Vec<usize> = env_list("LPC_BENCH_M", "1,16,512")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let threads: Vec<usize> = env_list("LPC_BENCH_THREADS", "1,2")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let formats = env_list("LPC_BENCH_FORMATS", "mxfp4,hif4,hif8");
+    let runs: usize = std::env::var("LPC_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut json = Vec::new();
+    let bw: Vec<(usize, f64)> = threads.iter().map(|&t| (t, read_bandwidth(t))).collect();
+    for (t, b) in &bw {
+        println!("read bandwidth, {t} thread(s): {b:.1} GB/s");
+    }
+    println!(
+        "{:<6} {:>5} {:>11} {:>2} {:>10} {:>19} {:>8} {:>7} {:>8} {:>8}",
+        "format", "M", "K x N", "T", "ms", "min-max", "GOP/s", "GB/s", "limit%", "vs f32"
+    );
+    for shape in &shapes {
+        let (k, n) = shape
+            .split_once('x')
+            .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
+            .unwrap();
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        };
+        let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+        let mmax = *ms.iter().max().unwrap();
+        let x: Vec<f32> = (0..mmax * k).map(|_| rnd() * 20.0).collect();
+        // f32 baseline: W as [k, n].
+        let wt: Vec<f32> = {
+            let mut t = vec![0f32; k * n];
+            for j in 0..n {
+                for i in 0..k {
+                    t[i * n + j] = w[j * k + i];
+                }
+            }
+            t
+        };
+        for &th in &threads {
+            let base = Lib::build(
+                &linear_graph(Dim::Sym("m".into()), k, n, &wt),
+                dir.path(),
+                "f32",
+                th as i32,
+            );
+            let mut base_t = std::collections::HashMap::new();
+            for &m in &ms {
+                base_t.insert(m, base.time(&x[..m * k], m, k, runs).0);
+            }
+            drop(base);
+            for fname in &formats {
+                let f = Format::parse(fname, None, None).unwrap();
+                let spec = QgemmSpec {
+                    rotate: if f.block_len() > 1 { 32 } else { 0 },
+                    scaled: f.block_len() == 1,
+                    ..Default::default()
+                };
+                let (g, _, _) = qgemm_graph(f, Dim::Sym("m".into()), k, n, w.clone(), &spec);
+                let lib = Lib::build(&g, dir.path(), fname, th as i32);
+                drop(g);
+                for &m in &ms {
+                    let (med, lo, hi) = lib.time(&x[..m * k], m, k, runs);
+                    let gops = 2.0 * (m * n * k) as f64 / med / 1e9;
+                    let gbs = lib.weight_bytes as f64 / med / 1e9;
+                    let bwl = bw.iter().find(|b| b.0 == th).unwrap().1;
+                    let limit = if m == 1 {
+                        gbs / bwl
+                    } else {
+                        gops / (VNNI_PEAK_GOPS_PER_CORE * th as f64)
+                    };
+                    let speedup = base_t[&m] / med;
+                    println!(
+                        "{fname:<6} {m:>5} {:>11} {th:>2} {:>10.3} {:>19} {gops:>8.1} {gbs:>7.2} {:>7.1}% {speedup:>7.2}x",
+                        format!("{k}x{n}"),
+                        med * 1e3,
+                        format!("{:.3}-{:.3}", lo * 1e3, hi * 1e3),
+                        limit * 100.0
+                    );
+                    json.push(format!(
+                        "{{\"format\":\"{fname}\",\"m\":{m},\"k\":{k},\"n\":{n},\"threads\":{th},\"ms\":{:.4},\"min_ms\":{:.4},\"max_ms\":{:.4},\"gops\":{gops:.2},\"weight_gbs\":{gbs:.3},\"limit_fraction\":{limit:.4},\"speedup_vs_f32\":{speedup:.3}}}",
+                        med * 1e3, lo * 1e3, hi * 1e3
+                    ));
+                }
+            }
+        }
+    }
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let bws: Vec<String> = bw
+        .iter()
+        .map(|(t, b)| format!("{{\"threads\":{t},\"gbs\":{b:.2}}}"))
+        .collect();
+    std::fs::write(
+        out.join("qgemm.json"),
+        format!(
+            "{{\"read_bandwidth\":[{}],\"kernels\":[{}]}}\n",
+            bws.join(","),
+            json.join(",")
+        ),
+    )
+    .unwrap();
+    println!("wrote {}", out.join("qgemm.json").display());
+}
