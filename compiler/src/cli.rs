@@ -182,6 +182,9 @@ pub enum Command {
         /// Worker threads of a compiled library (0: LPC_NUM_THREADS, else all cores).
         #[arg(long, default_value_t = 0)]
         threads: i32,
+        /// Time a compiled library over N runs (after one warm-up): median and min-max.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
         /// Run the quantized graph (as `lpc compile` would build it).
         #[command(flatten)]
         quant: QuantArgs,
@@ -415,6 +418,7 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
             check,
             tolerance,
             threads,
+            repeat,
             quant,
         } => {
             let mut qcfg = if quant.active() {
@@ -453,12 +457,12 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
                             .into(),
                     );
                 }
-                run::run_native(&model, inputs.as_deref(), &pairs, threads)
+                run::run_native(&model, inputs.as_deref(), &pairs, threads, repeat)
                     .map_err(|e| e.to_string())?
             } else {
                 let o = run::run_model(&model, inputs.as_deref(), &pairs, qcfg.as_ref())
                     .map_err(|e| e.to_string())?;
-                (o, t.elapsed())
+                (o, run::Timing::once(t.elapsed()))
             };
             let mut text = String::new();
             for (name, v) in &outs {
@@ -475,10 +479,18 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
                 );
             }
             text += &format!(
-                "{} time {:.1} ms\n",
+                "{} time {:.3} ms\n",
                 if native { "run" } else { "interpreter" },
-                elapsed.as_secs_f64() * 1e3
+                elapsed.median.as_secs_f64() * 1e3
             );
+            if native && repeat > 1 {
+                text += &format!(
+                    "runs {repeat}: median {:.3} ms, min {:.3} ms, max {:.3} ms\n",
+                    elapsed.median.as_secs_f64() * 1e3,
+                    elapsed.min.as_secs_f64() * 1e3,
+                    elapsed.max.as_secs_f64() * 1e3
+                );
+            }
             if let Some(dir) = outputs {
                 for p in run::write_outputs(&dir, &outs).map_err(|e| e.to_string())? {
                     text += &format!("wrote {}\n", p.display());

@@ -96,13 +96,33 @@ pub fn read_inputs_named(
     Ok(out)
 }
 
-/// Loads a compiled library (`lpc compile -o NAME.so`) and runs it.
+/// Run times: median, min and max over the timed runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub median: std::time::Duration,
+    pub min: std::time::Duration,
+    pub max: std::time::Duration,
+}
+
+impl Timing {
+    pub fn once(d: std::time::Duration) -> Self {
+        Self {
+            median: d,
+            min: d,
+            max: d,
+        }
+    }
+}
+
+/// Loads a compiled library (`lpc compile -o NAME.so`) and runs it; with
+/// `repeat > 1`, once to warm up and then `repeat` timed runs.
 pub fn run_native(
     lib: &Path,
     dir: Option<&Path>,
     pairs: &[(String, PathBuf)],
     threads: i32,
-) -> Result<(Vec<(String, TensorValue)>, std::time::Duration), RunError> {
+    repeat: usize,
+) -> Result<(Vec<(String, TensorValue)>, Timing), RunError> {
     let m = crate::native::NativeModel::load(lib, threads).map_err(RunError::Usage)?;
     let names: Vec<String> = m.inputs.iter().map(|i| i.0.clone()).collect();
     let mut vals = read_inputs_named(&names, dir, pairs)?;
@@ -110,12 +130,25 @@ pub fn run_native(
         .iter()
         .map(|n| vals.remove(n).expect("read_inputs_named fills every input"))
         .collect();
-    let t = std::time::Instant::now();
-    let outs = m.run(&ins).map_err(RunError::Usage)?;
-    let dt = t.elapsed();
+    let mut times = Vec::new();
+    let mut outs = Vec::new();
+    let timed = repeat.max(1);
+    for i in 0..timed + usize::from(repeat > 1) {
+        let t = std::time::Instant::now();
+        outs = m.run(&ins).map_err(RunError::Usage)?;
+        if repeat <= 1 || i > 0 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    let timing = Timing {
+        median: times[times.len() / 2],
+        min: times[0],
+        max: times[times.len() - 1],
+    };
     Ok((
         m.outputs.iter().map(|o| o.0.clone()).zip(outs).collect(),
-        dt,
+        timing,
     ))
 }
 

@@ -227,7 +227,7 @@ pub unsafe extern "C" fn lpc_rt_parallel_for(
     env: *mut c_void,
 ) {
     // SAFETY: see the contract above.
-    unsafe { &*ctx }.workers.run(n, body, env);
+    unsafe { (*ctx).workers.run(n, body, env) };
 }
 
 /// The `(format, mode)` codes generated code passes for a format.

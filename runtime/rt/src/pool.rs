@@ -125,7 +125,11 @@ impl Pool {
 
     /// Runs `body` over `[0, n)` in `threads` contiguous chunks and returns
     /// when all are done.
-    pub fn run(&self, n: i64, body: BodyFn, env: *mut c_void) {
+    ///
+    /// # Safety
+    /// `body(env, lo, hi)` must be sound for every sub-range of `[0, n)`,
+    /// concurrently on disjoint ranges.
+    pub unsafe fn run(&self, n: i64, body: BodyFn, env: *mut c_void) {
         if n <= 0 {
             return;
         }
@@ -204,7 +208,8 @@ mod tests {
             for n in [0usize, 1, 2, 5, 64, 1000] {
                 for _ in 0..20 {
                     let v: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
-                    p.run(n as i64, mark, &v as *const _ as *mut c_void);
+                    // SAFETY: `mark` touches each index of `v` once.
+                    unsafe { p.run(n as i64, mark, &v as *const _ as *mut c_void) };
                     assert!(
                         v.iter().all(|x| x.load(Ordering::Relaxed) == 1),
                         "threads {threads} n {n}"

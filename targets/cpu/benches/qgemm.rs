@@ -78,7 +78,7 @@ impl Lib {
             let opts = lpc_rt::LpcOptions {
                 num_threads: threads,
             };
-            let h = load(w.as_ptr() as *const i8, &opts as *const _ as *const c_void);
+            let h = load(w.as_ptr(), &opts as *const _ as *const c_void);
             assert!(!h.is_null());
             Lib {
                 _lib: lib,

@@ -69,27 +69,27 @@ impl<'c> Cg<'c> {
             .into_float_value())
     }
 
-    /// The f64 dot product of two HiF8 rows of `k` codes: both decoded
-    /// exactly through a table built from the reference decoder.
-    fn hif8_dot(
+    /// Decodes a row of `k` HiF8 codes to exact f32 values (a table built
+    /// from the reference decoder), zero-padded to `k16`.
+    fn hif8_decode_row(
         &mut self,
-        a: PointerValue<'c>,
-        w: PointerValue<'c>,
+        p: PointerValue<'c>,
         k: i64,
-        acc: PointerValue<'c>,
-    ) -> R<FloatValue<'c>> {
-        let f64t = self.f64t();
-        self.b.build_store(acc, self.cf64(0.0))?;
+        k16: i64,
+        out: PointerValue<'c>,
+    ) -> R<()> {
         let vals: Vec<f32> = (0..=255u8).map(hif8::decode).collect();
         let lut = self.table_f32("lpc.hif8", &vals);
         self.for_n(self.c64(k), |cg, i| {
-            let da = cg.fext(cg.load_f32(lut, cg.zext64(cg.load_u8(a, i)?)?)?)?;
-            let dw = cg.fext(cg.load_f32(lut, cg.zext64(cg.load_u8(w, i)?)?)?)?;
-            let old = cg.b.build_load(f64t, acc, "")?.into_float_value();
-            cg.b.build_store(acc, cg.fadd(old, cg.fmul(da, dw)?)?)?;
-            Ok(())
+            let v = cg.load_f32(lut, cg.zext64(cg.load_u8(p, i)?)?)?;
+            cg.store(DType::F32, out, i, v.into())
         })?;
-        Ok(self.b.build_load(f64t, acc, "")?.into_float_value())
+        if k16 > k {
+            let pad = self.gep(DType::F32, out, self.c64(k))?;
+            self.b
+                .build_memset(pad, 4, self.i8t().const_zero(), self.c64(4 * (k16 - k)))?;
+        }
+        Ok(())
     }
 
     /// The f64 dot product of an f32 row with a packed weight row of `k`
@@ -637,6 +637,15 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     };
     let kc = if vnni { (kpad + 63) / 64 * 64 } else { kpad };
     let lanes = kc / 4;
+    // HiF8 (W8A8): both operands decoded once to exact f32 values (rows
+    // padded to 16 lanes), multiplied and summed lane-wise in f32.
+    let hif8 = af.is_some() && bl == 1;
+    let k16 = (kk + 15) / 16 * 16;
+    let adec = if hif8 {
+        cg.alloc(DType::F32, cg.smax(cg.mul(rows, cg.c64(k16))?, cg.c64(1))?)?
+    } else {
+        cg.ptrt().const_null()
+    };
     let (acodes, ascales) = if blocks {
         let (sdt, per_row) = if vnni {
             (DType::F32, lanes)
@@ -656,6 +665,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         ea.into(),
         acodes.into(),
         ascales.into(),
+        adec.into(),
     ];
     cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
         let p = |i: usize| c[i].into_pointer_value();
@@ -687,6 +697,14 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 cg.for_n(cg.c64(nb_i), |cg, t| {
                     cg.decode_block(af, prow, t, crow, srow)
                 })
+            })?;
+        }
+        if hif8 {
+            let adp = p(5);
+            cg.for_range(lo, hi, |cg, r| {
+                let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
+                let drow = cg.gep(DType::F32, adp, cg.mul(r, cg.c64(k16))?)?;
+                cg.hif8_decode_row(prow, kk, k16, drow)
             })?;
         }
         if let (true, Some(af)) = (vnni, af) {
@@ -770,6 +788,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             residual.as_ref().map_or(null, |r| r.ptr).into(),
             acodes.into(),
             ascales.into(),
+            adec.into(),
         ];
         let (has_e, has_b, has_r) = (e.is_some(), bias.is_some(), residual.is_some());
         let weight_only = af.is_none();
@@ -798,6 +817,16 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             // `off · Σ w` of the unsigned activation offset.
             let f32x16 = cg.f32t().vec_type(16);
             let i32x16 = cg.i32t().vec_type(16);
+            let (wdec, hacc) = if hif8 {
+                let n = cg.i32t().const_int(k16 as u64, false);
+                (
+                    cg.b.build_array_alloca(cg.f32t(), n, "wdec")?,
+                    cg.b.build_alloca(f32x16, "hacc")?,
+                )
+            } else {
+                let null = cg.ptrt().const_null();
+                (null, null)
+            };
             let (wscx, wcorr, facc) = if vnni {
                 let n32 = cg.i32t().const_int(lanes as u64, false);
                 let wscx = cg.b.build_array_alloca(cg.f32t(), n32, "wscx")?;
@@ -817,6 +846,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     cg.for_n(cg.c64(nb_i), |cg, t| {
                         cg.decode_block(wf, wrow, t, wcodes, wsc)
                     })?;
+                }
+                if hif8 {
+                    cg.hif8_decode_row(wrow, kk, k16, wdec)?;
                 }
                 if vnni {
                     cg.replicate_scales(wsc, nb_i, bl, lanes, wscx)?;
@@ -885,7 +917,27 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         })?;
                         cg.b.build_load(cg.f64t(), acc, "")?.into_float_value()
                     } else {
-                        cg.hif8_dot(arow, wrow, kk, acc)?
+                        let adp = p(13);
+                        let drow = cg.mul(r, cg.c64(4 * k16))?;
+                        cg.b.build_store(hacc, f32x16.const_zero())?;
+                        cg.for_n(cg.c64(k16 / 16), |cg, c| {
+                            let o = cg.mul(c, cg.c64(64))?;
+                            let va = cg.load_vec(adp, cg.add(drow, o)?, f32x16, 4)?;
+                            let vw = cg.load_vec(wdec, o, f32x16, 4)?;
+                            let a = cg.b.build_load(f32x16, hacc, "")?.into_vector_value();
+                            let prod = cg.b.build_float_mul(va, vw, "")?;
+                            cg.b.build_store(hacc, cg.b.build_float_add(a, prod, "")?)?;
+                            Ok(())
+                        })?;
+                        let a = cg.b.build_load(f32x16, hacc, "")?;
+                        let y = cg
+                            .intrinsic(
+                                "llvm.vector.reduce.fadd",
+                                &[f32x16.into()],
+                                &[cg.cf32(0.0).into(), a.into()],
+                            )?
+                            .into_float_value();
+                        cg.fext(y)?
                     };
                     if ascaled || has_e {
                         let mut e = cg.c64(0);
@@ -921,6 +973,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     if blocks {
         cg.release(acodes)?;
         cg.release(ascales)?;
+    }
+    if hif8 {
+        cg.release(adec)?;
     }
     let mut dims = x.dims.clone();
     *dims.last_mut().expect("rank >= 1") = ntot;
