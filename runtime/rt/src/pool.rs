@@ -107,9 +107,16 @@ impl Pool {
             shutdown: AtomicU64::new(0),
         });
         let workers = (1..threads)
-            .map(|_| {
+            .filter_map(|_| {
                 let s = shared.clone();
-                std::thread::spawn(move || worker(s))
+                // Generated kernels keep per-row scratch (attention scores)
+                // on the stack. A worker that cannot start leaves its chunks
+                // to the others.
+                std::thread::Builder::new()
+                    .name("lpc-worker".into())
+                    .stack_size(16 << 20)
+                    .spawn(move || worker(s))
+                    .ok()
             })
             .collect();
         Self {

@@ -218,10 +218,12 @@ fn main() {
             t
         };
         for &th in &threads {
+            // Distinct file names: dlopen caches libraries by path.
+            let tag = format!("{k}x{n}_t{th}");
             let base = Lib::build(
                 &linear_graph(Dim::Sym("m".into()), k, n, &wt),
                 dir.path(),
-                "f32",
+                &format!("f32_{tag}"),
                 th as i32,
             );
             let mut base_t = std::collections::HashMap::new();
@@ -237,7 +239,7 @@ fn main() {
                     ..Default::default()
                 };
                 let (g, _, _) = qgemm_graph(f, Dim::Sym("m".into()), k, n, w.clone(), &spec);
-                let lib = Lib::build(&g, dir.path(), fname, th as i32);
+                let lib = Lib::build(&g, dir.path(), &format!("{fname}_{tag}"), th as i32);
                 drop(g);
                 for &m in &ms {
                     let (med, lo, hi) = lib.time(&x[..m * k], m, k, runs);

@@ -489,13 +489,15 @@ impl<'c> Cg<'c> {
         caps: &[BasicValueEnum<'c>],
         body: impl FnOnce(&mut Self, &[BasicValueEnum<'c>], IntValue<'c>, IntValue<'c>) -> R<()>,
     ) -> R<()> {
-        let name = self.fresh("par");
+        // Named after the op, with internal (not private) linkage, so that
+        // profilers attribute time to it.
+        let name = self.fresh(&format!("par.{}", self.op.trim_start_matches("lpc.")));
         let p = self.ptrt();
         let fty = self
             .cx
             .void_type()
             .fn_type(&[p.into(), self.i64t().into(), self.i64t().into()], false);
-        let func = self.m.add_function(&name, fty, Some(Linkage::Private));
+        let func = self.m.add_function(&name, fty, Some(Linkage::Internal));
         // Environment: one 8-byte slot per capture.
         let env = self.entry_alloca(self.i64t().into(), caps.len().max(1) as u32)?;
         for (k, v) in caps.iter().enumerate() {

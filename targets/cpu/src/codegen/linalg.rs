@@ -223,6 +223,22 @@ impl<'c> Cg<'c> {
         let _ = st.set_alignment(1);
         Ok(())
     }
+    /// `n` f32 lanes at byte offset `off` (4-byte aligned).
+    fn load_vec_f32(&self, p: PointerValue<'c>, off: IntValue<'c>, n: u32) -> R<VectorValue<'c>> {
+        self.load_vec(p, off, self.f32t().vec_type(n), 4)
+    }
+    fn store_vec_f32(&self, p: PointerValue<'c>, off: IntValue<'c>, v: VectorValue<'c>) -> R<()> {
+        self.store_vec_aligned(p, off, v, 4)
+    }
+    /// `v` in every one of `n` lanes.
+    fn splat_f32(&self, v: FloatValue<'c>, n: u32) -> R<VectorValue<'c>> {
+        let t = self.f32t().vec_type(n);
+        let ins = self
+            .b
+            .build_insert_element(t.get_undef(), v, self.i32t().const_zero(), "")?;
+        let z = VectorType::const_vector(&vec![self.i32t().const_zero(); n as usize]);
+        Ok(self.b.build_shuffle_vector(ins, t.get_undef(), z, "")?)
+    }
     /// A vector load of `t` at byte offset `off` with alignment `align`.
     fn load_vec(
         &self,
@@ -526,14 +542,44 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
             let (xp, wp, yp) = (p(0), p(1), p(2));
             let (rows, k, nn, ntot, off) = (i(3), i(4), i(5), i(6), i(7));
             let acc = cg.b.build_alloca(cg.f32t(), "acc")?;
+            let vaccs: Vec<PointerValue> = (0..4)
+                .map(|_| cg.b.build_alloca(cg.f32t().vec_type(16), "vacc"))
+                .collect::<Result<_, _>>()?;
             cg.for_n(rows, |cg, r| {
                 let xrow = cg.mul(r, k)?;
                 let yrow = cg.add(cg.mul(r, ntot)?, off)?;
                 if tr {
+                    // Dot products along K: 16 lanes at a time, then the rest.
+                    let f32x16 = cg.f32t().vec_type(16);
+                    let kv = cg.sdiv(k, cg.c64(16))?;
                     cg.for_range(lo, hi, |cg, j| {
-                        cg.b.build_store(acc, cg.cf32(0.0))?;
                         let wrow = cg.mul(j, k)?;
-                        cg.for_n(k, |cg, t| {
+                        cg.b.build_store(vaccs[0], f32x16.const_zero())?;
+                        cg.for_n(kv, |cg, t| {
+                            let o = cg.mul(t, cg.c64(16))?;
+                            let a =
+                                cg.load_vec_f32(xp, cg.mul(cg.add(xrow, o)?, cg.c64(4))?, 16)?;
+                            let w =
+                                cg.load_vec_f32(wp, cg.mul(cg.add(wrow, o)?, cg.c64(4))?, 16)?;
+                            let s = cg.b.build_load(f32x16, vaccs[0], "")?.into_vector_value();
+                            let f = cg.intrinsic(
+                                "llvm.fma",
+                                &[f32x16.into()],
+                                &[a.into(), w.into(), s.into()],
+                            )?;
+                            cg.b.build_store(vaccs[0], f)?;
+                            Ok(())
+                        })?;
+                        let v = cg.b.build_load(f32x16, vaccs[0], "")?;
+                        let red = cg
+                            .intrinsic(
+                                "llvm.vector.reduce.fadd",
+                                &[f32x16.into()],
+                                &[cg.cf32(0.0).into(), v.into()],
+                            )?
+                            .into_float_value();
+                        cg.b.build_store(acc, red)?;
+                        cg.for_range(cg.mul(kv, cg.c64(16))?, k, |cg, t| {
                             let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
                             let b = cg.load_f32(wp, cg.add(wrow, t)?)?;
                             let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
@@ -544,18 +590,52 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
                         cg.store(DType::F32, yp, cg.add(yrow, j)?, s.into())
                     })?;
                 } else {
-                    cg.for_range(lo, hi, |cg, j| {
-                        cg.store(DType::F32, yp, cg.add(yrow, j)?, cg.cf32(0.0).into())
+                    // Panels of 64 columns: four <16 x f32> accumulators kept
+                    // in registers over all of K (x[r, t] broadcast, one row
+                    // of W per step), stored once.
+                    let f32x16 = cg.f32t().vec_type(16);
+                    let panels = cg.sdiv(cg.sub(hi, lo)?, cg.c64(64))?;
+                    cg.for_n(panels, |cg, pn| {
+                        let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
+                        for a in &vaccs {
+                            cg.b.build_store(*a, f32x16.const_zero())?;
+                        }
+                        cg.for_n(k, |cg, t| {
+                            let a = cg.splat_f32(cg.load_f32(xp, cg.add(xrow, t)?)?, 16)?;
+                            let wrow = cg.add(cg.mul(t, nn)?, j)?;
+                            for (u, acc) in vaccs.iter().enumerate() {
+                                let o = cg.mul(cg.add(wrow, cg.c64(16 * u as i64))?, cg.c64(4))?;
+                                let w = cg.load_vec_f32(wp, o, 16)?;
+                                let s = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
+                                let f = cg.intrinsic(
+                                    "llvm.fma",
+                                    &[f32x16.into()],
+                                    &[a.into(), w.into(), s.into()],
+                                )?;
+                                cg.b.build_store(*acc, f)?;
+                            }
+                            Ok(())
+                        })?;
+                        for (u, acc) in vaccs.iter().enumerate() {
+                            let v = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
+                            let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
+                            cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
+                        }
+                        Ok(())
                     })?;
-                    cg.for_n(k, |cg, t| {
-                        let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
-                        let wrow = cg.mul(t, nn)?;
-                        cg.for_range(lo, hi, |cg, j| {
-                            let b = cg.load_f32(wp, cg.add(wrow, j)?)?;
-                            let yi = cg.add(yrow, j)?;
-                            let o = cg.load_f32(yp, yi)?;
-                            cg.store(DType::F32, yp, yi, cg.fadd(o, cg.fmul(a, b)?)?.into())
-                        })
+                    // The remaining columns, one at a time.
+                    let tail = cg.add(lo, cg.mul(panels, cg.c64(64))?)?;
+                    cg.for_range(tail, hi, |cg, j| {
+                        cg.b.build_store(acc, cg.cf32(0.0))?;
+                        cg.for_n(k, |cg, t| {
+                            let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
+                            let b = cg.load_f32(wp, cg.add(cg.mul(t, nn)?, j)?)?;
+                            let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
+                            cg.b.build_store(acc, cg.fadd(s, cg.fmul(a, b)?)?)?;
+                            Ok(())
+                        })?;
+                        let s = cg.b.build_load(cg.f32t(), acc, "")?;
+                        cg.store(DType::F32, yp, cg.add(yrow, j)?, s)
                     })?;
                 }
                 if has_bias {

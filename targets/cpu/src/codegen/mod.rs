@@ -237,7 +237,7 @@ fn generate_into<'c>(
     let graph_fn = m.add_function(
         "lpc_graph_run",
         i32t.fn_type(&[p.into(), p.into(), p.into(), p.into()], false),
-        Some(Linkage::Private),
+        Some(Linkage::Internal),
     );
     let entry = cx.append_basic_block(graph_fn, "entry");
     let fail = cx.append_basic_block(graph_fn, "fail");

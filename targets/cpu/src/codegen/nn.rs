@@ -325,6 +325,109 @@ impl<'c> Cg<'c> {
     }
 }
 
+impl<'c> Cg<'c> {
+    /// `Σ a[ao + t] · b[bo + t]` over `n` f32 elements: 16 lanes at a time
+    /// (f32 products summed lane-wise), then the rest; returned as f64.
+    fn dot_f32(
+        &mut self,
+        a: PointerValue<'c>,
+        ao: IntValue<'c>,
+        b: PointerValue<'c>,
+        bo: IntValue<'c>,
+        n: IntValue<'c>,
+    ) -> R<FloatValue<'c>> {
+        let v16 = self.f32t().vec_type(16);
+        let vacc = self.slot(v16.into(), v16.const_zero().into())?;
+        let sacc = self.slot(self.f32t().into(), self.cf32(0.0).into())?;
+        self.b.build_store(vacc, v16.const_zero())?;
+        self.b.build_store(sacc, self.cf32(0.0))?;
+        let chunks = self.sdiv(n, self.c64(16))?;
+        let load16 = |cg: &Cg<'c>,
+                      p: PointerValue<'c>,
+                      o: IntValue<'c>|
+         -> R<inkwell::values::VectorValue<'c>> {
+            let q = cg.gep(DType::F32, p, o)?;
+            let v = cg.b.build_load(v16, q, "")?.into_vector_value();
+            if let Some(i) = v.as_instruction() {
+                let _ = i.set_alignment(4);
+            }
+            Ok(v)
+        };
+        self.for_n(chunks, |cg, c| {
+            let o = cg.mul(c, cg.c64(16))?;
+            let x = load16(cg, a, cg.add(ao, o)?)?;
+            let y = load16(cg, b, cg.add(bo, o)?)?;
+            let s = cg.b.build_load(v16, vacc, "")?;
+            let f = cg.intrinsic("llvm.fma", &[v16.into()], &[x.into(), y.into(), s.into()])?;
+            cg.b.build_store(vacc, f)?;
+            Ok(())
+        })?;
+        self.for_range(self.mul(chunks, self.c64(16))?, n, |cg, t| {
+            let x = cg.load_f32(a, cg.add(ao, t)?)?;
+            let y = cg.load_f32(b, cg.add(bo, t)?)?;
+            let s = cg.b.build_load(cg.f32t(), sacc, "")?.into_float_value();
+            cg.b.build_store(sacc, cg.fadd(s, cg.fmul(x, y)?)?)?;
+            Ok(())
+        })?;
+        let v = self.b.build_load(v16, vacc, "")?;
+        let s = self.b.build_load(self.f32t(), sacc, "")?;
+        let r = self
+            .intrinsic(
+                "llvm.vector.reduce.fadd",
+                &[v16.into()],
+                &[s.into(), v.into()],
+            )?
+            .into_float_value();
+        self.fext(r)
+    }
+
+    /// `acc[t] += p · x[xo + t]` over `n` elements (acc f64, x f32), eight
+    /// lanes at a time.
+    fn axpy_f64(
+        &mut self,
+        acc: PointerValue<'c>,
+        p: FloatValue<'c>,
+        x: PointerValue<'c>,
+        xo: IntValue<'c>,
+        n: IntValue<'c>,
+    ) -> R<()> {
+        let (v8f, v8d) = (self.f32t().vec_type(8), self.f64t().vec_type(8));
+        let ins = self
+            .b
+            .build_insert_element(v8d.get_undef(), p, self.i32t().const_zero(), "")?;
+        let z = inkwell::types::VectorType::const_vector(&[self.i32t().const_zero(); 8]);
+        let pv = self.b.build_shuffle_vector(ins, v8d.get_undef(), z, "")?;
+        let chunks = self.sdiv(n, self.c64(8))?;
+        self.for_n(chunks, |cg, c| {
+            let o = cg.mul(c, cg.c64(8))?;
+            let q = cg.gep(DType::F32, x, cg.add(xo, o)?)?;
+            let xv = cg.b.build_load(v8f, q, "")?.into_vector_value();
+            if let Some(i) = xv.as_instruction() {
+                let _ = i.set_alignment(4);
+            }
+            let xd = cg.b.build_float_ext(xv, v8d, "")?;
+            let ap = cg.gep(DType::F64, acc, o)?;
+            let av = cg.b.build_load(v8d, ap, "")?.into_vector_value();
+            if let Some(i) = av.as_instruction() {
+                let _ = i.set_alignment(8);
+            }
+            let r = cg.intrinsic(
+                "llvm.fma",
+                &[v8d.into()],
+                &[pv.into(), xd.into(), av.into()],
+            )?;
+            let st = cg.b.build_store(ap, r)?;
+            let _ = st.set_alignment(8);
+            Ok(())
+        })?;
+        self.for_range(self.mul(chunks, self.c64(8))?, n, |cg, t| {
+            let xv = cg.fext(cg.load_f32(x, cg.add(xo, t)?)?)?;
+            let a = cg.load(DType::F64, acc, t)?.into_float_value();
+            cg.store(DType::F64, acc, t, cg.fadd(a, cg.fmul(p, xv)?)?.into())
+        })
+    }
+}
+
 /// A per-batch index function generated inline (`past length of batch b`).
 type PerBatch<'a, 'c> = Box<dyn Fn(&Cg<'c>, IntValue<'c>) -> R<IntValue<'c>> + 'a>;
 
@@ -662,7 +765,8 @@ impl<'c> Cg<'c> {
             let acc = cg.b.build_array_alloca(f64t, dv, "acc")?;
             let mx = cg.b.build_alloca(f64t, "mx")?;
             let sum = cg.b.build_alloca(f64t, "sum")?;
-            let dot = cg.b.build_alloca(f64t, "dot")?;
+            // Each row's scores, computed once (a stack buffer of the key count).
+            let scores = cg.b.build_array_alloca(f64t, total, "scores")?;
             cg.for_range(lo, hi, |cg, r| {
                 // r = (bi·hq + h)·l + qi
                 let qi = cg.srem(r, l)?;
@@ -676,17 +780,9 @@ impl<'c> Cg<'c> {
                 let vbase = cg.add(cg.mul(bi, vsb)?, cg.mul(kh, vsh)?)?;
                 // score(j), -inf when masked.
                 let score = |cg: &mut Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
-                    cg.b.build_store(dot, cg.cf64(0.0))?;
                     let kb = cg.add(kbase, cg.mul(j, ksi)?)?;
-                    cg.for_n(d, |cg, t| {
-                        let a = cg.fext(cg.load_f32(qp, cg.add(qbase, t)?)?)?;
-                        let bb = cg.fext(cg.load_f32(kp, cg.add(kb, t)?)?)?;
-                        let s = cg.b.build_load(f64t, dot, "")?.into_float_value();
-                        cg.b.build_store(dot, cg.fadd(s, cg.fmul(a, bb)?)?)?;
-                        Ok(())
-                    })?;
-                    let mut s =
-                        cg.fmul(cg.b.build_load(f64t, dot, "")?.into_float_value(), scale)?;
+                    let dot = cg.dot_f32(qp, qbase, kp, kb, d)?;
+                    let mut s = cg.fmul(dot, scale)?;
                     if softcap > 0.0 {
                         let sc = cg.cf64(softcap as f64);
                         let t =
@@ -739,6 +835,7 @@ impl<'c> Cg<'c> {
                 cg.b.build_store(mx, cg.cf64(f64::NEG_INFINITY))?;
                 cg.for_n(total, |cg, j| {
                     let s = score(cg, j)?;
+                    cg.store(DType::F64, scores, j, s.into())?;
                     let m = cg.b.build_load(f64t, mx, "")?.into_float_value();
                     let m2 = cg
                         .intrinsic("llvm.maxnum", &[f64t.into()], &[m.into(), s.into()])?
@@ -754,18 +851,14 @@ impl<'c> Cg<'c> {
                 let any = cg.fcmp(FloatPredicate::ONE, m, cg.cf64(f64::NEG_INFINITY))?;
                 let m_safe = cg.select_f(any, m, cg.cf64(0.0))?;
                 cg.for_n(total, |cg, j| {
-                    let s = score(cg, j)?;
+                    let s = cg.load(DType::F64, scores, j)?.into_float_value();
                     let e = cg
                         .intrinsic("llvm.exp", &[f64t.into()], &[cg.fsub(s, m_safe)?.into()])?
                         .into_float_value();
                     let su = cg.b.build_load(f64t, sum, "")?.into_float_value();
                     cg.b.build_store(sum, cg.fadd(su, e)?)?;
                     let vb = cg.add(vbase, cg.mul(j, vsi)?)?;
-                    cg.for_n(dv, |cg, t| {
-                        let x = cg.fext(cg.load_f32(vp, cg.add(vb, t)?)?)?;
-                        let a = cg.load(DType::F64, acc, t)?.into_float_value();
-                        cg.store(DType::F64, acc, t, cg.fadd(a, cg.fmul(e, x)?)?.into())
-                    })
+                    cg.axpy_f64(acc, e, vp, vb, dv)
                 })?;
                 let su = cg.b.build_load(f64t, sum, "")?.into_float_value();
                 let ybase = cg.add(cg.add(cg.mul(bi, ysb)?, cg.mul(h, ysh)?)?, cg.mul(qi, ysi)?)?;
