@@ -907,11 +907,15 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let null = cg.ptrt().const_null();
                 (null, null)
             };
+            let mut faccs: Vec<PointerValue> = Vec::new();
             let (wscx, wcorr, facc) = if vnni {
                 let n32 = cg.i32t().const_int(lanes as u64, false);
                 let wscx = cg.b.build_array_alloca(cg.f32t(), n32, "wscx")?;
                 let wcorr = cg.b.build_array_alloca(cg.i32t(), n32, "wcorr")?;
                 let facc = cg.b.build_alloca(f32x16, "facc")?;
+                for _ in 0..4 {
+                    faccs.push(cg.b.build_alloca(f32x16, "facc4")?);
+                }
                 let zero8 = cg.i8t().const_zero();
                 cg.b.build_memset(wcodes, 16, zero8, cg.c64(kc))?;
                 cg.b.build_memset(wscx, 16, zero8, cg.c64(4 * lanes))?;
@@ -939,9 +943,10 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         cg.store_vec_aligned(wcorr, o, corr, 4)
                     })?;
                 }
-                cg.for_n(rows, |cg, r| {
+                // One output row at a time: its f64 dot product...
+                let single = |cg: &mut Cg<'c>, r: IntValue<'c>| -> R<FloatValue<'c>> {
                     let arow = cg.gep_bytes(ap, cg.mul(r, cg.c64(abpr))?)?;
-                    let mut v = if weight_only {
+                    let v = if weight_only {
                         cg.mixed_dot(wf, arow, wrow, kk, acc)?
                     } else if vnni {
                         // Per 64-byte chunk: vpdpbusd, minus the offset
@@ -1019,6 +1024,10 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                             .into_float_value();
                         cg.fext(y)?
                     };
+                    Ok(v)
+                };
+                // ... and the epilogue: scales, bias, activation, residual.
+                let finish = |cg: &mut Cg<'c>, r: IntValue<'c>, mut v: FloatValue<'c>| -> R<()> {
                     if ascaled || has_e {
                         let mut e = cg.c64(0);
                         if ascaled {
@@ -1044,6 +1053,60 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
                     }
                     cg.store(DType::F32, yp, yi, y32.into())
+                };
+                let mut first = cg.c64(0);
+                if vnni {
+                    // Four rows at a time share each weight chunk, its
+                    // correction and scales (loaded once, kept in registers).
+                    let quads = cg.sdiv(rows, cg.c64(4))?;
+                    first = cg.mul(quads, cg.c64(4))?;
+                    cg.for_n(quads, |cg, q| {
+                        let r0 = cg.mul(q, cg.c64(4))?;
+                        for a in &faccs {
+                            cg.b.build_store(*a, f32x16.const_zero())?;
+                        }
+                        cg.for_n(cg.c64(kc / 64), |cg, c| {
+                            let o = cg.mul(c, cg.c64(64))?;
+                            let vw = cg.load_i8xn(wcodes, o, 64)?;
+                            let corr = cg.load_vec(wcorr, o, i32x16, 4)?;
+                            let sw = cg.load_vec(wscx, o, f32x16, 4)?;
+                            for (u, fa) in faccs.iter().enumerate() {
+                                let r = cg.add(r0, cg.c64(u as i64))?;
+                                let crow = cg.mul(r, cg.c64(kc))?;
+                                let srow = cg.mul(r, cg.c64(4 * lanes))?;
+                                let va = cg.load_i8xn(acp, cg.add(crow, o)?, 64)?;
+                                let d = cg.vpdpbusd(i32x16.const_zero(), va, vw)?;
+                                let d = cg.b.build_int_sub(d, corr, "")?;
+                                let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
+                                let sa = cg.load_vec(asp, cg.add(srow, o)?, f32x16, 4)?;
+                                let p = cg.b.build_float_mul(
+                                    fd,
+                                    cg.b.build_float_mul(sa, sw, "")?,
+                                    "",
+                                )?;
+                                let a = cg.b.build_load(f32x16, *fa, "")?.into_vector_value();
+                                cg.b.build_store(*fa, cg.b.build_float_add(a, p, "")?)?;
+                            }
+                            Ok(())
+                        })?;
+                        for (u, fa) in faccs.iter().enumerate() {
+                            let a = cg.b.build_load(f32x16, *fa, "")?;
+                            let y = cg
+                                .intrinsic(
+                                    "llvm.vector.reduce.fadd",
+                                    &[f32x16.into()],
+                                    &[cg.cf32(0.0).into(), a.into()],
+                                )?
+                                .into_float_value();
+                            let v = cg.fext(y)?;
+                            finish(cg, cg.add(r0, cg.c64(u as i64))?, v)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                cg.for_range(first, rows, |cg, r| {
+                    let v = single(cg, r)?;
+                    finish(cg, r, v)
                 })
             })
         })?;
