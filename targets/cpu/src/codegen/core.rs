@@ -410,6 +410,21 @@ impl<'c> Cg<'c> {
         Ok(p)
     }
 
+    /// `if cond { body }`.
+    pub fn if_then(&mut self, cond: IntValue<'c>, body: impl FnOnce(&mut Self) -> R<()>) -> R<()> {
+        if cond.get_zero_extended_constant() == Some(1) {
+            return body(self);
+        }
+        let then = self.cx.append_basic_block(self.f, "then");
+        let cont = self.cx.append_basic_block(self.f, "endif");
+        self.b.build_conditional_branch(cond, then, cont)?;
+        self.b.position_at_end(then);
+        body(self)?;
+        self.b.build_unconditional_branch(cont)?;
+        self.b.position_at_end(cont);
+        Ok(())
+    }
+
     /// `for i in lo..hi { body(i) }`.
     pub fn for_range(
         &mut self,

@@ -283,6 +283,36 @@ impl<'c> Cg<'c> {
             )?
             .into_vector_value())
     }
+    /// `a · b + c` lane-wise, fused.
+    fn fma_vec(
+        &self,
+        a: VectorValue<'c>,
+        b: VectorValue<'c>,
+        c: VectorValue<'c>,
+    ) -> R<VectorValue<'c>> {
+        Ok(self
+            .intrinsic(
+                "llvm.fma",
+                &[a.get_type().into()],
+                &[a.into(), b.into(), c.into()],
+            )?
+            .into_vector_value())
+    }
+
+    /// The sum of a vector's lanes, in any order (a tree).
+    fn reduce_fadd(&self, v: VectorValue<'c>) -> R<FloatValue<'c>> {
+        let r = self.intrinsic(
+            "llvm.vector.reduce.fadd",
+            &[v.get_type().into()],
+            &[self.cf32(-0.0).into(), v.into()],
+        )?;
+        let r = r.into_float_value();
+        if let Some(i) = r.as_instruction() {
+            let _ = i.set_fast_math_flags(inkwell::values::FastMathFlags::AllowReassoc);
+        }
+        Ok(r)
+    }
+
     /// Writes the f64 block scales `s64[0..nb]` as f32, each repeated over
     /// its block's `block/4` i32 lanes, into `out` (`lanes` f32).
     fn replicate_scales(
@@ -352,6 +382,19 @@ impl<'c> Cg<'c> {
         codes: PointerValue<'c>,
         scales: PointerValue<'c>,
     ) -> R<()> {
+        let (v, sc) = self.decode_codes(f, p, t)?;
+        self.store_vec(codes, self.mul(t, self.c64(f.block_len() as i64))?, v)?;
+        self.store(DType::F64, scales, t, sc.into())
+    }
+
+    /// Block `t` of a packed row as a vector of i8 codes (block length
+    /// lanes) and its f64 scale factor (see [`Self::decode_block`]).
+    fn decode_codes(
+        &mut self,
+        f: Format,
+        p: PointerValue<'c>,
+        t: IntValue<'c>,
+    ) -> R<(VectorValue<'c>, FloatValue<'c>)> {
         match f {
             Format::Mxfp4(_) => {
                 let base = self.mul(t, self.c64(17))?;
@@ -380,12 +423,12 @@ impl<'c> Cg<'c> {
                 let inter =
                     self.b
                         .build_shuffle_vector(dl, dh, VectorType::const_vector(&mask), "")?;
-                self.store_vec(codes, self.mul(t, self.c64(32))?, inter)?;
+
                 let sb = self.zext64(self.load_u8(p, base)?)?;
                 let sc = self.pow2_f64(self.sub(sb, self.c64(128))?)?;
                 let poisoned = self.icmp(IntPredicate::EQ, sb, self.c64(255))?;
                 let sc = self.select_f(poisoned, self.cf64(f64::NAN), sc)?;
-                self.store(DType::F64, scales, t, sc.into())
+                Ok((inter, sc))
             }
             Format::Hif4(_) => {
                 // Vector form of hif4_code for the 64 elements at once.
@@ -449,12 +492,12 @@ impl<'c> Cg<'c> {
                     .b
                     .build_select(neg, negmag, mag, "")?
                     .into_vector_value();
-                self.store_vec(codes, self.mul(t, self.c64(64))?, code)?;
+
                 let scales_t: Vec<f32> = (0..=255u8).map(hif4::e6m2_to_f32).collect();
                 let st = self.table_f32("lpc.e6m2", &scales_t);
                 let s = self.fext(self.load_f32(st, self.zext64(self.load_u8(p, base)?)?)?)?;
                 let s = self.fdiv(s, self.cf64(4.0))?;
-                self.store(DType::F64, scales, t, s.into())
+                Ok((code, s))
             }
             Format::Hif8(_) => self.err("HiF8 has no block codes"),
         }
@@ -926,21 +969,33 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             };
             cg.for_range(lo, hi, |cg, j| {
                 let wrow = cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?)?;
+                // The whole weight row decoded once, for rows in fours (VNNI)
+                // or every row; single VNNI rows decode in registers instead.
+                let predecode = if vnni {
+                    cg.icmp(IntPredicate::SGE, rows, cg.c64(4))?
+                } else {
+                    cg.cx.bool_type().const_int(1, false)
+                };
                 if blocks {
-                    cg.for_n(cg.c64(nb_i), |cg, t| {
-                        cg.decode_block(wf, wrow, t, wcodes, wsc)
+                    cg.if_then(predecode, |cg| {
+                        cg.for_n(cg.c64(nb_i), |cg, t| {
+                            cg.decode_block(wf, wrow, t, wcodes, wsc)
+                        })
                     })?;
                 }
                 if hif8 {
                     cg.hif8_decode_row(wrow, kk, k16, wdec)?;
                 }
                 if vnni {
-                    cg.replicate_scales(wsc, nb_i, bl, lanes, wscx)?;
-                    cg.for_n(cg.c64(kc / 64), |cg, c| {
-                        let o = cg.mul(c, cg.c64(64))?;
-                        let vw = cg.load_i8xn(wcodes, o, 64)?;
-                        let corr = cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(aoff, 64), vw)?;
-                        cg.store_vec_aligned(wcorr, o, corr, 4)
+                    cg.if_then(predecode, |cg| {
+                        cg.replicate_scales(wsc, nb_i, bl, lanes, wscx)?;
+                        cg.for_n(cg.c64(kc / 64), |cg, c| {
+                            let o = cg.mul(c, cg.c64(64))?;
+                            let vw = cg.load_i8xn(wcodes, o, 64)?;
+                            let corr =
+                                cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(aoff, 64), vw)?;
+                            cg.store_vec_aligned(wcorr, o, corr, 4)
+                        })
                     })?;
                 }
                 // One output row at a time: its f64 dot product...
@@ -949,36 +1004,74 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     let v = if weight_only {
                         cg.mixed_dot(wf, arow, wrow, kk, acc)?
                     } else if vnni {
-                        // Per 64-byte chunk: vpdpbusd, minus the offset
-                        // correction, to f32, times the per-lane scale
-                        // products, summed lane-wise; one reduction per output.
+                        // Weights decoded in registers chunk by chunk (64
+                        // codes: two MXFP4 blocks or one HiF4 unit):
+                        // vpdpbusd, minus the offset correction, to f32,
+                        // times the per-lane scale products, summed
+                        // lane-wise; one reduction per output.
                         cg.b.build_store(facc, f32x16.const_zero())?;
                         let crow = cg.mul(r, cg.c64(kc))?;
                         let srow = cg.mul(r, cg.c64(4 * lanes))?;
-                        cg.for_n(cg.c64(kc / 64), |cg, c| {
+                        let per = 64 / bl;
+                        let full = nb_i / per;
+                        let chunk = |cg: &mut Cg<'c>, c: IntValue<'c>, last_half: bool| -> R<()> {
+                            let t0 = cg.mul(c, cg.c64(per))?;
+                            let (codes, swv) = if per == 2 {
+                                let (c0, s0) = cg.decode_codes(wf, wrow, t0)?;
+                                let (c1, s1) = if last_half {
+                                    (cg.i8t().vec_type(32).const_zero(), cg.cf64(0.0))
+                                } else {
+                                    cg.decode_codes(wf, wrow, cg.add(t0, cg.c64(1))?)?
+                                };
+                                let m: Vec<_> =
+                                    (0..64u64).map(|i| cg.i32t().const_int(i, false)).collect();
+                                let codes = cg.b.build_shuffle_vector(
+                                    c0,
+                                    c1,
+                                    VectorType::const_vector(&m),
+                                    "",
+                                )?;
+                                let (a, b) = (
+                                    cg.splat_f32(cg.ftrunc(s0)?, 16)?,
+                                    cg.splat_f32(cg.ftrunc(s1)?, 16)?,
+                                );
+                                let m: Vec<_> = (0..16u64)
+                                    .map(|i| {
+                                        cg.i32t().const_int(if i < 8 { i } else { 16 + i }, false)
+                                    })
+                                    .collect();
+                                (
+                                    codes,
+                                    cg.b.build_shuffle_vector(
+                                        a,
+                                        b,
+                                        VectorType::const_vector(&m),
+                                        "",
+                                    )?,
+                                )
+                            } else {
+                                let (c0, s0) = cg.decode_codes(wf, wrow, t0)?;
+                                (c0, cg.splat_f32(cg.ftrunc(s0)?, 16)?)
+                            };
                             let o = cg.mul(c, cg.c64(64))?;
                             let va = cg.load_i8xn(acp, cg.add(crow, o)?, 64)?;
-                            let vw = cg.load_i8xn(wcodes, o, 64)?;
-                            let d = cg.vpdpbusd(i32x16.const_zero(), va, vw)?;
-                            let corr = cg.load_vec(wcorr, o, i32x16, 4)?;
+                            let d = cg.vpdpbusd(i32x16.const_zero(), va, codes)?;
+                            let corr =
+                                cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(aoff, 64), codes)?;
                             let d = cg.b.build_int_sub(d, corr, "")?;
                             let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
                             let sa = cg.load_vec(asp, cg.add(srow, o)?, f32x16, 4)?;
-                            let sw = cg.load_vec(wscx, o, f32x16, 4)?;
-                            let sc = cg.b.build_float_mul(sa, sw, "")?;
-                            let p = cg.b.build_float_mul(fd, sc, "")?;
+                            let sc = cg.b.build_float_mul(sa, swv, "")?;
                             let a = cg.b.build_load(f32x16, facc, "")?.into_vector_value();
-                            cg.b.build_store(facc, cg.b.build_float_add(a, p, "")?)?;
+                            cg.b.build_store(facc, cg.fma_vec(fd, sc, a)?)?;
                             Ok(())
-                        })?;
+                        };
+                        cg.for_n(cg.c64(full), |cg, c| chunk(cg, c, false))?;
+                        if full * per < nb_i {
+                            chunk(cg, cg.c64(full), true)?;
+                        }
                         let a = cg.b.build_load(f32x16, facc, "")?;
-                        let y = cg
-                            .intrinsic(
-                                "llvm.vector.reduce.fadd",
-                                &[f32x16.into()],
-                                &[cg.cf32(0.0).into(), a.into()],
-                            )?
-                            .into_float_value();
+                        let y = cg.reduce_fadd(a.into_vector_value())?;
                         cg.fext(y)?
                     } else if blocks {
                         // Σ_t (Σ a·w) · scale_a[t] · scale_w[t], in K order.
@@ -1015,13 +1108,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                             Ok(())
                         })?;
                         let a = cg.b.build_load(f32x16, hacc, "")?;
-                        let y = cg
-                            .intrinsic(
-                                "llvm.vector.reduce.fadd",
-                                &[f32x16.into()],
-                                &[cg.cf32(0.0).into(), a.into()],
-                            )?
-                            .into_float_value();
+                        let y = cg.reduce_fadd(a.into_vector_value())?;
                         cg.fext(y)?
                     };
                     Ok(v)
@@ -1079,25 +1166,15 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                                 let d = cg.b.build_int_sub(d, corr, "")?;
                                 let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
                                 let sa = cg.load_vec(asp, cg.add(srow, o)?, f32x16, 4)?;
-                                let p = cg.b.build_float_mul(
-                                    fd,
-                                    cg.b.build_float_mul(sa, sw, "")?,
-                                    "",
-                                )?;
+                                let sc = cg.b.build_float_mul(sa, sw, "")?;
                                 let a = cg.b.build_load(f32x16, *fa, "")?.into_vector_value();
-                                cg.b.build_store(*fa, cg.b.build_float_add(a, p, "")?)?;
+                                cg.b.build_store(*fa, cg.fma_vec(fd, sc, a)?)?;
                             }
                             Ok(())
                         })?;
                         for (u, fa) in faccs.iter().enumerate() {
                             let a = cg.b.build_load(f32x16, *fa, "")?;
-                            let y = cg
-                                .intrinsic(
-                                    "llvm.vector.reduce.fadd",
-                                    &[f32x16.into()],
-                                    &[cg.cf32(0.0).into(), a.into()],
-                                )?
-                                .into_float_value();
+                            let y = cg.reduce_fadd(a.into_vector_value())?;
                             let v = cg.fext(y)?;
                             finish(cg, cg.add(r0, cg.c64(u as i64))?, v)?;
                         }
