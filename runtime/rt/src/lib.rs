@@ -92,6 +92,8 @@ pub struct Model {
     /// Buffers of the previous run's outputs, owned until the next run.
     outputs: Vec<(*mut u8, usize)>,
     pool: Pool,
+    /// Set while a run is in progress (runs on one model must not overlap).
+    busy: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Model {
@@ -410,6 +412,7 @@ pub unsafe extern "C" fn lpc_rt_load(
             workers: std::sync::Arc::new(pool::Pool::new(threads_from(opts))),
             outputs: Vec::new(),
             pool: Pool::default(),
+            busy: std::sync::atomic::AtomicBool::new(false),
         })))
     })
 }
@@ -514,10 +517,26 @@ pub unsafe extern "C" fn lpc_model_run(
     outputs: *mut LpcTensor,
     n_outputs: i64,
 ) -> i32 {
+    use std::sync::atomic::Ordering;
+    if m.is_null() {
+        set_error("lpc_model_run: model is null".into());
+        return code::BAD_ARGUMENT;
+    }
+    // The busy flag is reached through the raw pointer only, outside the
+    // run's exclusive borrow of the model.
+    // SAFETY: `m` is a live model (contract above).
+    let busy = unsafe { std::ptr::addr_of!((*m).busy) };
+    // SAFETY: as above; no exclusive borrow exists yet.
+    if unsafe { (*busy).swap(true, Ordering::Acquire) } {
+        set_error("lpc_model_run: the model is already running on another thread".into());
+        return code::BAD_ARGUMENT;
+    }
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: see the contract above.
         unsafe { run_inner(m, inputs, n_inputs, outputs, n_outputs) }
     }));
+    // SAFETY: the run's borrow has ended.
+    unsafe { (*busy).store(false, Ordering::Release) };
     match r {
         Ok(Ok(())) => code::OK,
         Ok(Err((c, msg))) => {

@@ -47,7 +47,9 @@ lpc_model *lpc_model_load(const char *weights_path, const lpc_options *options);
 
 /* Checks the inputs against the declared element types and shapes, then runs.
    Output descriptors are filled in; their data is owned by the model and
-   stays valid until the next run or lpc_model_free. */
+   stays valid until the next run or lpc_model_free. One run at a time per
+   model: a call while another thread runs the same model returns
+   LPC_BAD_ARGUMENT (load one model per concurrent caller). */
 int lpc_model_run(lpc_model *model, const lpc_tensor *inputs, int64_t n_inputs,
                   lpc_tensor *outputs, int64_t n_outputs);
 

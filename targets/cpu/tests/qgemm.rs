@@ -214,6 +214,7 @@ fn qgemm_matches_the_reference_block_dot_products() {
             (7, 100, 1),
             (2, 160, 9),
             (1, 33, 3),
+            (70, 96, 5),
         ] {
             for (bias, residual, act) in [(false, false, None), (true, true, Some("silu"))] {
                 seed += 1;

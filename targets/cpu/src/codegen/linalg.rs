@@ -70,7 +70,7 @@ impl<'c> Cg<'c> {
     }
 
     /// Decodes a row of `k` HiF8 codes to exact f32 values (a table built
-    /// from the reference decoder), zero-padded to `k16`.
+    /// from the reference decoder), zero-padded to `k16` (a multiple of 64).
     fn hif8_decode_row(
         &mut self,
         p: PointerValue<'c>,
@@ -703,6 +703,10 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
     })
 }
 
+/// Activation rows per cache block of `qgemm` (64 rows of K = 5120: 640 KB
+/// of codes and scales, inside L2).
+const ROW_BLOCK: i64 = 64;
+
 fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let x = arg(cg, ins, 0)?.clone();
     if x.dt != DType::F32 || x.rank() == 0 {
@@ -763,7 +767,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     // HiF8 (W8A8): both operands decoded once to exact f32 values (rows
     // padded to 16 lanes), multiplied and summed lane-wise in f32.
     let hif8 = af.is_some() && bl == 1;
-    let k16 = (kk + 15) / 16 * 16;
+    // Padded to 64 lanes: four independent 16-lane accumulators.
+    let k16 = (kk + 63) / 64 * 64;
     let adec = if hif8 {
         cg.alloc(DType::F32, cg.smax(cg.mul(rows, cg.c64(k16))?, cg.c64(1))?)?
     } else {
@@ -940,8 +945,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             // `off · Σ w` of the unsigned activation offset.
             let f32x16 = cg.f32t().vec_type(16);
             let i32x16 = cg.i32t().vec_type(16);
+            let mut haccs: Vec<PointerValue> = Vec::new();
             let (wdec, hacc) = if hif8 {
                 let n = cg.i32t().const_int(k16 as u64, false);
+                for _ in 0..4 {
+                    haccs.push(cg.b.build_alloca(f32x16, "hacc4")?);
+                }
                 (
                     cg.b.build_array_alloca(cg.f32t(), n, "wdec")?,
                     cg.b.build_alloca(f32x16, "hacc")?,
@@ -967,223 +976,250 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let null = cg.ptrt().const_null();
                 (null, null, null)
             };
-            cg.for_range(lo, hi, |cg, j| {
-                let wrow = cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?)?;
-                // The whole weight row decoded once, for rows in fours (VNNI)
-                // or every row; single VNNI rows decode in registers instead.
-                let predecode = if vnni {
-                    cg.icmp(IntPredicate::SGE, rows, cg.c64(4))?
-                } else {
-                    cg.cx.bool_type().const_int(1, false)
-                };
-                if blocks {
-                    cg.if_then(predecode, |cg| {
-                        cg.for_n(cg.c64(nb_i), |cg, t| {
-                            cg.decode_block(wf, wrow, t, wcodes, wsc)
-                        })
-                    })?;
-                }
-                if hif8 {
-                    cg.hif8_decode_row(wrow, kk, k16, wdec)?;
-                }
-                if vnni {
-                    cg.if_then(predecode, |cg| {
-                        cg.replicate_scales(wsc, nb_i, bl, lanes, wscx)?;
-                        cg.for_n(cg.c64(kc / 64), |cg, c| {
-                            let o = cg.mul(c, cg.c64(64))?;
-                            let vw = cg.load_i8xn(wcodes, o, 64)?;
-                            let corr =
-                                cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(aoff, 64), vw)?;
-                            cg.store_vec_aligned(wcorr, o, corr, 4)
-                        })
-                    })?;
-                }
-                // One output row at a time: its f64 dot product...
-                let single = |cg: &mut Cg<'c>, r: IntValue<'c>| -> R<FloatValue<'c>> {
-                    let arow = cg.gep_bytes(ap, cg.mul(r, cg.c64(abpr))?)?;
-                    let v = if weight_only {
-                        cg.mixed_dot(wf, arow, wrow, kk, acc)?
-                    } else if vnni {
-                        // Weights decoded in registers chunk by chunk (64
-                        // codes: two MXFP4 blocks or one HiF4 unit):
-                        // vpdpbusd, minus the offset correction, to f32,
-                        // times the per-lane scale products, summed
-                        // lane-wise; one reduction per output.
-                        cg.b.build_store(facc, f32x16.const_zero())?;
-                        let crow = cg.mul(r, cg.c64(kc))?;
-                        let srow = cg.mul(r, cg.c64(4 * lanes))?;
-                        let per = 64 / bl;
-                        let full = nb_i / per;
-                        let chunk = |cg: &mut Cg<'c>, c: IntValue<'c>, last_half: bool| -> R<()> {
-                            let t0 = cg.mul(c, cg.c64(per))?;
-                            let (codes, swv) = if per == 2 {
-                                let (c0, s0) = cg.decode_codes(wf, wrow, t0)?;
-                                let (c1, s1) = if last_half {
-                                    (cg.i8t().vec_type(32).const_zero(), cg.cf64(0.0))
-                                } else {
-                                    cg.decode_codes(wf, wrow, cg.add(t0, cg.c64(1))?)?
-                                };
-                                let m: Vec<_> =
-                                    (0..64u64).map(|i| cg.i32t().const_int(i, false)).collect();
-                                let codes = cg.b.build_shuffle_vector(
-                                    c0,
-                                    c1,
-                                    VectorType::const_vector(&m),
-                                    "",
-                                )?;
-                                let (a, b) = (
-                                    cg.splat_f32(cg.ftrunc(s0)?, 16)?,
-                                    cg.splat_f32(cg.ftrunc(s1)?, 16)?,
-                                );
-                                let m: Vec<_> = (0..16u64)
-                                    .map(|i| {
-                                        cg.i32t().const_int(if i < 8 { i } else { 16 + i }, false)
-                                    })
-                                    .collect();
-                                (
-                                    codes,
-                                    cg.b.build_shuffle_vector(
-                                        a,
-                                        b,
+            // Rows in blocks of ROW_BLOCK, so that a block's activation codes
+            // and scales stay in L2 while all columns of the task pass by.
+            let nrb = cg.sdiv(cg.add(rows, cg.c64(ROW_BLOCK - 1))?, cg.c64(ROW_BLOCK))?;
+            cg.for_n(nrb, |cg, rb| {
+                let rlo = cg.mul(rb, cg.c64(ROW_BLOCK))?;
+                let rhi = cg.smin(cg.add(rlo, cg.c64(ROW_BLOCK))?, rows)?;
+                let rcount = cg.sub(rhi, rlo)?;
+                cg.for_range(lo, hi, |cg, j| {
+                    let wrow = cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?)?;
+                    // The whole weight row decoded once, for rows in fours (VNNI)
+                    // or every row; single VNNI rows decode in registers instead.
+                    let predecode = if vnni {
+                        cg.icmp(IntPredicate::SGE, rcount, cg.c64(4))?
+                    } else {
+                        cg.cx.bool_type().const_int(1, false)
+                    };
+                    if blocks {
+                        cg.if_then(predecode, |cg| {
+                            cg.for_n(cg.c64(nb_i), |cg, t| {
+                                cg.decode_block(wf, wrow, t, wcodes, wsc)
+                            })
+                        })?;
+                    }
+                    if hif8 {
+                        cg.hif8_decode_row(wrow, kk, k16, wdec)?;
+                    }
+                    if vnni {
+                        cg.if_then(predecode, |cg| {
+                            cg.replicate_scales(wsc, nb_i, bl, lanes, wscx)?;
+                            cg.for_n(cg.c64(kc / 64), |cg, c| {
+                                let o = cg.mul(c, cg.c64(64))?;
+                                let vw = cg.load_i8xn(wcodes, o, 64)?;
+                                let corr =
+                                    cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(aoff, 64), vw)?;
+                                cg.store_vec_aligned(wcorr, o, corr, 4)
+                            })
+                        })?;
+                    }
+                    // One output row at a time: its f64 dot product...
+                    let single = |cg: &mut Cg<'c>, r: IntValue<'c>| -> R<FloatValue<'c>> {
+                        let arow = cg.gep_bytes(ap, cg.mul(r, cg.c64(abpr))?)?;
+                        let v = if weight_only {
+                            cg.mixed_dot(wf, arow, wrow, kk, acc)?
+                        } else if vnni {
+                            // Weights decoded in registers chunk by chunk (64
+                            // codes: two MXFP4 blocks or one HiF4 unit):
+                            // vpdpbusd, minus the offset correction, to f32,
+                            // times the per-lane scale products, summed
+                            // lane-wise; one reduction per output.
+                            cg.b.build_store(facc, f32x16.const_zero())?;
+                            let crow = cg.mul(r, cg.c64(kc))?;
+                            let srow = cg.mul(r, cg.c64(4 * lanes))?;
+                            let per = 64 / bl;
+                            let full = nb_i / per;
+                            let chunk = |cg: &mut Cg<'c>,
+                                         c: IntValue<'c>,
+                                         last_half: bool|
+                             -> R<()> {
+                                let t0 = cg.mul(c, cg.c64(per))?;
+                                let (codes, swv) = if per == 2 {
+                                    let (c0, s0) = cg.decode_codes(wf, wrow, t0)?;
+                                    let (c1, s1) = if last_half {
+                                        (cg.i8t().vec_type(32).const_zero(), cg.cf64(0.0))
+                                    } else {
+                                        cg.decode_codes(wf, wrow, cg.add(t0, cg.c64(1))?)?
+                                    };
+                                    let m: Vec<_> =
+                                        (0..64u64).map(|i| cg.i32t().const_int(i, false)).collect();
+                                    let codes = cg.b.build_shuffle_vector(
+                                        c0,
+                                        c1,
                                         VectorType::const_vector(&m),
                                         "",
-                                    )?,
-                                )
-                            } else {
-                                let (c0, s0) = cg.decode_codes(wf, wrow, t0)?;
-                                (c0, cg.splat_f32(cg.ftrunc(s0)?, 16)?)
-                            };
-                            let o = cg.mul(c, cg.c64(64))?;
-                            let va = cg.load_i8xn(acp, cg.add(crow, o)?, 64)?;
-                            let d = cg.vpdpbusd(i32x16.const_zero(), va, codes)?;
-                            let corr =
-                                cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(aoff, 64), codes)?;
-                            let d = cg.b.build_int_sub(d, corr, "")?;
-                            let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
-                            let sa = cg.load_vec(asp, cg.add(srow, o)?, f32x16, 4)?;
-                            let sc = cg.b.build_float_mul(sa, swv, "")?;
-                            let a = cg.b.build_load(f32x16, facc, "")?.into_vector_value();
-                            cg.b.build_store(facc, cg.fma_vec(fd, sc, a)?)?;
-                            Ok(())
-                        };
-                        cg.for_n(cg.c64(full), |cg, c| chunk(cg, c, false))?;
-                        if full * per < nb_i {
-                            chunk(cg, cg.c64(full), true)?;
-                        }
-                        let a = cg.b.build_load(f32x16, facc, "")?;
-                        let y = cg.reduce_fadd(a.into_vector_value())?;
-                        cg.fext(y)?
-                    } else if blocks {
-                        // Σ_t (Σ a·w) · scale_a[t] · scale_w[t], in K order.
-                        cg.b.build_store(acc, cg.cf64(0.0))?;
-                        let crow = cg.mul(r, cg.c64(kpad))?;
-                        let srow = cg.mul(r, cg.c64(nb_i))?;
-                        cg.for_n(cg.c64(nb_i), |cg, t| {
-                            let o = cg.mul(t, cg.c64(bl))?;
-                            let va = cg.load_i8xn(acp, cg.add(crow, o)?, bl as u32)?;
-                            let vw = cg.load_i8xn(wcodes, o, bl as u32)?;
-                            let isum = cg.dot_i8(va, vw, bl as u32)?;
-                            let sa = cg
-                                .load(DType::F64, asp, cg.add(srow, t)?)?
-                                .into_float_value();
-                            let sw = cg.load(DType::F64, wsc, t)?.into_float_value();
-                            let isf = cg.b.build_signed_int_to_float(isum, cg.f64t(), "")?;
-                            let prod = cg.fmul(cg.fmul(isf, sa)?, sw)?;
-                            let old = cg.b.build_load(cg.f64t(), acc, "")?.into_float_value();
-                            cg.b.build_store(acc, cg.fadd(old, prod)?)?;
-                            Ok(())
-                        })?;
-                        cg.b.build_load(cg.f64t(), acc, "")?.into_float_value()
-                    } else {
-                        let adp = p(13);
-                        let drow = cg.mul(r, cg.c64(4 * k16))?;
-                        cg.b.build_store(hacc, f32x16.const_zero())?;
-                        cg.for_n(cg.c64(k16 / 16), |cg, c| {
-                            let o = cg.mul(c, cg.c64(64))?;
-                            let va = cg.load_vec(adp, cg.add(drow, o)?, f32x16, 4)?;
-                            let vw = cg.load_vec(wdec, o, f32x16, 4)?;
-                            let a = cg.b.build_load(f32x16, hacc, "")?.into_vector_value();
-                            let prod = cg.b.build_float_mul(va, vw, "")?;
-                            cg.b.build_store(hacc, cg.b.build_float_add(a, prod, "")?)?;
-                            Ok(())
-                        })?;
-                        let a = cg.b.build_load(f32x16, hacc, "")?;
-                        let y = cg.reduce_fadd(a.into_vector_value())?;
-                        cg.fext(y)?
-                    };
-                    Ok(v)
-                };
-                // ... and the epilogue: scales, bias, activation, residual.
-                let finish = |cg: &mut Cg<'c>, r: IntValue<'c>, mut v: FloatValue<'c>| -> R<()> {
-                    if ascaled || has_e {
-                        let mut e = cg.c64(0);
-                        if ascaled {
-                            let x = cg.load(DType::I32, eap, r)?.into_int_value();
-                            e = cg.add(e, cg.sext64(x)?)?;
-                        }
-                        if has_e {
-                            let x = cg.load(DType::I32, ewp, j)?.into_int_value();
-                            e = cg.add(e, cg.sext64(x)?)?;
-                        }
-                        // 2^-e in two steps keeps each factor normal.
-                        let neg = cg.sub(cg.c64(0), e)?;
-                        let h = cg.sdiv(neg, cg.c64(2))?;
-                        v = cg.fmul(cg.fmul(v, cg.pow2_f64(h)?)?, cg.pow2_f64(cg.sub(neg, h)?)?)?;
-                    }
-                    if has_b {
-                        let b = cg.fext(cg.load_f32(bp, cg.add(off, j)?)?)?;
-                        v = cg.fadd(v, b)?;
-                    }
-                    let mut y32 = cg.epilogue(cg.ftrunc(v)?, act.as_deref())?;
-                    let yi = cg.add(cg.add(cg.mul(r, ntot)?, off)?, j)?;
-                    if has_r {
-                        y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
-                    }
-                    cg.store(DType::F32, yp, yi, y32.into())
-                };
-                let mut first = cg.c64(0);
-                if vnni {
-                    // Four rows at a time share each weight chunk, its
-                    // correction and scales (loaded once, kept in registers).
-                    let quads = cg.sdiv(rows, cg.c64(4))?;
-                    first = cg.mul(quads, cg.c64(4))?;
-                    cg.for_n(quads, |cg, q| {
-                        let r0 = cg.mul(q, cg.c64(4))?;
-                        for a in &faccs {
-                            cg.b.build_store(*a, f32x16.const_zero())?;
-                        }
-                        cg.for_n(cg.c64(kc / 64), |cg, c| {
-                            let o = cg.mul(c, cg.c64(64))?;
-                            let vw = cg.load_i8xn(wcodes, o, 64)?;
-                            let corr = cg.load_vec(wcorr, o, i32x16, 4)?;
-                            let sw = cg.load_vec(wscx, o, f32x16, 4)?;
-                            for (u, fa) in faccs.iter().enumerate() {
-                                let r = cg.add(r0, cg.c64(u as i64))?;
-                                let crow = cg.mul(r, cg.c64(kc))?;
-                                let srow = cg.mul(r, cg.c64(4 * lanes))?;
+                                    )?;
+                                    let (a, b) = (
+                                        cg.splat_f32(cg.ftrunc(s0)?, 16)?,
+                                        cg.splat_f32(cg.ftrunc(s1)?, 16)?,
+                                    );
+                                    let m: Vec<_> = (0..16u64)
+                                        .map(|i| {
+                                            cg.i32t()
+                                                .const_int(if i < 8 { i } else { 16 + i }, false)
+                                        })
+                                        .collect();
+                                    (
+                                        codes,
+                                        cg.b.build_shuffle_vector(
+                                            a,
+                                            b,
+                                            VectorType::const_vector(&m),
+                                            "",
+                                        )?,
+                                    )
+                                } else {
+                                    let (c0, s0) = cg.decode_codes(wf, wrow, t0)?;
+                                    (c0, cg.splat_f32(cg.ftrunc(s0)?, 16)?)
+                                };
+                                let o = cg.mul(c, cg.c64(64))?;
                                 let va = cg.load_i8xn(acp, cg.add(crow, o)?, 64)?;
-                                let d = cg.vpdpbusd(i32x16.const_zero(), va, vw)?;
+                                let d = cg.vpdpbusd(i32x16.const_zero(), va, codes)?;
+                                let corr =
+                                    cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(aoff, 64), codes)?;
                                 let d = cg.b.build_int_sub(d, corr, "")?;
                                 let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
                                 let sa = cg.load_vec(asp, cg.add(srow, o)?, f32x16, 4)?;
-                                let sc = cg.b.build_float_mul(sa, sw, "")?;
-                                let a = cg.b.build_load(f32x16, *fa, "")?.into_vector_value();
-                                cg.b.build_store(*fa, cg.fma_vec(fd, sc, a)?)?;
+                                let sc = cg.b.build_float_mul(sa, swv, "")?;
+                                let a = cg.b.build_load(f32x16, facc, "")?.into_vector_value();
+                                cg.b.build_store(facc, cg.fma_vec(fd, sc, a)?)?;
+                                Ok(())
+                            };
+                            cg.for_n(cg.c64(full), |cg, c| chunk(cg, c, false))?;
+                            if full * per < nb_i {
+                                chunk(cg, cg.c64(full), true)?;
+                            }
+                            let a = cg.b.build_load(f32x16, facc, "")?;
+                            let y = cg.reduce_fadd(a.into_vector_value())?;
+                            cg.fext(y)?
+                        } else if blocks {
+                            // Σ_t (Σ a·w) · scale_a[t] · scale_w[t], in K order.
+                            cg.b.build_store(acc, cg.cf64(0.0))?;
+                            let crow = cg.mul(r, cg.c64(kpad))?;
+                            let srow = cg.mul(r, cg.c64(nb_i))?;
+                            cg.for_n(cg.c64(nb_i), |cg, t| {
+                                let o = cg.mul(t, cg.c64(bl))?;
+                                let va = cg.load_i8xn(acp, cg.add(crow, o)?, bl as u32)?;
+                                let vw = cg.load_i8xn(wcodes, o, bl as u32)?;
+                                let isum = cg.dot_i8(va, vw, bl as u32)?;
+                                let sa = cg
+                                    .load(DType::F64, asp, cg.add(srow, t)?)?
+                                    .into_float_value();
+                                let sw = cg.load(DType::F64, wsc, t)?.into_float_value();
+                                let isf = cg.b.build_signed_int_to_float(isum, cg.f64t(), "")?;
+                                let prod = cg.fmul(cg.fmul(isf, sa)?, sw)?;
+                                let old = cg.b.build_load(cg.f64t(), acc, "")?.into_float_value();
+                                cg.b.build_store(acc, cg.fadd(old, prod)?)?;
+                                Ok(())
+                            })?;
+                            cg.b.build_load(cg.f64t(), acc, "")?.into_float_value()
+                        } else {
+                            let adp = p(13);
+                            let drow = cg.mul(r, cg.c64(4 * k16))?;
+                            for a in &haccs {
+                                cg.b.build_store(*a, f32x16.const_zero())?;
+                            }
+                            cg.for_n(cg.c64(k16 / 64), |cg, c| {
+                                for (u, acc4) in haccs.iter().enumerate() {
+                                    let o =
+                                        cg.add(cg.mul(c, cg.c64(256))?, cg.c64(64 * u as i64))?;
+                                    let va = cg.load_vec(adp, cg.add(drow, o)?, f32x16, 4)?;
+                                    let vw = cg.load_vec(wdec, o, f32x16, 4)?;
+                                    let a = cg.b.build_load(f32x16, *acc4, "")?.into_vector_value();
+                                    cg.b.build_store(*acc4, cg.fma_vec(va, vw, a)?)?;
+                                }
+                                Ok(())
+                            })?;
+                            let mut sum =
+                                cg.b.build_load(f32x16, haccs[0], "")?.into_vector_value();
+                            for acc4 in &haccs[1..] {
+                                let a = cg.b.build_load(f32x16, *acc4, "")?.into_vector_value();
+                                sum = cg.b.build_float_add(sum, a, "")?;
+                            }
+                            cg.b.build_store(hacc, sum)?;
+                            let a = cg.b.build_load(f32x16, hacc, "")?;
+                            let y = cg.reduce_fadd(a.into_vector_value())?;
+                            cg.fext(y)?
+                        };
+                        Ok(v)
+                    };
+                    // ... and the epilogue: scales, bias, activation, residual.
+                    let finish =
+                        |cg: &mut Cg<'c>, r: IntValue<'c>, mut v: FloatValue<'c>| -> R<()> {
+                            if ascaled || has_e {
+                                let mut e = cg.c64(0);
+                                if ascaled {
+                                    let x = cg.load(DType::I32, eap, r)?.into_int_value();
+                                    e = cg.add(e, cg.sext64(x)?)?;
+                                }
+                                if has_e {
+                                    let x = cg.load(DType::I32, ewp, j)?.into_int_value();
+                                    e = cg.add(e, cg.sext64(x)?)?;
+                                }
+                                // 2^-e in two steps keeps each factor normal.
+                                let neg = cg.sub(cg.c64(0), e)?;
+                                let h = cg.sdiv(neg, cg.c64(2))?;
+                                v = cg.fmul(
+                                    cg.fmul(v, cg.pow2_f64(h)?)?,
+                                    cg.pow2_f64(cg.sub(neg, h)?)?,
+                                )?;
+                            }
+                            if has_b {
+                                let b = cg.fext(cg.load_f32(bp, cg.add(off, j)?)?)?;
+                                v = cg.fadd(v, b)?;
+                            }
+                            let mut y32 = cg.epilogue(cg.ftrunc(v)?, act.as_deref())?;
+                            let yi = cg.add(cg.add(cg.mul(r, ntot)?, off)?, j)?;
+                            if has_r {
+                                y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
+                            }
+                            cg.store(DType::F32, yp, yi, y32.into())
+                        };
+                    let mut first = rlo;
+                    if vnni {
+                        // Four rows at a time share each weight chunk, its
+                        // correction and scales (loaded once, kept in registers).
+                        let quads = cg.sdiv(rcount, cg.c64(4))?;
+                        first = cg.add(rlo, cg.mul(quads, cg.c64(4))?)?;
+                        cg.for_n(quads, |cg, q| {
+                            let r0 = cg.add(rlo, cg.mul(q, cg.c64(4))?)?;
+                            for a in &faccs {
+                                cg.b.build_store(*a, f32x16.const_zero())?;
+                            }
+                            cg.for_n(cg.c64(kc / 64), |cg, c| {
+                                let o = cg.mul(c, cg.c64(64))?;
+                                let vw = cg.load_i8xn(wcodes, o, 64)?;
+                                let corr = cg.load_vec(wcorr, o, i32x16, 4)?;
+                                let sw = cg.load_vec(wscx, o, f32x16, 4)?;
+                                for (u, fa) in faccs.iter().enumerate() {
+                                    let r = cg.add(r0, cg.c64(u as i64))?;
+                                    let crow = cg.mul(r, cg.c64(kc))?;
+                                    let srow = cg.mul(r, cg.c64(4 * lanes))?;
+                                    let va = cg.load_i8xn(acp, cg.add(crow, o)?, 64)?;
+                                    let d = cg.vpdpbusd(i32x16.const_zero(), va, vw)?;
+                                    let d = cg.b.build_int_sub(d, corr, "")?;
+                                    let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
+                                    let sa = cg.load_vec(asp, cg.add(srow, o)?, f32x16, 4)?;
+                                    let sc = cg.b.build_float_mul(sa, sw, "")?;
+                                    let a = cg.b.build_load(f32x16, *fa, "")?.into_vector_value();
+                                    cg.b.build_store(*fa, cg.fma_vec(fd, sc, a)?)?;
+                                }
+                                Ok(())
+                            })?;
+                            for (u, fa) in faccs.iter().enumerate() {
+                                let a = cg.b.build_load(f32x16, *fa, "")?;
+                                let y = cg.reduce_fadd(a.into_vector_value())?;
+                                let v = cg.fext(y)?;
+                                finish(cg, cg.add(r0, cg.c64(u as i64))?, v)?;
                             }
                             Ok(())
                         })?;
-                        for (u, fa) in faccs.iter().enumerate() {
-                            let a = cg.b.build_load(f32x16, *fa, "")?;
-                            let y = cg.reduce_fadd(a.into_vector_value())?;
-                            let v = cg.fext(y)?;
-                            finish(cg, cg.add(r0, cg.c64(u as i64))?, v)?;
-                        }
-                        Ok(())
-                    })?;
-                }
-                cg.for_range(first, rows, |cg, r| {
-                    let v = single(cg, r)?;
-                    finish(cg, r, v)
+                    }
+                    cg.for_range(first, rhi, |cg, r| {
+                        let v = single(cg, r)?;
+                        finish(cg, r, v)
+                    })
                 })
             })
         })?;
