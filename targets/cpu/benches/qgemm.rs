@@ -10,14 +10,10 @@
 //! (M = 1) or of the int8 VNNI peak per core (465 GOP/s, ../shared/TOOLCHAIN.md;
 //! M > 1), and the speed-up over f32; writes target/bench/qgemm.json.
 
-use inkwell::OptimizationLevel;
 use lpc_ir::Dim;
-use lpc_rt::{LpcTensor, MAX_RANK};
 use lpc_runtime::Format;
-use lpc_target_cpu::artifact::{build, BuildOptions, Emit};
-use lpc_target_cpu::bench::{linear_graph, qgemm_graph, QgemmSpec};
-use lpc_target_cpu::{codegen, CpuTarget};
-use std::ffi::c_void;
+use lpc_target_cpu::bench::{linear_graph, qgemm_graph, OpLib, QgemmSpec};
+use lpc_target_cpu::CpuTarget;
 use std::time::Instant;
 
 const VNNI_PEAK_GOPS_PER_CORE: f64 = 465.0;
@@ -31,102 +27,18 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-type Load = unsafe extern "C" fn(*const i8, *const c_void) -> *mut c_void;
-type Run = unsafe extern "C" fn(*mut c_void, *const LpcTensor, i64, *mut LpcTensor, i64) -> i32;
-type Free = unsafe extern "C" fn(*mut c_void);
-
-/// A compiled single-op library.
-struct Lib {
-    _lib: libloading::Library,
-    h: *mut c_void,
-    run: Run,
-    free: Free,
-    weight_bytes: usize,
-}
-
-impl Lib {
-    fn build(g: &lpc_ir::Graph, dir: &std::path::Path, name: &str, threads: i32) -> Lib {
-        let so = dir.join(format!("{name}.so"));
-        let wb = g
-            .value_ids()
-            .filter_map(|v| g.constant(v))
-            .map(|t| t.data.len())
-            .sum();
-        build(
-            g,
-            &BuildOptions {
-                target: CpuTarget::host().unwrap(),
-                opt: OptimizationLevel::Default,
-                codegen: codegen::Options {
-                    name: name.into(),
-                    embed_weights: false,
-                    max_dim: 1 << 20,
-                    vnni512: false,
-                },
-                emit: Emit::Lib,
-            },
-            &so,
-        )
-        .unwrap();
-        // SAFETY: the library is an lpc library with its C API.
-        unsafe {
-            let lib = libloading::Library::new(&so).unwrap();
-            let load: Load = *lib.get(b"lpc_model_load").unwrap();
-            let run: Run = *lib.get(b"lpc_model_run").unwrap();
-            let free: Free = *lib.get(b"lpc_model_free").unwrap();
-            let w = std::ffi::CString::new(so.with_extension("lpcw").to_str().unwrap()).unwrap();
-            let opts = lpc_rt::LpcOptions {
-                num_threads: threads,
-            };
-            let h = load(w.as_ptr(), &opts as *const _ as *const c_void);
-            assert!(!h.is_null());
-            Lib {
-                _lib: lib,
-                h,
-                run,
-                free,
-                weight_bytes: wb,
-            }
+/// Median, min and max seconds of `runs` calls on `x [m, k]` (after one).
+fn time(lib: &OpLib, x: &[f32], m: usize, k: usize, runs: usize) -> (f64, f64, f64) {
+    let mut t = Vec::with_capacity(runs);
+    for i in 0..runs + 1 {
+        let s = Instant::now();
+        lib.run(&[(x, &[m, k])]).unwrap();
+        if i > 0 {
+            t.push(s.elapsed().as_secs_f64());
         }
     }
-
-    /// Median, min and max seconds of `runs` calls on `x [m, k]`.
-    fn time(&self, x: &[f32], m: usize, k: usize, runs: usize) -> (f64, f64, f64) {
-        let mut d = [0i64; MAX_RANK];
-        d[0] = m as i64;
-        d[1] = k as i64;
-        let ins = [LpcTensor {
-            dtype: 1,
-            rank: 2,
-            dims: d,
-            data: x.as_ptr() as *mut c_void,
-        }];
-        let mut out = [LpcTensor {
-            dtype: 0,
-            rank: 0,
-            dims: [0; MAX_RANK],
-            data: std::ptr::null_mut(),
-        }];
-        let mut t = Vec::with_capacity(runs);
-        for i in 0..runs + 1 {
-            let s = Instant::now();
-            // SAFETY: descriptors are valid for the call.
-            let rc = unsafe { (self.run)(self.h, ins.as_ptr(), 1, out.as_mut_ptr(), 1) };
-            assert_eq!(rc, 0);
-            if i > 0 {
-                t.push(s.elapsed().as_secs_f64());
-            }
-        }
-        t.sort_by(|a, b| a.total_cmp(b));
-        (t[t.len() / 2], t[0], t[t.len() - 1])
-    }
-}
-
-impl Drop for Lib {
-    fn drop(&mut self) {
-        // SAFETY: loaded above, freed once.
-        unsafe { (self.free)(self.h) };
-    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    (t[t.len() / 2], t[0], t[t.len() - 1])
 }
 
 /// Read bandwidth (GB/s) over a buffer larger than the caches, `threads`
@@ -220,15 +132,17 @@ fn main() {
         for &th in &threads {
             // Distinct file names: dlopen caches libraries by path.
             let tag = format!("{k}x{n}_t{th}");
-            let base = Lib::build(
+            let base = OpLib::build(
                 &linear_graph(Dim::Sym("m".into()), k, n, &wt),
+                CpuTarget::host().unwrap(),
                 dir.path(),
                 &format!("f32_{tag}"),
                 th as i32,
-            );
+            )
+            .unwrap();
             let mut base_t = std::collections::HashMap::new();
             for &m in &ms {
-                base_t.insert(m, base.time(&x[..m * k], m, k, runs).0);
+                base_t.insert(m, time(&base, &x[..m * k], m, k, runs).0);
             }
             drop(base);
             for fname in &formats {
@@ -239,10 +153,17 @@ fn main() {
                     ..Default::default()
                 };
                 let (g, _, _) = qgemm_graph(f, Dim::Sym("m".into()), k, n, w.clone(), &spec);
-                let lib = Lib::build(&g, dir.path(), &format!("{fname}_{tag}"), th as i32);
+                let lib = OpLib::build(
+                    &g,
+                    CpuTarget::host().unwrap(),
+                    dir.path(),
+                    &format!("{fname}_{tag}"),
+                    th as i32,
+                )
+                .unwrap();
                 drop(g);
                 for &m in &ms {
-                    let (med, lo, hi) = lib.time(&x[..m * k], m, k, runs);
+                    let (med, lo, hi) = time(&lib, &x[..m * k], m, k, runs);
                     let gops = 2.0 * (m * n * k) as f64 / med / 1e9;
                     let gbs = lib.weight_bytes as f64 / med / 1e9;
                     let bwl = bw.iter().find(|b| b.0 == th).unwrap().1;

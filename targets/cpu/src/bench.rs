@@ -1,10 +1,16 @@
 //! Single-op graphs for kernel benchmarks and tests: one `lpc.qgemm` (or
-//! `lpc.linear`) over given weights, compiled like any model.
+//! `lpc.linear`) over given weights, compiled like any model, and
+//! [`OpLib`], which builds, loads and runs such a graph through the C API.
 
+use crate::artifact::{build, BuildOptions, Emit};
+use crate::{codegen, CpuTarget};
 use lpc_ir::{Attr, DType, Dim, Graph, NewNode, Tensor, Type};
+use lpc_rt::{LpcOptions, LpcTensor, MAX_RANK};
 use lpc_runtime::formats::{rowscale, AxisLayout};
 use lpc_runtime::{hadamard, Format};
 use std::collections::BTreeMap;
+use std::ffi::{c_char, c_void, CString};
+use std::path::Path;
 
 /// What a `qgemm` graph computes besides the product.
 #[derive(Clone, Debug, Default)]
@@ -120,4 +126,113 @@ pub fn linear_graph(m: Dim, k: usize, n: usize, w: &[f32]) -> Graph {
     );
     g.outputs = outs;
     g
+}
+
+/// A compiled single-op library, loaded and driven through its C API: the
+/// harness of the kernel benchmark and tests.
+pub struct OpLib {
+    h: *mut c_void,
+    run: RunFn,
+    free: unsafe extern "C" fn(*mut c_void),
+    /// Bytes of constants (weights) the graph carries.
+    pub weight_bytes: usize,
+    // Dropped last: the functions above live in it.
+    _lib: libloading::Library,
+}
+
+impl std::fmt::Debug for OpLib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OpLib({} weight bytes)", self.weight_bytes)
+    }
+}
+
+type LoadFn = unsafe extern "C" fn(*const c_char, *const LpcOptions) -> *mut c_void;
+type RunFn = unsafe extern "C" fn(*mut c_void, *const LpcTensor, i64, *mut LpcTensor, i64) -> i32;
+
+impl OpLib {
+    /// Compiles `g` for `target` into `dir/NAME.so` (weights in `NAME.lpcw`)
+    /// and loads it with `threads` workers. Names must differ between
+    /// libraries of one process: dlopen caches by path.
+    pub fn build(
+        g: &Graph,
+        target: CpuTarget,
+        dir: &Path,
+        name: &str,
+        threads: i32,
+    ) -> Result<Self, String> {
+        let so = dir.join(format!("{name}.so"));
+        let weight_bytes = g
+            .value_ids()
+            .filter_map(|v| g.constant(v))
+            .map(|t| t.data.len())
+            .sum();
+        let opts = BuildOptions {
+            target,
+            opt: inkwell::OptimizationLevel::Default,
+            codegen: codegen::Options {
+                name: name.into(),
+                ..Default::default()
+            },
+            emit: Emit::Lib,
+        };
+        build(g, &opts, &so).map_err(|e| e.to_string())?;
+        let w = CString::new(so.with_extension("lpcw").display().to_string())
+            .map_err(|e| e.to_string())?;
+        // SAFETY: an lpc library exports the C API with these types.
+        unsafe {
+            let lib = libloading::Library::new(&so).map_err(|e| e.to_string())?;
+            let load: LoadFn = *lib.get(b"lpc_model_load").map_err(|e| e.to_string())?;
+            let run: RunFn = *lib.get(b"lpc_model_run").map_err(|e| e.to_string())?;
+            let free = *lib.get(b"lpc_model_free").map_err(|e| e.to_string())?;
+            let h = load(
+                w.as_ptr(),
+                &LpcOptions {
+                    num_threads: threads,
+                },
+            );
+            if h.is_null() {
+                return Err(format!("{}: the library did not load", so.display()));
+            }
+            Ok(Self {
+                h,
+                run,
+                free,
+                weight_bytes,
+                _lib: lib,
+            })
+        }
+    }
+
+    /// Runs on f32 inputs given as (data, shape); returns the first output.
+    pub fn run(&self, inputs: &[(&[f32], &[usize])]) -> Result<Vec<f32>, String> {
+        let desc = |dims: &[usize], p: *const f32| {
+            let mut d = [0i64; MAX_RANK];
+            for (a, &b) in d.iter_mut().zip(dims) {
+                *a = b as i64;
+            }
+            LpcTensor {
+                dtype: 1,
+                rank: dims.len() as i32,
+                dims: d,
+                data: p as *mut c_void,
+            }
+        };
+        let ins: Vec<LpcTensor> = inputs.iter().map(|(x, s)| desc(s, x.as_ptr())).collect();
+        let mut out = [desc(&[], std::ptr::null())];
+        // SAFETY: the descriptors point at live slices of their shapes.
+        let rc = unsafe { (self.run)(self.h, ins.as_ptr(), ins.len() as i64, out.as_mut_ptr(), 1) };
+        if rc != 0 {
+            return Err(format!("lpc_model_run returned {rc}"));
+        }
+        let n: usize = out[0].dims[..out[0].rank as usize].iter().product::<i64>() as usize;
+        // SAFETY: the library filled the output with `n` f32 values.
+        Ok(unsafe { std::slice::from_raw_parts(out[0].data as *const f32, n) }.to_vec())
+    }
+}
+
+impl Drop for OpLib {
+    fn drop(&mut self) {
+        // SAFETY: loaded in `build`, freed once.
+        unsafe { (self.free)(self.h) };
+    }
 }

@@ -4,15 +4,11 @@
 //! products. Blocks must be identical (the activation codec is the
 //! reference), so results agree to f64 summation order.
 
-use inkwell::OptimizationLevel;
 use lpc_ir::Dim;
-use lpc_rt::{LpcTensor, MAX_RANK};
 use lpc_runtime::formats::{hif4, hif8, mxfp4, rowscale, AxisLayout};
 use lpc_runtime::{hadamard, Format};
-use lpc_target_cpu::artifact::{build, BuildOptions, Emit};
-use lpc_target_cpu::bench::{qgemm_graph, QgemmSpec};
-use lpc_target_cpu::{codegen, CpuTarget};
-use std::ffi::c_void;
+use lpc_target_cpu::bench::{qgemm_graph, OpLib, QgemmSpec};
+use lpc_target_cpu::CpuTarget;
 
 struct Rng(u64);
 impl Rng {
@@ -80,61 +76,19 @@ fn run_case(c: &Case, seed: u64) {
 fn run_lib(g: &lpc_ir::Graph, target: CpuTarget, x: &[f32], res: &[f32], c: &Case) -> Vec<f32> {
     let (m, k, n) = (c.m, c.k, c.n);
     let dir = tempfile::tempdir().unwrap();
-    let so = dir.path().join("q.so");
-    build(
-        g,
-        &BuildOptions {
-            target,
-            opt: OptimizationLevel::Default,
-            codegen: codegen::Options {
-                name: "qgemm".into(),
-                embed_weights: true,
-                max_dim: 1 << 20,
-                vnni512: false,
-            },
-            emit: Emit::Lib,
-        },
-        &so,
-    )
-    .unwrap();
-
-    // Run it through the C API.
-    unsafe {
-        let lib = libloading::Library::new(&so).unwrap();
-        type Load = unsafe extern "C" fn(*const i8, *const c_void) -> *mut c_void;
-        type Run =
-            unsafe extern "C" fn(*mut c_void, *const LpcTensor, i64, *mut LpcTensor, i64) -> i32;
-        let load: libloading::Symbol<Load> = lib.get(b"lpc_model_load").unwrap();
-        let run: libloading::Symbol<Run> = lib.get(b"lpc_model_run").unwrap();
-        let h = load(std::ptr::null(), std::ptr::null());
-        assert!(!h.is_null());
-        let t = |dims: &[usize], p: *const f32| {
-            let mut d = [0i64; MAX_RANK];
-            for (a, &b) in d.iter_mut().zip(dims) {
-                *a = b as i64;
-            }
-            LpcTensor {
-                dtype: 1,
-                rank: dims.len() as i32,
-                dims: d,
-                data: p as *mut c_void,
-            }
-        };
-        let mut ins = vec![t(&[m, k], x.as_ptr())];
-        if c.residual {
-            ins.push(t(&[m, n], res.as_ptr()));
-        }
-        let mut out = [t(&[], std::ptr::null())];
-        assert_eq!(
-            run(h, ins.as_ptr(), ins.len() as i64, out.as_mut_ptr(), 1),
-            0
-        );
-        let v = std::slice::from_raw_parts(out[0].data as *const f32, m * n).to_vec();
-        let free: libloading::Symbol<unsafe extern "C" fn(*mut c_void)> =
-            lib.get(b"lpc_model_free").unwrap();
-        free(h);
-        v
+    // Every library of this process gets its own path (dlopen caches them).
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "q{}",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let lib = OpLib::build(g, target, dir.path(), &name, 2).unwrap();
+    let (xshape, rshape) = ([m, k], [m, n]);
+    let mut ins: Vec<(&[f32], &[usize])> = vec![(x, &xshape[..])];
+    if c.residual {
+        ins.push((res, &rshape[..]));
     }
+    lib.run(&ins).unwrap()
 }
 
 #[allow(clippy::too_many_arguments)]

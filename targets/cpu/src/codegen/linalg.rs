@@ -703,9 +703,9 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
     })
 }
 
-/// Activation rows per cache block of `qgemm` (64 rows of K = 5120: 640 KB
-/// of codes and scales, inside L2).
-const ROW_BLOCK: i64 = 64;
+/// Bytes of activation codes and scales a `qgemm` row block may take: half
+/// of a 2 MB L2, so the block stays cached while every column passes by.
+const ROW_BLOCK_BYTES: i64 = 1 << 20;
 
 fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let x = arg(cg, ins, 0)?.clone();
@@ -976,12 +976,19 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let null = cg.ptrt().const_null();
                 (null, null, null)
             };
-            // Rows in blocks of ROW_BLOCK, so that a block's activation codes
-            // and scales stay in L2 while all columns of the task pass by.
-            let nrb = cg.sdiv(cg.add(rows, cg.c64(ROW_BLOCK - 1))?, cg.c64(ROW_BLOCK))?;
+            // Rows in blocks whose activation codes and scales stay in L2
+            // while all columns of the task pass by (a multiple of 4 rows,
+            // 4 to 64: 64 for K = 5120, 16 for K = 25600).
+            let row_bytes = if vnni {
+                2 * kc
+            } else {
+                abpr + 8 * nb_i.max(1) + 4 * k16
+            };
+            let row_block = (ROW_BLOCK_BYTES / row_bytes.max(1)).clamp(4, 64) / 4 * 4;
+            let nrb = cg.sdiv(cg.add(rows, cg.c64(row_block - 1))?, cg.c64(row_block))?;
             cg.for_n(nrb, |cg, rb| {
-                let rlo = cg.mul(rb, cg.c64(ROW_BLOCK))?;
-                let rhi = cg.smin(cg.add(rlo, cg.c64(ROW_BLOCK))?, rows)?;
+                let rlo = cg.mul(rb, cg.c64(row_block))?;
+                let rhi = cg.smin(cg.add(rlo, cg.c64(row_block))?, rows)?;
                 let rcount = cg.sub(rhi, rlo)?;
                 cg.for_range(lo, hi, |cg, j| {
                     let wrow = cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?)?;
