@@ -296,24 +296,25 @@ pub unsafe extern "C" fn lpc_rt_quantize_rows(
     let Some(f) = format_from_codes(fmt, mode) else {
         return;
     };
-    let bpr = k.div_ceil(f.block_len()) * f.block_bytes();
-    let l = lpc_runtime::formats::AxisLayout::new(&[1, k], 1, f.block_len());
-    let mut row = vec![0f32; k];
-    for r in 0..rows {
-        // SAFETY: in bounds by the contract above.
-        row.copy_from_slice(unsafe { std::slice::from_raw_parts(x.add(r * k), k) });
-        if rotate > 0 {
-            lpc_runtime::hadamard::rotate_blocks(&mut row, rotate as usize);
+    // All rows at once: copied, rotated and scaled in place, then one
+    // quantization call into `out` (no allocation per row).
+    // SAFETY: in bounds by the contract above.
+    let mut rowsbuf = unsafe { std::slice::from_raw_parts(x, rows * k) }.to_vec();
+    let l = lpc_runtime::formats::AxisLayout::new(&[rows, k], 1, f.block_len());
+    if rotate > 0 {
+        for row in rowsbuf.chunks_exact_mut(k.max(1)) {
+            lpc_runtime::hadamard::rotate_blocks(row, rotate as usize);
         }
-        if pow2 != 0 {
-            let e = lpc_runtime::formats::rowscale::scale_rows(&mut row, &l)[0];
-            // SAFETY: as above.
-            unsafe { *exps.add(r) = e };
-        }
-        let p = f.quantize(&row, &l).unwrap_or_default();
-        // SAFETY: as above; `p` has `bpr` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), out.add(r * bpr), bpr.min(p.len())) };
     }
+    if pow2 != 0 {
+        let e = lpc_runtime::formats::rowscale::scale_rows(&mut rowsbuf, &l);
+        // SAFETY: as above; `exps` holds `rows` ints.
+        unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), exps, rows.min(e.len())) };
+    }
+    let bytes = l.num_blocks() * f.block_bytes();
+    // SAFETY: as above; `out` holds the packed rows.
+    let out = unsafe { std::slice::from_raw_parts_mut(out, bytes) };
+    let _ = f.quantize_into(&rowsbuf, &l, out);
 }
 
 // ---------------------------------------------------------------------------

@@ -283,6 +283,39 @@ impl Format {
         }
     }
 
+    /// As [`Format::quantize`] for f32 input, into a caller's buffer of
+    /// `layout.num_blocks() · block_bytes()` bytes (no allocation: the
+    /// runtime quantizes activation rows with it).
+    pub fn quantize_into(
+        self,
+        x: &[f32],
+        layout: &AxisLayout,
+        out: &mut [u8],
+    ) -> Result<(), FormatError> {
+        fn run<F: BlockFormat>(
+            x: &[f32],
+            l: &AxisLayout,
+            mode: F::Mode,
+            out: &mut [u8],
+        ) -> Result<(), FormatError> {
+            let want = l.num_blocks() * F::BLOCK_BYTES;
+            if out.len() != want {
+                return Err(FormatError::SizeMismatch {
+                    what: "packed output bytes",
+                    expected: want,
+                    got: out.len(),
+                });
+            }
+            // Blocks are align-1 byte arrays, so this cast cannot fail.
+            quantize_along_axis::<F, f32>(x, l, mode, bytemuck::cast_slice_mut(out))
+        }
+        match self {
+            Self::Mxfp4(m) => run::<Mxfp4>(x, layout, m, out),
+            Self::Hif4(v) => run::<Hif4>(x, layout, v, out),
+            Self::Hif8(m) => run::<Hif8>(x, layout, m, out),
+        }
+    }
+
     /// As [`Format::quantize`], with the scale search of [`search`] for the
     /// 4-bit formats (HiF8 has no block scale: the same as `quantize`).
     pub fn quantize_search<T: Element>(
