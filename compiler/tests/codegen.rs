@@ -124,7 +124,22 @@ fn check_set(
         if format != "none" {
             args.extend(["--format", format]);
         }
-        args.extend(flags.iter().filter(|f| !f.starts_with("--target")));
+        // Compile-only flags: the target, and --calib (run takes --inputs
+        // as its calibration template).
+        let mut skip = false;
+        for f in flags {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if *f == "--calib" {
+                skip = true;
+                continue;
+            }
+            if !f.starts_with("--target") {
+                args.push(f);
+            }
+        }
         let o = lpc(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let want: Vec<(String, TensorValue)> = lib
@@ -196,6 +211,18 @@ fn weight_only_quantization_matches_the_interpreter() {
         "qwen3_small_decode_ts",
         &["mxfp4", "hif4", "hif8"],
         &["--activations", "none"],
+    );
+}
+/// GPTQ, smoothing and the scale search produce ordinary encodings and
+/// folded weights: the compiled library still equals the interpreter.
+#[test]
+fn gptq_smoothing_and_scale_search_compile_too() {
+    let calib = models().join("qwen3_small_prefill_ts/inputs");
+    let c = calib.to_str().unwrap();
+    check_fixture_with(
+        "qwen3_small_prefill_ts",
+        &["mxfp4"],
+        &["--gptq", "--smooth", "0.5", "--scale-search", "--calib", c],
     );
 }
 #[test]
