@@ -355,13 +355,22 @@ fn generate_into<'c>(
                 return cg.err(format!("operand `{}` has no value", g.value(*v).name));
             }
         }
-        let outs = emit(&mut cg, g, node, &ins)?;
+        let mut outs = emit(&mut cg, g, node, &ins)?;
         if outs.len() < node.outputs.len() {
             return cg.err(format!(
                 "produced {} results, the node has {}",
                 outs.len(),
                 node.outputs.len()
             ));
+        }
+        // Results the node does not declare (attention's present key and
+        // value without cache outputs) are freed at once, unless they are
+        // an operand's buffer.
+        for extra in outs.split_off(node.outputs.len()) {
+            let is_operand = ins.iter().flatten().any(|x| x.ptr == extra.ptr);
+            if !is_operand {
+                cg.release(extra.ptr)?;
+            }
         }
         for (&v, val) in node.outputs.iter().zip(outs) {
             let n_uses = uses.get(&v).copied().unwrap_or(0);
