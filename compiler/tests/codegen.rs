@@ -7,30 +7,17 @@
 //! quantized graph within 1e-5 of the output's largest magnitude, and the
 //! unquantized library matches onnxruntime (`ref_ort`) within 1e-4.
 
+mod common;
+use common::{lpc, models, s};
 use lpc::native::NativeModel;
 use lpc::{npy, run};
 use lpc_ir::interp::TensorValue;
 use lpc_rt::{LpcTensor, MAX_RANK};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
-}
+use std::process::Command;
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
-
-fn lpc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lpc"))
-        .args(args)
-        .output()
-        .expect("running lpc")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Compiles a fixture into `dir/NAME.so` (extra flags appended).

@@ -1,23 +1,12 @@
 //! `lpc inspect` and `lpc run` through the real binary, and the frontend's
 //! handling of bad models and inputs: one line on stderr, exit code 2.
 
+mod common;
+use common::{lpc, models, s};
 use lpc::npy;
 use lpc::onnx::proto::ModelProto;
 use lpc_ir::DType;
 use prost::Message;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
-}
-
-fn lpc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lpc"))
-        .args(args)
-        .output()
-        .expect("running lpc")
-}
 
 fn fails_with(args: &[&str], needle: &str) {
     let o = lpc(args);
@@ -28,10 +17,6 @@ fn fails_with(args: &[&str], needle: &str) {
         err.contains(needle),
         "{args:?}: expected `{needle}` in: {err}"
     );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
