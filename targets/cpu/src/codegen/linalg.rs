@@ -1274,7 +1274,13 @@ fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     if strides.len() != sp || dil.len() != sp || pads.len() != 2 * sp {
         return cg.err("strides, dilations or pads do not match the spatial rank");
     }
+    if strides.iter().chain(&dil).any(|&v| v < 1) || pads.iter().any(|&v| v < 0) {
+        return cg.err("strides and dilations must be >= 1, pads >= 0");
+    }
     let g = n.int("group").unwrap_or(1);
+    if g < 1 {
+        return cg.err("group must be >= 1");
+    }
     let (nb, ci, co, cig) = (x.dims[0], x.dims[1], w.dims[0], w.dims[1]);
     let ok = cg.and(
         cg.icmp(IntPredicate::EQ, ci, cg.mul(cig, cg.c64(g))?)?,
@@ -1291,6 +1297,8 @@ fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             cg.c64(1),
         )?;
         os.push(cg.add(cg.sdiv(num, cg.c64(strides[d]))?, cg.c64(1))?);
+        let ok = cg.icmp(IntPredicate::SGE, num, cg.c64(0))?;
+        cg.check(ok, "Conv: the kernel is larger than the padded input")?;
     }
     let mut dims = vec![nb, co];
     dims.extend(&os);

@@ -172,6 +172,10 @@ pub fn emit<'c>(
                 let m1 = cg.icmp(IntPredicate::EQ, *d, cg.c64(-1))?;
                 *d = cg.select_i(m1, q, *d)?;
             }
+            for &d in &dims {
+                let ok = cg.icmp(IntPredicate::SGE, d, cg.c64(0))?;
+                cg.check(ok, "Reshape: a dimension is negative")?;
+            }
             let prod = cg.product(&dims)?;
             let ok = cg.icmp(IntPredicate::EQ, prod, total)?;
             cg.check(
@@ -252,6 +256,14 @@ pub fn emit<'c>(
                     .collect::<R<_>>()?,
                 None => (0..x.rank()).rev().collect(),
             };
+            let mut seen = perm.clone();
+            seen.sort();
+            if seen != (0..x.rank()).collect::<Vec<_>>() {
+                return cg.err(format!(
+                    "perm {perm:?} is not a permutation of rank {}",
+                    x.rank()
+                ));
+            }
             let st = cg.strides(&x.dims)?;
             let dims = perm.iter().map(|&p| x.dims[p]).collect();
             let ss: Vec<_> = perm.iter().map(|&p| st[p]).collect();
