@@ -82,6 +82,7 @@ fn check_fixture_with(fixture: &str, formats: &[&str], flags: &[&str]) {
         for (inputs, ref_ort) in &sets {
             check_set(&lib, &model, inputs, ref_ort, format, flags, dir.path());
         }
+        examples_agree(&so, &lib, &sets[0].0, dir.path());
     }
 }
 
@@ -276,6 +277,50 @@ fn run_c_example(so: &Path, inputs: &Path, dir: &Path, valgrind: bool) -> PathBu
     out
 }
 
+/// Runs the Python example (numpy + ctypes; Debian's python3-numpy, which
+/// scripts/setup.sh installs) on a compiled model; returns the output folder.
+fn run_py_example(so: &Path, inputs: &Path, dir: &Path) -> PathBuf {
+    let py = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let out = dir.join("py_out");
+    std::fs::create_dir_all(&out).unwrap();
+    let o = Command::new(py)
+        .arg(examples().join("python/run_model.py"))
+        .arg(so)
+        .arg(inputs)
+        .arg(&out)
+        .arg("2")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "Python example (needs numpy: scripts/setup.sh installs python3-numpy): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// The C and Python examples on `so` give `lib`'s outputs bit for bit.
+fn examples_agree(so: &Path, lib: &NativeModel, inputs: &Path, dir: &Path) {
+    let want = lib.run(&inputs_of(inputs, lib)).unwrap();
+    for (what, out) in [
+        ("C", run_c_example(so, inputs, dir, false)),
+        ("Python", run_py_example(so, inputs, dir)),
+    ] {
+        for (g, w) in read_dir_outputs(&out, lib).iter().zip(&want) {
+            assert_eq!(
+                rel_diff(g, w),
+                0.0,
+                "{what} example differs on {}",
+                so.display()
+            );
+        }
+    }
+}
+
 fn read_dir_outputs(dir: &Path, lib: &NativeModel) -> Vec<TensorValue> {
     lib.outputs
         .iter()
@@ -286,6 +331,8 @@ fn read_dir_outputs(dir: &Path, lib: &NativeModel) -> Vec<TensorValue> {
         .collect()
 }
 
+/// The examples on a decode model with a KV cache (every fixture and
+/// format also goes through them in the tests above).
 #[test]
 fn c_and_python_examples_run_the_library() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,36 +340,7 @@ fn c_and_python_examples_run_the_library() {
     let so = compile(fx, "mxfp4", dir.path(), &[]);
     let inputs = models().join(fx).join("inputs");
     let lib = NativeModel::load(&so, 2).unwrap();
-    let want = lib.run(&inputs_of(&inputs, &lib)).unwrap();
-    let c_out = run_c_example(&so, &inputs, dir.path(), false);
-    for (g, w) in read_dir_outputs(&c_out, &lib).iter().zip(&want) {
-        assert_eq!(rel_diff(g, w), 0.0, "C example differs");
-    }
-    // The Python example: numpy and ctypes only (Debian's python3-numpy,
-    // installed by scripts/setup.sh).
-    let py = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let py_out = dir.path().join("py_out");
-    std::fs::create_dir_all(&py_out).unwrap();
-    let o = Command::new(py)
-        .arg(examples().join("python/run_model.py"))
-        .arg(&so)
-        .arg(&inputs)
-        .arg(&py_out)
-        .arg("2")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "Python example (needs numpy: scripts/setup.sh installs python3-numpy): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    for (g, w) in read_dir_outputs(&py_out, &lib).iter().zip(&want) {
-        assert_eq!(rel_diff(g, w), 0.0, "Python example differs");
-    }
+    examples_agree(&so, &lib, &inputs, dir.path());
 }
 
 /// The AVX2 path (`--target-cpu haswell`, no AVX-512) on this machine:
