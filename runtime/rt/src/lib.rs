@@ -296,11 +296,16 @@ pub unsafe extern "C" fn lpc_rt_quantize_rows(
     let Some(f) = format_from_codes(fmt, mode) else {
         return;
     };
-    // All rows at once: copied, rotated and scaled in place, then one
-    // quantization call into `out` (no allocation per row).
+    // All rows at once: when they must be rotated or scaled, copied and
+    // transformed in place first; then one quantization call into `out` (no
+    // allocation per row).
     // SAFETY: in bounds by the contract above.
-    let mut rowsbuf = unsafe { std::slice::from_raw_parts(x, rows * k) }.to_vec();
+    let src = unsafe { std::slice::from_raw_parts(x, rows * k) };
     let l = lpc_runtime::formats::AxisLayout::new(&[rows, k], 1, f.block_len());
+    let mut rowsbuf = Vec::new();
+    if rotate > 0 || pow2 != 0 {
+        rowsbuf.extend_from_slice(src);
+    }
     if rotate > 0 {
         for row in rowsbuf.chunks_exact_mut(k.max(1)) {
             lpc_runtime::hadamard::rotate_blocks(row, rotate as usize);
@@ -311,10 +316,11 @@ pub unsafe extern "C" fn lpc_rt_quantize_rows(
         // SAFETY: as above; `exps` holds `rows` ints.
         unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), exps, rows.min(e.len())) };
     }
+    let rows_in: &[f32] = if rowsbuf.is_empty() { src } else { &rowsbuf };
     let bytes = l.num_blocks() * f.block_bytes();
     // SAFETY: as above; `out` holds the packed rows.
     let out = unsafe { std::slice::from_raw_parts_mut(out, bytes) };
-    let _ = f.quantize_into(&rowsbuf, &l, out);
+    let _ = f.quantize_into(rows_in, &l, out);
 }
 
 // ---------------------------------------------------------------------------

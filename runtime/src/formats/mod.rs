@@ -266,34 +266,22 @@ impl Format {
         x: &[T],
         layout: &AxisLayout,
     ) -> Result<Vec<u8>, FormatError> {
-        fn run<F: BlockFormat, T: Element>(
-            x: &[T],
-            l: &AxisLayout,
-            mode: F::Mode,
-        ) -> Result<Vec<u8>, FormatError> {
-            let mut out = vec![0u8; l.num_blocks() * F::BLOCK_BYTES];
-            // Blocks are align-1 byte arrays, so this cast cannot fail.
-            quantize_along_axis::<F, T>(x, l, mode, bytemuck::cast_slice_mut(&mut out))?;
-            Ok(out)
-        }
-        match self {
-            Self::Mxfp4(m) => run::<Mxfp4, T>(x, layout, m),
-            Self::Hif4(v) => run::<Hif4, T>(x, layout, v),
-            Self::Hif8(m) => run::<Hif8, T>(x, layout, m),
-        }
+        let mut out = vec![0u8; layout.num_blocks() * self.block_bytes()];
+        self.quantize_into(x, layout, &mut out)?;
+        Ok(out)
     }
 
-    /// As [`Format::quantize`] for f32 input, into a caller's buffer of
+    /// As [`Format::quantize`], into a caller's buffer of
     /// `layout.num_blocks() · block_bytes()` bytes (no allocation: the
     /// runtime quantizes activation rows with it).
-    pub fn quantize_into(
+    pub fn quantize_into<T: Element>(
         self,
-        x: &[f32],
+        x: &[T],
         layout: &AxisLayout,
         out: &mut [u8],
     ) -> Result<(), FormatError> {
-        fn run<F: BlockFormat>(
-            x: &[f32],
+        fn run<F: BlockFormat, T: Element>(
+            x: &[T],
             l: &AxisLayout,
             mode: F::Mode,
             out: &mut [u8],
@@ -307,12 +295,12 @@ impl Format {
                 });
             }
             // Blocks are align-1 byte arrays, so this cast cannot fail.
-            quantize_along_axis::<F, f32>(x, l, mode, bytemuck::cast_slice_mut(out))
+            quantize_along_axis::<F, T>(x, l, mode, bytemuck::cast_slice_mut(out))
         }
         match self {
-            Self::Mxfp4(m) => run::<Mxfp4>(x, layout, m, out),
-            Self::Hif4(v) => run::<Hif4>(x, layout, v, out),
-            Self::Hif8(m) => run::<Hif8>(x, layout, m, out),
+            Self::Mxfp4(m) => run::<Mxfp4, T>(x, layout, m, out),
+            Self::Hif4(v) => run::<Hif4, T>(x, layout, v, out),
+            Self::Hif8(m) => run::<Hif8, T>(x, layout, m, out),
         }
     }
 
