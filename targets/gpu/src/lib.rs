@@ -6,6 +6,12 @@
 //! CUDA toolkit: the CUDA driver JIT-compiles the PTX at load time. The
 //! kernel generators of issue 8 build on this. MLIR stays behind this crate.
 
+pub mod emulate;
+pub mod kernel;
+pub mod kernels;
+mod mathlib;
+pub mod mlir;
+
 use melior::dialect::DialectRegistry;
 use melior::ir::attribute::ArrayAttribute;
 use melior::ir::block::BlockLike;
@@ -93,6 +99,21 @@ impl GpuCompiler {
             return Err(GpuError::Parse("module does not verify".into()));
         }
         Ok(m)
+    }
+
+    /// Lowers a host module (`func`, `scf`, `arith`, `math`, `memref`) to the
+    /// LLVM dialect, ready for MLIR's execution engine.
+    pub fn lower_for_host<'c>(&'c self, source: &str) -> Result<Module<'c>, GpuError> {
+        let mut module = self.parse(source)?;
+        let pipeline = "builtin.module(convert-scf-to-cf,convert-math-to-llvm,convert-math-to-libm,\
+             expand-strided-metadata,finalize-memref-to-llvm,convert-arith-to-llvm,convert-cf-to-llvm,\
+             convert-func-to-llvm,reconcile-unrealized-casts)";
+        let pm = PassManager::new(&self.context);
+        parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline)
+            .map_err(|e| GpuError::Pipeline(e.to_string()))?;
+        let (r, diag) = self.with_diagnostics(|| pm.run(&mut module));
+        r.map_err(|e| GpuError::Pipeline(format!("{e}: {diag}")))?;
+        Ok(module)
     }
 
     /// Lowers every `gpu.module` of `source` to PTX for `arch`.

@@ -1,0 +1,3 @@
+//! Kernel generators, one file per op family.
+
+pub mod elementwise;
