@@ -82,17 +82,17 @@ fn elementwise_float_ops_match_the_interpreter() {
         } else {
             big.clone()
         };
-        let (g, w) = run_elementwise(&c, op, &[], &[x.clone()]);
+        let (g, w) = run_elementwise(&c, op, &[], std::slice::from_ref(&x));
         assert_close(op, &g, &w, 1e-6);
         let _ = x;
     }
     let pos = f32s(&[64], (0..64).map(|i| i as f32 * 37.5).collect());
     for op in ["Sin", "Cos"] {
-        let (g, w) = run_elementwise(&c, op, &[], &[pos.clone()]);
+        let (g, w) = run_elementwise(&c, op, &[], std::slice::from_ref(&pos));
         assert_close(op, &g, &w, 1e-6);
     }
     let t = [("approximate", Attr::String("tanh".into()))];
-    let (g, w) = run_elementwise(&c, "lpc.gelu", &t, &[big.clone()]);
+    let (g, w) = run_elementwise(&c, "lpc.gelu", &t, std::slice::from_ref(&big));
     assert_close("gelu tanh", &g, &w, 1e-6);
     let (g, w) = run_elementwise(&c, "lpc.swiglu", &[], &[big.clone(), big.clone()]);
     assert_close("swiglu", &g, &w, 1e-6);
@@ -123,7 +123,7 @@ fn elementwise_int_bool_and_cast_ops_match_the_interpreter() {
         let (g, w) = run_elementwise(&c, op, &[], &[p.clone(), q.clone()]);
         assert_close(op, &g, &w, 0.0);
     }
-    let (g, w) = run_elementwise(&c, "Not", &[], &[p.clone()]);
+    let (g, w) = run_elementwise(&c, "Not", &[], std::slice::from_ref(&p));
     assert_close("Not", &g, &w, 0.0);
     let x = f32s(&[2, 4], vec![1.5, -2.25, 3.0, 0.0, -0.5, 7.75, 100.0, -3.5]);
     let y = f32s(&[4], vec![9.0, 8.0, 7.0, 6.0]);
@@ -140,12 +140,12 @@ fn elementwise_int_bool_and_cast_ops_match_the_interpreter() {
         (DType::I32, "f32->i32"),
     ] {
         let at = [("to", Attr::Int(to.onnx_code() as i64))];
-        let (g, w) = run_elementwise(&c, "Cast", &at, &[x.clone()]);
+        let (g, w) = run_elementwise(&c, "Cast", &at, std::slice::from_ref(&x));
         assert_close(name, &g, &w, 0.0);
     }
     let at = [("to", Attr::Int(DType::F32.onnx_code() as i64))];
-    let (g, w) = run_elementwise(&c, "Cast", &at, &[a.clone()]);
+    let (g, w) = run_elementwise(&c, "Cast", &at, std::slice::from_ref(&a));
     assert_close("i64->f32", &g, &w, 0.0);
-    let (g, w) = run_elementwise(&c, "Cast", &at, &[p.clone()]);
+    let (g, w) = run_elementwise(&c, "Cast", &at, std::slice::from_ref(&p));
     assert_close("bool->f32", &g, &w, 0.0);
 }
