@@ -1,11 +1,11 @@
 //! A kernel: a body that computes one work item `%i` of a 1-D launch, its
 //! parameters, and the two modules it is placed in:
 //!
-//! - the device module: `gpu.func @name(%n, params...) kernel` computes
+//! - the device module: `gpu.func @name(%lpc_count, params...) kernel` computes
 //!   `%i = block_id * block_dim + thread_id` and calls the body when
-//!   `%i < %n` (the body is inlined by the NVVM lowering);
-//! - the host module: `func.func @name(%n, params...)` runs the same body
-//!   for `%i` in `0..%n`, so that every kernel is executed and tested on the
+//!   `%i < %lpc_count` (the body is inlined by the NVVM lowering);
+//! - the host module: `func.func @name(%lpc_count, params...)` runs the same body
+//!   for `%i` in `0..%lpc_count`, so that every kernel is executed and tested on the
 //!   CPU through MLIR's execution engine, on machines without a GPU.
 //!
 //! Buffers are 1-D `memref<?xT>` (flat, row-major); at the LLVM level each
@@ -82,12 +82,12 @@ impl Kernel {
     /// The device entry point.
     pub fn gpu_func(&self) -> String {
         format!(
-            "  gpu.func @{name}(%n: index{sig}) kernel {{\n    \
-             %bid = gpu.block_id x\n    %bdim = gpu.block_dim x\n    \
-             %tid = gpu.thread_id x\n    %base = arith.muli %bid, %bdim : index\n    \
-             %i = arith.addi %base, %tid : index\n    \
-             %in = arith.cmpi ult, %i, %n : index\n    \
-             scf.if %in {{\n      {call}\n    }}\n    gpu.return\n  }}\n",
+            "  gpu.func @{name}(%lpc_count: index{sig}) kernel {{\n    \
+             %lpc_bid = gpu.block_id x\n    %lpc_bdim = gpu.block_dim x\n    \
+             %lpc_tid = gpu.thread_id x\n    %lpc_base = arith.muli %lpc_bid, %lpc_bdim : index\n    \
+             %i = arith.addi %lpc_base, %lpc_tid : index\n    \
+             %lpc_in = arith.cmpi ult, %i, %lpc_count : index\n    \
+             scf.if %lpc_in {{\n      {call}\n    }}\n    gpu.return\n  }}\n",
             name = self.name,
             sig = self.signature(),
             call = self.call_body()
@@ -97,9 +97,9 @@ impl Kernel {
     /// The host entry point (sequential loop over the work items).
     pub fn host_func(&self) -> String {
         format!(
-            "  func.func @{name}(%n: index{sig}) {{\n    \
-             %c0 = arith.constant 0 : index\n    %c1 = arith.constant 1 : index\n    \
-             scf.for %i = %c0 to %n step %c1 {{\n      {call}\n    }}\n    return\n  }}\n",
+            "  func.func @{name}(%lpc_count: index{sig}) {{\n    \
+             %lpc_c0 = arith.constant 0 : index\n    %lpc_c1 = arith.constant 1 : index\n    \
+             scf.for %i = %lpc_c0 to %lpc_count step %lpc_c1 {{\n      {call}\n    }}\n    return\n  }}\n",
             name = self.name,
             sig = self.signature(),
             call = self.call_body()

@@ -149,3 +149,201 @@ fn elementwise_int_bool_and_cast_ops_match_the_interpreter() {
     let (g, w) = run_elementwise(&c, "Cast", &at, std::slice::from_ref(&p));
     assert_close("bool->f32", &g, &w, 0.0);
 }
+
+use lpc_target_gpu::kernels::nn;
+
+#[test]
+fn norms_match_the_interpreter() {
+    let c = GpuCompiler::new();
+    let mut r = Rng(11);
+    let (rows, n) = (6, 40);
+    let x = f32s(&[2, 3, n], r.vec(rows * n, 4.0));
+    let g = f32s(&[n], r.vec(n, 1.5));
+    let bias = f32s(&[n], r.vec(n, 0.5));
+    for (op, center) in [("lpc.rms_norm", false), ("lpc.layer_norm", true)] {
+        let mut ins = vec![x.clone(), g.clone()];
+        if center {
+            ins.push(bias.clone());
+        }
+        let eps = 1e-6f32;
+        let want = reference(op, &[("epsilon", Attr::Float(eps))], &ins, 1).remove(0);
+        let spec = nn::NormSpec {
+            center,
+            bias: center,
+            x: DType::F32,
+            scale: DType::F32,
+            epsilon_bits: eps.to_bits(),
+        };
+        let e = c.emulator(&[nn::norm("lpc_norm", &spec).unwrap()]).unwrap();
+        let mut bufs = vec![
+            vec![0u8; rows * n * 4],
+            vec![0u8; rows * 4],
+            vec![0u8; rows * 4],
+        ];
+        bufs.extend(ins.iter().map(bytes));
+        let mut args: Vec<A> = (0..bufs.len()).map(A::Buf).collect();
+        args.extend([A::I(n as i64), A::I(n as i64)]);
+        launch(&e, "lpc_norm", rows, &mut bufs, &args);
+        assert_close(op, &value(DType::F32, &x.shape, &bufs[0]), &want, 1e-6);
+    }
+}
+
+#[test]
+fn rope_matches_the_interpreter() {
+    let c = GpuCompiler::new();
+    let mut r = Rng(5);
+    let (bn, h, s, d) = (2, 3, 5, 16);
+    for (bhsd, interleaved, pos, rot) in [
+        (true, false, false, 16),
+        (false, true, false, 16),
+        (true, false, true, 8),
+        (false, false, true, 16),
+    ] {
+        let x = if bhsd {
+            f32s(&[bn, h, s, d], r.vec(bn * h * s * d, 2.0))
+        } else {
+            f32s(&[bn, s, h * d], r.vec(bn * h * s * d, 2.0))
+        };
+        let half = rot / 2;
+        let (cos, sin, crows, cb) = if pos {
+            let rows = 12;
+            (
+                f32s(&[rows, half], r.vec(rows * half, 1.0)),
+                f32s(&[rows, half], r.vec(rows * half, 1.0)),
+                rows,
+                0,
+            )
+        } else {
+            (
+                f32s(&[1, s, half], r.vec(s * half, 1.0)),
+                f32s(&[1, s, half], r.vec(s * half, 1.0)),
+                s,
+                1,
+            )
+        };
+        let mut ins = vec![x.clone(), cos.clone(), sin.clone()];
+        if pos {
+            ins.push(TensorValue::i64(
+                vec![bn, s],
+                (0..bn * s).map(|i| (i * 7 % 12) as i64).collect(),
+            ));
+        }
+        let mut attrs = vec![("interleaved", Attr::Int(interleaved as i64))];
+        if !bhsd {
+            attrs.push(("num_heads", Attr::Int(h as i64)));
+        }
+        if rot != d {
+            attrs.push(("rotary_embedding_dim", Attr::Int(rot as i64)));
+        }
+        let want = reference("lpc.rope", &attrs, &ins, 1).remove(0);
+        let spec = nn::RopeSpec {
+            x: DType::F32,
+            cache: DType::F32,
+            interleaved,
+            position_ids: pos,
+            bhsd,
+        };
+        let e = c.emulator(&[nn::rope("lpc_rope", &spec).unwrap()]).unwrap();
+        let mut bufs = vec![vec![0u8; x.len() * 4]];
+        bufs.extend(ins.iter().map(bytes));
+        bufs.push(vec![0u8; 4]);
+        let mut args: Vec<A> = (0..bufs.len()).map(A::Buf).collect();
+        for v in [h, s, d, rot, half, cb, crows] {
+            args.push(A::I(v as i64));
+        }
+        launch(&e, "lpc_rope", bn * h * s, &mut bufs, &args);
+        let what = format!("rope bhsd={bhsd} interleaved={interleaved} pos={pos} rot={rot}");
+        assert_close(&what, &value(DType::F32, &x.shape, &bufs[0]), &want, 1e-6);
+        assert_eq!(bufs.last().unwrap(), &[0, 0, 0, 0]);
+    }
+}
+
+#[test]
+fn attention_matches_the_interpreter() {
+    let c = GpuCompiler::new();
+    let mut r = Rng(9);
+    let (bn, hq, hkv, l, d, past) = (2, 4, 2, 3, 8, 4);
+    // (mask, causal, softcap, with past)
+    for (mask, causal, softcap, with_past) in [
+        (nn::Mask::None, true, false, true),
+        (nn::Mask::Bool, false, false, false),
+        (nn::Mask::Float, true, true, true),
+        (nn::Mask::None, false, false, false),
+    ] {
+        let q = f32s(&[bn, hq, l, d], r.vec(bn * hq * l * d, 1.0));
+        let k = f32s(&[bn, hkv, l, d], r.vec(bn * hkv * l * d, 1.0));
+        let v = f32s(&[bn, hkv, l, d], r.vec(bn * hkv * l * d, 1.0));
+        let t = if with_past { past + l } else { l };
+        let mw = t - 1; // shorter than the total: the rest is masked
+        let m = match mask {
+            nn::Mask::None => None,
+            nn::Mask::Bool => Some(TensorValue::bool(
+                vec![l, mw],
+                (0..l * mw).map(|i| i % 3 != 1).collect(),
+            )),
+            nn::Mask::Float => Some(f32s(&[bn, 1, l, mw], r.vec(bn * l * mw, 2.0))),
+        };
+        let mut ins: Vec<Option<TensorValue>> = vec![Some(q.clone()), Some(k), Some(v), m.clone()];
+        if with_past {
+            ins.push(Some(f32s(
+                &[bn, hkv, past, d],
+                r.vec(bn * hkv * past * d, 1.0),
+            )));
+            ins.push(Some(f32s(
+                &[bn, hkv, past, d],
+                r.vec(bn * hkv * past * d, 1.0),
+            )));
+        }
+        let mut attrs = vec![("is_causal", Attr::Int(causal as i64))];
+        if softcap {
+            attrs.push(("softcap", Attr::Float(0.7)));
+        }
+        let outs = reference_opt("lpc.attention", &attrs, &ins, 3);
+        let spec = nn::AttentionSpec {
+            mask,
+            causal,
+            softcap,
+        };
+        let e = c
+            .emulator(&[nn::attention("lpc_attn", &spec).unwrap()])
+            .unwrap();
+        // K/V as the schedule holds them: the present tensors.
+        let mut bufs = vec![
+            vec![0u8; bn * hq * l * d * 4],
+            bytes(&q),
+            bytes(&outs[1]),
+            bytes(&outs[2]),
+        ];
+        if let Some(m) = &m {
+            bufs.push(bytes(m));
+        }
+        let mut args: Vec<A> = (0..bufs.len()).map(A::Buf).collect();
+        let p = if with_past { past } else { 0 };
+        for v in [hq, l, d, hkv, t, d, p] {
+            args.push(A::I(v as i64));
+        }
+        // q and o strides (batch, head, row) of BHSD.
+        for _ in 0..2 {
+            args.extend([
+                A::I((hq * l * d) as i64),
+                A::I((l * d) as i64),
+                A::I(d as i64),
+            ]);
+        }
+        if let Some(m) = &m {
+            let st = bstrides(&m.shape, &[bn, hq, l, mw]);
+            args.extend(st.into_iter().map(A::I));
+            args.push(A::I(mw as i64));
+        }
+        args.push(A::F(1.0 / (d as f32).sqrt()));
+        args.push(A::F(0.7));
+        launch(&e, "lpc_attn", bn * hq * l, &mut bufs, &args);
+        let what = format!("attention {mask:?} causal={causal} softcap={softcap} past={with_past}");
+        assert_close(
+            &what,
+            &value(DType::F32, &q.shape, &bufs[0]),
+            &outs[0],
+            1e-6,
+        );
+    }
+}

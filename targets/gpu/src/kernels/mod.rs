@@ -1,3 +1,4 @@
 //! Kernel generators, one file per op family.
 
 pub mod elementwise;
+pub mod nn;

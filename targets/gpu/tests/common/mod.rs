@@ -32,10 +32,25 @@ pub fn reference(
     inputs: &[TensorValue],
     outputs: usize,
 ) -> Vec<TensorValue> {
+    let ins: Vec<Option<TensorValue>> = inputs.iter().cloned().map(Some).collect();
+    reference_opt(op, attrs, &ins, outputs)
+}
+
+/// As [`reference`], with omitted optional inputs.
+pub fn reference_opt(
+    op: &str,
+    attrs: &[(&str, Attr)],
+    inputs: &[Option<TensorValue>],
+    outputs: usize,
+) -> Vec<TensorValue> {
     let mut g = Graph::new("case");
     let mut ins = Vec::new();
     let mut feed = HashMap::new();
     for (j, t) in inputs.iter().enumerate() {
+        let Some(t) = t else {
+            ins.push(None);
+            continue;
+        };
         let name = format!("in{j}");
         ins.push(Some(
             g.add_input(name.clone(), Some(Type::fixed(t.dtype, &t.shape))),
