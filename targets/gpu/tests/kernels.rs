@@ -347,3 +347,187 @@ fn attention_matches_the_interpreter() {
         );
     }
 }
+
+use lpc_runtime::formats::hif8;
+use lpc_runtime::Format;
+use lpc_target_gpu::kernels::qgemm;
+
+/// One `lpc.qgemm` case: the interpreter's result and the kernels' (rotate,
+/// quantize, dot as the schedule launches them).
+#[allow(clippy::too_many_arguments)]
+fn qgemm_case(
+    c: &GpuCompiler,
+    wf: Format,
+    af: Option<Format>,
+    (m, k): (usize, usize),
+    parts: &[usize],
+    rot: usize,
+    bias: bool,
+    residual: bool,
+    act: Option<&str>,
+    seed: u64,
+) {
+    let mut r = Rng(seed);
+    let ntot: usize = parts.iter().sum();
+    let x = f32s(&[m, k], r.vec(m * k, 2.0));
+    let mut ins = vec![x.clone()];
+    let mut wbufs = Vec::new();
+    for &n in parts {
+        let w = r.vec(n * k, 0.5);
+        let l = wf.layout(&[n, k], -1, true).unwrap();
+        let p = wf.quantize(&w, &l).unwrap();
+        let bpr = p.len() / n;
+        ins.push(TensorValue::with_dtype(
+            DType::U8,
+            vec![n, bpr],
+            lpc_ir::interp::Data::I(p.iter().map(|&v| v as i64).collect()),
+        ));
+        wbufs.push(p);
+    }
+    let bv = f32s(&[ntot], r.vec(ntot, 1.0));
+    if bias {
+        ins.push(bv.clone());
+    }
+    let rv = f32s(&[m, ntot], r.vec(m * ntot, 1.0));
+    if residual {
+        ins.push(rv.clone());
+    }
+    let mut attrs = vec![
+        ("k", Attr::Int(k as i64)),
+        ("parts", Attr::Int(parts.len() as i64)),
+        ("wformat", Attr::String(wf.name().into())),
+        ("wmode", Attr::String(wf.mode_name().into())),
+        ("rotate", Attr::Int(rot as i64)),
+        ("bias", Attr::Int(bias as i64)),
+        ("residual", Attr::Int(residual as i64)),
+    ];
+    match af {
+        Some(af) => {
+            attrs.push(("aformat", Attr::String(af.name().into())));
+            attrs.push(("amode", Attr::String(af.mode_name().into())));
+        }
+        None => attrs.push(("aformat", Attr::String("none".into()))),
+    }
+    if let Some(a) = act {
+        attrs.push(("activation", Attr::String(a.into())));
+    }
+    let want = reference("lpc.qgemm", &attrs, &ins, 1).remove(0);
+
+    let spec = qgemm::DotSpec {
+        wformat: wf,
+        a_mxfp4: af.is_some(),
+        parts: parts.len(),
+        bias,
+        residual,
+        activation: act.map(str::to_string),
+    };
+    let ks = vec![
+        qgemm::rotate("lpc_rot"),
+        qgemm::quant_mxfp4("lpc_q", false),
+        qgemm::dot("lpc_dot", &spec).unwrap(),
+    ];
+    let e = c.emulator(&ks).unwrap();
+    let mut xa = bytes(&x);
+    if rot > 0 {
+        let mut bufs = vec![vec![0u8; m * k * 4], xa];
+        let args = [
+            A::Buf(0),
+            A::Buf(1),
+            A::I(k as i64),
+            A::I(rot as i64),
+            A::F(1.0 / (rot as f32).sqrt()),
+        ];
+        launch(&e, "lpc_rot", m * k / rot, &mut bufs, &args);
+        xa = bufs.swap_remove(0);
+    }
+    let nb = k.div_ceil(wf.block_len());
+    // Buffers: y, activations (codes+exps or x), weights, [lut], [bias], [res].
+    let mut bufs = vec![vec![0u8; m * ntot * 4]];
+    if af.is_some() {
+        let mut qb = vec![vec![0u8; m * nb * 32], vec![0u8; m * nb * 4], xa];
+        let args = [
+            A::Buf(0),
+            A::Buf(1),
+            A::Buf(2),
+            A::I(k as i64),
+            A::I(nb as i64),
+        ];
+        launch(&e, "lpc_q", m * nb, &mut qb, &args);
+        qb.pop();
+        bufs.extend(qb);
+    } else {
+        bufs.push(xa);
+    }
+    bufs.extend(wbufs);
+    if matches!(wf, Format::Hif8(_)) {
+        bufs.push(
+            hif8::DECODE_F32_BITS
+                .iter()
+                .flat_map(|b| b.to_le_bytes())
+                .collect(),
+        );
+    }
+    if bias {
+        bufs.push(bytes(&bv));
+    }
+    if residual {
+        bufs.push(bytes(&rv));
+    }
+    let mut args: Vec<A> = (0..bufs.len()).map(A::Buf).collect();
+    args.extend([A::I(k as i64), A::I(nb as i64), A::I(ntot as i64)]);
+    args.extend(parts.iter().map(|&n| A::I(n as i64)));
+    launch(&e, "lpc_dot", m * ntot, &mut bufs, &args);
+    let what = format!("qgemm {wf:?} x {af:?} k={k} parts={parts:?} rot={rot} {act:?}");
+    assert_close(&what, &value(DType::F32, &[m, ntot], &bufs[0]), &want, 1e-6);
+}
+
+#[test]
+fn qgemm_matches_the_interpreter() {
+    let c = GpuCompiler::new();
+    let mx = Format::parse("mxfp4", None, None).unwrap();
+    let mxa = Format::parse("mxfp4", Some("ties-away"), None).unwrap();
+    let h4 = Format::parse("hif4", None, None).unwrap();
+    let h8 = Format::parse("hif8", None, None).unwrap();
+    // W4A4 MXFP4: a K tail, fused parts, bias, activation, residual, rotation.
+    qgemm_case(
+        &c,
+        mx,
+        Some(mx),
+        (3, 100),
+        &[5, 3],
+        0,
+        true,
+        false,
+        Some("silu"),
+        1,
+    );
+    qgemm_case(&c, mx, Some(mx), (4, 64), &[7], 32, false, true, None, 2);
+    qgemm_case(
+        &c,
+        mx,
+        Some(mx),
+        (2, 128),
+        &[4, 4, 2],
+        64,
+        true,
+        true,
+        Some("gelu"),
+        3,
+    );
+    // Weight-only: every weight format, f32 activations.
+    qgemm_case(&c, mx, None, (3, 70), &[6], 0, true, false, None, 4);
+    qgemm_case(&c, mxa, None, (2, 64), &[3], 0, false, false, None, 5);
+    qgemm_case(
+        &c,
+        h4,
+        None,
+        (3, 130),
+        &[5, 2],
+        0,
+        false,
+        true,
+        Some("gelu_tanh"),
+        6,
+    );
+    qgemm_case(&c, h8, None, (2, 40), &[4], 0, true, false, None, 7);
+}

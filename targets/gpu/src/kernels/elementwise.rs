@@ -237,6 +237,18 @@ fn compute(
     })
 }
 
+/// A unary float op (`lpc.silu`, `lpc.gelu`, ...) on an f32 value.
+pub fn apply_unary(b: &mut B, op: &str, x: &str, tanh_gelu: bool) -> Result<String, String> {
+    compute(
+        b,
+        op,
+        &[x.to_string()],
+        &[lpc_ir::DType::F32],
+        lpc_ir::DType::F32,
+        tanh_gelu,
+    )
+}
+
 /// Rounds an f32 intermediate to the precision of `d` (f16/bf16), as the
 /// interpreter does between fused steps.
 fn round_to(b: &mut B, x: &str, d: lpc_ir::DType) -> String {

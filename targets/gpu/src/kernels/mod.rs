@@ -2,3 +2,4 @@
 
 pub mod elementwise;
 pub mod nn;
+pub mod qgemm;

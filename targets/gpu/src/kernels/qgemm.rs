@@ -1,0 +1,535 @@
+//! `lpc.qgemm` on the GPU, as three kernels:
+//!
+//! 1. `rotate`: the block Hadamard rotation of activation rows, one block per
+//!    work item, with the runtime's butterfly order (bit-identical);
+//! 2. `quant_mxfp4`: activation blocks to MXFP4 by SPEC §2.2 (the runtime's
+//!    encoder: amax from the magnitudes' bits, the interval comparisons),
+//!    stored as the integer codes of the dot-product identity (2·E2M1 in
+//!    [-12, 12], one i8 per element) and the E8M0 exponent per block;
+//! 3. `dot`: one output per work item: per block the exact integer sum of
+//!    code products times the power-of-two scale product, accumulated in f64
+//!    in K order (the interpreter's exact products), then bias, activation
+//!    and residual. Weights stay packed as the compiler wrote them.
+//!
+//! Straightforward kernels for correctness; the tensor-core version (int8
+//! `mma.sync` m16n8k32, one k32 step per MXFP4 block) replaces `dot` where a
+//! GPU is at hand to measure it.
+
+use crate::kernel::{Kernel, Param};
+use crate::mlir::{Ty, B};
+use lpc_runtime::Format;
+
+const X: Ty = Ty::Index;
+
+/// The rotation kernel. Params: `y`, `x` (f32 rows of `k`), `k`, `blk`,
+/// `scale` (1/√blk as the runtime computes it). Item = row·(k/blk) + block.
+pub fn rotate(name: &str) -> Kernel {
+    let params = vec![
+        ("y".to_string(), Param::Buf(Ty::F32)),
+        ("x".to_string(), Param::Buf(Ty::F32)),
+        ("k".to_string(), Param::Index),
+        ("blk".to_string(), Param::Index),
+        ("scale".to_string(), Param::F32),
+    ];
+    let mut b = B::new();
+    let base = b.bin("muli", "%i", "%blk", X);
+    let c0 = b.index(0);
+    let c1 = b.index(1);
+    let c2 = b.index(2);
+    b.for_(&c0, "%blk", &c1, &[], |b, j, _| {
+        let a = b.bin("addi", &base, j, X);
+        let v = b.load("%x", &a, Ty::F32);
+        b.store(&v, "%y", &a, Ty::F32);
+        vec![]
+    });
+    // h = 1, 2, 4, ... < blk: for i in (0..blk).step_by(2h), j in i..i+h.
+    b.line(format!(
+        "%hw = scf.while (%h = {c1}) : (index) -> index {{\n      \
+         %go = arith.cmpi ult, %h, %blk : index\n      \
+         scf.condition(%go) %h : index\n    }} do {{\n    ^bb0(%hh: index):"
+    ));
+    let h2 = b.bin("muli", "%hh", &c2, X);
+    b.for_(&c0, "%blk", &h2, &[], |b, i, _| {
+        let hi = b.bin("addi", i, "%hh", X);
+        b.for_(i, &hi, &c1, &[], |b, j, _| {
+            let pa = b.bin("addi", &base, j, X);
+            let pb = b.bin("addi", &pa, "%hh", X);
+            let u = b.load("%y", &pa, Ty::F32);
+            let v = b.load("%y", &pb, Ty::F32);
+            let s = b.bin("addf", &u, &v, Ty::F32);
+            let d = b.bin("subf", &u, &v, Ty::F32);
+            b.store(&s, "%y", &pa, Ty::F32);
+            b.store(&d, "%y", &pb, Ty::F32);
+            vec![]
+        });
+        vec![]
+    });
+    b.line(format!("scf.yield {h2} : index"));
+    b.line("}");
+    b.for_(&c0, "%blk", &c1, &[], |b, j, _| {
+        let a = b.bin("addi", &base, j, X);
+        let v = b.load("%y", &a, Ty::F32);
+        let s = b.bin("mulf", &v, "%scale", Ty::F32);
+        b.store(&s, "%y", &a, Ty::F32);
+        vec![]
+    });
+    Kernel {
+        name: name.into(),
+        params,
+        body: b.finish(),
+    }
+}
+
+/// MXFP4 activation quantization. Params: `codes` (i8, `[rows, nb·32]`),
+/// `exps` (i32 `[rows·nb]`: the E8M0 byte, 255 for a poisoned block), `x`
+/// (f32 `[rows, k]`), `k`, `nb`. Item = row·nb + block. `ties_away` selects
+/// the rounding (RNE otherwise).
+pub fn quant_mxfp4(name: &str, ties_away: bool) -> Kernel {
+    let params = vec![
+        ("codes".to_string(), Param::Buf(Ty::I8)),
+        ("exps".to_string(), Param::Buf(Ty::I32)),
+        ("x".to_string(), Param::Buf(Ty::F32)),
+        ("k".to_string(), Param::Index),
+        ("nb".to_string(), Param::Index),
+    ];
+    let mut b = B::new();
+    let i32t = Ty::I32;
+    let row = b.bin("divui", "%i", "%nb", X);
+    let blk = b.bin("remui", "%i", "%nb", X);
+    let c32 = b.index(32);
+    let c0 = b.index(0);
+    let c1 = b.index(1);
+    let rowbase = b.bin("muli", &row, "%k", X);
+    let k0 = b.bin("muli", &blk, &c32, X);
+    let zf = b.f32(0.0);
+    // Element e of the block, 0 past the end of the row.
+    let elem = |b: &mut B, e: &str| -> String {
+        let kk = b.bin("addi", &k0, e, X);
+        let inr = b.cmpi("ult", &kk, "%k", X);
+        let a = b.bin("addi", &rowbase, &kk, X);
+        let safe = b.select(&inr, &a, &c0, X);
+        let v = b.load("%x", &safe, Ty::F32);
+        b.select(&inr, &v, &zf, Ty::F32)
+    };
+    let zero = b.int(0, i32t);
+    let mask = b.int(0x7FFF_FFFF, i32t);
+    let amax = b.for_(&c0, &c32, &c1, &[(&zero, i32t)], |b, e, acc| {
+        let v = elem(b, e);
+        let bits = b.bitcast(&v, Ty::F32, i32t);
+        let m = b.bin("andi", &bits, &mask, i32t);
+        vec![b.bin("maxui", &acc[0], &m, i32t)]
+    });
+    let inf = b.int(0x7F80_0000, i32t);
+    let poisoned = b.cmpi("uge", &amax[0], &inf, i32t);
+    // A poisoned block's amax ignores the non-finite elements (SPEC §2.2
+    // step 1); its codes never matter (every product with it is NaN), so
+    // the finite amax rule below runs on the clamped value.
+    let amax_f = b.select(&poisoned, &zero, &amax[0], i32t);
+    let c23 = b.int(23, i32t);
+    let ef = b.bin("shrui", &amax_f, &c23, i32t);
+    let two = b.int(2, i32t);
+    let e0 = b.bin("subi", &ef, &two, i32t);
+    let e = b.bin("maxsi", &e0, &zero, i32t);
+    let c254 = b.int(254, i32t);
+    let ib = b.bin("subi", &c254, &e, i32t);
+    let invb = b.bin("shli", &ib, &c23, i32t);
+    let inv = b.bitcast(&invb, i32t, Ty::F32);
+    let ff = b.int(255, i32t);
+    let stored = b.select(&poisoned, &ff, &e, i32t);
+    b.store(&stored, "%exps", "%i", i32t);
+    let thresholds: [(f32, bool); 7] = [
+        (0.25, false),
+        (0.75, true),
+        (1.25, false),
+        (1.75, true),
+        (2.5, false),
+        (3.5, true),
+        (5.0, false),
+    ];
+    let cbase = b.bin("muli", "%i", &c32, X);
+    b.for_(&c0, &c32, &c1, &[], |b, el, _| {
+        let v = elem(b, el);
+        let bits = b.bitcast(&v, Ty::F32, i32t);
+        let mag = b.bin("andi", &bits, &mask, i32t);
+        let a = b.bitcast(&mag, i32t, Ty::F32);
+        let r = b.bin("mulf", &a, &inv, Ty::F32);
+        let mut code = b.int(0, i32t);
+        for (t, ge) in thresholds {
+            // RNE: > at ties that round down, >= at ties that round up;
+            // ties-away: >= everywhere.
+            let pred = if ge || ties_away { "oge" } else { "ogt" };
+            let tc = b.f32(t);
+            let c = b.cmpf(pred, &r, &tc, Ty::F32);
+            let ci = b.cast("extui", &c, Ty::I1, i32t);
+            code = b.bin("addi", &code, &ci, i32t);
+        }
+        let val = x2_of_code(b, &code);
+        let neg = b.cmpi("slt", &bits, &zero, i32t);
+        let nval = b.bin("subi", &zero, &val, i32t);
+        let sv = b.select(&neg, &nval, &val, i32t);
+        let s8 = b.cast("trunci", &sv, i32t, Ty::I8);
+        let at = b.bin("addi", &cbase, el, X);
+        b.store(&s8, "%codes", &at, Ty::I8);
+        vec![]
+    });
+    Kernel {
+        name: name.into(),
+        params,
+        body: b.finish(),
+    }
+}
+
+/// 2·E2M1 magnitude of a magnitude code m (0..8): 0,1,2,3,4,6,8,12 =
+/// m < 4 ? m : (2 + (m & 1)) << ((m >> 1) - 1).
+fn x2_of_code(b: &mut B, m: &str) -> String {
+    let t = Ty::I32;
+    let four = b.int(4, t);
+    let one = b.int(1, t);
+    let two = b.int(2, t);
+    let small = b.cmpi("ult", m, &four, t);
+    let odd = b.bin("andi", m, &one, t);
+    let mant = b.bin("addi", &two, &odd, t);
+    let h = b.bin("shrui", m, &one, t);
+    let sh = b.bin("subi", &h, &one, t);
+    let big = b.bin("shli", &mant, &sh, t);
+    b.select(&small, m, &big, t)
+}
+
+/// What a `dot` kernel is specialized on.
+#[derive(Clone, PartialEq, Debug)]
+pub struct DotSpec {
+    /// The weights' format (packed rows of `k`).
+    pub wformat: Format,
+    /// Activations quantized to MXFP4 (codes + exponents), else f32.
+    pub a_mxfp4: bool,
+    pub parts: usize,
+    pub bias: bool,
+    pub residual: bool,
+    /// `silu`, `gelu`, `gelu_tanh` or none.
+    pub activation: Option<String>,
+}
+
+/// Params: `y` (f32 `[rows, n]`), then the activations (`codes`, `exps` for
+/// MXFP4, else `x` f32), `w0..` (packed bytes per part), [`lut` (HiF8's
+/// 256-entry decode table)], [`bias`],
+/// [`res`], `k`, `nb` (blocks per row), `n`, `n0..` (rows per part).
+/// Item = row·n + j.
+pub fn dot(name: &str, s: &DotSpec) -> Result<Kernel, String> {
+    let f64t = Ty::F64;
+    let i32t = Ty::I32;
+    let mut params = vec![("y".to_string(), Param::Buf(Ty::F32))];
+    if s.a_mxfp4 {
+        if !matches!(s.wformat, Format::Mxfp4(_)) {
+            return Err(format!(
+                "MXFP4 activations with {} weights have no GPU kernel",
+                s.wformat.name()
+            ));
+        }
+        params.push(("codes".to_string(), Param::Buf(Ty::I8)));
+        params.push(("exps".to_string(), Param::Buf(i32t)));
+    } else {
+        params.push(("x".to_string(), Param::Buf(Ty::F32)));
+    }
+    for p in 0..s.parts {
+        params.push((format!("w{p}"), Param::Buf(Ty::I8)));
+    }
+    if matches!(s.wformat, Format::Hif8(_)) {
+        params.push(("lut".to_string(), Param::Buf(Ty::F32)));
+    }
+    if s.bias {
+        params.push(("bias".to_string(), Param::Buf(Ty::F32)));
+    }
+    if s.residual {
+        params.push(("res".to_string(), Param::Buf(Ty::F32)));
+    }
+    for p in ["k", "nb", "n"] {
+        params.push((p.to_string(), Param::Index));
+    }
+    for p in 0..s.parts {
+        params.push((format!("n{p}"), Param::Index));
+    }
+    let bpb = s.wformat.block_bytes();
+    let bl = s.wformat.block_len();
+    let mut b = B::new();
+    let row = b.bin("divui", "%i", "%n", X);
+    let col = b.bin("remui", "%i", "%n", X);
+    let c0 = b.index(0);
+    let c1 = b.index(1);
+    let zero = b.f64(0.0);
+    // The part holding `col`: the kernel sums each part's contribution,
+    // only the owning part's loop runs (the others have zero trips).
+    let mut acc = zero.clone();
+    let mut start = c0.clone();
+    for p in 0..s.parts {
+        let np = format!("%n{p}");
+        let end = b.bin("addi", &start, &np, X);
+        let ge = b.cmpi("uge", &col, &start, X);
+        let lt = b.cmpi("ult", &col, &end, X);
+        let mine = b.bin("andi", &ge, &lt, Ty::I1);
+        let trips = b.select(&mine, "%nb", &c0, X);
+        let wrow = b.bin("subi", &col, &start, X);
+        let wrow = b.select(&mine, &wrow, &c0, X);
+        let w = format!("%w{p}");
+        let bpbv = b.index(bpb as i64);
+        let nbb = b.bin("muli", "%nb", &bpbv, X);
+        let rbase = b.bin("muli", &wrow, &nbb, X);
+        let r = b.for_(&c0, &trips, &c1, &[(&acc, f64t)], |b, blk, a| {
+            let wb0 = b.index(bpb as i64);
+            let wbo = b.bin("muli", blk, &wb0, X);
+            let wb = b.bin("addi", &rbase, &wbo, X);
+            let part = block(b, s, &w, &wb, &row, blk, bl);
+            vec![b.bin("addf", &a[0], &part, f64t)]
+        });
+        acc = r[0].clone();
+        start = end;
+    }
+    if s.bias {
+        let bv = b.load("%bias", &col, Ty::F32);
+        let bw = b.cast("extf", &bv, Ty::F32, f64t);
+        acc = b.bin("addf", &acc, &bw, f64t);
+    }
+    let mut y = b.cast("truncf", &acc, f64t, Ty::F32);
+    y = match s.activation.as_deref() {
+        None => y,
+        Some(a @ ("silu" | "gelu" | "gelu_tanh")) => {
+            let op = match a {
+                "silu" => "lpc.silu",
+                _ => "lpc.gelu",
+            };
+            super::elementwise::apply_unary(&mut b, op, &y, a == "gelu_tanh")?
+        }
+        Some(a) => return Err(format!("unknown epilogue activation `{a}`")),
+    };
+    if s.residual {
+        let rv = b.load("%res", "%i", Ty::F32);
+        y = b.bin("addf", &y, &rv, Ty::F32);
+    }
+    b.store(&y, "%y", "%i", Ty::F32);
+    Ok(Kernel {
+        name: name.into(),
+        params,
+        body: b.finish(),
+    })
+}
+
+/// The f64 contribution of block `blk` of activation row `row` with the
+/// weight block at byte `wb` of buffer `w`.
+fn block(b: &mut B, s: &DotSpec, w: &str, wb: &str, row: &str, blk: &str, bl: usize) -> String {
+    let i32t = Ty::I32;
+    let f64t = Ty::F64;
+    let c0 = b.index(0);
+    let c1 = b.index(1);
+    let cbl = b.index(bl as i64);
+    let k0 = b.bin("muli", blk, &cbl, X);
+    if s.a_mxfp4 {
+        // Exact integer sum of 2·E2M1 products, times 2^(Ea + Ew - 256).
+        let wsb = b.load(w, wb, Ty::I8);
+        let ws = b.cast("extui", &wsb, Ty::I8, i32t);
+        let ai = {
+            let r = b.bin("muli", row, "%nb", X);
+            b.bin("addi", &r, blk, X)
+        };
+        let ea = b.load("%exps", &ai, i32t);
+        let cbase = b.bin("muli", &ai, &cbl, X);
+        let z = b.int(0, i32t);
+        let c2 = b.index(2);
+        let sum = b.for_(&c0, &cbl, &c1, &[(&z, i32t)], |b, e, a| {
+            let half = b.bin("divui", e, &c2, X);
+            let o1 = b.bin("addi", wb, &c1, X);
+            let bo = b.bin("addi", &o1, &half, X);
+            let byte = b.load(w, &bo, Ty::I8);
+            let bw = b.cast("extui", &byte, Ty::I8, i32t);
+            let odd = b.bin("remui", e, &c2, X);
+            let oddi = b.cast("index_cast", &odd, X, i32t);
+            let four = b.int(4, i32t);
+            let sh = b.bin("muli", &oddi, &four, i32t);
+            let nib = b.bin("shrui", &bw, &sh, i32t);
+            let f = b.int(15, i32t);
+            let code = b.bin("andi", &nib, &f, i32t);
+            let seven = b.int(7, i32t);
+            let m = b.bin("andi", &code, &seven, i32t);
+            let mag = x2_of_code(b, &m);
+            let eight = b.int(8, i32t);
+            let sg = b.bin("andi", &code, &eight, i32t);
+            let neg = b.cmpi("ne", &sg, &z, i32t);
+            let nm = b.bin("subi", &z, &mag, i32t);
+            let wv = b.select(&neg, &nm, &mag, i32t);
+            let ca = b.bin("addi", &cbase, e, X);
+            let av = b.load("%codes", &ca, Ty::I8);
+            let avi = b.cast("extsi", &av, Ty::I8, i32t);
+            let p = b.bin("muli", &avi, &wv, i32t);
+            vec![b.bin("addi", &a[0], &p, i32t)]
+        });
+        let sf = b.cast("sitofp", &sum[0], i32t, f64t);
+        // 2^(ea + ew - 256) as f64 bits: exponent field ea + ew - 256 + 1023.
+        let es = b.bin("addi", &ea, &ws, i32t);
+        let bias = b.int(1023 - 256, i32t);
+        let ef = b.bin("addi", &es, &bias, i32t);
+        let e64 = b.cast("extsi", &ef, i32t, Ty::I64);
+        let c52 = b.int(52, Ty::I64);
+        let bits = b.bin("shli", &e64, &c52, Ty::I64);
+        let sc = b.bitcast(&bits, Ty::I64, f64t);
+        let prod = b.bin("mulf", &sf, &sc, f64t);
+        let ff = b.int(255, i32t);
+        let pa = b.cmpi("eq", &ea, &ff, i32t);
+        let pw = b.cmpi("eq", &ws, &ff, i32t);
+        let poison = b.bin("ori", &pa, &pw, Ty::I1);
+        let nan = b.f64(f64::NAN);
+        b.select(&poison, &nan, &prod, f64t)
+    } else {
+        // Weight-only: f32 activations times the decoded weights, exact
+        // products summed in f64 in K order; elements past k are skipped.
+        let rem = b.bin("subi", "%k", &k0, X);
+        let lim = b.bin("minui", &rem, &cbl, X);
+        let rb = b.bin("muli", row, "%k", X);
+        let z = b.f64(0.0);
+        let r = b.for_(&c0, &lim, &c1, &[(&z, f64t)], |b, e, a| {
+            let kk = b.bin("addi", &k0, e, X);
+            let xa = b.bin("addi", &rb, &kk, X);
+            let xv = b.load("%x", &xa, Ty::F32);
+            let xw = b.cast("extf", &xv, Ty::F32, f64t);
+            let wv = decode_weight(b, s.wformat, w, wb, e);
+            let p = b.bin("mulf", &xw, &wv, f64t);
+            vec![b.bin("addf", &a[0], &p, f64t)]
+        });
+        r[0].clone()
+    }
+}
+
+/// Element `e` of the packed weight block at byte `wb`, as f64.
+fn decode_weight(b: &mut B, f: Format, w: &str, wb: &str, e: &str) -> String {
+    let i32t = Ty::I32;
+    let f64t = Ty::F64;
+    match f {
+        Format::Mxfp4(_) => {
+            let c1 = b.index(1);
+            let c2 = b.index(2);
+            let z = b.int(0, i32t);
+            let sb = b.load(w, wb, Ty::I8);
+            let scale = b.cast("extui", &sb, Ty::I8, i32t);
+            let half = b.bin("divui", e, &c2, X);
+            let o1 = b.bin("addi", wb, &c1, X);
+            let bo = b.bin("addi", &o1, &half, X);
+            let byte = b.load(w, &bo, Ty::I8);
+            let bw = b.cast("extui", &byte, Ty::I8, i32t);
+            let odd = b.bin("remui", e, &c2, X);
+            let oddi = b.cast("index_cast", &odd, X, i32t);
+            let four = b.int(4, i32t);
+            let sh = b.bin("muli", &oddi, &four, i32t);
+            let nib = b.bin("shrui", &bw, &sh, i32t);
+            let fm = b.int(15, i32t);
+            let code = b.bin("andi", &nib, &fm, i32t);
+            let seven = b.int(7, i32t);
+            let m = b.bin("andi", &code, &seven, i32t);
+            let mag = x2_of_code(b, &m);
+            let eight = b.int(8, i32t);
+            let sg = b.bin("andi", &code, &eight, i32t);
+            let neg = b.cmpi("ne", &sg, &z, i32t);
+            let nm = b.bin("subi", &z, &mag, i32t);
+            let v = b.select(&neg, &nm, &mag, i32t);
+            let vf = b.cast("sitofp", &v, i32t, f64t);
+            // value = (2·E2M1 / 2) · 2^(scale - 127) = v · 2^(scale - 128).
+            let bias = b.int(1023 - 128, i32t);
+            let ef = b.bin("addi", &scale, &bias, i32t);
+            let e64 = b.cast("extsi", &ef, i32t, Ty::I64);
+            let c52 = b.int(52, Ty::I64);
+            let bits = b.bin("shli", &e64, &c52, Ty::I64);
+            let sc = b.bitcast(&bits, Ty::I64, f64t);
+            let val = b.bin("mulf", &vf, &sc, f64t);
+            let ff = b.int(255, i32t);
+            let p = b.cmpi("eq", &scale, &ff, i32t);
+            let nan = b.f64(f64::NAN);
+            b.select(&p, &nan, &val, f64t)
+        }
+        Format::Hif4(_) => {
+            // ±(nibble & 7) << (E1_8 + E1_16) · S / 16... as f64: S1P2
+            // magnitude c/4 times 2^(E1_8 + E1_16) times the E6M2 scale.
+            let c1 = b.index(1);
+            let c2 = b.index(2);
+            let c4 = b.index(4);
+            let c8 = b.index(8);
+            let z = b.int(0, i32t);
+            let sb = b.load(w, wb, Ty::I8);
+            let sbyte = b.cast("extui", &sb, Ty::I8, i32t);
+            // meta[1]: E1_8 of group g = e/8 in bit 7-g.
+            let g = b.bin("divui", e, &c8, X);
+            let m1a = b.bin("addi", wb, &c1, X);
+            let m1 = b.load(w, &m1a, Ty::I8);
+            let m1i = b.cast("extui", &m1, Ty::I8, i32t);
+            let gi = b.cast("index_cast", &g, X, i32t);
+            let seven = b.int(7, i32t);
+            let s8 = b.bin("subi", &seven, &gi, i32t);
+            let e8s = b.bin("shrui", &m1i, &s8, i32t);
+            let one = b.int(1, i32t);
+            let e8 = b.bin("andi", &e8s, &one, i32t);
+            // meta[2 + h/8]: E1_16 of subgroup h = e/4 in bit 7 - h%8.
+            let h = b.bin("divui", e, &c4, X);
+            let hb = b.bin("divui", &h, &c8, X);
+            let m2o = b.bin("addi", wb, &c2, X);
+            let m2a = b.bin("addi", &m2o, &hb, X);
+            let m2 = b.load(w, &m2a, Ty::I8);
+            let m2i = b.cast("extui", &m2, Ty::I8, i32t);
+            let hr = b.bin("remui", &h, &c8, X);
+            let hri = b.cast("index_cast", &hr, X, i32t);
+            let s16 = b.bin("subi", &seven, &hri, i32t);
+            let e16s = b.bin("shrui", &m2i, &s16, i32t);
+            let e16 = b.bin("andi", &e16s, &one, i32t);
+            // Nibble of element e: data byte 4 + e/2.
+            let half = b.bin("divui", e, &c2, X);
+            let d0 = b.bin("addi", wb, &c4, X);
+            let da = b.bin("addi", &d0, &half, X);
+            let byte = b.load(w, &da, Ty::I8);
+            let bw = b.cast("extui", &byte, Ty::I8, i32t);
+            let odd = b.bin("remui", e, &c2, X);
+            let oddi = b.cast("index_cast", &odd, X, i32t);
+            let four = b.int(4, i32t);
+            let sh = b.bin("muli", &oddi, &four, i32t);
+            let nib = b.bin("shrui", &bw, &sh, i32t);
+            let fm = b.int(15, i32t);
+            let code = b.bin("andi", &nib, &fm, i32t);
+            let mag0 = b.bin("andi", &code, &seven, i32t);
+            let sh2 = b.bin("addi", &e8, &e16, i32t);
+            let mag = b.bin("shli", &mag0, &sh2, i32t);
+            let eight = b.int(8, i32t);
+            let sg = b.bin("andi", &code, &eight, i32t);
+            let neg = b.cmpi("ne", &sg, &z, i32t);
+            let nm = b.bin("subi", &z, &mag, i32t);
+            let v = b.select(&neg, &nm, &mag, i32t);
+            let vf = b.cast("sitofp", &v, i32t, f64t);
+            // E6M2: 2^((s >> 2) - 48) · (1 + (s & 3)/4); element = v/4 · S.
+            let two = b.int(2, i32t);
+            let ex = b.bin("shrui", &sbyte, &two, i32t);
+            let bias = b.int(1023 - 48 - 2, i32t);
+            let ef = b.bin("addi", &ex, &bias, i32t);
+            let e64 = b.cast("extsi", &ef, i32t, Ty::I64);
+            let c52 = b.int(52, Ty::I64);
+            let bits = b.bin("shli", &e64, &c52, Ty::I64);
+            let p2 = b.bitcast(&bits, Ty::I64, f64t);
+            let three = b.int(3, i32t);
+            let mant = b.bin("andi", &sbyte, &three, i32t);
+            let four_i = b.int(4, i32t);
+            let m4 = b.bin("addi", &mant, &four_i, i32t);
+            let mf = b.cast("sitofp", &m4, i32t, f64t);
+            let quarter = b.f64(0.25);
+            let mfs = b.bin("mulf", &mf, &quarter, f64t);
+            let sc = b.bin("mulf", &p2, &mfs, f64t);
+            let val = b.bin("mulf", &vf, &sc, f64t);
+            let ff = b.int(255, i32t);
+            let p = b.cmpi("eq", &sbyte, &ff, i32t);
+            let nan = b.f64(f64::NAN);
+            b.select(&p, &nan, &val, f64t)
+        }
+        Format::Hif8(_) => {
+            // HiF8 codes decode through the runtime's table (`lut`, 256
+            // exact f32 values, passed by the host).
+            let byte = {
+                let a = b.bin("addi", wb, e, X);
+                b.load(w, &a, Ty::I8)
+            };
+            let bi = b.cast("extui", &byte, Ty::I8, Ty::I32);
+            let idx = b.cast("index_cast", &bi, Ty::I32, X);
+            let v = b.load("%lut", &idx, Ty::F32);
+            b.cast("extf", &v, Ty::F32, f64t)
+        }
+    }
+}
