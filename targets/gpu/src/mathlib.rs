@@ -196,9 +196,33 @@ fn erf(b: &mut B, x: &str) -> String {
     b.copysign(&y, x, F)
 }
 
-/// The MLIR source of every function, for inclusion in a module.
-pub fn source() -> String {
+/// sqrt (`f32`/`f64`), floor and ceil (`f32`): LLVM intrinsics on the host;
+/// on the device the NVVM intrinsics (the NVVM lowering marks the generic
+/// ones illegal, to turn them into libdevice calls).
+fn rounding_ops(device: bool) -> String {
     let mut s = String::new();
+    for (name, op, t, nv) in [
+        ("lpc_sqrtf", "sqrt", "f32", "llvm.nvvm.sqrt.rn.f"),
+        ("lpc_sqrt", "sqrt", "f64", "llvm.nvvm.sqrt.rn.d"),
+        ("lpc_floorf", "floor", "f32", "llvm.nvvm.floor.f"),
+        ("lpc_ceilf", "ceil", "f32", "llvm.nvvm.ceil.f"),
+    ] {
+        let body = if device {
+            format!("llvm.call_intrinsic \"{nv}\"(%x) : ({t}) -> {t}")
+        } else {
+            format!("llvm.intr.{op}(%x) : ({t}) -> {t}")
+        };
+        s.push_str(&format!(
+            "  func.func private @{name}(%x: {t}) -> {t} {{\n    %r = {body}\n    return %r : {t}\n  }}\n"
+        ));
+    }
+    s
+}
+
+/// The MLIR source of every function, for inclusion in a device (`true`)
+/// or host module.
+pub fn source(device: bool) -> String {
+    let mut s = rounding_ops(device);
     s.push_str(&func("lpc_exp", exp));
     s.push_str(&func("lpc_sin", |b, x| sincos(b, x, false)));
     s.push_str(&func("lpc_cos", |b, x| sincos(b, x, true)));

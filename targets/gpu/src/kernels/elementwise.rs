@@ -121,15 +121,19 @@ fn gelu(b: &mut B, x: &str, tanh: bool) -> String {
     b.cast("truncf", &y, Ty::F64, Ty::F32)
 }
 
-/// `sqrt` without a libdevice call: `llvm.intr.sqrt` (PTX `sqrt.rn.f32`).
+/// `sqrt` of an f32 or f64 value without a libdevice call (`mathlib`).
 pub fn sqrt(b: &mut B, x: &str, t: Ty) -> String {
-    b.op(format!("llvm.intr.sqrt({x}) : ({0}) -> {0}", t.mlir()))
+    let f = if t == Ty::F64 {
+        "lpc_sqrt"
+    } else {
+        "lpc_sqrtf"
+    };
+    b.call(f, &[(x, t)], Some(t)).expect("result")
 }
 
 fn round_int(b: &mut B, x: &str, up: bool) -> String {
-    // floor/ceil of f32 through llvm intrinsics (PTX cvt.rmi/cvt.rpi).
-    let f = if up { "ceil" } else { "floor" };
-    b.op(format!("llvm.intr.{f}({x}) : (f32) -> f32"))
+    let f = if up { "lpc_ceilf" } else { "lpc_floorf" };
+    b.call(f, &[(x, Ty::F32)], Some(Ty::F32)).expect("result")
 }
 
 /// The computation of one elementwise op on compute-typed operands.
