@@ -531,3 +531,174 @@ fn qgemm_matches_the_interpreter() {
     );
     qgemm_case(&c, h8, None, (2, 40), &[4], 0, true, false, None, 7);
 }
+
+use lpc_target_gpu::kernels::shape;
+
+fn contiguous(shape: &[usize]) -> Vec<i64> {
+    let mut s = vec![0i64; shape.len()];
+    let mut acc = 1i64;
+    for a in (0..shape.len()).rev() {
+        s[a] = acc;
+        acc *= shape[a] as i64;
+    }
+    s
+}
+
+/// One strided copy launch: box `d`, source strides/offset, destination
+/// strides/offset.
+fn copy_launch(
+    e: &lpc_target_gpu::emulate::Emulator,
+    y: &mut Vec<u8>,
+    x: &[u8],
+    d: &[usize],
+    (xs, xoff): (&[i64], i64),
+    (ys, yoff): (&[i64], i64),
+) {
+    let mut bufs = vec![std::mem::take(y), x.to_vec()];
+    let mut args = vec![A::Buf(0), A::Buf(1)];
+    args.extend(d.iter().map(|&v| A::I(v as i64)));
+    args.extend(xs.iter().map(|&v| A::I(v)));
+    args.extend(ys.iter().map(|&v| A::I(v)));
+    args.extend([A::I(xoff), A::I(yoff)]);
+    launch(e, "lpc_copy", d.iter().product(), &mut bufs, &args);
+    *y = bufs.swap_remove(0);
+}
+
+#[test]
+fn data_movement_matches_the_interpreter() {
+    let c = GpuCompiler::new();
+    let e = c
+        .emulator(&[shape::copy("lpc_copy", 3, 4).unwrap()])
+        .unwrap();
+    let mut r = Rng(3);
+    let x = f32s(&[2, 3, 4], r.vec(24, 1.0));
+    let xs = contiguous(&x.shape);
+    // Transpose [2,3,4] by (2, 0, 1): output axis a reads input axis perm[a].
+    let want = reference(
+        "Transpose",
+        &[("perm", Attr::Ints(vec![2, 0, 1]))],
+        std::slice::from_ref(&x),
+        1,
+    )
+    .remove(0);
+    let mut y = vec![0u8; 96];
+    let d = [4, 2, 3];
+    let ys = contiguous(&d);
+    copy_launch(
+        &e,
+        &mut y,
+        &bytes(&x),
+        &d,
+        (&[xs[2], xs[0], xs[1]], 0),
+        (&ys, 0),
+    );
+    assert_close("Transpose", &value(DType::F32, &d, &y), &want, 0.0);
+    // Slice axis 2 from the end backwards with step -2: [3, 1].
+    let st = TensorValue::i64(vec![1], vec![-1]);
+    let en = TensorValue::i64(vec![1], vec![-5]);
+    let ax = TensorValue::i64(vec![1], vec![2]);
+    let sp = TensorValue::i64(vec![1], vec![-2]);
+    let want = reference("Slice", &[], &[x.clone(), st, en, ax, sp], 1).remove(0);
+    let d = [2, 3, 2];
+    let mut y = vec![0u8; 48];
+    copy_launch(
+        &e,
+        &mut y,
+        &bytes(&x),
+        &d,
+        (&[xs[0], xs[1], -2], 3),
+        (&contiguous(&d), 0),
+    );
+    assert_close("Slice", &value(DType::F32, &d, &y), &want, 0.0);
+    // Concat of x and a [2, 1, 4] tensor on axis 1: two launches.
+    let z = f32s(&[2, 1, 4], r.vec(8, 1.0));
+    let want = reference(
+        "Concat",
+        &[("axis", Attr::Int(1))],
+        &[x.clone(), z.clone()],
+        1,
+    )
+    .remove(0);
+    let od = [2, 4, 4];
+    let os = contiguous(&od);
+    let mut y = vec![0u8; 128];
+    copy_launch(&e, &mut y, &bytes(&x), &x.shape, (&xs, 0), (&os, 0));
+    copy_launch(
+        &e,
+        &mut y,
+        &bytes(&z),
+        &z.shape,
+        (&contiguous(&z.shape), 0),
+        (&os, 3 * os[1]),
+    );
+    assert_close("Concat", &value(DType::F32, &od, &y), &want, 0.0);
+    // Expand [2, 1, 4] to [2, 3, 4]: stride 0 on the broadcast axis.
+    let shp = TensorValue::i64(vec![3], vec![2, 3, 4]);
+    let want = reference("Expand", &[], &[z.clone(), shp], 1).remove(0);
+    let mut y = vec![0u8; 96];
+    let zs = contiguous(&z.shape);
+    copy_launch(
+        &e,
+        &mut y,
+        &bytes(&z),
+        &[2, 3, 4],
+        (&[zs[0], 0, zs[2]], 0),
+        (&xs, 0),
+    );
+    assert_close("Expand", &value(DType::F32, &[2, 3, 4], &y), &want, 0.0);
+}
+
+#[test]
+fn gather_matches_the_interpreter() {
+    let c = GpuCompiler::new();
+    let e = c
+        .emulator(&[shape::gather("lpc_gather", 4).unwrap()])
+        .unwrap();
+    let mut r = Rng(4);
+    let table = f32s(&[10, 6], r.vec(60, 1.0));
+    let ids = TensorValue::i64(vec![2, 3], vec![0, 9, -1, 4, 4, -10]);
+    let want = reference(
+        "Gather",
+        &[("axis", Attr::Int(0))],
+        &[table.clone(), ids.clone()],
+        1,
+    )
+    .remove(0);
+    let mut bufs = vec![
+        vec![0u8; 6 * 6 * 4],
+        bytes(&table),
+        bytes(&ids),
+        vec![0u8; 4],
+    ];
+    let args = [
+        A::Buf(0),
+        A::Buf(1),
+        A::Buf(2),
+        A::Buf(3),
+        A::I(6),
+        A::I(6),
+        A::I(10),
+    ];
+    launch(&e, "lpc_gather", 36, &mut bufs, &args);
+    assert_close(
+        "Gather",
+        &value(DType::F32, &[2, 3, 6], &bufs[0]),
+        &want,
+        0.0,
+    );
+    assert_eq!(bufs[3], [0, 0, 0, 0]);
+    // An index out of range sets the error flag.
+    let bad = TensorValue::i64(vec![1], vec![10]);
+    let mut bufs = vec![vec![0u8; 6 * 4], bytes(&table), bytes(&bad), vec![0u8; 4]];
+    let args = [
+        A::Buf(0),
+        A::Buf(1),
+        A::Buf(2),
+        A::Buf(3),
+        A::I(1),
+        A::I(6),
+        A::I(10),
+    ];
+    launch(&e, "lpc_gather", 6, &mut bufs, &args);
+    assert_eq!(bufs[3], [1, 0, 0, 0]);
+}

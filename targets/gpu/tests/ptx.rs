@@ -5,7 +5,7 @@
 use lpc_ir::DType;
 use lpc_runtime::Format;
 use lpc_target_gpu::kernel::{gpu_module, Kernel};
-use lpc_target_gpu::kernels::{elementwise, nn, qgemm};
+use lpc_target_gpu::kernels::{elementwise, nn, qgemm, shape};
 use lpc_target_gpu::GpuCompiler;
 
 fn mx() -> Format {
@@ -84,6 +84,10 @@ fn every_family() -> Vec<Kernel> {
         .unwrap(),
     );
     ks.push(qgemm::rotate("lpc_rotate"));
+    for bytes in [1, 2, 4, 8] {
+        ks.push(shape::copy(&format!("lpc_copy{bytes}"), 4, bytes).unwrap());
+        ks.push(shape::gather(&format!("lpc_gather{bytes}"), bytes).unwrap());
+    }
     ks.push(qgemm::quant_mxfp4("lpc_quant_mxfp4", false));
     for (i, f) in ["hif4", "hif8"].into_iter().enumerate() {
         let s = qgemm::DotSpec {

@@ -3,3 +3,4 @@
 pub mod elementwise;
 pub mod nn;
 pub mod qgemm;
+pub mod shape;
