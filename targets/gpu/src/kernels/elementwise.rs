@@ -81,8 +81,9 @@ fn via_f64(b: &mut B, f: &str, x: &str) -> String {
     b.cast("truncf", &r, Ty::F64, Ty::F32)
 }
 
-/// silu(x) = x · 1/(1 + e^-x), in f64.
-fn silu(b: &mut B, x: &str) -> String {
+/// `num / (1 + e^-x)` in f64 for an f32 `x`; `num` is x itself (silu) or 1
+/// (sigmoid).
+fn logistic(b: &mut B, x: &str, times_x: bool) -> String {
     let w = b.cast("extf", x, Ty::F32, Ty::F64);
     let n = b.op(format!("arith.negf {w} : f64"));
     let e = b
@@ -90,8 +91,14 @@ fn silu(b: &mut B, x: &str) -> String {
         .expect("r");
     let one = b.f64(1.0);
     let d = b.bin("addf", &one, &e, Ty::F64);
-    let s = b.bin("divf", &w, &d, Ty::F64);
+    let num = if times_x { w } else { one };
+    let s = b.bin("divf", &num, &d, Ty::F64);
     b.cast("truncf", &s, Ty::F64, Ty::F32)
+}
+
+/// silu(x) = x · 1/(1 + e^-x), in f64.
+fn silu(b: &mut B, x: &str) -> String {
+    logistic(b, x, true)
 }
 
 fn gelu(b: &mut B, x: &str, tanh: bool) -> String {
@@ -209,17 +216,7 @@ fn compute(
         ("Cos", Kind::Float) => via_f64(b, "lpc_cos", x),
         ("Tanh", Kind::Float) => via_f64(b, "lpc_tanh", x),
         ("Erf", Kind::Float) => via_f64(b, "lpc_erf", x),
-        ("Sigmoid", Kind::Float) => {
-            let w = b.cast("extf", x, f, Ty::F64);
-            let n = b.op(format!("arith.negf {w} : f64"));
-            let e = b
-                .call("lpc_exp", &[(&n, Ty::F64)], Some(Ty::F64))
-                .expect("r");
-            let one = b.f64(1.0);
-            let d = b.bin("addf", &one, &e, Ty::F64);
-            let r = b.bin("divf", &one, &d, Ty::F64);
-            b.cast("truncf", &r, Ty::F64, f)
-        }
+        ("Sigmoid", Kind::Float) => logistic(b, x, false),
         ("Relu", Kind::Float) => {
             let z = b.f32(0.0);
             b.bin("maxnumf", x, &z, f)

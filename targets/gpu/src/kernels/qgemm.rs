@@ -195,6 +195,56 @@ fn x2_of_code(b: &mut B, m: &str) -> String {
     b.select(&small, m, &big, t)
 }
 
+/// The 4-bit code of element `e` in data bytes starting at `data` of `w`
+/// (element 2k in the low nibble of byte k), as i32.
+fn nibble(b: &mut B, w: &str, data: &str, e: &str) -> String {
+    let i32t = Ty::I32;
+    let c2 = b.index(2);
+    let half = b.bin("divui", e, &c2, X);
+    let at = b.bin("addi", data, &half, X);
+    let byte = b.load(w, &at, Ty::I8);
+    let bw = b.cast("extui", &byte, Ty::I8, i32t);
+    let odd = b.bin("remui", e, &c2, X);
+    let oddi = b.cast("index_cast", &odd, X, i32t);
+    let four = b.int(4, i32t);
+    let sh = b.bin("muli", &oddi, &four, i32t);
+    let nib = b.bin("shrui", &bw, &sh, i32t);
+    let f = b.int(15, i32t);
+    b.bin("andi", &nib, &f, i32t)
+}
+
+/// `mag` negated when the code's sign bit (8) is set.
+fn apply_sign(b: &mut B, code: &str, mag: &str) -> String {
+    let i32t = Ty::I32;
+    let z = b.int(0, i32t);
+    let eight = b.int(8, i32t);
+    let sg = b.bin("andi", code, &eight, i32t);
+    let neg = b.cmpi("ne", &sg, &z, i32t);
+    let nm = b.bin("subi", &z, mag, i32t);
+    b.select(&neg, &nm, mag, i32t)
+}
+
+/// The signed 2·E2M1 integer of element `e` of the MXFP4 block at `wb`.
+fn mxfp4_x2(b: &mut B, w: &str, wb: &str, e: &str) -> String {
+    let c1 = b.index(1);
+    let data = b.bin("addi", wb, &c1, X);
+    let code = nibble(b, w, &data, e);
+    let seven = b.int(7, Ty::I32);
+    let m = b.bin("andi", &code, &seven, Ty::I32);
+    let mag = x2_of_code(b, &m);
+    apply_sign(b, &code, &mag)
+}
+
+/// The f64 whose exponent field is `e + bias` (an i32 value), i.e. 2^(e + bias - 1023).
+fn pow2_f64(b: &mut B, e: &str, bias: i64) -> String {
+    let bc = b.int(bias, Ty::I32);
+    let ef = b.bin("addi", e, &bc, Ty::I32);
+    let e64 = b.cast("extsi", &ef, Ty::I32, Ty::I64);
+    let c52 = b.int(52, Ty::I64);
+    let bits = b.bin("shli", &e64, &c52, Ty::I64);
+    b.bitcast(&bits, Ty::I64, Ty::F64)
+}
+
 /// What a `dot` kernel is specialized on.
 #[derive(Clone, PartialEq, Debug)]
 pub struct DotSpec {
@@ -332,28 +382,8 @@ fn block(b: &mut B, s: &DotSpec, w: &str, wb: &str, row: &str, blk: &str, bl: us
         let ea = b.load("%exps", &ai, i32t);
         let cbase = b.bin("muli", &ai, &cbl, X);
         let z = b.int(0, i32t);
-        let c2 = b.index(2);
         let sum = b.for_(&c0, &cbl, &c1, &[(&z, i32t)], |b, e, a| {
-            let half = b.bin("divui", e, &c2, X);
-            let o1 = b.bin("addi", wb, &c1, X);
-            let bo = b.bin("addi", &o1, &half, X);
-            let byte = b.load(w, &bo, Ty::I8);
-            let bw = b.cast("extui", &byte, Ty::I8, i32t);
-            let odd = b.bin("remui", e, &c2, X);
-            let oddi = b.cast("index_cast", &odd, X, i32t);
-            let four = b.int(4, i32t);
-            let sh = b.bin("muli", &oddi, &four, i32t);
-            let nib = b.bin("shrui", &bw, &sh, i32t);
-            let f = b.int(15, i32t);
-            let code = b.bin("andi", &nib, &f, i32t);
-            let seven = b.int(7, i32t);
-            let m = b.bin("andi", &code, &seven, i32t);
-            let mag = x2_of_code(b, &m);
-            let eight = b.int(8, i32t);
-            let sg = b.bin("andi", &code, &eight, i32t);
-            let neg = b.cmpi("ne", &sg, &z, i32t);
-            let nm = b.bin("subi", &z, &mag, i32t);
-            let wv = b.select(&neg, &nm, &mag, i32t);
+            let wv = mxfp4_x2(b, w, wb, e);
             let ca = b.bin("addi", &cbase, e, X);
             let av = b.load("%codes", &ca, Ty::I8);
             let avi = b.cast("extsi", &av, Ty::I8, i32t);
@@ -363,12 +393,7 @@ fn block(b: &mut B, s: &DotSpec, w: &str, wb: &str, row: &str, blk: &str, bl: us
         let sf = b.cast("sitofp", &sum[0], i32t, f64t);
         // 2^(ea + ew - 256) as f64 bits: exponent field ea + ew - 256 + 1023.
         let es = b.bin("addi", &ea, &ws, i32t);
-        let bias = b.int(1023 - 256, i32t);
-        let ef = b.bin("addi", &es, &bias, i32t);
-        let e64 = b.cast("extsi", &ef, i32t, Ty::I64);
-        let c52 = b.int(52, Ty::I64);
-        let bits = b.bin("shli", &e64, &c52, Ty::I64);
-        let sc = b.bitcast(&bits, Ty::I64, f64t);
+        let sc = pow2_f64(b, &es, 1023 - 256);
         let prod = b.bin("mulf", &sf, &sc, f64t);
         let ff = b.int(255, i32t);
         let pa = b.cmpi("eq", &ea, &ff, i32t);
@@ -402,39 +427,12 @@ fn decode_weight(b: &mut B, f: Format, w: &str, wb: &str, e: &str) -> String {
     let f64t = Ty::F64;
     match f {
         Format::Mxfp4(_) => {
-            let c1 = b.index(1);
-            let c2 = b.index(2);
-            let z = b.int(0, i32t);
             let sb = b.load(w, wb, Ty::I8);
             let scale = b.cast("extui", &sb, Ty::I8, i32t);
-            let half = b.bin("divui", e, &c2, X);
-            let o1 = b.bin("addi", wb, &c1, X);
-            let bo = b.bin("addi", &o1, &half, X);
-            let byte = b.load(w, &bo, Ty::I8);
-            let bw = b.cast("extui", &byte, Ty::I8, i32t);
-            let odd = b.bin("remui", e, &c2, X);
-            let oddi = b.cast("index_cast", &odd, X, i32t);
-            let four = b.int(4, i32t);
-            let sh = b.bin("muli", &oddi, &four, i32t);
-            let nib = b.bin("shrui", &bw, &sh, i32t);
-            let fm = b.int(15, i32t);
-            let code = b.bin("andi", &nib, &fm, i32t);
-            let seven = b.int(7, i32t);
-            let m = b.bin("andi", &code, &seven, i32t);
-            let mag = x2_of_code(b, &m);
-            let eight = b.int(8, i32t);
-            let sg = b.bin("andi", &code, &eight, i32t);
-            let neg = b.cmpi("ne", &sg, &z, i32t);
-            let nm = b.bin("subi", &z, &mag, i32t);
-            let v = b.select(&neg, &nm, &mag, i32t);
+            let v = mxfp4_x2(b, w, wb, e);
             let vf = b.cast("sitofp", &v, i32t, f64t);
             // value = (2·E2M1 / 2) · 2^(scale - 127) = v · 2^(scale - 128).
-            let bias = b.int(1023 - 128, i32t);
-            let ef = b.bin("addi", &scale, &bias, i32t);
-            let e64 = b.cast("extsi", &ef, i32t, Ty::I64);
-            let c52 = b.int(52, Ty::I64);
-            let bits = b.bin("shli", &e64, &c52, Ty::I64);
-            let sc = b.bitcast(&bits, Ty::I64, f64t);
+            let sc = pow2_f64(b, &scale, 1023 - 128);
             let val = b.bin("mulf", &vf, &sc, f64t);
             let ff = b.int(255, i32t);
             let p = b.cmpi("eq", &scale, &ff, i32t);
@@ -442,13 +440,12 @@ fn decode_weight(b: &mut B, f: Format, w: &str, wb: &str, e: &str) -> String {
             b.select(&p, &nan, &val, f64t)
         }
         Format::Hif4(_) => {
-            // ±(nibble & 7) << (E1_8 + E1_16) · S / 16... as f64: S1P2
-            // magnitude c/4 times 2^(E1_8 + E1_16) times the E6M2 scale.
+            // The integer code ±(c << (E1_8 + E1_16)) of SPEC §3.6 times
+            // S/4 (the S1P2 magnitude is c/4), as f64.
             let c1 = b.index(1);
             let c2 = b.index(2);
             let c4 = b.index(4);
             let c8 = b.index(8);
-            let z = b.int(0, i32t);
             let sb = b.load(w, wb, Ty::I8);
             let sbyte = b.cast("extui", &sb, Ty::I8, i32t);
             // meta[1]: E1_8 of group g = e/8 in bit 7-g.
@@ -474,37 +471,18 @@ fn decode_weight(b: &mut B, f: Format, w: &str, wb: &str, e: &str) -> String {
             let s16 = b.bin("subi", &seven, &hri, i32t);
             let e16s = b.bin("shrui", &m2i, &s16, i32t);
             let e16 = b.bin("andi", &e16s, &one, i32t);
-            // Nibble of element e: data byte 4 + e/2.
-            let half = b.bin("divui", e, &c2, X);
+            // Nibble of element e: data bytes from 4.
             let d0 = b.bin("addi", wb, &c4, X);
-            let da = b.bin("addi", &d0, &half, X);
-            let byte = b.load(w, &da, Ty::I8);
-            let bw = b.cast("extui", &byte, Ty::I8, i32t);
-            let odd = b.bin("remui", e, &c2, X);
-            let oddi = b.cast("index_cast", &odd, X, i32t);
-            let four = b.int(4, i32t);
-            let sh = b.bin("muli", &oddi, &four, i32t);
-            let nib = b.bin("shrui", &bw, &sh, i32t);
-            let fm = b.int(15, i32t);
-            let code = b.bin("andi", &nib, &fm, i32t);
+            let code = nibble(b, w, &d0, e);
             let mag0 = b.bin("andi", &code, &seven, i32t);
             let sh2 = b.bin("addi", &e8, &e16, i32t);
             let mag = b.bin("shli", &mag0, &sh2, i32t);
-            let eight = b.int(8, i32t);
-            let sg = b.bin("andi", &code, &eight, i32t);
-            let neg = b.cmpi("ne", &sg, &z, i32t);
-            let nm = b.bin("subi", &z, &mag, i32t);
-            let v = b.select(&neg, &nm, &mag, i32t);
+            let v = apply_sign(b, &code, &mag);
             let vf = b.cast("sitofp", &v, i32t, f64t);
             // E6M2: 2^((s >> 2) - 48) · (1 + (s & 3)/4); element = v/4 · S.
             let two = b.int(2, i32t);
             let ex = b.bin("shrui", &sbyte, &two, i32t);
-            let bias = b.int(1023 - 48 - 2, i32t);
-            let ef = b.bin("addi", &ex, &bias, i32t);
-            let e64 = b.cast("extsi", &ef, i32t, Ty::I64);
-            let c52 = b.int(52, Ty::I64);
-            let bits = b.bin("shli", &e64, &c52, Ty::I64);
-            let p2 = b.bitcast(&bits, Ty::I64, f64t);
+            let p2 = pow2_f64(b, &ex, 1023 - 48 - 2);
             let three = b.int(3, i32t);
             let mant = b.bin("andi", &sbyte, &three, i32t);
             let four_i = b.int(4, i32t);
