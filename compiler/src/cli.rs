@@ -107,6 +107,14 @@ pub enum Command {
         /// Largest value a symbolic input dimension may take at run time.
         #[arg(long, default_value_t = 1 << 24)]
         max_dim: u64,
+        /// Where the ops run: `cpu`, or `cuda` (NVIDIA GPUs: kernels lowered
+        /// through MLIR to PTX, loaded by the CUDA driver at run time;
+        /// `LPC_DEVICE=emulate` runs them on the CPU).
+        #[arg(long, value_enum, default_value = "cpu")]
+        target: Target,
+        /// GPU architecture for `--target cuda`.
+        #[arg(long, default_value = "sm_90")]
+        gpu_arch: String,
         /// Print the IR after this pass (repeatable, or `all`).
         #[arg(long = "print-ir-after", value_name = "PASS")]
         print_ir_after: Vec<String>,
@@ -228,6 +236,16 @@ pub enum Emit {
     Obj,
     /// The shared library with its header and weights file.
     Lib,
+    /// `--target cuda`: the kernels' MLIR (gpu, scf, arith, memref dialects).
+    Mlir,
+    /// `--target cuda`: the kernels' PTX.
+    Ptx,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Cpu,
+    Cuda,
 }
 
 /// Runs a parsed command line; returns the text to print or a one-line error.
@@ -278,6 +296,8 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
             target_features,
             embed_weights,
             max_dim,
+            target,
+            gpu_arch,
             print_ir_after,
             dump_phases_to,
             time_passes,
@@ -334,8 +354,11 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
                         Emit::Llvm => compile::Stage::Llvm,
                         Emit::Asm => compile::Stage::Asm,
                         Emit::Obj => compile::Stage::Obj,
+                        Emit::Mlir => compile::Stage::Mlir,
+                        Emit::Ptx => compile::Stage::Ptx,
                         _ => compile::Stage::Lib,
                     },
+                    gpu: (target == Target::Cuda).then(|| gpu_arch.clone()),
                     opt_level,
                     target_cpu,
                     target_features,

@@ -38,12 +38,16 @@ pub enum Stage {
     Asm,
     Obj,
     Lib,
+    Mlir,
+    Ptx,
 }
 
 /// Code generation options (`lpc compile --emit llvm|asm|obj|lib`).
 #[derive(Debug, Clone)]
 pub struct Codegen {
     pub emit: Stage,
+    /// `--target cuda`: the GPU architecture.
+    pub gpu: Option<String>,
     pub opt_level: u8,
     pub target_cpu: String,
     pub target_features: Option<String>,

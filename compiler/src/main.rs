@@ -2,6 +2,7 @@ use clap::Parser;
 use lpc::compile::{Codegen, Stage};
 use lpc_target_cpu::artifact::{self, BuildOptions, Emit};
 use lpc_target_cpu::{codegen, CpuTarget};
+use lpc_target_gpu::GpuCompiler;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -33,11 +34,17 @@ fn cpu_backend(
             embed_weights: o.embed_weights,
             max_dim: o.max_dim,
             vnni512: false,
+            device: o.gpu.as_ref().map(|arch| codegen::DeviceOptions {
+                arch: arch.clone(),
+                lower: lower_kernels,
+            }),
         },
         emit: match o.emit {
             Stage::Llvm => Emit::Llvm,
             Stage::Asm => Emit::Asm,
             Stage::Obj => Emit::Obj,
+            Stage::Mlir => Emit::Mlir,
+            Stage::Ptx => Emit::Ptx,
             Stage::Lib => Emit::Lib,
         },
     };
@@ -59,6 +66,30 @@ fn cpu_backend(
         r.codegen_s, r.optimize_s, r.emit_s
     );
     Ok(s)
+}
+
+/// The MLIR back end for `--target cuda`: the kernels as PTX and as LLVM IR
+/// for the CPU (`LPC_DEVICE=emulate`).
+fn lower_kernels(
+    ks: &[lpc_kernels::kernel::Kernel],
+    arch: &str,
+) -> Result<codegen::DeviceCode, String> {
+    if ks.is_empty() {
+        return Ok(codegen::DeviceCode {
+            mlir: String::new(),
+            ptx: String::new(),
+            host_ir: String::new(),
+        });
+    }
+    let c = GpuCompiler::new();
+    let src = lpc_kernels::kernel::gpu_module(ks);
+    let ptx = c.lower_to_ptx(&src, arch).map_err(|e| e.to_string())?;
+    let host_ir = c.host_llvm_ir(ks).map_err(|e| e.to_string())?;
+    Ok(codegen::DeviceCode {
+        mlir: String::new(),
+        ptx: ptx.into_iter().map(|p| p.ptx).collect(),
+        host_ir,
+    })
 }
 
 fn main() {

@@ -218,6 +218,129 @@ fn wan_ts_matches_the_interpreter() {
     check_fixture("wan_small_ts");
 }
 
+/// `--target cuda` libraries, their kernels run by the runtime's CPU
+/// emulation of the device (`LPC_DEVICE=emulate`): the whole GPU schedule
+/// (launch arguments, kernels, host-side ops on the same buffers) against
+/// the interpreter, with the bar of the CPU libraries; the C and Python
+/// examples too.
+fn check_gpu_fixture(fixture: &str) {
+    std::env::set_var("LPC_DEVICE", "emulate");
+    check_fixture_with(
+        fixture,
+        &["none", "mxfp4", "hif4", "hif8"],
+        &["--target=cuda"],
+    );
+}
+
+#[test]
+fn gpu_qwen3_prefill_op23_on_the_emulated_device() {
+    check_gpu_fixture("qwen3_small_prefill_op23");
+}
+#[test]
+fn gpu_qwen3_prefill_ts_on_the_emulated_device() {
+    check_gpu_fixture("qwen3_small_prefill_ts");
+}
+#[test]
+fn gpu_qwen3_decode_ts_on_the_emulated_device() {
+    check_gpu_fixture("qwen3_small_decode_ts");
+}
+#[test]
+fn gpu_qwen3_genai_on_the_emulated_device() {
+    check_gpu_fixture("qwen3_small_genai_fp32");
+}
+#[test]
+fn gpu_wan_op23_on_the_emulated_device() {
+    check_gpu_fixture("wan_small_op23");
+}
+#[test]
+fn gpu_wan_ts_on_the_emulated_device() {
+    check_gpu_fixture("wan_small_ts");
+}
+
+/// `--emit mlir|ptx` for `--target cuda`: every kernel of the device module
+/// is an entry of the PTX, which calls nothing outside itself; a library
+/// without a usable GPU or with a bad `LPC_DEVICE` fails at load with a
+/// message, never a crash.
+#[test]
+fn gpu_emit_stages_and_load_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for fixture in ["qwen3_small_decode_ts", "wan_small_op23"] {
+        let m = models().join(fixture).join("model.onnx");
+        let mlir = dir.path().join(format!("{fixture}.mlir"));
+        let ptx = dir.path().join(format!("{fixture}.ptx"));
+        for (emit, out) in [("mlir", &mlir), ("ptx", &ptx)] {
+            let o = lpc(&[
+                "compile",
+                s(&m),
+                "--format",
+                "mxfp4",
+                "--target",
+                "cuda",
+                "--emit",
+                emit,
+                "-o",
+                s(out),
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let mlir = std::fs::read_to_string(&mlir).unwrap();
+        let ptx = std::fs::read_to_string(&ptx).unwrap();
+        let kernels: Vec<&str> = mlir
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("gpu.func @"))
+            .map(|l| l.split('(').next().unwrap())
+            .collect();
+        assert!(kernels.len() >= 5, "{fixture}: {kernels:?}");
+        for k in &kernels {
+            assert!(
+                ptx.contains(&format!(".entry {k}(")),
+                "{fixture}: no entry {k}"
+            );
+        }
+        assert!(ptx.contains(".target sm_90"));
+        assert!(!ptx.contains(".extern") && !ptx.contains("__nv_"));
+    }
+    // --emit ptx without --target cuda is an error.
+    let m = models().join("qwen3_small_decode_ts/model.onnx");
+    let o = lpc(&[
+        "compile",
+        s(&m),
+        "--emit",
+        "ptx",
+        "-o",
+        s(&dir.path().join("x.ptx")),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--target cuda"));
+    // Loading: no CUDA driver here (or a GPU: then the run succeeds).
+    let so = compile(
+        "qwen3_small_decode_ts",
+        "mxfp4",
+        dir.path(),
+        &["--target=cuda"],
+    );
+    let inputs = models().join("qwen3_small_decode_ts/inputs");
+    for (device, must_fail) in [("cuda", false), ("bogus", true)] {
+        let o = Command::new(env!("CARGO_BIN_EXE_lpc"))
+            .args(["run", s(&so), "--inputs", s(&inputs)])
+            .env("LPC_DEVICE", device)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        if o.status.success() {
+            assert!(!must_fail, "LPC_DEVICE={device} was accepted");
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        let expected = if device == "cuda" {
+            "CUDA"
+        } else {
+            "LPC_DEVICE"
+        };
+        assert!(err.contains(expected), "LPC_DEVICE={device}: {err}");
+    }
+}
+
 fn tensor(dtype: i32, dims: &[i64], data: *mut std::ffi::c_void) -> LpcTensor {
     let mut d = [0i64; MAX_RANK];
     d[..dims.len()].copy_from_slice(dims);

@@ -13,6 +13,7 @@
 //! by `targets/cpu`.
 
 pub mod desc;
+pub mod gpu;
 pub mod pool;
 pub mod weights;
 
@@ -94,6 +95,10 @@ pub struct Model {
     pool: Pool,
     /// Set while a run is in progress (runs on one model must not overlap).
     busy: std::sync::atomic::AtomicBool,
+    /// Where the kernels of a `--target cuda` library run, and its weights
+    /// in device-visible memory (CUDA: a managed copy of the weights).
+    device: Option<std::sync::Arc<gpu::Device>>,
+    device_weights: Option<*mut u8>,
 }
 
 impl std::fmt::Debug for Model {
@@ -106,10 +111,12 @@ impl std::fmt::Debug for Model {
 }
 
 /// Freed buffers by size, reused by later allocations of the same size (a
-/// model's calls repeat the same sizes).
+/// model's calls repeat the same sizes). With a CUDA device, buffers are
+/// managed memory.
 #[derive(Default, Debug)]
 struct Pool {
     free: HashMap<usize, Vec<*mut u8>>,
+    device: Option<std::sync::Arc<gpu::Device>>,
 }
 
 const BUF_ALIGN: usize = 64;
@@ -123,6 +130,9 @@ impl Pool {
         if let Some(p) = self.free.get_mut(&bytes).and_then(Vec::pop) {
             return p;
         }
+        if let Some(c) = self.device.as_ref().and_then(|d| d.cuda()) {
+            return c.alloc(bytes);
+        }
         // SAFETY: the layout has a non-zero size.
         unsafe { std::alloc::alloc(layout(bytes)) }
     }
@@ -133,10 +143,14 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        let cuda = self.device.as_ref().and_then(|d| d.cuda());
         for (&bytes, list) in &self.free {
             for &p in list {
-                // SAFETY: allocated by `get` with this size.
-                unsafe { std::alloc::dealloc(p, layout(bytes)) };
+                match cuda {
+                    Some(c) => c.free(p),
+                    // SAFETY: allocated by `get` with this size.
+                    None => unsafe { std::alloc::dealloc(p, layout(bytes)) },
+                }
             }
         }
     }
@@ -150,6 +164,9 @@ pub struct RunCtx {
     workers: std::sync::Arc<pool::Pool>,
     error: Option<String>,
     symbols: Vec<u64>,
+    device: Option<std::sync::Arc<gpu::Device>>,
+    /// Launches not yet waited for (CUDA).
+    in_flight: bool,
 }
 
 impl RunCtx {
@@ -212,6 +229,72 @@ pub unsafe extern "C" fn lpc_rt_error(ctx: *mut RunCtx, node: *const c_char, msg
     };
     if ctx.error.is_none() {
         ctx.error = Some(format!("node `{node}`: {msg}"));
+    }
+}
+
+/// Launches kernel `k` of a `--target cuda` library over `count` work items
+/// with `argv` (one pointer per kernel parameter, the first to the count).
+/// Returns 0, or 1 after recording an error.
+///
+/// # Safety
+/// `ctx` as for [`lpc_rt_alloc`]; `argv` matches kernel `k`'s parameters.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_launch(
+    ctx: *mut RunCtx,
+    k: i32,
+    count: i64,
+    argv: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: see the contract above.
+    let ctx = unsafe { &mut *ctx };
+    if count <= 0 {
+        return 0;
+    }
+    let r = match &ctx.device {
+        // SAFETY: as above.
+        Some(d) => unsafe { d.launch(k as usize, count as u64, argv) },
+        None => Err("a kernel launch in a library loaded without a device".into()),
+    };
+    match r {
+        Ok(()) => {
+            ctx.in_flight = ctx.device.as_ref().is_some_and(|d| d.cuda().is_some());
+            0
+        }
+        Err(e) => {
+            if ctx.error.is_none() {
+                ctx.error = Some(e);
+            }
+            1
+        }
+    }
+}
+
+/// Called before host-side code touches buffers a kernel may still be
+/// writing: waits for the launches in flight. Returns 0, or 1 after
+/// recording an error (a fault in an earlier kernel).
+///
+/// # Safety
+/// `ctx` as for [`lpc_rt_alloc`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_host(ctx: *mut RunCtx) -> i32 {
+    // SAFETY: see the contract above.
+    let ctx = unsafe { &mut *ctx };
+    if !ctx.in_flight {
+        return 0;
+    }
+    ctx.in_flight = false;
+    let r = match ctx.device.as_ref().and_then(|d| d.cuda()) {
+        Some(c) => c.synchronize(),
+        None => Ok(()),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            if ctx.error.is_none() {
+                ctx.error = Some(e);
+            }
+            1
+        }
     }
 }
 
@@ -374,6 +457,88 @@ pub unsafe extern "C" fn lpc_rt_load(
 ) -> *mut Model {
     guarded(std::ptr::null_mut(), || {
         // SAFETY: see the contract above.
+        let m = unsafe { load_model(desc, desc_len, graph, embedded, path, opts) }?;
+        Ok(Box::into_raw(Box::new(m)))
+    })
+}
+
+/// [`lpc_rt_load`] for a `--target cuda` library: also opens the device
+/// `LPC_DEVICE` names (see [`gpu`]) with the library's PTX (`ptx_len`
+/// bytes), its `n_kernels` kernel names, and their emulated entry points;
+/// with CUDA, the weights are copied once into device-visible memory.
+///
+/// # Safety
+/// As [`lpc_rt_load`]; `ptx` points at `ptx_len` bytes, `names` and
+/// `emulated` at `n_kernels` NUL-terminated names and entry points.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn lpc_rt_load_gpu(
+    desc: *const u8,
+    desc_len: i64,
+    graph: GraphFn,
+    embedded: *const u8,
+    path: *const c_char,
+    opts: *const LpcOptions,
+    ptx: *const u8,
+    ptx_len: i64,
+    names: *const *const c_char,
+    emulated: *const gpu::PackedFn,
+    n_kernels: i64,
+) -> *mut Model {
+    guarded(std::ptr::null_mut(), || {
+        // SAFETY: see the contract above.
+        let mut m = unsafe { load_model(desc, desc_len, graph, embedded, path, opts) }?;
+        let n = n_kernels.max(0) as usize;
+        // SAFETY: as above.
+        let (ptx, names, emulated) = unsafe {
+            (
+                std::slice::from_raw_parts(ptx, ptx_len.max(0) as usize),
+                std::slice::from_raw_parts(names, n),
+                std::slice::from_raw_parts(emulated, n),
+            )
+        };
+        let cnames: Vec<CString> = names
+            .iter()
+            // SAFETY: as above.
+            .map(|&p| unsafe { CStr::from_ptr(p) }.to_owned())
+            .collect();
+        let device = std::sync::Arc::new(
+            gpu::Device::open(ptx, &cnames, emulated)
+                .map_err(|e| format!("{}: {e}", m.desc.name))?,
+        );
+        if let Some(c) = device.cuda() {
+            let len = m.desc.weights_len as usize;
+            let dst = c.alloc(len);
+            if dst.is_null() {
+                return Err(format!(
+                    "{}: cannot allocate {len} bytes of device memory for the weights",
+                    m.desc.name
+                ));
+            }
+            // SAFETY: both regions hold `len` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(m.weights_ptr(), dst, len) };
+            m.device_weights = Some(dst);
+        }
+        m.pool.device = Some(device.clone());
+        m.device = Some(device);
+        Ok(Box::into_raw(Box::new(m)))
+    })
+}
+
+/// The part of loading shared by CPU and GPU libraries.
+///
+/// # Safety
+/// As [`lpc_rt_load`].
+unsafe fn load_model(
+    desc: *const u8,
+    desc_len: i64,
+    graph: GraphFn,
+    embedded: *const u8,
+    path: *const c_char,
+    opts: *const LpcOptions,
+) -> Result<Model, String> {
+    {
+        // SAFETY: see the contract above.
         let d = unsafe { std::slice::from_raw_parts(desc, desc_len.max(0) as usize) };
         let desc = ModelDesc::decode(d)?;
         // SAFETY: as above.
@@ -411,7 +576,7 @@ pub unsafe extern "C" fn lpc_rt_load(
                 .collect()
         };
         let names = [cnames(&desc.inputs), cnames(&desc.outputs)];
-        Ok(Box::into_raw(Box::new(Model {
+        Ok(Model {
             names,
             desc,
             graph,
@@ -420,8 +585,24 @@ pub unsafe extern "C" fn lpc_rt_load(
             outputs: Vec::new(),
             pool: Pool::default(),
             busy: std::sync::atomic::AtomicBool::new(false),
-        })))
-    })
+            device: None,
+            device_weights: None,
+        })
+    }
+}
+
+impl Model {
+    /// The weights the graph reads: the mapped file or the embedded data,
+    /// or their device-visible copy.
+    fn weights_ptr(&self) -> *const u8 {
+        if let Some(p) = self.device_weights {
+            return p;
+        }
+        match &self.weights {
+            Weights::Mapped(mm) => mm.data().as_ptr(),
+            Weights::Embedded(p) => *p,
+        }
+    }
 }
 
 /// Frees a model and the buffers of its last outputs.
@@ -435,9 +616,12 @@ pub unsafe extern "C" fn lpc_model_free(m: *mut Model) {
     }
     // SAFETY: see the contract above.
     let mut m = unsafe { Box::from_raw(m) };
-    for (p, bytes) in m.outputs.drain(..) {
-        // SAFETY: allocated by the pool with this size.
-        unsafe { std::alloc::dealloc(p, layout(bytes)) };
+    // The last outputs go back to the pool, which frees everything it holds.
+    for (p, bytes) in std::mem::take(&mut m.outputs) {
+        m.pool.put(p, bytes);
+    }
+    if let (Some(p), Some(c)) = (m.device_weights, m.device.as_ref().and_then(|d| d.cuda())) {
+        c.free(p);
     }
 }
 
@@ -598,18 +782,48 @@ unsafe fn run_inner(
         workers: m.workers.clone(),
         error: None,
         symbols,
+        device: m.device.clone(),
+        in_flight: false,
     };
     for (p, bytes) in m.outputs.drain(..) {
         ctx.pool.put(p, bytes);
     }
-    let w = match &m.weights {
-        Weights::Mapped(mm) => mm.data().as_ptr(),
-        Weights::Embedded(p) => *p,
-    };
+    let w = m.weights_ptr();
+    // With CUDA, kernels cannot read the caller's memory: the inputs are
+    // copied into device-visible buffers for the run.
+    let cuda = m.device.as_ref().and_then(|d| d.cuda());
+    let mut staged: Vec<LpcTensor> = ins.to_vec();
+    let mut copies = Vec::new();
+    if let Some(c) = cuda {
+        c.enter()
+            .map_err(|e| (code::RUN_FAILED, format!("{}: {e}", m.desc.name)))?;
+        for t in staged.iter_mut() {
+            let n: i64 = t.dims[..t.rank.max(0) as usize].iter().product();
+            let bytes = n.max(0) as usize * desc::dtype::size(t.dtype).unwrap_or(1);
+            let p = ctx.pool.get(bytes);
+            if p.is_null() {
+                return Err((
+                    code::RUN_FAILED,
+                    format!("{}: out of device memory", m.desc.name),
+                ));
+            }
+            // SAFETY: the input holds `bytes` bytes (checked against the
+            // descriptor), the copy as many.
+            unsafe { std::ptr::copy_nonoverlapping(t.data as *const u8, p, bytes) };
+            t.data = p as *mut c_void;
+            copies.push((p, bytes));
+        }
+    }
     // SAFETY: the graph was generated for this descriptor, and the inputs
     // were checked against it.
-    let rc = unsafe { (m.graph)(&mut ctx, w, ins.as_ptr(), outputs) };
-    let result = if rc != 0 || ctx.error.is_some() {
+    let rc = unsafe { (m.graph)(&mut ctx, w, staged.as_ptr(), outputs) };
+    // The outputs are read by the caller on the host: wait for the device.
+    // SAFETY: `ctx` is this run's context.
+    let sync = unsafe { lpc_rt_host(&mut ctx) };
+    for (p, bytes) in copies {
+        ctx.pool.put(p, bytes);
+    }
+    let result = if rc != 0 || sync != 0 || ctx.error.is_some() {
         Err((
             code::RUN_FAILED,
             format!(

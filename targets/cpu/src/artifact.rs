@@ -27,6 +27,10 @@ pub enum Emit {
     Obj,
     /// The shared library, its header and weights.
     Lib,
+    /// GPU libraries: the device module's MLIR (before lowering).
+    Mlir,
+    /// GPU libraries: the device module's PTX.
+    Ptx,
 }
 
 #[derive(Clone, Debug)]
@@ -138,8 +142,14 @@ pub fn build(g: &Graph, o: &BuildOptions, out: &Path) -> Result<BuildReport, Cpu
         module,
         desc,
         weights,
+        device,
     } = codegen::generate(&cx, g, &cgo)?;
     rep.codegen_s = t0.elapsed().as_secs_f64();
+    if matches!(o.emit, Emit::Mlir | Emit::Ptx) && device.is_none() {
+        return Err(CpuError::Codegen(codegen::CgError::Graph(
+            "--emit mlir|ptx needs --target cuda".into(),
+        )));
+    }
     let t1 = Instant::now();
     let tm = o.target.machine(o.opt)?;
     optimize(&module, &tm, o.opt)?;
@@ -160,6 +170,15 @@ pub fn build(g: &Graph, o: &BuildOptions, out: &Path) -> Result<BuildReport, Cpu
     let staged = stage.path().join(&file_name);
     let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
     match o.emit {
+        Emit::Mlir | Emit::Ptx => {
+            let d = device.as_ref().expect("checked above");
+            let text = if o.emit == Emit::Mlir {
+                &d.mlir
+            } else {
+                &d.ptx
+            };
+            std::fs::write(&staged, text).map_err(io(out))?;
+        }
         Emit::Llvm => {
             std::fs::write(&staged, module.print_to_string().to_bytes()).map_err(io(out))?;
         }

@@ -7,10 +7,7 @@
 //! kernel generators of issue 8 build on this. MLIR stays behind this crate.
 
 pub mod emulate;
-pub mod kernel;
-pub mod kernels;
-mod mathlib;
-pub mod mlir;
+pub use lpc_kernels::{kernel, kernels, mlir};
 
 use melior::dialect::DialectRegistry;
 use melior::ir::attribute::ArrayAttribute;
@@ -116,6 +113,26 @@ impl GpuCompiler {
         Ok(module)
     }
 
+    /// The host module of `kernels` as LLVM IR text (what a GPU library
+    /// links for `LPC_DEVICE=emulate`).
+    pub fn host_llvm_ir(
+        &self,
+        kernels: &[lpc_kernels::kernel::Kernel],
+    ) -> Result<String, GpuError> {
+        let m = self.lower_for_host(&lpc_kernels::kernel::host_module(kernels))?;
+        // SAFETY: `m` is a verified module in the LLVM dialect; the returned
+        // string is malloc'ed by MLIR's C API and freed here after copying.
+        unsafe {
+            let p = mlir_sys::mlirTranslateModuleToLLVMIRToString(m.as_operation().to_raw());
+            if p.is_null() {
+                return Err(GpuError::Pipeline("translation to LLVM IR failed".into()));
+            }
+            let s = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+            free(p as *mut std::ffi::c_void);
+            Ok(s)
+        }
+    }
+
     /// Lowers every `gpu.module` of `source` to PTX for `arch`.
     pub fn lower_to_ptx(&self, source: &str, arch: &str) -> Result<Vec<PtxModule>, GpuError> {
         let features = ptx_feature(arch).ok_or_else(|| GpuError::Arch(arch.to_string()))?;
@@ -135,6 +152,10 @@ impl GpuCompiler {
         }
         Ok(ptx)
     }
+}
+
+extern "C" {
+    fn free(p: *mut std::ffi::c_void);
 }
 
 /// The PTX text of each `gpu.binary` op at the top level of `module`.

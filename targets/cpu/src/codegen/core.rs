@@ -58,6 +58,8 @@ pub struct Cg<'c> {
     pub fail: Option<BasicBlock<'c>>,
     /// Code paths the target allows (see `Options`).
     pub vnni512: bool,
+    /// Set for `--target cuda`: the kernels launched so far.
+    pub dev: Option<super::device::DevState>,
     /// The node being generated, for messages.
     pub node: String,
     pub op: String,
@@ -316,6 +318,8 @@ impl<'c> Cg<'c> {
         let ty = match name {
             "lpc_rt_alloc" => p.fn_type(&[p.into(), i64t.into()], false),
             "lpc_rt_release" => void.fn_type(&[p.into(), p.into()], false),
+            "lpc_rt_launch" => i32t.fn_type(&[p.into(), i32t.into(), i64t.into(), p.into()], false),
+            "lpc_rt_host" => i32t.fn_type(&[p.into()], false),
             "lpc_rt_error" => void.fn_type(&[p.into(), p.into(), p.into()], false),
             "lpc_rt_parallel_for" => {
                 void.fn_type(&[p.into(), i64t.into(), p.into(), p.into()], false)

@@ -11,6 +11,7 @@
 //! Views (`Reshape`, `Squeeze`, ...) share their operand's buffer.
 
 mod core;
+mod device;
 mod elementwise;
 mod linalg;
 mod nn;
@@ -18,6 +19,7 @@ mod shape;
 
 pub use self::core::CgError;
 use self::core::{Cg, Val, R};
+pub use self::device::{DeviceCode, DeviceOptions, LowerFn};
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::values::{BasicValueEnum, PointerValue};
@@ -36,6 +38,9 @@ pub struct Options {
     pub max_dim: u64,
     /// The target has AVX-512 VNNI and BW: 4-bit `qgemm` uses `vpdpbusd`.
     pub vnni512: bool,
+    /// Generate a GPU library (`--target cuda`): ops with kernels become
+    /// launches (see `device.rs`).
+    pub device: Option<DeviceOptions>,
 }
 
 impl Default for Options {
@@ -45,6 +50,7 @@ impl Default for Options {
             embed_weights: false,
             max_dim: 1 << 24,
             vnni512: false,
+            device: None,
         }
     }
 }
@@ -209,17 +215,20 @@ pub struct Generated<'c> {
     pub module: Module<'c>,
     pub desc: ModelDesc,
     pub weights: WeightsLayout,
+    /// The kernels of a GPU library, lowered.
+    pub device: Option<DeviceCode>,
 }
 
 /// Generates the module for a graph.
 pub fn generate<'c>(cx: &'c Context, g: &Graph, o: &Options) -> R<Generated<'c>> {
     let weights = WeightsLayout::plan(g);
     let mut desc = describe(g, o, &weights)?;
-    let module = generate_into(cx, cx.create_module(&o.name), g, o, &mut desc, &weights)?;
+    let (module, device) = generate_into(cx, cx.create_module(&o.name), g, o, &mut desc, &weights)?;
     Ok(Generated {
         module,
         desc,
         weights,
+        device,
     })
 }
 
@@ -230,7 +239,7 @@ fn generate_into<'c>(
     o: &Options,
     desc: &mut ModelDesc,
     w: &WeightsLayout,
-) -> R<Module<'c>> {
+) -> R<(Module<'c>, Option<DeviceCode>)> {
     let p = cx.ptr_type(inkwell::AddressSpace::default());
     let i32t = cx.i32_type();
     let i64t = cx.i64_type();
@@ -253,6 +262,7 @@ fn generate_into<'c>(
         ctx: graph_fn.get_nth_param(0).expect("ctx").into_pointer_value(),
         fail: Some(fail),
         vnni512: o.vnni512,
+        dev: o.device.as_ref().map(|_| device::DevState::default()),
         node: String::new(),
         op: String::new(),
         counter: 0,
@@ -415,6 +425,9 @@ fn generate_into<'c>(
     // else (views, inputs, constants, repeated outputs) is copied.
     cg.node = "outputs".into();
     cg.op = "return".into();
+    if cg.dev.is_some() {
+        device::host_op(&mut cg)?;
+    }
     let mut handed: Vec<usize> = Vec::new();
     for (i, &v) in g.outputs.iter().enumerate() {
         let val = env.get(&v).cloned().ok_or_else(|| {
@@ -498,6 +511,16 @@ fn generate_into<'c>(
     } else {
         p.const_null().into()
     };
+    if let Some(d) = &o.device {
+        let args = [
+            dg.as_pointer_value().into(),
+            i64t.const_int(bytes.len() as u64, false).into(),
+            graph_fn.as_global_value().as_pointer_value().into(),
+            embedded,
+        ];
+        let code = device::finish(&mut cg, d, &args)?;
+        return Ok((cg.m, Some(code)));
+    }
     let load = cg.m.add_function(
         "lpc_model_load",
         p.fn_type(&[p.into(), p.into()], false),
@@ -532,7 +555,7 @@ fn generate_into<'c>(
         ],
     )?;
     cg.b.build_return(Some(&h))?;
-    Ok(cg.m)
+    Ok((cg.m, None))
 }
 
 /// Generates one node; returns its results in order.
@@ -545,6 +568,13 @@ fn emit<'c>(cg: &mut Cg<'c>, g: &Graph, n: &Node, ins: &[Option<Val<'c>>]) -> R<
         }
     };
     let op = n.op.as_str();
+    if cg.dev.is_some() {
+        if let Some(r) = device::emit(cg, n, ins)? {
+            return Ok(r);
+        }
+        // Host code on buffers kernels may still be writing.
+        device::host_op(cg)?;
+    }
     if let Some(r) = elementwise::emit(cg, n, ins)? {
         return Ok(r);
     }
