@@ -57,6 +57,9 @@ fn cpu_backend(
     };
     let r = artifact::build(g, &bo, out).map_err(|e| e.to_string())?;
     let mut s = String::new();
+    if let Some(d) = &r.device_summary {
+        let _ = writeln!(s, "{d}");
+    }
     for (f, len) in &r.files {
         let _ = writeln!(s, "wrote {} ({len} bytes)", f.display());
     }
@@ -76,6 +79,7 @@ fn lower_kernels(
 ) -> Result<codegen::DeviceCode, String> {
     if ks.is_empty() {
         return Ok(codegen::DeviceCode {
+            summary: String::new(),
             mlir: String::new(),
             ptx: String::new(),
             host_ir: String::new(),
@@ -86,6 +90,7 @@ fn lower_kernels(
     let ptx = c.lower_to_ptx(&src, arch).map_err(|e| e.to_string())?;
     let host_ir = c.host_llvm_ir(ks).map_err(|e| e.to_string())?;
     Ok(codegen::DeviceCode {
+        summary: String::new(),
         mlir: String::new(),
         ptx: ptx.into_iter().map(|p| p.ptx).collect(),
         host_ir,

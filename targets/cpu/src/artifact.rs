@@ -48,6 +48,8 @@ pub struct BuildReport {
     pub codegen_s: f64,
     pub optimize_s: f64,
     pub emit_s: f64,
+    /// `--target cuda`: where the ops went.
+    pub device_summary: Option<String>,
 }
 
 /// The prost index at the end of a weights file (for tools; the runtime
@@ -145,6 +147,7 @@ pub fn build(g: &Graph, o: &BuildOptions, out: &Path) -> Result<BuildReport, Cpu
         device,
     } = codegen::generate(&cx, g, &cgo)?;
     rep.codegen_s = t0.elapsed().as_secs_f64();
+    rep.device_summary = device.as_ref().map(|d| d.summary.clone());
     if matches!(o.emit, Emit::Mlir | Emit::Ptx) && device.is_none() {
         return Err(CpuError::Codegen(codegen::CgError::Graph(
             "--emit mlir|ptx needs --target cuda".into(),

@@ -22,7 +22,7 @@ use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 use lpc_ir::{DType, Node};
 use lpc_kernels::kernel::{Kernel, Param};
-use lpc_kernels::kernels::{elementwise as ew, nn as knn, qgemm as kq};
+use lpc_kernels::kernels::{elementwise as ew, linalg as kl, nn as knn, qgemm as kq, shape as ks};
 use lpc_runtime::Format;
 use std::collections::HashMap;
 
@@ -31,6 +31,9 @@ use std::collections::HashMap;
 pub struct DeviceCode {
     /// The device module's MLIR (filled by [`finish`]).
     pub mlir: String,
+    /// Where the ops went: "N kernels; on the device: ...; on the host: ..."
+    /// (filled by [`finish`]).
+    pub summary: String,
     /// The device module as PTX text.
     pub ptx: String,
     /// The host module (the same kernels for the CPU) as LLVM IR text.
@@ -52,6 +55,9 @@ pub struct DeviceOptions {
 pub struct DevState {
     pub kernels: Vec<Kernel>,
     index: HashMap<(Vec<(String, Param)>, String), usize>,
+    /// Nodes by op type, generated as launches or as host code.
+    pub on_device: std::collections::BTreeMap<String, usize>,
+    pub on_host: std::collections::BTreeMap<String, usize>,
 }
 
 impl DevState {
@@ -149,6 +155,10 @@ fn float_dt(d: DType) -> bool {
 }
 
 /// Generates `n` with kernels when it has them (`None`: host code).
+///
+/// Kernels only ever produce float tensors: integer and bool tensors (shape
+/// arithmetic, ids, masks) are computed on the host, so host code may read
+/// them (position ids, gather indices) without waiting for the device.
 pub fn emit<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
     let op = n.op.as_str();
     if ew::OPS.contains(&op) {
@@ -157,8 +167,578 @@ pub fn emit<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<
     match op {
         "lpc.rms_norm" | "lpc.layer_norm" => norm(cg, n, ins),
         "lpc.qgemm" => qgemm(cg, n, ins),
+        "lpc.linear" => linear(cg, n, ins),
+        "lpc.rope" => rope(cg, n, ins),
+        "lpc.attention" => attention(cg, n, ins),
+        "Transpose" => transpose(cg, n, ins),
+        "Concat" => concat(cg, n, ins),
+        "Gather" => gather(cg, n, ins),
         _ => Ok(None),
     }
+}
+
+/// Strides of a contiguous tensor of `dims`.
+fn strides_of<'c>(cg: &Cg<'c>, dims: &[IntValue<'c>]) -> R<Vec<IntValue<'c>>> {
+    cg.strides(dims)
+}
+
+/// One strided copy: `y[yoff + Σ c·ys] = x[xoff + Σ c·xs]` over the box `d`.
+/// Buffer lengths fill the descriptors' size words, which kernels do not
+/// read (the strided views of the CPU path pass the copied count).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn copy<'c>(
+    cg: &mut Cg<'c>,
+    dt: DType,
+    (y, ylen): (PointerValue<'c>, IntValue<'c>),
+    (x, xlen): (PointerValue<'c>, IntValue<'c>),
+    d: &[IntValue<'c>],
+    xs: &[IntValue<'c>],
+    ys: &[IntValue<'c>],
+    (xoff, yoff): (IntValue<'c>, IntValue<'c>),
+) -> R<()> {
+    let k = match ks::copy("lpc_copy", d.len(), dt.size()) {
+        Ok(k) => k,
+        Err(e) => return kerr(cg, e),
+    };
+    let count = cg.product(d)?;
+    let mut args = vec![LArg::Buf(y, ylen), LArg::Buf(x, xlen)];
+    args.extend(d.iter().map(|&v| LArg::Idx(v)));
+    args.extend(xs.iter().map(|&v| LArg::Idx(v)));
+    args.extend(ys.iter().map(|&v| LArg::Idx(v)));
+    args.extend([LArg::Idx(xoff), LArg::Idx(yoff)]);
+    launch(cg, k, count, &args)
+}
+
+fn transpose<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
+    let x = arg(cg, ins, 0)?.clone();
+    if !float_dt(x.dt) || x.rank() == 0 {
+        return Ok(None);
+    }
+    let r = x.rank();
+    let perm: Vec<usize> = match n.ints("perm") {
+        Some(p) => p
+            .iter()
+            .map(|&v| if v < 0 { v + r as i64 } else { v } as usize)
+            .collect(),
+        None => (0..r).rev().collect(),
+    };
+    let mut seen = perm.clone();
+    seen.sort();
+    if seen != (0..r).collect::<Vec<_>>() {
+        return Ok(None); // the host path reports it
+    }
+    let st = strides_of(cg, &x.dims)?;
+    let dims: Vec<IntValue<'c>> = perm.iter().map(|&p| x.dims[p]).collect();
+    let xs: Vec<IntValue<'c>> = perm.iter().map(|&p| st[p]).collect();
+    let ys = strides_of(cg, &dims)?;
+    let total = cg.product(&x.dims)?;
+    let y = cg.alloc(x.dt, total)?;
+    let z = cg.c64(0);
+    copy(
+        cg,
+        x.dt,
+        (y, total),
+        (x.ptr, total),
+        &dims,
+        &xs,
+        &ys,
+        (z, z),
+    )?;
+    Ok(Some(vec![Val {
+        ptr: y,
+        dims,
+        dt: x.dt,
+    }]))
+}
+
+fn concat<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
+    let xs: Vec<Val<'c>> = ins.iter().flatten().cloned().collect();
+    if xs.is_empty()
+        || xs.len() != ins.len()
+        || !float_dt(xs[0].dt)
+        || xs
+            .iter()
+            .any(|v| v.dt != xs[0].dt || v.rank() != xs[0].rank())
+        || xs[0].rank() == 0
+    {
+        return Ok(None);
+    }
+    let r = xs[0].rank() as i64;
+    let mut axis = n.int("axis").unwrap_or(0);
+    if axis < 0 {
+        axis += r;
+    }
+    if !(0..r).contains(&axis) {
+        return Ok(None);
+    }
+    let axis = axis as usize;
+    let mut dims = xs[0].dims.clone();
+    let mut tot = cg.c64(0);
+    for v in &xs {
+        for (a, (&d, &d0)) in v.dims.iter().zip(&xs[0].dims).enumerate() {
+            if a != axis {
+                let ok = cg.icmp(IntPredicate::EQ, d, d0)?;
+                cg.check(ok, "operand shapes differ off the concatenation axis")?;
+            }
+        }
+        tot = cg.add(tot, v.dims[axis])?;
+    }
+    dims[axis] = tot;
+    let ys = strides_of(cg, &dims)?;
+    let total = cg.product(&dims)?;
+    let y = cg.alloc(xs[0].dt, total)?;
+    let mut at = cg.c64(0);
+    for v in &xs {
+        let xs_ = strides_of(cg, &v.dims)?;
+        let len = cg.product(&v.dims)?;
+        let yoff = cg.mul(at, ys[axis])?;
+        let z = cg.c64(0);
+        copy(
+            cg,
+            v.dt,
+            (y, total),
+            (v.ptr, len),
+            &v.dims,
+            &xs_,
+            &ys,
+            (z, yoff),
+        )?;
+        at = cg.add(at, v.dims[axis])?;
+    }
+    Ok(Some(vec![Val {
+        ptr: y,
+        dims,
+        dt: xs[0].dt,
+    }]))
+}
+
+fn gather<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
+    let x = arg(cg, ins, 0)?.clone();
+    let idx = arg(cg, ins, 1)?.clone();
+    if !float_dt(x.dt) || idx.dt != DType::I64 || x.rank() == 0 {
+        return Ok(None);
+    }
+    let r = x.rank() as i64;
+    let mut axis = n.int("axis").unwrap_or(0);
+    if axis < 0 {
+        axis += r;
+    }
+    if !(0..r).contains(&axis) {
+        return Ok(None);
+    }
+    let axis = axis as usize;
+    let len = x.dims[axis];
+    let nidx = cg.product(&idx.dims)?;
+    // Indices are host data (kernels produce floats only): check them here.
+    let ip = idx.ptr;
+    cg.for_n(nidx, |cg, i| {
+        let v = cg.load_i64(ip, i)?;
+        let neg = cg.icmp(IntPredicate::SGE, v, cg.sub(cg.c64(0), len)?)?;
+        let lt = cg.icmp(IntPredicate::SLT, v, len)?;
+        let ok = cg.and(neg, lt)?;
+        cg.check(ok, "index out of range")
+    })?;
+    let outer = cg.product(&x.dims[..axis])?;
+    let inner = cg.product(&x.dims[axis + 1..])?;
+    let k = match ks::gather("lpc_gather", x.dt.size()) {
+        Ok(k) => k,
+        Err(e) => return kerr(cg, e),
+    };
+    let mut dims: Vec<IntValue<'c>> = x.dims[..axis].to_vec();
+    dims.extend(&idx.dims);
+    dims.extend(&x.dims[axis + 1..]);
+    let total = cg.product(&dims)?;
+    let xlen = cg.product(&x.dims)?;
+    let y = cg.alloc(x.dt, total)?;
+    let err = cg.alloc(DType::I32, cg.c64(1))?;
+    let _ = outer;
+    let args = [
+        LArg::Buf(y, total),
+        LArg::Buf(x.ptr, xlen),
+        LArg::Buf(idx.ptr, nidx),
+        LArg::Buf(err, cg.c64(1)),
+        LArg::Idx(nidx),
+        LArg::Idx(inner),
+        LArg::Idx(len),
+    ];
+    launch(cg, k, total, &args)?;
+    cg.release(err)?;
+    Ok(Some(vec![Val {
+        ptr: y,
+        dims,
+        dt: x.dt,
+    }]))
+}
+
+fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
+    let x = arg(cg, ins, 0)?.clone();
+    let parts = n.int("parts").unwrap_or(1).max(1) as usize;
+    let tr = n.int("transposed").unwrap_or(0) != 0;
+    if x.dt != DType::F32 || x.rank() == 0 || ins.len() > parts + 2 {
+        return Ok(None);
+    }
+    let ws: Vec<Val<'c>> = (0..parts)
+        .map(|p| arg(cg, ins, 1 + p).cloned())
+        .collect::<R<_>>()?;
+    let bias = ins.get(1 + parts).cloned().flatten();
+    if ws.iter().any(|w| w.dt != DType::F32 || w.rank() != 2)
+        || bias.as_ref().is_some_and(|b| b.dt != DType::F32)
+    {
+        return Ok(None);
+    }
+    let k = *x.dims.last().expect("rank >= 1");
+    let mut ntot = cg.c64(0);
+    let mut ns = Vec::new();
+    for w in &ws {
+        let (kin, nn) = if tr {
+            (w.dims[1], w.dims[0])
+        } else {
+            (w.dims[0], w.dims[1])
+        };
+        let ok = cg.icmp(IntPredicate::EQ, kin, k)?;
+        cg.check(ok, "x does not match the weights")?;
+        ntot = cg.add(ntot, nn)?;
+        ns.push(nn);
+    }
+    if let Some(b) = &bias {
+        let bl = cg.product(&b.dims)?;
+        let ok = cg.icmp(IntPredicate::EQ, bl, ntot)?;
+        cg.check(ok, "bias length differs from the output features")?;
+    }
+    let rows = cg.product(&x.dims[..x.rank() - 1])?;
+    let total = cg.mul(rows, ntot)?;
+    let y = cg.alloc(DType::F32, total)?;
+    let xlen = cg.product(&x.dims)?;
+    let mut args = vec![LArg::Buf(y, total), LArg::Buf(x.ptr, xlen)];
+    for w in &ws {
+        let l = cg.product(&w.dims)?;
+        args.push(LArg::Buf(w.ptr, l));
+    }
+    if let Some(b) = &bias {
+        args.push(LArg::Buf(b.ptr, ntot));
+    }
+    args.extend([LArg::Idx(k), LArg::Idx(ntot)]);
+    args.extend(ns.iter().map(|&v| LArg::Idx(v)));
+    let kern = kl::linear("lpc_linear", parts, tr, bias.is_some());
+    launch(cg, kern, total, &args)?;
+    let mut dims = x.dims.clone();
+    *dims.last_mut().expect("rank >= 1") = ntot;
+    Ok(Some(vec![Val {
+        ptr: y,
+        dims,
+        dt: DType::F32,
+    }]))
+}
+
+/// (b, h, s, d) and the strides of b, h, s of an attention-style operand:
+/// `[B, H, S, D]`, or `[B, S, H·D]` with `heads` heads.
+#[allow(clippy::type_complexity)]
+fn bhsd<'c>(
+    cg: &mut Cg<'c>,
+    v: &Val<'c>,
+    heads: i64,
+) -> R<Option<([IntValue<'c>; 4], [IntValue<'c>; 3])>> {
+    Ok(match v.rank() {
+        4 => {
+            let st = strides_of(cg, &v.dims)?;
+            Some((
+                [v.dims[0], v.dims[1], v.dims[2], v.dims[3]],
+                [st[0], st[1], st[2]],
+            ))
+        }
+        3 if heads > 0 => {
+            let h = cg.c64(heads);
+            let hd = v.dims[2];
+            let d = cg.sdiv(hd, h)?;
+            let ok = cg.icmp(IntPredicate::EQ, cg.mul(d, h)?, hd)?;
+            cg.check(ok, "the head count does not divide the hidden size")?;
+            let sb = cg.mul(v.dims[1], hd)?;
+            Some(([v.dims[0], h, v.dims[1], d], [sb, d, hd]))
+        }
+        _ => None,
+    })
+}
+
+fn rope<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
+    let x = arg(cg, ins, 0)?.clone();
+    let (cos, sin) = (arg(cg, ins, 1)?.clone(), arg(cg, ins, 2)?.clone());
+    let pos = ins.get(3).cloned().flatten();
+    if x.dt != DType::F32
+        || cos.dt != DType::F32
+        || sin.dt != DType::F32
+        || cos.rank() == 0
+        || pos.as_ref().is_some_and(|p| p.dt != DType::I64)
+    {
+        return Ok(None);
+    }
+    let heads = n.int("num_heads").unwrap_or(0);
+    let Some(([b, h, s, d], _)) = bhsd(cg, &x, heads)? else {
+        return Ok(None);
+    };
+    let rot = match n.int("rotary_embedding_dim").unwrap_or(0) {
+        0 => d,
+        r => cg.c64(r),
+    };
+    let half = cg.sdiv(rot, cg.c64(2))?;
+    let cw = *cos.dims.last().expect("rank >= 1");
+    let ok = cg.and(
+        cg.icmp(IntPredicate::SLE, rot, d)?,
+        cg.icmp(IntPredicate::SGE, cw, half)?,
+    )?;
+    cg.check(
+        ok,
+        "the rotary dimension does not fit the head size and caches",
+    )?;
+    let clen = cg.product(&cos.dims)?;
+    let slen = cg.product(&sin.dims)?;
+    let same = cg.icmp(IntPredicate::EQ, clen, slen)?;
+    cg.check(same, "cos and sin caches differ in size")?;
+    let rows = cg.sdiv(clen, cw)?;
+    // The kernel reads row `s` (shared caches) when cb = 1, else b·S + s.
+    let mut cb = cg.c64(1);
+    if let Some(p) = &pos {
+        // Position ids are host data: checked here.
+        let np = cg.product(&p.dims)?;
+        let ok = cg.icmp(IntPredicate::EQ, np, cg.mul(b, s)?)?;
+        cg.check(ok, "position_ids must be [B, S]")?;
+        let pp = p.ptr;
+        cg.for_n(np, |cg, i| {
+            let v = cg.load_i64(pp, i)?;
+            let ok = cg.and(
+                cg.icmp(IntPredicate::SGE, v, cg.c64(0))?,
+                cg.icmp(IntPredicate::SLT, v, rows)?,
+            )?;
+            cg.check(ok, "a position id is outside the caches")
+        })?;
+    } else {
+        let full = cg.icmp(IntPredicate::EQ, rows, cg.mul(b, s)?)?;
+        let shared = cg.icmp(IntPredicate::EQ, rows, s)?;
+        let ok = cg.b.build_or(full, shared, "")?;
+        cg.check(
+            ok,
+            "without position_ids, caches must be [B or 1, S, rot/2]",
+        )?;
+        cb = cg.select_i(shared, cg.c64(1), cg.c64(2))?;
+    }
+    let spec = knn::RopeSpec {
+        x: x.dt,
+        cache: cos.dt,
+        interleaved: n.int("interleaved").unwrap_or(0) != 0,
+        position_ids: pos.is_some(),
+        bhsd: x.rank() == 4,
+    };
+    let k = match knn::rope("lpc_rope", &spec) {
+        Ok(k) => k,
+        Err(e) => return kerr(cg, e),
+    };
+    let total = cg.product(&x.dims)?;
+    let y = cg.alloc(DType::F32, total)?;
+    let err = cg.alloc(DType::I32, cg.c64(1))?;
+    let mut args = vec![
+        LArg::Buf(y, total),
+        LArg::Buf(x.ptr, total),
+        LArg::Buf(cos.ptr, clen),
+        LArg::Buf(sin.ptr, slen),
+    ];
+    if let Some(p) = &pos {
+        let np = cg.product(&p.dims)?;
+        args.push(LArg::Buf(p.ptr, np));
+    }
+    args.push(LArg::Buf(err, cg.c64(1)));
+    for v in [h, s, d, rot, cw, cb, rows] {
+        args.push(LArg::Idx(v));
+    }
+    let count = cg.product(&[b, h, s])?;
+    launch(cg, k, count, &args)?;
+    cg.release(err)?;
+    Ok(Some(vec![Val {
+        ptr: y,
+        dims: x.dims.clone(),
+        dt: DType::F32,
+    }]))
+}
+
+fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
+    let (q, k, v) = (
+        arg(cg, ins, 0)?.clone(),
+        arg(cg, ins, 1)?.clone(),
+        arg(cg, ins, 2)?.clone(),
+    );
+    let mask = ins.get(3).cloned().flatten();
+    let (pk, pv) = (ins.get(4).cloned().flatten(), ins.get(5).cloned().flatten());
+    // GroupQueryAttention's cache semantics (seqlens_k) stay on the host.
+    if ins.get(6).cloned().flatten().is_some()
+        || [&q, &k, &v].iter().any(|t| t.dt != DType::F32)
+        || pk.is_some() != pv.is_some()
+        || pk
+            .as_ref()
+            .is_some_and(|p| p.rank() != 4 || p.dt != DType::F32)
+        || pv
+            .as_ref()
+            .is_some_and(|p| p.rank() != 4 || p.dt != DType::F32)
+        || mask.as_ref().is_some_and(|m| {
+            m.rank() == 0 || m.rank() > 4 || !matches!(m.dt, DType::F32 | DType::Bool)
+        })
+    {
+        return Ok(None);
+    }
+    let hq_attr = n.int("q_num_heads").unwrap_or(0);
+    let hkv_attr = n.int("kv_num_heads").unwrap_or(0);
+    let (Some((qd, qs)), Some((kd, ks_)), Some((vd, vs))) = (
+        bhsd(cg, &q, hq_attr)?,
+        bhsd(cg, &k, hkv_attr)?,
+        bhsd(cg, &v, hkv_attr)?,
+    ) else {
+        return Ok(None);
+    };
+    let [b, hq, l, d] = qd;
+    let [_, hkv, sn, _] = kd;
+    let dv = vd[3];
+    let ok = cg.and(
+        cg.icmp(IntPredicate::SGT, hkv, cg.c64(0))?,
+        cg.icmp(
+            IntPredicate::EQ,
+            cg.srem(hq, cg.smax(hkv, cg.c64(1))?)?,
+            cg.c64(0),
+        )?,
+    )?;
+    cg.check(ok, "query heads do not group over the kv heads")?;
+    // Present keys and values, contiguous [B, Hkv, T, D]: the cache, then
+    // the new rows (strided copies on the device).
+    let past = match &pk {
+        Some(p) => p.dims[2],
+        None => cg.c64(0),
+    };
+    let t = cg.add(past, sn)?;
+    let mut present = Vec::new();
+    for (new, (nd, nst), old, dd) in [(&k, (kd, ks_), &pk, d), (&v, (vd, vs), &pv, dv)] {
+        let pdims = [b, hkv, t, dd];
+        let pst = strides_of(cg, &pdims)?;
+        let plen = cg.product(&pdims)?;
+        let buf = cg.alloc(DType::F32, plen)?;
+        let z = cg.c64(0);
+        if let Some(o) = old {
+            let ost = strides_of(cg, &o.dims)?;
+            let olen = cg.product(&o.dims)?;
+            copy(
+                cg,
+                DType::F32,
+                (buf, plen),
+                (o.ptr, olen),
+                &o.dims,
+                &ost,
+                &pst,
+                (z, z),
+            )?;
+        }
+        let nlen = cg.product(&new.dims)?;
+        let xs = [nst[0], nst[1], nst[2], cg.c64(1)];
+        let yoff = cg.mul(past, pst[2])?;
+        copy(
+            cg,
+            DType::F32,
+            (buf, plen),
+            (new.ptr, nlen),
+            &nd,
+            &xs,
+            &pst,
+            (z, yoff),
+        )?;
+        present.push((buf, pdims, plen));
+    }
+    let scale = match n.float("scale") {
+        Some(s) if s != 0.0 => cg.cf32(s),
+        _ => {
+            let df = cg.b.build_signed_int_to_float(d, cg.f32t(), "")?;
+            let sq = cg
+                .intrinsic("llvm.sqrt", &[cg.f32t().into()], &[df.into()])?
+                .into_float_value();
+            cg.b.build_float_div(cg.cf32(1.0), sq, "")?
+        }
+    };
+    let softcap = n.float("softcap").unwrap_or(0.0);
+    let spec = knn::AttentionSpec {
+        mask: match mask.as_ref().map(|m| m.dt) {
+            None => knn::Mask::None,
+            Some(DType::Bool) => knn::Mask::Bool,
+            Some(_) => knn::Mask::Float,
+        },
+        causal: n.int("is_causal").unwrap_or(0) != 0,
+        softcap: softcap > 0.0,
+    };
+    let kern = match knn::attention("lpc_attention", &spec) {
+        Ok(k) => k,
+        Err(e) => return kerr(cg, e),
+    };
+    let three_d = q.rank() == 3;
+    let ylen = cg.product(&[b, hq, l, dv])?;
+    let y = cg.alloc(DType::F32, ylen)?;
+    let (ob, oh, ol) = if three_d {
+        let hd = cg.mul(hq, dv)?;
+        (cg.mul(l, hd)?, dv, hd)
+    } else {
+        let st = strides_of(cg, &[b, hq, l, dv])?;
+        (st[0], st[1], st[2])
+    };
+    let qlen = cg.product(&q.dims)?;
+    let mut args = vec![
+        LArg::Buf(y, ylen),
+        LArg::Buf(q.ptr, qlen),
+        LArg::Buf(present[0].0, present[0].2),
+        LArg::Buf(present[1].0, present[1].2),
+    ];
+    let mut mask_args = Vec::new();
+    if let Some(m) = &mask {
+        let mut md = vec![cg.c64(1); 4 - m.rank()];
+        md.extend(&m.dims);
+        let own = strides_of(cg, &md)?;
+        let targets = [b, hq, l];
+        for a in 0..3 {
+            let is1 = cg.icmp(IntPredicate::EQ, md[a], cg.c64(1))?;
+            let same = cg.icmp(IntPredicate::EQ, md[a], targets[a])?;
+            let ok = cg.b.build_or(is1, same, "")?;
+            cg.check(ok, "the mask does not broadcast over the scores")?;
+            mask_args.push(LArg::Idx(cg.select_i(is1, cg.c64(0), own[a])?));
+        }
+        let w = md[3];
+        let ok = cg.icmp(IntPredicate::SLE, w, t)?;
+        cg.check(ok, "the mask is wider than the keys")?;
+        mask_args.push(LArg::Idx(cg.c64(1)));
+        mask_args.push(LArg::Idx(w));
+        let mlen = cg.product(&m.dims)?;
+        args.push(LArg::Buf(m.ptr, mlen));
+    }
+    for x in [hq, l, d, hkv, t, dv, past, qs[0], qs[1], qs[2], ob, oh, ol] {
+        args.push(LArg::Idx(x));
+    }
+    args.extend(mask_args);
+    args.push(LArg::F32(scale));
+    args.push(LArg::F32(cg.cf32(softcap)));
+    let rows = cg.product(&[b, hq, l])?;
+    launch(cg, kern, rows, &args)?;
+    let ydims = if three_d {
+        vec![b, l, cg.mul(hq, dv)?]
+    } else {
+        vec![b, hq, l, dv]
+    };
+    let [(kb, kdims, _), (vb, vdims, _)] = [present[0], present[1]];
+    Ok(Some(vec![
+        Val {
+            ptr: y,
+            dims: ydims,
+            dt: DType::F32,
+        },
+        Val {
+            ptr: kb,
+            dims: kdims.to_vec(),
+            dt: DType::F32,
+        },
+        Val {
+            ptr: vb,
+            dims: vdims.to_vec(),
+            dt: DType::F32,
+        },
+    ]))
 }
 
 fn elementwise<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
@@ -185,6 +765,10 @@ fn elementwise<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Opti
     };
     if op == "Identity" || (op == "Cast" && out == xs[0].dt) {
         return Ok(Some(vec![xs[0].clone()]));
+    }
+    // Integer and bool results are computed on the host (see `emit`).
+    if !float_dt(out) {
+        return Ok(None);
     }
     // Float ops whose operands the kernel does not widen stay on the host.
     let needs_float = !matches!(
@@ -561,6 +1145,21 @@ pub fn finish<'c>(
     let mut code = (o.lower)(&kernels, &o.arch)
         .map_err(|e| super::CgError::Graph(format!("GPU back end: {e}")))?;
     code.mlir = lpc_kernels::kernel::gpu_module(&kernels);
+    let st = cg.dev.as_ref().expect("device");
+    let list = |m: &std::collections::BTreeMap<String, usize>| -> String {
+        let v: Vec<String> = m.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+        if v.is_empty() {
+            "-".into()
+        } else {
+            v.join(", ")
+        }
+    };
+    code.summary = format!(
+        "{} GPU kernels; ops on the device: {}; on the host: {}",
+        kernels.len(),
+        list(&st.on_device),
+        list(&st.on_host)
+    );
     if !kernels.is_empty() {
         let buf = MemoryBuffer::create_from_memory_range_copy(code.host_ir.as_bytes(), "kernels");
         let hm = cg

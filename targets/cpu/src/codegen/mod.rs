@@ -570,10 +570,20 @@ fn emit<'c>(cg: &mut Cg<'c>, g: &Graph, n: &Node, ins: &[Option<Val<'c>>]) -> R<
     let op = n.op.as_str();
     if cg.dev.is_some() {
         if let Some(r) = device::emit(cg, n, ins)? {
+            let st = cg.dev.as_mut().expect("device");
+            *st.on_device.entry(n.op.clone()).or_default() += 1;
             return Ok(r);
         }
-        // Host code on buffers kernels may still be writing.
-        device::host_op(cg)?;
+        let st = cg.dev.as_mut().expect("device");
+        *st.on_host.entry(n.op.clone()).or_default() += 1;
+        // Host code on buffers kernels may still be writing (or reading:
+        // the pool recycles buffers). Views touch no data.
+        if !matches!(
+            op,
+            "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity"
+        ) {
+            device::host_op(cg)?;
+        }
     }
     if let Some(r) = elementwise::emit(cg, n, ins)? {
         return Ok(r);

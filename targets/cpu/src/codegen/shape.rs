@@ -50,6 +50,21 @@ impl<'c> Cg<'c> {
             &[IntValue<'c>],
         ),
     ) -> R<()> {
+        // GPU libraries move float data on the device (Split, Slice,
+        // Expand, ... all copy through here).
+        if self.dev.is_some() && matches!(dt, DType::F32 | DType::F16 | DType::Bf16) {
+            let n = self.product(dims)?;
+            return super::device::copy(
+                self,
+                dt,
+                (dst.0, n),
+                (src.0, n),
+                dims,
+                src.2,
+                dst.2,
+                (src.1, dst.1),
+            );
+        }
         let (sp, sb, ss) = (src.0, src.1, src.2.to_vec());
         let (dp, db, ds) = (dst.0, dst.1, dst.2.to_vec());
         let t = self.ty(dt)?;
