@@ -303,6 +303,7 @@ fn attention_matches_the_interpreter() {
             mask,
             causal,
             softcap,
+            per_batch_past: false,
         };
         let e = c
             .emulator(&[nn::attention("lpc_attn", &spec).unwrap()])
@@ -701,4 +702,124 @@ fn gather_matches_the_interpreter() {
     ];
     launch(&e, "lpc_gather", 6, &mut bufs, &args);
     assert_eq!(bufs[3], [1, 0, 0, 0]);
+}
+
+/// GroupQueryAttention's cache semantics: per-batch past lengths from
+/// `seqlens_k`, the new rows written at each entry's offset, keys past the
+/// valid length masked; cache assembly by the `kv_rows` kernels.
+#[test]
+fn gqa_cache_attention_matches_the_interpreter() {
+    let c = GpuCompiler::new();
+    let mut r = Rng(21);
+    let (bn, hq, hkv, l, d, cap) = (2usize, 4usize, 2usize, 2usize, 8usize, 5usize);
+    // Valid lengths 3 + 2 and 5 + 2 - ... : seqlens_k = total valid - 1.
+    let seqlens = [3i64, 6];
+    let q = f32s(&[bn, l, hq * d], r.vec(bn * l * hq * d, 1.0));
+    let k = f32s(&[bn, l, hkv * d], r.vec(bn * l * hkv * d, 1.0));
+    let v = f32s(&[bn, l, hkv * d], r.vec(bn * l * hkv * d, 1.0));
+    let pk = f32s(&[bn, hkv, cap, d], r.vec(bn * hkv * cap * d, 1.0));
+    let pv = f32s(&[bn, hkv, cap, d], r.vec(bn * hkv * cap * d, 1.0));
+    let sl = TensorValue::with_dtype(
+        DType::I32,
+        vec![bn],
+        lpc_ir::interp::Data::I(seqlens.to_vec()),
+    );
+    let ins = vec![
+        Some(q.clone()),
+        Some(k.clone()),
+        Some(v.clone()),
+        None,
+        Some(pk.clone()),
+        Some(pv.clone()),
+        Some(sl),
+    ];
+    let attrs = [
+        ("q_num_heads", Attr::Int(hq as i64)),
+        ("kv_num_heads", Attr::Int(hkv as i64)),
+    ];
+    let outs = reference_opt("lpc.attention", &attrs, &ins, 3);
+    let t = outs[1].shape[2];
+    let pastb: Vec<i64> = seqlens.iter().map(|&s| s + 1 - l as i64).collect();
+    let pb: Vec<u8> = pastb.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let ks = vec![
+        shape::zero("lpc_zero", 4).unwrap(),
+        shape::kv_rows("lpc_cached", true),
+        shape::kv_rows("lpc_new", false),
+        nn::attention(
+            "lpc_attn",
+            &nn::AttentionSpec {
+                mask: nn::Mask::None,
+                causal: false,
+                softcap: false,
+                per_batch_past: true,
+            },
+        )
+        .unwrap(),
+    ];
+    let e = c.emulator(&ks).unwrap();
+    let plen = bn * hkv * t * d;
+    let pst = [(hkv * t * d) as i64, (t * d) as i64, d as i64];
+    let mut present = Vec::new();
+    for (old, new) in [(&pk, &k), (&pv, &v)] {
+        let mut bufs = vec![vec![0xFFu8; plen * 4]];
+        launch(&e, "lpc_zero", plen, &mut bufs, &[A::Buf(0)]);
+        let mut y = bufs.pop().unwrap();
+        for (src, cached) in [(old, true), (new, false)] {
+            let (rows, xs) = if cached {
+                (cap, [(hkv * cap * d) as i64, (cap * d) as i64, d as i64])
+            } else {
+                // [B, L, Hkv·D]: batch, head, row strides.
+                (l, [(l * hkv * d) as i64, d as i64, (hkv * d) as i64])
+            };
+            let mut bufs = vec![y, bytes(src), pb.clone()];
+            let mut args = vec![A::Buf(0), A::Buf(1), A::Buf(2)];
+            args.extend([hkv, rows, d].iter().map(|&v| A::I(v as i64)));
+            args.extend(xs.iter().map(|&v| A::I(v)));
+            args.extend(pst.iter().map(|&v| A::I(v)));
+            let name = if cached { "lpc_cached" } else { "lpc_new" };
+            launch(&e, name, bn * hkv * rows * d, &mut bufs, &args);
+            y = bufs.swap_remove(0);
+        }
+        present.push(y);
+    }
+    assert_close(
+        "present key",
+        &value(DType::F32, &outs[1].shape, &present[0]),
+        &outs[1],
+        0.0,
+    );
+    assert_close(
+        "present value",
+        &value(DType::F32, &outs[2].shape, &present[1]),
+        &outs[2],
+        0.0,
+    );
+    let mut bufs = vec![
+        vec![0u8; bn * l * hq * d * 4],
+        bytes(&q),
+        present[0].clone(),
+        present[1].clone(),
+        pb.clone(),
+    ];
+    let mut args: Vec<A> = (0..bufs.len()).map(A::Buf).collect();
+    for v in [hq, l, d, hkv, t, d, 0] {
+        args.push(A::I(v as i64));
+    }
+    // q [B, L, Hq·D] and o alike: batch, head, row strides.
+    for _ in 0..2 {
+        args.extend([
+            A::I((l * hq * d) as i64),
+            A::I(d as i64),
+            A::I((hq * d) as i64),
+        ]);
+    }
+    args.push(A::F(1.0 / (d as f32).sqrt()));
+    args.push(A::F(0.0));
+    launch(&e, "lpc_attn", bn * hq * l, &mut bufs, &args);
+    assert_close(
+        "gqa attention",
+        &value(DType::F32, &outs[0].shape, &bufs[0]),
+        &outs[0],
+        1e-6,
+    );
 }

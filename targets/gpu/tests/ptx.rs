@@ -28,6 +28,7 @@ fn attention() -> Kernel {
         mask: nn::Mask::None,
         causal: true,
         softcap: false,
+        per_batch_past: false,
     };
     nn::attention("lpc_attention", &s).unwrap()
 }
@@ -79,6 +80,7 @@ fn every_family() -> Vec<Kernel> {
                 mask: nn::Mask::Float,
                 causal: false,
                 softcap: true,
+                per_batch_past: true,
             },
         )
         .unwrap(),

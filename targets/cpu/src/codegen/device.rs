@@ -566,8 +566,13 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
     );
     let mask = ins.get(3).cloned().flatten();
     let (pk, pv) = (ins.get(4).cloned().flatten(), ins.get(5).cloned().flatten());
-    // GroupQueryAttention's cache semantics (seqlens_k) stay on the host.
-    if ins.get(6).cloned().flatten().is_some()
+    let seqlens = ins.get(6).cloned().flatten();
+    if seqlens.is_some() && mask.is_some() {
+        return cg.err("a mask cannot be combined with seqlens_k");
+    }
+    if seqlens
+        .as_ref()
+        .is_some_and(|s| !matches!(s.dt, DType::I32 | DType::I64))
         || [&q, &k, &v].iter().any(|t| t.dt != DType::F32)
         || pk.is_some() != pv.is_some()
         || pk
@@ -611,7 +616,72 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
     };
     let t = cg.add(past, sn)?;
     let mut present = Vec::new();
+    // GroupQueryAttention's cache (seqlens_k): per-batch past lengths
+    // `seqlens_k[b] + 1 - S` (host data, checked here), the cache rows below
+    // them and the new rows after them, the rest of the present zero.
+    let pastb = match &seqlens {
+        Some(sl) => {
+            let nsl = cg.product(&sl.dims)?;
+            let ok = cg.icmp(IntPredicate::EQ, nsl, b)?;
+            cg.check(ok, "seqlens_k must have one entry per batch")?;
+            host_op(cg)?;
+            let buf = cg.alloc(DType::I64, b)?;
+            let (sp, sdt) = (sl.ptr, sl.dt);
+            cg.for_n(b, |cg, bi| {
+                let super::elementwise::S::I(x) = cg.load_s(sdt, sp, bi)? else {
+                    return cg.err("seqlens_k must be integers");
+                };
+                let pb = cg.sub(cg.add(x, cg.c64(1))?, sn)?;
+                let ok = cg.and(
+                    cg.icmp(IntPredicate::SGE, pb, cg.c64(0))?,
+                    cg.icmp(IntPredicate::SLE, pb, past)?,
+                )?;
+                cg.check(
+                    ok,
+                    "seqlens_k is inconsistent with the new tokens and the cache",
+                )?;
+                cg.store(DType::I64, buf, bi, pb.into())
+            })?;
+            Some(buf)
+        }
+        None => None,
+    };
     for (new, (nd, nst), old, dd) in [(&k, (kd, ks_), &pk, d), (&v, (vd, vs), &pv, dv)] {
+        if let Some(pb) = pastb {
+            let pdims = [b, hkv, t, dd];
+            let pst = strides_of(cg, &pdims)?;
+            let plen = cg.product(&pdims)?;
+            let buf = cg.alloc(DType::F32, plen)?;
+            let z = match ks::zero("lpc_zero", 4) {
+                Ok(k) => k,
+                Err(e) => return kerr(cg, e),
+            };
+            launch(cg, z, plen, &[LArg::Buf(buf, plen)])?;
+            let mut boxes = Vec::new();
+            if let Some(o) = old {
+                let ost = strides_of(cg, &o.dims)?;
+                let olen = cg.product(&o.dims)?;
+                boxes.push((true, o.ptr, olen, o.dims[2], [ost[0], ost[1], ost[2]]));
+            }
+            let nlen = cg.product(&new.dims)?;
+            boxes.push((false, new.ptr, nlen, nd[2], nst));
+            for (cached, src, len, rows, xs) in boxes {
+                let mut args = vec![
+                    LArg::Buf(buf, plen),
+                    LArg::Buf(src, len),
+                    LArg::Buf(pb, b),
+                    LArg::Idx(hkv),
+                    LArg::Idx(rows),
+                    LArg::Idx(dd),
+                ];
+                args.extend(xs.iter().map(|&v| LArg::Idx(v)));
+                args.extend(pst[..3].iter().map(|&v| LArg::Idx(v)));
+                let count = cg.product(&[b, hkv, rows, dd])?;
+                launch(cg, ks::kv_rows("lpc_kv_rows", cached), count, &args)?;
+            }
+            present.push((buf, pdims, plen));
+            continue;
+        }
         let pdims = [b, hkv, t, dd];
         let pst = strides_of(cg, &pdims)?;
         let plen = cg.product(&pdims)?;
@@ -665,6 +735,7 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
         },
         causal: n.int("is_causal").unwrap_or(0) != 0,
         softcap: softcap > 0.0,
+        per_batch_past: pastb.is_some(),
     };
     let kern = match knn::attention("lpc_attention", &spec) {
         Ok(k) => k,
@@ -708,6 +779,9 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
         let mlen = cg.product(&m.dims)?;
         args.push(LArg::Buf(m.ptr, mlen));
     }
+    if let Some(pb) = pastb {
+        args.push(LArg::Buf(pb, b));
+    }
     for x in [hq, l, d, hkv, t, dv, past, qs[0], qs[1], qs[2], ob, oh, ol] {
         args.push(LArg::Idx(x));
     }
@@ -716,6 +790,9 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
     args.push(LArg::F32(cg.cf32(softcap)));
     let rows = cg.product(&[b, hq, l])?;
     launch(cg, kern, rows, &args)?;
+    if let Some(pb) = pastb {
+        cg.release(pb)?;
+    }
     let ydims = if three_d {
         vec![b, l, cg.mul(hq, dv)?]
     } else {

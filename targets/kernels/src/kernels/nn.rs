@@ -278,10 +278,14 @@ pub struct AttentionSpec {
     pub mask: Mask,
     pub causal: bool,
     pub softcap: bool,
+    /// onnxruntime GroupQueryAttention's cache semantics: the past length
+    /// is per batch entry (`pastb`), keys from `pastb[b] + L` on are
+    /// masked, and masking is causal from `pastb[b]`.
+    pub per_batch_past: bool,
 }
 
 /// Params: `o` (f32), `q`, `k`, `v` (f32; k/v `[B, Hkv, T, D|Dv]`
-/// contiguous), [`mask`], `hq`, `l`, `dd`, `hkv`, `t`, `dv`, `past`,
+/// contiguous), [`mask`], [`pastb`], `hq`, `l`, `dd`, `hkv`, `t`, `dv`, `past`,
 /// `qb`, `qh`, `ql` (q strides of batch, head, row), `ob`, `oh`, `ol`,
 /// [`mb`, `mh`, `mi`, `mj`, `mw` (mask strides and stored width)],
 /// `scale`, `softcap`. Work item `i` = `(b·Hq + h)·L + row`.
@@ -297,6 +301,9 @@ pub fn attention(name: &str, s: &AttentionSpec) -> Result<Kernel, String> {
         Mask::None => {}
         Mask::Bool => params.push(("mask".to_string(), Param::Buf(Ty::I8))),
         Mask::Float => params.push(("mask".to_string(), Param::Buf(f))),
+    }
+    if s.per_batch_past {
+        params.push(("pastb".to_string(), Param::Buf(Ty::I64)));
     }
     let mut idx = vec![
         "hq", "l", "dd", "hkv", "t", "dv", "past", "qb", "qh", "ql", "ob", "oh", "ol",
@@ -327,6 +334,12 @@ pub fn attention(name: &str, s: &AttentionSpec) -> Result<Kernel, String> {
     let bkv = b.bin("muli", &bi, "%hkv", X);
     let bkh = b.bin("addi", &bkv, &kh, X);
     let kvrow = b.bin("muli", &bkh, "%t", X); // first row of this kv head
+    let past = if s.per_batch_past {
+        let p = b.load("%pastb", &bi, Ty::I64);
+        b.cast("index_cast", &p, Ty::I64, X)
+    } else {
+        "%past".to_string()
+    };
     let c0 = b.index(0);
     let c1 = b.index(1);
     let ninf = b.f64(f64::NEG_INFINITY);
@@ -375,10 +388,15 @@ pub fn attention(name: &str, s: &AttentionSpec) -> Result<Kernel, String> {
             };
             bias = b.select(&inw, &mv, &ninf, Ty::F64);
         }
-        if s.causal {
-            let lim = b.bin("addi", &row, "%past", X);
+        if s.causal || s.per_batch_past {
+            let lim = b.bin("addi", &row, &past, X);
             let after = b.cmpi("ugt", j, &lim, X);
             bias = b.select(&after, &ninf, &bias, Ty::F64);
+        }
+        if s.per_batch_past {
+            let end = b.bin("addi", &past, "%l", X);
+            let beyond = b.cmpi("uge", j, &end, X);
+            bias = b.select(&beyond, &ninf, &bias, Ty::F64);
         }
         b.bin("addf", &x, &bias, Ty::F64)
     };

@@ -59,6 +59,77 @@ pub fn copy(name: &str, rank: usize, elem_bytes: usize) -> Result<Kernel, String
     })
 }
 
+/// `y[i] = 0`. Params: `y`.
+pub fn zero(name: &str, elem_bytes: usize) -> Result<Kernel, String> {
+    let t = bits_type(elem_bytes)?;
+    let mut b = B::new();
+    let z = b.int(0, t);
+    b.store(&z, "%y", "%i", t);
+    Ok(Kernel {
+        name: name.into(),
+        params: vec![("y".to_string(), Param::Buf(t))],
+        body: b.finish(),
+    })
+}
+
+/// Rows of key/value heads into a KV cache with per-batch offsets (onnxruntime
+/// GroupQueryAttention's cache). Params: `y`, `x` (f32), `pastb` (i64 per
+/// batch), `nh`, `nr`, `nd` (heads, rows, row length of the box),
+/// `xs0..xs2`, `ys0..ys2` (batch, head, row strides; elements contiguous).
+/// `cached`: the box is the old cache, only rows `< pastb[b]` are copied, to
+/// the same rows; otherwise the box is the new rows, written from row
+/// `pastb[b]` on. Item = ((b·nh + h)·nr + r)·nd + e.
+pub fn kv_rows(name: &str, cached: bool) -> Kernel {
+    let f = Ty::F32;
+    let x = Ty::Index;
+    let mut params = vec![
+        ("y".to_string(), Param::Buf(f)),
+        ("x".to_string(), Param::Buf(f)),
+        ("pastb".to_string(), Param::Buf(Ty::I64)),
+    ];
+    for p in ["nh", "nr", "nd", "xs0", "xs1", "xs2", "ys0", "ys1", "ys2"] {
+        params.push((p.to_string(), Param::Index));
+    }
+    let mut b = B::new();
+    let e = b.bin("remui", "%i", "%nd", x);
+    let t = b.bin("divui", "%i", "%nd", x);
+    let r = b.bin("remui", &t, "%nr", x);
+    let t2 = b.bin("divui", &t, "%nr", x);
+    let h = b.bin("remui", &t2, "%nh", x);
+    let bi = b.bin("divui", &t2, "%nh", x);
+    let pv = b.load("%pastb", &bi, Ty::I64);
+    let past = b.cast("index_cast", &pv, Ty::I64, x);
+    let off = |b: &mut B, s: [&str; 3], row: &str| -> String {
+        let a = b.bin("muli", &bi, s[0], x);
+        let c = b.bin("muli", &h, s[1], x);
+        let d = b.bin("muli", row, s[2], x);
+        let ac = b.bin("addi", &a, &c, x);
+        let acd = b.bin("addi", &ac, &d, x);
+        b.bin("addi", &acd, &e, x)
+    };
+    let src = off(&mut b, ["%xs0", "%xs1", "%xs2"], &r);
+    let (dst, go) = if cached {
+        let d = off(&mut b, ["%ys0", "%ys1", "%ys2"], &r);
+        (d, Some(b.cmpi("ult", &r, &past, x)))
+    } else {
+        let row = b.bin("addi", &past, &r, x);
+        (off(&mut b, ["%ys0", "%ys1", "%ys2"], &row), None)
+    };
+    let body = |b: &mut B| {
+        let v = b.load("%x", &src, f);
+        b.store(&v, "%y", &dst, f);
+    };
+    match go {
+        Some(c) => b.if_(&c, body),
+        None => body(&mut b),
+    }
+    Kernel {
+        name: name.into(),
+        params,
+        body: b.finish(),
+    }
+}
+
 /// Gather along an axis: `y[o, j, t] = x[o, idx[j], t]` (negative indices
 /// count from the end). Params: `y`, `x`, `idx` (i64), `err` (i32, set to 1
 /// for an index out of range; the element is then 0), `nidx`, `inner`,
