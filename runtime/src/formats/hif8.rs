@@ -216,7 +216,9 @@ const fn build_ta_table() -> [u8; 8192] {
     }
     t
 }
-static TA_TABLE: [u8; 8192] = build_ta_table();
+/// The `ta` encoding table (public for generated code that encodes with it:
+/// the GPU kernels).
+pub static TA_TABLE: [u8; 8192] = build_ta_table();
 
 /// Encodes one f32 to HiF8 (SPEC §1.3): a table lookup for `ta` and
 /// `saturate`, the reference algorithm for `hybrid`.

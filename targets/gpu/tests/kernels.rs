@@ -368,13 +368,49 @@ fn qgemm_case(
     act: Option<&str>,
     seed: u64,
 ) {
+    qgemm_case_scaled(
+        c,
+        wf,
+        af,
+        (m, k),
+        parts,
+        rot,
+        bias,
+        residual,
+        act,
+        seed,
+        false,
+    )
+}
+
+/// As [`qgemm_case`]; `scaled`: scaled HiF8 (per-row powers of two of the
+/// weights, fixed here as the compiler does, and of the activations).
+#[allow(clippy::too_many_arguments)]
+fn qgemm_case_scaled(
+    c: &GpuCompiler,
+    wf: Format,
+    af: Option<Format>,
+    (m, k): (usize, usize),
+    parts: &[usize],
+    rot: usize,
+    bias: bool,
+    residual: bool,
+    act: Option<&str>,
+    seed: u64,
+    scaled: bool,
+) {
     let mut r = Rng(seed);
     let ntot: usize = parts.iter().sum();
     let x = f32s(&[m, k], r.vec(m * k, 2.0));
     let mut ins = vec![x.clone()];
     let mut wbufs = Vec::new();
+    let mut wexps = Vec::new();
     for &n in parts {
-        let w = r.vec(n * k, 0.5);
+        let mut w = r.vec(n * k, 0.5);
+        if scaled {
+            let rows = lpc_runtime::formats::AxisLayout::new(&[n, k], 1, wf.block_len());
+            wexps.push(lpc_runtime::formats::rowscale::scale_rows(&mut w, &rows));
+        }
         let l = wf.layout(&[n, k], -1, true).unwrap();
         let p = wf.quantize(&w, &l).unwrap();
         let bpr = p.len() / n;
@@ -384,6 +420,13 @@ fn qgemm_case(
             lpc_ir::interp::Data::I(p.iter().map(|&v| v as i64).collect()),
         ));
         wbufs.push(p);
+    }
+    for e in &wexps {
+        ins.push(TensorValue::with_dtype(
+            DType::I32,
+            vec![e.len()],
+            lpc_ir::interp::Data::I(e.iter().map(|&v| v as i64).collect()),
+        ));
     }
     let bv = f32s(&[ntot], r.vec(ntot, 1.0));
     if bias {
@@ -412,11 +455,19 @@ fn qgemm_case(
     if let Some(a) = act {
         attrs.push(("activation", Attr::String(a.into())));
     }
+    if scaled {
+        attrs.push(("wscale", Attr::Int(1)));
+        attrs.push(("ascale", Attr::String("pow2".into())));
+    }
     let want = reference("lpc.qgemm", &attrs, &ins, 1).remove(0);
+    let a_hif8 = matches!(af, Some(Format::Hif8(_)));
 
     let spec = qgemm::DotSpec {
         wformat: wf,
-        a_mxfp4: af.is_some(),
+        a_mxfp4: af.is_some() && !a_hif8,
+        a_hif8,
+        a_scaled: scaled,
+        w_scaled: scaled,
         parts: parts.len(),
         bias,
         residual,
@@ -425,6 +476,7 @@ fn qgemm_case(
     let ks = vec![
         qgemm::rotate("lpc_rot"),
         qgemm::quant_mxfp4("lpc_q", false),
+        qgemm::quant_hif8("lpc_q8", false, scaled),
         qgemm::dot("lpc_dot", &spec).unwrap(),
     ];
     let e = c.emulator(&ks).unwrap();
@@ -444,7 +496,14 @@ fn qgemm_case(
     let nb = k.div_ceil(wf.block_len());
     // Buffers: y, activations (codes+exps or x), weights, [lut], [bias], [res].
     let mut bufs = vec![vec![0u8; m * ntot * 4]];
-    if af.is_some() {
+    if a_hif8 {
+        let ta = lpc_runtime::formats::hif8::TA_TABLE.to_vec();
+        let mut qb = vec![vec![0u8; m * k], vec![0u8; m * 4], xa, ta];
+        let args = [A::Buf(0), A::Buf(1), A::Buf(2), A::Buf(3), A::I(k as i64)];
+        launch(&e, "lpc_q8", m, &mut qb, &args);
+        qb.truncate(if scaled { 2 } else { 1 });
+        bufs.extend(qb);
+    } else if af.is_some() {
         let mut qb = vec![vec![0u8; m * nb * 32], vec![0u8; m * nb * 4], xa];
         let args = [
             A::Buf(0),
@@ -460,6 +519,9 @@ fn qgemm_case(
         bufs.push(xa);
     }
     bufs.extend(wbufs);
+    for e in &wexps {
+        bufs.push(e.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
     if matches!(wf, Format::Hif8(_)) {
         bufs.push(
             hif8::DECODE_F32_BITS
@@ -531,6 +593,22 @@ fn qgemm_matches_the_interpreter() {
         6,
     );
     qgemm_case(&c, h8, None, (2, 40), &[4], 0, true, false, None, 7);
+    // W8A8 HiF8, plain and scaled (per-row powers of two on both sides).
+    qgemm_case(&c, h8, Some(h8), (3, 48), &[5, 3], 0, true, false, None, 8);
+    qgemm_case_scaled(
+        &c,
+        h8,
+        Some(h8),
+        (3, 48),
+        &[5, 3],
+        0,
+        false,
+        true,
+        Some("silu"),
+        9,
+        true,
+    );
+    qgemm_case_scaled(&c, h8, None, (2, 40), &[6], 0, true, false, None, 10, true);
 }
 
 use lpc_target_gpu::kernels::shape;

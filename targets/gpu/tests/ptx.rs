@@ -37,6 +37,9 @@ fn qgemm_dot() -> Kernel {
     let s = qgemm::DotSpec {
         wformat: mx(),
         a_mxfp4: true,
+        a_hif8: false,
+        a_scaled: false,
+        w_scaled: false,
         parts: 1,
         bias: false,
         residual: true,
@@ -91,10 +94,14 @@ fn every_family() -> Vec<Kernel> {
         ks.push(shape::gather(&format!("lpc_gather{bytes}"), bytes).unwrap());
     }
     ks.push(qgemm::quant_mxfp4("lpc_quant_mxfp4", false));
+    ks.push(qgemm::quant_hif8("lpc_quant_hif8", true, true));
     for (i, f) in ["hif4", "hif8"].into_iter().enumerate() {
         let s = qgemm::DotSpec {
             wformat: Format::parse(f, None, None).unwrap(),
             a_mxfp4: false,
+            a_hif8: f == "hif8",
+            a_scaled: f == "hif8",
+            w_scaled: f == "hif8",
             parts: 2,
             bias: true,
             residual: false,

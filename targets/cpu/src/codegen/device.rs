@@ -1014,14 +1014,19 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     let (Some(Some(wf)), Some(af)) = (fmt("wformat", "wmode"), fmt("aformat", "amode")) else {
         return Ok(None);
     };
-    // Variants without kernels yet stay on the host: scaled HiF8 and
-    // activations in HiF4/HiF8.
-    let a_mxfp4 = match af {
-        None => false,
-        Some(Format::Mxfp4(_)) if matches!(wf, Format::Mxfp4(_)) => true,
+    // Variants without kernels yet stay on the host: HiF4 activations and
+    // HiF8's `hybrid` rounding.
+    let (a_mxfp4, a_hif8) = match af {
+        None => (false, false),
+        Some(Format::Mxfp4(_)) if matches!(wf, Format::Mxfp4(_)) => (true, false),
+        Some(Format::Hif8(m)) if matches!(wf, Format::Hif8(_)) && m.name() != "hybrid" => {
+            (false, true)
+        }
         Some(_) => return Ok(None),
     };
-    if n.int("wscale").unwrap_or(0) != 0 || n.string("ascale") == Some("pow2") {
+    let w_scaled = n.int("wscale").unwrap_or(0) != 0;
+    let a_scaled = n.string("ascale") == Some("pow2");
+    if a_scaled && !a_hif8 {
         return Ok(None);
     }
     let x = arg(cg, ins, 0)?.clone();
@@ -1043,7 +1048,17 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     let ws: Vec<Val<'c>> = (0..parts)
         .map(|p| arg(cg, ins, 1 + p).cloned())
         .collect::<R<_>>()?;
-    let after = 1 + parts;
+    let wexps: Vec<Val<'c>> = if w_scaled {
+        (0..parts)
+            .map(|p| arg(cg, ins, 1 + parts + p).cloned())
+            .collect::<R<_>>()?
+    } else {
+        Vec::new()
+    };
+    if wexps.iter().any(|e| e.dt != DType::I32) {
+        return Ok(None);
+    }
+    let after = 1 + parts + wexps.len();
     let has_bias = n
         .int("bias")
         .map_or(ins.get(after).is_some_and(Option::is_some), |b| b != 0);
@@ -1066,6 +1081,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     let spec = kq::DotSpec {
         wformat: wf,
         a_mxfp4,
+        a_hif8,
+        a_scaled,
+        w_scaled,
         parts,
         bias: has_bias,
         residual: has_res,
@@ -1117,7 +1135,30 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     }
     let y = cg.alloc(DType::F32, outn)?;
     let mut args = vec![LArg::Buf(y, outn)];
-    if a_mxfp4 {
+    if a_hif8 {
+        let codes = cg.alloc(DType::U8, xlen)?;
+        let exps = cg.alloc(DType::I32, rows)?;
+        let ta = table(cg, "lpc.hif8_ta", &lpc_runtime::formats::hif8::TA_TABLE[..])?;
+        let saturate = matches!(af, Some(Format::Hif8(m)) if m.name() == "saturate");
+        let qargs = [
+            LArg::Buf(codes, xlen),
+            LArg::Buf(exps, rows),
+            LArg::Buf(a, xlen),
+            LArg::Buf(ta, cg.c64(8192)),
+            LArg::Idx(kc),
+        ];
+        launch(
+            cg,
+            kq::quant_hif8("lpc_quant8", saturate, a_scaled),
+            rows,
+            &qargs,
+        )?;
+        args.push(LArg::Buf(codes, xlen));
+        if a_scaled {
+            args.push(LArg::Buf(exps, rows));
+        }
+        scratch.extend([codes, exps, ta]);
+    } else if a_mxfp4 {
         let nblk = cg.mul(rows, nbc)?;
         let ncodes = cg.mul(nblk, cg.c64(32))?;
         let codes = cg.alloc(DType::I8, ncodes)?;
@@ -1139,9 +1180,17 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     for (w, &len) in ws.iter().zip(&wlens) {
         args.push(LArg::Buf(w.ptr, len));
     }
+    for (e, w) in wexps.iter().zip(&ws) {
+        args.push(LArg::Buf(e.ptr, w.dims[0]));
+    }
     if matches!(wf, Format::Hif8(_)) {
-        let lut = hif8_table(cg)?;
+        let bytes: Vec<u8> = lpc_runtime::formats::hif8::DECODE_F32_BITS
+            .iter()
+            .flat_map(|b| b.to_le_bytes())
+            .collect();
+        let lut = table(cg, "lpc.hif8_decode", &bytes)?;
         args.push(LArg::Buf(lut, cg.c64(256)));
+        scratch.push(lut);
     }
     if let Some(b) = &bias {
         args.push(LArg::Buf(b.ptr, ntot));
@@ -1162,17 +1211,15 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     }]))
 }
 
-/// HiF8's decode table in a run buffer (device-visible), filled on the host.
-fn hif8_table<'c>(cg: &mut Cg<'c>) -> R<PointerValue<'c>> {
-    let name = "lpc.hif8_table";
+/// A constant table of the runtime (HiF8's decode and encode tables) in a
+/// run buffer: library constants are host memory, kernels need
+/// device-visible memory. Filled on the host, after waiting for kernels
+/// that may still use the recycled buffer.
+fn table<'c>(cg: &mut Cg<'c>, name: &str, bytes: &[u8]) -> R<PointerValue<'c>> {
     let g = match cg.m.get_global(name) {
         Some(g) => g,
         None => {
-            let vals: Vec<_> = lpc_runtime::formats::hif8::DECODE_F32_BITS
-                .iter()
-                .map(|&b| cg.i32t().const_int(b as u64, false))
-                .collect();
-            let arr = cg.i32t().const_array(&vals);
+            let arr = cg.cx.const_string(bytes, false);
             let g = cg.m.add_global(arr.get_type(), None, name);
             g.set_initializer(&arr);
             g.set_constant(true);
@@ -1180,11 +1227,10 @@ fn hif8_table<'c>(cg: &mut Cg<'c>) -> R<PointerValue<'c>> {
             g
         }
     };
-    // Constants of the library are host memory: copy into a run buffer
-    // (a host write: wait for kernels that may use a recycled buffer).
     host_op(cg)?;
-    let buf = cg.alloc(DType::F32, cg.c64(256))?;
-    cg.b.build_memcpy(buf, 4, g.as_pointer_value(), 4, cg.c64(1024))?;
+    let len = cg.c64(bytes.len() as i64);
+    let buf = cg.alloc(DType::U8, len)?;
+    cg.b.build_memcpy(buf, 1, g.as_pointer_value(), 1, len)?;
     Ok(buf)
 }
 

@@ -245,6 +245,121 @@ fn pow2_f64(b: &mut B, e: &str, bias: i64) -> String {
     b.bitcast(&bits, Ty::I64, Ty::F64)
 }
 
+/// 2^k as f32 for an i32 `k` in [-149, 127], from bits (exact; subnormal
+/// below -126), as the runtime's `pow2`.
+fn pow2_f32(b: &mut B, k: &str) -> String {
+    let t = Ty::I32;
+    let c127 = b.int(127, t);
+    let c23 = b.int(23, t);
+    let normal_e = b.bin("addi", k, &c127, t);
+    let normal = b.bin("shli", &normal_e, &c23, t);
+    let c149 = b.int(149, t);
+    let sub_sh = b.bin("addi", k, &c149, t);
+    let one = b.int(1, t);
+    let zero = b.int(0, t);
+    let sub_sh = b.bin("maxsi", &sub_sh, &zero, t);
+    let sub = b.bin("shli", &one, &sub_sh, t);
+    let lim = b.int(-126, t);
+    let is_normal = b.cmpi("sge", k, &lim, t);
+    let bits = b.select(&is_normal, &normal, &sub, t);
+    b.bitcast(&bits, t, Ty::F32)
+}
+
+/// HiF8 activation quantization, one row per work item: with `scaled`, the
+/// row's power of two putting its amax into [8, 16) (the runtime's
+/// `hif8_exponent`), then each element encoded by the runtime's
+/// round-to-nearest table (`ta`: 8192 codes indexed by `bits >> 19`; NaN
+/// gives 0x80; `saturate` turns ±Inf into ±max). Params: `codes` (i8
+/// `[rows, k]`), `exps` (i32 per row), `x` (f32 `[rows, k]`), `ta`, `k`.
+pub fn quant_hif8(name: &str, saturate: bool, scaled: bool) -> Kernel {
+    let params = vec![
+        ("codes".to_string(), Param::Buf(Ty::I8)),
+        ("exps".to_string(), Param::Buf(Ty::I32)),
+        ("x".to_string(), Param::Buf(Ty::F32)),
+        ("ta".to_string(), Param::Buf(Ty::I8)),
+        ("k".to_string(), Param::Index),
+    ];
+    let mut b = B::new();
+    let t = Ty::I32;
+    let f = Ty::F32;
+    let base = b.bin("muli", "%i", "%k", X);
+    let c0 = b.index(0);
+    let c1 = b.index(1);
+    let zero = b.int(0, t);
+    let e = if scaled {
+        // amax as f32::max folds it: NaN elements are skipped.
+        let z = b.f32(0.0);
+        let am = b.for_(&c0, "%k", &c1, &[(&z, f)], |b, j, acc| {
+            let a = b.bin("addi", &base, j, X);
+            let v = b.load("%x", &a, f);
+            let av = b.absf(&v, f);
+            vec![b.bin("maxnumf", &acc[0], &av, f)]
+        });
+        let amax = &am[0];
+        // lg(amax): the exponent field, or for a subnormal lg(amax·2^64)-64.
+        let bits = b.bitcast(amax, f, t);
+        let c23 = b.int(23, t);
+        let ef = b.bin("shrui", &bits, &c23, t);
+        let c127 = b.int(127, t);
+        let lg_n = b.bin("subi", &ef, &c127, t);
+        let big = b.f32(18446744073709551616.0);
+        let scaled_up = b.bin("mulf", amax, &big, f);
+        let sb = b.bitcast(&scaled_up, f, t);
+        let sef = b.bin("shrui", &sb, &c23, t);
+        let c191 = b.int(127 + 64, t);
+        let lg_s = b.bin("subi", &sef, &c191, t);
+        let is_sub = b.cmpi("eq", &ef, &zero, t);
+        let lg = b.select(&is_sub, &lg_s, &lg_n, t);
+        let three = b.int(3, t);
+        let e0 = b.bin("subi", &three, &lg, t);
+        let lo = b.int(-126, t);
+        let hi = b.int(127, t);
+        let e1 = b.bin("maxsi", &e0, &lo, t);
+        let e2 = b.bin("minsi", &e1, &hi, t);
+        // 0 for a zero or non-finite amax.
+        let inf = b.int(0x7F80_0000, t);
+        let fin = b.cmpi("ult", &bits, &inf, t);
+        let pos = b.cmpi("ne", &bits, &zero, t);
+        let ok = b.bin("andi", &fin, &pos, Ty::I1);
+        b.select(&ok, &e2, &zero, t)
+    } else {
+        zero.clone()
+    };
+    b.store(&e, "%exps", "%i", t);
+    let s = pow2_f32(&mut b, &e);
+    b.for_(&c0, "%k", &c1, &[], |b, j, _| {
+        let a = b.bin("addi", &base, j, X);
+        let v = b.load("%x", &a, f);
+        let y = b.bin("mulf", &v, &s, f);
+        let u = b.bitcast(&y, f, t);
+        let c19 = b.int(19, t);
+        let ti = b.bin("shrui", &u, &c19, t);
+        let tx = b.cast("index_cast", &ti, t, X);
+        let c = b.load("%ta", &tx, Ty::I8);
+        let mask = b.int(0x7FFF_FFFF, t);
+        let mag = b.bin("andi", &u, &mask, t);
+        let inf = b.int(0x7F80_0000, t);
+        let nan = b.cmpi("ugt", &mag, &inf, t);
+        let qn = b.int(-128, Ty::I8);
+        let mut code = b.select(&nan, &qn, &c, Ty::I8);
+        if saturate {
+            let m7f = b.int(0x7F, Ty::I8);
+            let low = b.bin("andi", &code, &m7f, Ty::I8);
+            let c6f = b.int(0x6F, Ty::I8);
+            let is_inf = b.cmpi("eq", &low, &c6f, Ty::I8);
+            let d = b.cast("extui", &is_inf, Ty::I1, Ty::I8);
+            code = b.bin("subi", &code, &d, Ty::I8);
+        }
+        b.store(&code, "%codes", &a, Ty::I8);
+        vec![]
+    });
+    Kernel {
+        name: name.into(),
+        params,
+        body: b.finish(),
+    }
+}
+
 /// What a `dot` kernel is specialized on.
 #[derive(Clone, PartialEq, Debug)]
 pub struct DotSpec {
@@ -252,6 +367,12 @@ pub struct DotSpec {
     pub wformat: Format,
     /// Activations quantized to MXFP4 (codes + exponents), else f32.
     pub a_mxfp4: bool,
+    /// Activations quantized to HiF8 (codes, and with `a_scaled` their
+    /// per-row power-of-two exponents: scaled HiF8).
+    pub a_hif8: bool,
+    pub a_scaled: bool,
+    /// Weights with per-row exponents (`we<p>`, scaled HiF8).
+    pub w_scaled: bool,
     pub parts: usize,
     pub bias: bool,
     pub residual: bool,
@@ -277,11 +398,27 @@ pub fn dot(name: &str, s: &DotSpec) -> Result<Kernel, String> {
         }
         params.push(("codes".to_string(), Param::Buf(Ty::I8)));
         params.push(("exps".to_string(), Param::Buf(i32t)));
+    } else if s.a_hif8 {
+        if !matches!(s.wformat, Format::Hif8(_)) {
+            return Err(format!(
+                "HiF8 activations with {} weights have no GPU kernel",
+                s.wformat.name()
+            ));
+        }
+        params.push(("codes".to_string(), Param::Buf(Ty::I8)));
+        if s.a_scaled {
+            params.push(("aexps".to_string(), Param::Buf(i32t)));
+        }
     } else {
         params.push(("x".to_string(), Param::Buf(Ty::F32)));
     }
     for p in 0..s.parts {
         params.push((format!("w{p}"), Param::Buf(Ty::I8)));
+    }
+    if s.w_scaled {
+        for p in 0..s.parts {
+            params.push((format!("we{p}"), Param::Buf(i32t)));
+        }
     }
     if matches!(s.wformat, Format::Hif8(_)) {
         params.push(("lut".to_string(), Param::Buf(Ty::F32)));
@@ -323,11 +460,18 @@ pub fn dot(name: &str, s: &DotSpec) -> Result<Kernel, String> {
         let bpbv = b.index(bpb as i64);
         let nbb = b.bin("muli", "%nb", &bpbv, X);
         let rbase = b.bin("muli", &wrow, &nbb, X);
+        // The weight row's exponent (scaled HiF8): W·2^-e.
+        let wexp = if s.w_scaled {
+            let e = b.load(&format!("%we{p}"), &wrow, i32t);
+            Some(e)
+        } else {
+            None
+        };
         let r = b.for_(&c0, &trips, &c1, &[(&acc, f64t)], |b, blk, a| {
             let wb0 = b.index(bpb as i64);
             let wbo = b.bin("muli", blk, &wb0, X);
             let wb = b.bin("addi", &rbase, &wbo, X);
-            let part = block(b, s, &w, &wb, &row, blk, bl);
+            let part = block(b, s, (&w, &wb, wexp.as_deref()), &row, blk, bl);
             vec![b.bin("addf", &a[0], &part, f64t)]
         });
         acc = r[0].clone();
@@ -364,7 +508,14 @@ pub fn dot(name: &str, s: &DotSpec) -> Result<Kernel, String> {
 
 /// The f64 contribution of block `blk` of activation row `row` with the
 /// weight block at byte `wb` of buffer `w`.
-fn block(b: &mut B, s: &DotSpec, w: &str, wb: &str, row: &str, blk: &str, bl: usize) -> String {
+fn block(
+    b: &mut B,
+    s: &DotSpec,
+    (w, wb, wexp): (&str, &str, Option<&str>),
+    row: &str,
+    blk: &str,
+    bl: usize,
+) -> String {
     let i32t = Ty::I32;
     let f64t = Ty::F64;
     let c0 = b.index(0);
@@ -401,6 +552,27 @@ fn block(b: &mut B, s: &DotSpec, w: &str, wb: &str, row: &str, blk: &str, bl: us
         let poison = b.bin("ori", &pa, &pw, Ty::I1);
         let nan = b.f64(f64::NAN);
         b.select(&poison, &nan, &prod, f64t)
+    } else if s.a_hif8 {
+        // One element per block: both codes decoded exactly (and unscaled
+        // by their rows' powers of two, in f32 as the interpreter does), the
+        // product exact in f64.
+        let r = b.bin("muli", row, "%k", X);
+        let ai = b.bin("addi", &r, blk, X);
+        let code = b.load("%codes", &ai, Ty::I8);
+        let ci = b.cast("extui", &code, Ty::I8, i32t);
+        let cx = b.cast("index_cast", &ci, i32t, X);
+        let mut xv = b.load("%lut", &cx, Ty::F32);
+        if s.a_scaled {
+            let e = b.load("%aexps", row, i32t);
+            let z = b.int(0, i32t);
+            let ne = b.bin("subi", &z, &e, i32t);
+            let p2 = pow2_f32(b, &ne);
+            xv = b.bin("mulf", &xv, &p2, Ty::F32);
+        }
+        let xw = b.cast("extf", &xv, Ty::F32, f64t);
+        let c0 = b.index(0);
+        let wv = decode_weight(b, s.wformat, w, wb, &c0, wexp);
+        b.bin("mulf", &xw, &wv, f64t)
     } else {
         // Weight-only: f32 activations times the decoded weights, exact
         // products summed in f64 in K order; elements past k are skipped.
@@ -413,7 +585,7 @@ fn block(b: &mut B, s: &DotSpec, w: &str, wb: &str, row: &str, blk: &str, bl: us
             let xa = b.bin("addi", &rb, &kk, X);
             let xv = b.load("%x", &xa, Ty::F32);
             let xw = b.cast("extf", &xv, Ty::F32, f64t);
-            let wv = decode_weight(b, s.wformat, w, wb, e);
+            let wv = decode_weight(b, s.wformat, w, wb, e, wexp);
             let p = b.bin("mulf", &xw, &wv, f64t);
             vec![b.bin("addf", &a[0], &p, f64t)]
         });
@@ -422,7 +594,7 @@ fn block(b: &mut B, s: &DotSpec, w: &str, wb: &str, row: &str, blk: &str, bl: us
 }
 
 /// Element `e` of the packed weight block at byte `wb`, as f64.
-fn decode_weight(b: &mut B, f: Format, w: &str, wb: &str, e: &str) -> String {
+fn decode_weight(b: &mut B, f: Format, w: &str, wb: &str, e: &str, wexp: Option<&str>) -> String {
     let i32t = Ty::I32;
     let f64t = Ty::F64;
     match f {
@@ -506,7 +678,13 @@ fn decode_weight(b: &mut B, f: Format, w: &str, wb: &str, e: &str) -> String {
             };
             let bi = b.cast("extui", &byte, Ty::I8, Ty::I32);
             let idx = b.cast("index_cast", &bi, Ty::I32, X);
-            let v = b.load("%lut", &idx, Ty::F32);
+            let mut v = b.load("%lut", &idx, Ty::F32);
+            if let Some(ex) = wexp {
+                let z = b.int(0, i32t);
+                let ne = b.bin("subi", &z, ex, i32t);
+                let p2 = pow2_f32(b, &ne);
+                v = b.bin("mulf", &v, &p2, Ty::F32);
+            }
             b.cast("extf", &v, Ty::F32, f64t)
         }
     }
