@@ -10,7 +10,7 @@
 # the CPU libraries on the fixtures' inputs for reference outputs; the
 # libraries land in DIR (default target/gpu-check) with the Python runner and
 # checker. `prepare-bench` compiles single-MatMul models of Qwen3 shapes
-# (W4A4 MXFP4) into DIR (default target/gpu-bench).
+# (W4A4 MXFP4 and HiF4, W8A8 HiF8) into DIR (default target/gpu-bench).
 #
 # `run` executes every GPU library of DIR through the C API from Python
 # (ctypes: no lpc binary, no CUDA toolkit): fixture cases are compared with
@@ -62,11 +62,15 @@ prepare-bench)
     rm -rf "$dir" && mkdir -p "$dir"
     cp examples/python/run_model.py scripts/gpu_check.py "$dir/"
     "$py" scripts/gpu_check.py --write-matmuls "$dir"
-    # W4A4 MXFP4 only: HiF4 and HiF8 activations have no device kernel yet
-    # (their qgemm runs on the host of a GPU library).
+    # W4A4 MXFP4 and HiF4, W8A8 HiF8 (not at 5120x5120: the folder must
+    # stay under the 64 MiB the device tool carries).
     for m in "$dir"/*.onnx; do
-        "$lpc" compile "$m" --format mxfp4 --quantize-all --target cuda \
-            -o "${m%.onnx}_mxfp4.so"
+        fmts="mxfp4 hif4 hif8"
+        case "$m" in *5120x5120*) fmts="mxfp4 hif4" ;; esac
+        for fmt in $fmts; do
+            "$lpc" compile "$m" --format "$fmt" --quantize-all --target cuda \
+                -o "${m%.onnx}_$fmt.so" | head -1
+        done
         rm "$m"
     done
     du -sh "$dir"

@@ -461,11 +461,13 @@ fn qgemm_case_scaled(
     }
     let want = reference("lpc.qgemm", &attrs, &ins, 1).remove(0);
     let a_hif8 = matches!(af, Some(Format::Hif8(_)));
+    let a_hif4 = matches!(af, Some(Format::Hif4(_)));
 
     let spec = qgemm::DotSpec {
         wformat: wf,
-        a_mxfp4: af.is_some() && !a_hif8,
+        a_mxfp4: af.is_some() && !a_hif8 && !a_hif4,
         a_hif8,
+        a_hif4,
         a_scaled: scaled,
         w_scaled: scaled,
         parts: parts.len(),
@@ -477,6 +479,10 @@ fn qgemm_case_scaled(
         qgemm::rotate("lpc_rot"),
         qgemm::quant_mxfp4("lpc_q", false),
         qgemm::quant_hif8("lpc_q8", false, scaled),
+        qgemm::quant_hif4(
+            "lpc_q4",
+            matches!(af, Some(Format::Hif4(v)) if v.name() == "amct"),
+        ),
         qgemm::dot("lpc_dot", &spec).unwrap(),
     ];
     let e = c.emulator(&ks).unwrap();
@@ -496,7 +502,19 @@ fn qgemm_case_scaled(
     let nb = k.div_ceil(wf.block_len());
     // Buffers: y, activations (codes+exps or x), weights, [lut], [bias], [res].
     let mut bufs = vec![vec![0u8; m * ntot * 4]];
-    if a_hif8 {
+    if a_hif4 {
+        let mut qb = vec![vec![0u8; m * nb * 64], vec![0u8; m * nb * 4], xa];
+        let args = [
+            A::Buf(0),
+            A::Buf(1),
+            A::Buf(2),
+            A::I(k as i64),
+            A::I(nb as i64),
+        ];
+        launch(&e, "lpc_q4", m * nb, &mut qb, &args);
+        qb.pop();
+        bufs.extend(qb);
+    } else if a_hif8 {
         let ta = lpc_runtime::formats::hif8::TA_TABLE.to_vec();
         let mut qb = vec![vec![0u8; m * k], vec![0u8; m * 4], xa, ta];
         let args = [A::Buf(0), A::Buf(1), A::Buf(2), A::Buf(3), A::I(k as i64)];
@@ -593,6 +611,44 @@ fn qgemm_matches_the_interpreter() {
         6,
     );
     qgemm_case(&c, h8, None, (2, 40), &[4], 0, true, false, None, 7);
+    // W4A4 HiF4, both encoder variants, a unit tail, rotation.
+    let h4a = Format::parse("hif4", None, Some("amct")).unwrap();
+    qgemm_case(
+        &c,
+        h4,
+        Some(h4),
+        (3, 100),
+        &[5, 3],
+        0,
+        true,
+        false,
+        Some("silu"),
+        11,
+    );
+    qgemm_case(
+        &c,
+        h4a,
+        Some(h4a),
+        (2, 128),
+        &[4],
+        64,
+        false,
+        true,
+        None,
+        12,
+    );
+    qgemm_case(
+        &c,
+        h4,
+        Some(h4),
+        (4, 256),
+        &[3, 3],
+        32,
+        true,
+        true,
+        Some("gelu"),
+        13,
+    );
     // W8A8 HiF8, plain and scaled (per-row powers of two on both sides).
     qgemm_case(&c, h8, Some(h8), (3, 48), &[5, 3], 0, true, false, None, 8);
     qgemm_case_scaled(
@@ -900,4 +956,104 @@ fn gqa_cache_attention_matches_the_interpreter() {
         &outs[0],
         1e-6,
     );
+}
+
+/// The activation quantizers against the runtime's encoders, bit for bit:
+/// MXFP4 and HiF4 codes (as the identities' integers) and scales, HiF8
+/// codes and row exponents, on rows with tails, zeros, tiny and huge values.
+#[test]
+fn activation_quantizers_are_bit_exact() {
+    use lpc_runtime::formats::{hif4, mxfp4, rowscale, Hif4Unit, Mxfp4Block};
+    let c = GpuCompiler::new();
+    let mut r = Rng(77);
+    let (m, k) = (5usize, 200usize);
+    let mut x = r.vec(m * k, 3.0);
+    // Special rows: a zero row, subnormals, large magnitudes.
+    for j in 0..k {
+        x[k + j] = 0.0;
+        x[2 * k + j] *= 1e-39;
+        x[3 * k + j] *= 1e30;
+    }
+    let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    for (name, fmt) in [
+        ("mxfp4", "rne"),
+        ("mxfp4", "ties-away"),
+        ("hif4", "consortium"),
+        ("hif4", "amct"),
+    ] {
+        let f = if name == "hif4" {
+            Format::parse(name, None, Some(fmt)).unwrap()
+        } else {
+            Format::parse(name, Some(fmt), None).unwrap()
+        };
+        let bl = f.block_len();
+        let nb = k.div_ceil(bl);
+        let kern = if name == "hif4" {
+            qgemm::quant_hif4("lpc_q", fmt == "amct")
+        } else {
+            qgemm::quant_mxfp4("lpc_q", fmt == "ties-away")
+        };
+        let e = c.emulator(&[kern]).unwrap();
+        let mut bufs = vec![vec![0u8; m * nb * bl], vec![0u8; m * nb * 4], xb.clone()];
+        let args = [
+            A::Buf(0),
+            A::Buf(1),
+            A::Buf(2),
+            A::I(k as i64),
+            A::I(nb as i64),
+        ];
+        launch(&e, "lpc_q", m * nb, &mut bufs, &args);
+        let l = f.layout(&[m, k], -1, true).unwrap();
+        let packed = f.quantize(&x, &l).unwrap();
+        for u in 0..m * nb {
+            let blk = &packed[u * f.block_bytes()..(u + 1) * f.block_bytes()];
+            let got_codes: Vec<i8> = bufs[0][u * bl..(u + 1) * bl]
+                .iter()
+                .map(|&v| v as i8)
+                .collect();
+            let got_scale = &bufs[1][u * 4..u * 4 + 4];
+            if name == "hif4" {
+                let unit: Hif4Unit = *bytemuck::from_bytes(blk);
+                assert_eq!(got_codes, unit.int_codes().to_vec(), "{fmt} unit {u}");
+                let s = f32::from_le_bytes(got_scale.try_into().unwrap());
+                let want = hif4::e6m2_to_f32(unit.meta[0]);
+                assert!(
+                    s == want || (s.is_nan() && want.is_nan()),
+                    "{fmt} unit {u}: {s} vs {want}"
+                );
+            } else {
+                let b: Mxfp4Block = *bytemuck::from_bytes(blk);
+                let want: Vec<i8> = (0..32)
+                    .map(|i| mxfp4::E2M1_X2[b.code(i) as usize])
+                    .collect();
+                assert_eq!(got_codes, want, "{fmt} block {u}");
+                assert_eq!(
+                    i32::from_le_bytes(got_scale.try_into().unwrap()),
+                    b.scale as i32
+                );
+            }
+        }
+    }
+    for saturate in [false, true] {
+        let mode = if saturate { "saturate" } else { "ta" };
+        let f = Format::parse("hif8", Some(mode), None).unwrap();
+        let e = c
+            .emulator(&[qgemm::quant_hif8("lpc_q", saturate, true)])
+            .unwrap();
+        let ta = lpc_runtime::formats::hif8::TA_TABLE.to_vec();
+        let mut bufs = vec![vec![0u8; m * k], vec![0u8; m * 4], xb.clone(), ta];
+        let args = [A::Buf(0), A::Buf(1), A::Buf(2), A::Buf(3), A::I(k as i64)];
+        launch(&e, "lpc_q", m, &mut bufs, &args);
+        let mut xs = x.clone();
+        let l = lpc_runtime::formats::AxisLayout::new(&[m, k], 1, 1);
+        let exps = rowscale::scale_rows(&mut xs, &l);
+        let fl = f.layout(&[m, k], -1, true).unwrap();
+        let codes = f.quantize(&xs, &fl).unwrap();
+        assert_eq!(bufs[0], codes, "hif8 {mode} codes");
+        let got: Vec<i32> = bufs[1]
+            .chunks(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, exps, "hif8 row exponents");
+    }
 }

@@ -38,6 +38,7 @@ fn qgemm_dot() -> Kernel {
         wformat: mx(),
         a_mxfp4: true,
         a_hif8: false,
+        a_hif4: false,
         a_scaled: false,
         w_scaled: false,
         parts: 1,
@@ -95,11 +96,13 @@ fn every_family() -> Vec<Kernel> {
     }
     ks.push(qgemm::quant_mxfp4("lpc_quant_mxfp4", false));
     ks.push(qgemm::quant_hif8("lpc_quant_hif8", true, true));
+    ks.push(qgemm::quant_hif4("lpc_quant_hif4", false));
     for (i, f) in ["hif4", "hif8"].into_iter().enumerate() {
         let s = qgemm::DotSpec {
             wformat: Format::parse(f, None, None).unwrap(),
             a_mxfp4: false,
             a_hif8: f == "hif8",
+            a_hif4: false,
             a_scaled: f == "hif8",
             w_scaled: f == "hif8",
             parts: 2,

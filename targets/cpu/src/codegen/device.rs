@@ -1014,13 +1014,13 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     let (Some(Some(wf)), Some(af)) = (fmt("wformat", "wmode"), fmt("aformat", "amode")) else {
         return Ok(None);
     };
-    // Variants without kernels yet stay on the host: HiF4 activations and
-    // HiF8's `hybrid` rounding.
-    let (a_mxfp4, a_hif8) = match af {
-        None => (false, false),
-        Some(Format::Mxfp4(_)) if matches!(wf, Format::Mxfp4(_)) => (true, false),
+    // Mixed formats and HiF8's `hybrid` rounding stay on the host.
+    let (a_mxfp4, a_hif4, a_hif8) = match af {
+        None => (false, false, false),
+        Some(Format::Mxfp4(_)) if matches!(wf, Format::Mxfp4(_)) => (true, false, false),
+        Some(Format::Hif4(_)) if matches!(wf, Format::Hif4(_)) => (false, true, false),
         Some(Format::Hif8(m)) if matches!(wf, Format::Hif8(_)) && m.name() != "hybrid" => {
-            (false, true)
+            (false, false, true)
         }
         Some(_) => return Ok(None),
     };
@@ -1082,6 +1082,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
         wformat: wf,
         a_mxfp4,
         a_hif8,
+        a_hif4,
         a_scaled,
         w_scaled,
         parts,
@@ -1135,7 +1136,23 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     }
     let y = cg.alloc(DType::F32, outn)?;
     let mut args = vec![LArg::Buf(y, outn)];
-    if a_hif8 {
+    if a_hif4 {
+        let nblk = cg.mul(rows, nbc)?;
+        let ncodes = cg.mul(nblk, cg.c64(64))?;
+        let codes = cg.alloc(DType::I8, ncodes)?;
+        let scales = cg.alloc(DType::F32, nblk)?;
+        let amct = matches!(af, Some(Format::Hif4(v)) if v.name() == "amct");
+        let qargs = [
+            LArg::Buf(codes, ncodes),
+            LArg::Buf(scales, nblk),
+            LArg::Buf(a, xlen),
+            LArg::Idx(kc),
+            LArg::Idx(nbc),
+        ];
+        launch(cg, kq::quant_hif4("lpc_quant4", amct), nblk, &qargs)?;
+        args.extend([LArg::Buf(codes, ncodes), LArg::Buf(scales, nblk)]);
+        scratch.extend([codes, scales]);
+    } else if a_hif8 {
         let codes = cg.alloc(DType::U8, xlen)?;
         let exps = cg.alloc(DType::I32, rows)?;
         let ta = table(cg, "lpc.hif8_ta", &lpc_runtime::formats::hif8::TA_TABLE[..])?;

@@ -360,6 +360,265 @@ pub fn quant_hif8(name: &str, saturate: bool, scaled: bool) -> Kernel {
     }
 }
 
+/// The integer code ±(c << (E1_8 + E1_16)) (SPEC §3.6, in [-28, 28]) of
+/// element `e` of the packed HiF4 unit at byte `wb` of `w`.
+fn hif4_int_code(b: &mut B, w: &str, wb: &str, e: &str) -> String {
+    let i32t = Ty::I32;
+    let c1 = b.index(1);
+    let c2 = b.index(2);
+    let c4 = b.index(4);
+    let c8 = b.index(8);
+    let seven = b.int(7, i32t);
+    let one = b.int(1, i32t);
+    // meta[1]: E1_8 of group g = e/8 in bit 7-g.
+    let g = b.bin("divui", e, &c8, X);
+    let m1a = b.bin("addi", wb, &c1, X);
+    let m1 = b.load(w, &m1a, Ty::I8);
+    let m1i = b.cast("extui", &m1, Ty::I8, i32t);
+    let gi = b.cast("index_cast", &g, X, i32t);
+    let s8 = b.bin("subi", &seven, &gi, i32t);
+    let e8s = b.bin("shrui", &m1i, &s8, i32t);
+    let e8 = b.bin("andi", &e8s, &one, i32t);
+    // meta[2 + h/8]: E1_16 of subgroup h = e/4 in bit 7 - h%8.
+    let h = b.bin("divui", e, &c4, X);
+    let hb = b.bin("divui", &h, &c8, X);
+    let m2o = b.bin("addi", wb, &c2, X);
+    let m2a = b.bin("addi", &m2o, &hb, X);
+    let m2 = b.load(w, &m2a, Ty::I8);
+    let m2i = b.cast("extui", &m2, Ty::I8, i32t);
+    let hr = b.bin("remui", &h, &c8, X);
+    let hri = b.cast("index_cast", &hr, X, i32t);
+    let s16 = b.bin("subi", &seven, &hri, i32t);
+    let e16s = b.bin("shrui", &m2i, &s16, i32t);
+    let e16 = b.bin("andi", &e16s, &one, i32t);
+    // Nibble of element e: data bytes from 4.
+    let d0 = b.bin("addi", wb, &c4, X);
+    let code = nibble(b, w, &d0, e);
+    let mag0 = b.bin("andi", &code, &seven, i32t);
+    let sh2 = b.bin("addi", &e8, &e16, i32t);
+    let mag = b.bin("shli", &mag0, &sh2, i32t);
+    apply_sign(b, &code, &mag)
+}
+
+/// The E6M2 scale of the HiF4 unit at byte `wb`, as f64 (NaN if poisoned):
+/// 2^((s >> 2) - 48) · (1 + (s & 3)/4).
+fn hif4_scale(b: &mut B, w: &str, wb: &str) -> String {
+    let i32t = Ty::I32;
+    let f64t = Ty::F64;
+    let sb = b.load(w, wb, Ty::I8);
+    let sbyte = b.cast("extui", &sb, Ty::I8, i32t);
+    let two = b.int(2, i32t);
+    let ex = b.bin("shrui", &sbyte, &two, i32t);
+    let p2 = pow2_f64(b, &ex, 1023 - 48);
+    let three = b.int(3, i32t);
+    let mant = b.bin("andi", &sbyte, &three, i32t);
+    let four = b.int(4, i32t);
+    let m4 = b.bin("addi", &mant, &four, i32t);
+    let mf = b.cast("sitofp", &m4, i32t, f64t);
+    let quarter = b.f64(0.25);
+    let mfs = b.bin("mulf", &mf, &quarter, f64t);
+    let sc = b.bin("mulf", &p2, &mfs, f64t);
+    let ff = b.int(255, i32t);
+    let p = b.cmpi("eq", &sbyte, &ff, i32t);
+    let nan = b.f64(f64::NAN);
+    b.select(&p, &nan, &sc, f64t)
+}
+
+/// SPEC §0's bf16 rounding of a finite f32 (as the runtime's `bf16_round`).
+fn bf16_round(b: &mut B, x: &str) -> String {
+    let t = Ty::I32;
+    let u = b.bitcast(x, Ty::F32, t);
+    let c16 = b.int(16, t);
+    let one = b.int(1, t);
+    let sh = b.bin("shrui", &u, &c16, t);
+    let lsb = b.bin("andi", &sh, &one, t);
+    let bias = b.int(0x7FFF, t);
+    let r = b.bin("addi", &lsb, &bias, t);
+    let sum = b.bin("addi", &u, &r, t);
+    let mask = b.int(0xFFFF_0000u32 as i32 as i64, t);
+    let m = b.bin("andi", &sum, &mask, t);
+    b.bitcast(&m, t, Ty::F32)
+}
+
+/// HiF4 activation quantization by SPEC §3.4 (the runtime's encoder, both
+/// variants), one 64-element unit per work item, stored as the integer
+/// codes of the dot-product identity (i8, one per element) and the unit's
+/// scale S as f32 (NaN for a poisoned unit). Params: `codes` (i8
+/// `[rows, nu·64]`), `scales` (f32 `[rows·nu]`), `x` (f32 `[rows, k]`), `k`,
+/// `nu`. Item = row·nu + unit.
+pub fn quant_hif4(name: &str, amct: bool) -> Kernel {
+    let params = vec![
+        ("codes".to_string(), Param::Buf(Ty::I8)),
+        ("scales".to_string(), Param::Buf(Ty::F32)),
+        ("x".to_string(), Param::Buf(Ty::F32)),
+        ("k".to_string(), Param::Index),
+        ("nu".to_string(), Param::Index),
+    ];
+    let mut b = B::new();
+    let (t, f) = (Ty::I32, Ty::F32);
+    let row = b.bin("divui", "%i", "%nu", X);
+    let unit = b.bin("remui", "%i", "%nu", X);
+    let c0 = b.index(0);
+    let c1 = b.index(1);
+    let c64 = b.index(64);
+    let rowbase = b.bin("muli", &row, "%k", X);
+    let k0 = b.bin("muli", &unit, &c64, X);
+    let zf = b.f32(0.0);
+    let inf = b.int(0x7F80_0000, t);
+    let mask = b.int(0x7FFF_FFFF, t);
+    // Element j of the unit: 0 past the row, non-finite ones replaced by
+    // +0 (the filler of a poisoned unit); returns (value, non-finite?).
+    let elem = |b: &mut B, j: &str| -> (String, String) {
+        let kk = b.bin("addi", &k0, j, X);
+        let inr = b.cmpi("ult", &kk, "%k", X);
+        let a = b.bin("addi", &rowbase, &kk, X);
+        let safe = b.select(&inr, &a, &c0, X);
+        let v = b.load("%x", &safe, f);
+        let v = b.select(&inr, &v, &zf, f);
+        let bits = b.bitcast(&v, f, t);
+        let mag = b.bin("andi", &bits, &mask, t);
+        let bad = b.cmpi("uge", &mag, &inf, t);
+        (b.select(&bad, &zf, &v, f), bad)
+    };
+    // Max of |x| over elements [lo, lo + n) of the unit.
+    let span_max = |b: &mut B, lo: &str, n: i64| -> String {
+        let cn = b.index(n);
+        let hi = b.bin("addi", lo, &cn, X);
+        let m = b.for_(lo, &hi, &c1, &[(&zf, f)], |b, j, acc| {
+            let (v, _) = elem(b, j);
+            let a = b.absf(&v, f);
+            vec![b.bin("maxnumf", &acc[0], &a, f)]
+        });
+        m[0].clone()
+    };
+    // Step 1 (poison) and the unit's amax (= the max of the group maxima).
+    let fl = b.op("arith.constant false");
+    let r = b.for_(&c0, &c64, &c1, &[(&zf, f), (&fl, Ty::I1)], |b, j, acc| {
+        let (v, bad) = elem(b, j);
+        let a = b.absf(&v, f);
+        vec![
+            b.bin("maxnumf", &acc[0], &a, f),
+            b.bin("ori", &acc[1], &bad, Ty::I1),
+        ]
+    });
+    let (vmax, poisoned) = (r[0].clone(), r[1].clone());
+    // Step 4: sf = clamp(bf16(vmax · D7), 2^-48, 49152).
+    let d7 = b.f32(0.142_578_13);
+    let p = b.bin("mulf", &vmax, &d7, f);
+    let sf0 = bf16_round(&mut b, &p);
+    let smin = b.f32(f32::from_bits((127 - 48) << 23));
+    let smax = b.f32(49152.0);
+    let sf1 = b.bin("maximumf", &sf0, &smin, f);
+    let sf = b.bin("minimumf", &sf1, &smax, f);
+    // Step 5: E6M2 rounding.
+    let sbits = b.bitcast(&sf, f, t);
+    let c23 = b.int(23, t);
+    let c127 = b.int(127, t);
+    let ef = b.bin("shrui", &sbits, &c23, t);
+    let e = b.bin("subi", &ef, &c127, t);
+    let c16 = b.int(16, t);
+    let sh = b.bin("shrui", &sbits, &c16, t);
+    let c7f = b.int(0x7F, t);
+    let low = b.bin("andi", &sh, &c7f, t);
+    let c128 = b.int(128, t);
+    let n = b.bin("addi", &c128, &low, t);
+    let c5 = b.int(5, t);
+    let q0 = b.bin("shrui", &n, &c5, t);
+    let c31 = b.int(31, t);
+    let rem = b.bin("andi", &n, &c31, t);
+    let one = b.int(1, t);
+    let gt = b.cmpi("ugt", &rem, &c16, t);
+    let tie = b.cmpi("eq", &rem, &c16, t);
+    let qodd = b.bin("andi", &q0, &one, t);
+    let zero_i = b.int(0, t);
+    let odd = b.cmpi("ne", &qodd, &zero_i, t);
+    let tie_odd = b.bin("andi", &tie, &odd, Ty::I1);
+    let up = b.bin("ori", &gt, &tie_odd, Ty::I1);
+    let upi = b.cast("extui", &up, Ty::I1, t);
+    let q1 = b.bin("addi", &q0, &upi, t);
+    let c8 = b.int(8, t);
+    let wrap = b.cmpi("eq", &q1, &c8, t);
+    let four = b.int(4, t);
+    let q = b.select(&wrap, &four, &q1, t);
+    let wi = b.cast("extui", &wrap, Ty::I1, t);
+    let e = b.bin("addi", &e, &wi, t);
+    // S = q · 2^(e - 2) (exact), its reciprocal rounded to bf16 (step 6).
+    let qf = b.cast("sitofp", &q, t, f);
+    let two = b.int(2, t);
+    let em2 = b.bin("subi", &e, &two, t);
+    let p2 = pow2_f32(&mut b, &em2);
+    let scale = b.bin("mulf", &qf, &p2, f);
+    let onef = b.f32(1.0);
+    let inv = b.bin("divf", &onef, &scale, f);
+    let rec = bf16_round(&mut b, &inv);
+    let nan = b.f32(f32::NAN);
+    let stored = b.select(&poisoned, &nan, &scale, f);
+    b.store(&stored, "%scales", "%i", f);
+    // Steps 7 and 8, element by element (group maxima recomputed).
+    let cbase = b.bin("muli", "%i", &c64, X);
+    let c4i = b.index(4);
+    let c8i = b.index(8);
+    b.for_(&c0, &c64, &c1, &[], |b, j, _| {
+        let g = b.bin("divui", j, &c8i, X);
+        let g0 = b.bin("muli", &g, &c8i, X);
+        let v8 = span_max(b, &g0, 8);
+        let h = b.bin("divui", j, &c4i, X);
+        let h0 = b.bin("muli", &h, &c4i, X);
+        let v4 = span_max(b, &h0, 4);
+        let r8 = b.bin("mulf", &v8, &rec, f);
+        let c4f = b.f32(4.0);
+        let e8b = b.cmpf("oge", &r8, &c4f, f);
+        let e8 = b.cast("extui", &e8b, Ty::I1, t);
+        let r4 = b.bin("mulf", &v4, &rec, f);
+        let one = b.int(1, t);
+        let e8p = b.bin("addi", &e8, &one, t);
+        let e8f = b.cast("sitofp", &e8p, t, f);
+        let c2f = b.f32(2.0);
+        let thr = b.bin("mulf", &c2f, &e8f, f);
+        let e16b = b.cmpf("oge", &r4, &thr, f);
+        let e16 = b.cast("extui", &e16b, Ty::I1, t);
+        let d = b.bin("addi", &e8, &e16, t);
+        let base = b.int(if amct { 127 } else { 129 }, t);
+        let pe = b.bin("subi", &base, &d, t);
+        let c23 = b.int(23, t);
+        let pwb = b.bin("shli", &pe, &c23, t);
+        let pw = b.bitcast(&pwb, t, f);
+        let (v, _) = elem(b, j);
+        let a = b.absf(&v, f);
+        let ar = b.bin("mulf", &a, &rec, f);
+        let m = b.bin("mulf", &ar, &pw, f);
+        let half = b.f32(0.5);
+        let y = if amct {
+            let r = bf16_round(b, &m);
+            let c4 = b.f32(4.0);
+            let r4 = b.bin("mulf", &c4, &r, f);
+            b.bin("addf", &r4, &half, f)
+        } else {
+            b.bin("addf", &m, &half, f)
+        };
+        let c8f = b.f32(8.0);
+        let yc = b.bin("minimumf", &y, &c8f, f);
+        let yi = b.cast("fptoui", &yc, f, t);
+        let seven = b.int(7, t);
+        let c = b.bin("minui", &yi, &seven, t);
+        let mag = b.bin("shli", &c, &d, t);
+        let zf = b.f32(0.0);
+        let neg = b.cmpf("olt", &v, &zf, f);
+        let z = b.int(0, t);
+        let nm = b.bin("subi", &z, &mag, t);
+        let sv = b.select(&neg, &nm, &mag, t);
+        let s8 = b.cast("trunci", &sv, t, Ty::I8);
+        let at = b.bin("addi", &cbase, j, X);
+        b.store(&s8, "%codes", &at, Ty::I8);
+        vec![]
+    });
+    Kernel {
+        name: name.into(),
+        params,
+        body: b.finish(),
+    }
+}
+
 /// What a `dot` kernel is specialized on.
 #[derive(Clone, PartialEq, Debug)]
 pub struct DotSpec {
@@ -371,6 +630,8 @@ pub struct DotSpec {
     /// per-row power-of-two exponents: scaled HiF8).
     pub a_hif8: bool,
     pub a_scaled: bool,
+    /// Activations quantized to HiF4 (integer codes and unit scales).
+    pub a_hif4: bool,
     /// Weights with per-row exponents (`we<p>`, scaled HiF8).
     pub w_scaled: bool,
     pub parts: usize,
@@ -398,6 +659,15 @@ pub fn dot(name: &str, s: &DotSpec) -> Result<Kernel, String> {
         }
         params.push(("codes".to_string(), Param::Buf(Ty::I8)));
         params.push(("exps".to_string(), Param::Buf(i32t)));
+    } else if s.a_hif4 {
+        if !matches!(s.wformat, Format::Hif4(_)) {
+            return Err(format!(
+                "HiF4 activations with {} weights have no GPU kernel",
+                s.wformat.name()
+            ));
+        }
+        params.push(("codes".to_string(), Param::Buf(Ty::I8)));
+        params.push(("scales".to_string(), Param::Buf(Ty::F32)));
     } else if s.a_hif8 {
         if !matches!(s.wformat, Format::Hif8(_)) {
             return Err(format!(
@@ -552,6 +822,28 @@ fn block(
         let poison = b.bin("ori", &pa, &pw, Ty::I1);
         let nan = b.f64(f64::NAN);
         b.select(&poison, &nan, &prod, f64t)
+    } else if s.a_hif4 {
+        // Exact integer sum of code products times S_A · S_W / 16 (§3.6).
+        let r = b.bin("muli", row, "%nb", X);
+        let ai = b.bin("addi", &r, blk, X);
+        let cbase = b.bin("muli", &ai, &cbl, X);
+        let z = b.int(0, i32t);
+        let sum = b.for_(&c0, &cbl, &c1, &[(&z, i32t)], |b, e, a| {
+            let wv = hif4_int_code(b, w, wb, e);
+            let ca = b.bin("addi", &cbase, e, X);
+            let av = b.load("%codes", &ca, Ty::I8);
+            let avi = b.cast("extsi", &av, Ty::I8, i32t);
+            let p = b.bin("muli", &avi, &wv, i32t);
+            vec![b.bin("addi", &a[0], &p, i32t)]
+        });
+        let sf = b.cast("sitofp", &sum[0], i32t, f64t);
+        let sa = b.load("%scales", &ai, Ty::F32);
+        let saw = b.cast("extf", &sa, Ty::F32, f64t);
+        let sw = hif4_scale(b, w, wb);
+        let t1 = b.bin("mulf", &sf, &saw, f64t);
+        let t2 = b.bin("mulf", &t1, &sw, f64t);
+        let sixteenth = b.f64(0.0625);
+        b.bin("mulf", &t2, &sixteenth, f64t)
     } else if s.a_hif8 {
         // One element per block: both codes decoded exactly (and unscaled
         // by their rows' powers of two, in f32 as the interpreter does), the
@@ -614,60 +906,12 @@ fn decode_weight(b: &mut B, f: Format, w: &str, wb: &str, e: &str, wexp: Option<
         Format::Hif4(_) => {
             // The integer code ±(c << (E1_8 + E1_16)) of SPEC §3.6 times
             // S/4 (the S1P2 magnitude is c/4), as f64.
-            let c1 = b.index(1);
-            let c2 = b.index(2);
-            let c4 = b.index(4);
-            let c8 = b.index(8);
-            let sb = b.load(w, wb, Ty::I8);
-            let sbyte = b.cast("extui", &sb, Ty::I8, i32t);
-            // meta[1]: E1_8 of group g = e/8 in bit 7-g.
-            let g = b.bin("divui", e, &c8, X);
-            let m1a = b.bin("addi", wb, &c1, X);
-            let m1 = b.load(w, &m1a, Ty::I8);
-            let m1i = b.cast("extui", &m1, Ty::I8, i32t);
-            let gi = b.cast("index_cast", &g, X, i32t);
-            let seven = b.int(7, i32t);
-            let s8 = b.bin("subi", &seven, &gi, i32t);
-            let e8s = b.bin("shrui", &m1i, &s8, i32t);
-            let one = b.int(1, i32t);
-            let e8 = b.bin("andi", &e8s, &one, i32t);
-            // meta[2 + h/8]: E1_16 of subgroup h = e/4 in bit 7 - h%8.
-            let h = b.bin("divui", e, &c4, X);
-            let hb = b.bin("divui", &h, &c8, X);
-            let m2o = b.bin("addi", wb, &c2, X);
-            let m2a = b.bin("addi", &m2o, &hb, X);
-            let m2 = b.load(w, &m2a, Ty::I8);
-            let m2i = b.cast("extui", &m2, Ty::I8, i32t);
-            let hr = b.bin("remui", &h, &c8, X);
-            let hri = b.cast("index_cast", &hr, X, i32t);
-            let s16 = b.bin("subi", &seven, &hri, i32t);
-            let e16s = b.bin("shrui", &m2i, &s16, i32t);
-            let e16 = b.bin("andi", &e16s, &one, i32t);
-            // Nibble of element e: data bytes from 4.
-            let d0 = b.bin("addi", wb, &c4, X);
-            let code = nibble(b, w, &d0, e);
-            let mag0 = b.bin("andi", &code, &seven, i32t);
-            let sh2 = b.bin("addi", &e8, &e16, i32t);
-            let mag = b.bin("shli", &mag0, &sh2, i32t);
-            let v = apply_sign(b, &code, &mag);
+            let v = hif4_int_code(b, w, wb, e);
             let vf = b.cast("sitofp", &v, i32t, f64t);
-            // E6M2: 2^((s >> 2) - 48) · (1 + (s & 3)/4); element = v/4 · S.
-            let two = b.int(2, i32t);
-            let ex = b.bin("shrui", &sbyte, &two, i32t);
-            let p2 = pow2_f64(b, &ex, 1023 - 48 - 2);
-            let three = b.int(3, i32t);
-            let mant = b.bin("andi", &sbyte, &three, i32t);
-            let four_i = b.int(4, i32t);
-            let m4 = b.bin("addi", &mant, &four_i, i32t);
-            let mf = b.cast("sitofp", &m4, i32t, f64t);
+            let sc = hif4_scale(b, w, wb);
             let quarter = b.f64(0.25);
-            let mfs = b.bin("mulf", &mf, &quarter, f64t);
-            let sc = b.bin("mulf", &p2, &mfs, f64t);
-            let val = b.bin("mulf", &vf, &sc, f64t);
-            let ff = b.int(255, i32t);
-            let p = b.cmpi("eq", &sbyte, &ff, i32t);
-            let nan = b.f64(f64::NAN);
-            b.select(&p, &nan, &val, f64t)
+            let v4 = b.bin("mulf", &vf, &quarter, f64t);
+            b.bin("mulf", &v4, &sc, f64t)
         }
         Format::Hif8(_) => {
             // HiF8 codes decode through the runtime's table (`lut`, 256
