@@ -264,7 +264,14 @@ fn gpu_wan_ts_on_the_emulated_device() {
 #[test]
 fn gpu_emit_stages_and_load_errors() {
     let dir = tempfile::tempdir().unwrap();
-    for fixture in ["qwen3_small_decode_ts", "wan_small_op23"] {
+    for (fixture, format) in [
+        ("qwen3_small_decode_ts", "mxfp4"),
+        ("qwen3_small_prefill_ts", "hif4"),
+        ("qwen3_small_prefill_op23", "hif8"),
+        ("qwen3_small_genai_fp32", "mxfp4"),
+        ("wan_small_op23", "hif4"),
+        ("wan_small_ts", "hif8"),
+    ] {
         let m = models().join(fixture).join("model.onnx");
         let mlir = dir.path().join(format!("{fixture}.mlir"));
         let ptx = dir.path().join(format!("{fixture}.ptx"));
@@ -273,7 +280,7 @@ fn gpu_emit_stages_and_load_errors() {
                 "compile",
                 s(&m),
                 "--format",
-                "mxfp4",
+                format,
                 "--target",
                 "cuda",
                 "--emit",
