@@ -347,6 +347,15 @@ impl<'c> Cg<'c> {
         }
         Ok(())
     }
+    /// `v` (i32) in every one of `n` lanes.
+    fn splat_i32(&self, v: IntValue<'c>, n: u32) -> R<VectorValue<'c>> {
+        let t = self.i32t().vec_type(n);
+        let ins = self
+            .b
+            .build_insert_element(t.get_undef(), v, self.i32t().const_zero(), "")?;
+        let z = VectorType::const_vector(&vec![self.i32t().const_zero(); n as usize]);
+        Ok(self.b.build_shuffle_vector(ins, t.get_undef(), z, "")?)
+    }
     fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'c> {
         let c = self.i8t().const_int(x as u64, false);
         VectorType::const_vector(&vec![c; n as usize])
@@ -787,6 +796,20 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     } else {
         (cg.ptrt().const_null(), cg.ptrt().const_null())
     };
+    // Panel GEMM (VNNI, several rows): activation codes as s8 (the
+    // broadcast operand), one f32 scale per block, and per block the
+    // correction `off · Σ a` of the weights' unsigned offset.
+    let (as8, asb, acs) = if vnni {
+        let r1 = cg.smax(rows, cg.c64(1))?;
+        (
+            cg.alloc(DType::I8, cg.mul(r1, cg.c64(kc))?)?,
+            cg.alloc(DType::F32, cg.mul(r1, cg.c64(nb_i))?)?,
+            cg.alloc(DType::I32, cg.mul(r1, cg.c64(nb_i))?)?,
+        )
+    } else {
+        let null = cg.ptrt().const_null();
+        (null, null, null)
+    };
     let caps: Vec<BasicValueEnum> = vec![
         x.ptr.into(),
         pa.into(),
@@ -794,6 +817,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         acodes.into(),
         ascales.into(),
         adec.into(),
+        as8.into(),
+        asb.into(),
+        acs.into(),
     ];
     cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
         let p = |i: usize| c[i].into_pointer_value();
@@ -846,6 +872,26 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     cg.decode_block(af, prow, t, crow, s64)
                 })?;
                 cg.replicate_scales(s64, nb_i, bl, lanes, srow)?;
+                // For the panel GEMM: the s8 codes, f32 block scales and
+                // per-block sums times the weights' offset.
+                let (s8p, sbp, csp) = (p(6), p(7), p(8));
+                let s8row = cg.gep_bytes(s8p, cg.mul(r, cg.c64(kc))?)?;
+                cg.b.build_memcpy(s8row, 1, crow, 1, cg.c64(kc))?;
+                let sbrow = cg.gep(DType::F32, sbp, cg.mul(r, cg.c64(nb_i))?)?;
+                let csrow = cg.gep(DType::I32, csp, cg.mul(r, cg.c64(nb_i))?)?;
+                let i32v = cg.i32t().vec_type(bl as u32);
+                cg.for_n(cg.c64(nb_i), |cg, t| {
+                    let sc = cg.load(DType::F64, s64, t)?.into_float_value();
+                    cg.store(DType::F32, sbrow, t, cg.ftrunc(sc)?.into())?;
+                    let v = cg.load_i8xn(crow, cg.mul(t, cg.c64(bl))?, bl as u32)?;
+                    let w = cg.b.build_int_s_extend(v, i32v, "")?;
+                    let sum = cg
+                        .intrinsic("llvm.vector.reduce.add", &[i32v.into()], &[w.into()])?
+                        .into_int_value();
+                    let corr =
+                        cg.b.build_int_mul(sum, cg.i32t().const_int(aoff as u64, false), "")?;
+                    cg.store(DType::I32, csrow, t, corr.into())
+                })?;
                 // Offset to unsigned, chunk by chunk (padding too: harmless,
                 // its weights are zero).
                 cg.for_n(cg.c64(kc / 64), |cg, c| {
@@ -921,7 +967,44 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         let (has_e, has_b, has_r) = (e.is_some(), bias.is_some(), residual.is_some());
         let weight_only = af.is_none();
         let act = act.clone();
-        cg.parallel_for(nn, &caps, |cg, c, lo, hi| {
+        // PANEL_MIN_ROWS rows or more with VNNI: the panel GEMM; else the
+        // row path.
+        let panels = if vnni {
+            let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
+            let np = cg.sdiv(cg.add(nn, cg.c64(NR - 1))?, cg.c64(NR))?;
+            let pcaps: Vec<BasicValueEnum> = vec![
+                w.ptr.into(),
+                y.into(),
+                rows.into(),
+                nn.into(),
+                ntot.into(),
+                off.into(),
+                bias.as_ref().map_or(null, |b| b.ptr).into(),
+                residual.as_ref().map_or(null, |r| r.ptr).into(),
+                as8.into(),
+                asb.into(),
+                acs.into(),
+            ];
+            let spec = PanelSpec {
+                wf,
+                nb: nb_i,
+                bl,
+                kc,
+                bpr,
+                off: aoff,
+                has_b,
+                has_r,
+                act: act.clone(),
+            };
+            cg.parallel_for(cg.select_i(big, np, cg.c64(0))?, &pcaps, |cg, c, lo, hi| {
+                panel_gemm(cg, &spec, c, lo, hi)
+            })?;
+            big
+        } else {
+            cg.cx.bool_type().const_zero()
+        };
+        let n_rows_path = cg.select_i(panels, cg.c64(0), nn)?;
+        cg.parallel_for(n_rows_path, &caps, |cg, c, lo, hi| {
             let p = |i: usize| c[i].into_pointer_value();
             let i = |j: usize| c[j].into_int_value();
             let (ap, wp, yp) = (p(0), p(1), p(2));
@@ -1237,6 +1320,11 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         cg.release(acodes)?;
         cg.release(ascales)?;
     }
+    if vnni {
+        cg.release(as8)?;
+        cg.release(asb)?;
+        cg.release(acs)?;
+    }
     if hif8 {
         cg.release(adec)?;
     }
@@ -1246,6 +1334,219 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         ptr: y,
         dims,
         dt: DType::F32,
+    })
+}
+
+/// Columns per panel of the panel GEMM: three 16-lane vectors.
+const NR: i64 = 48;
+/// Rows per register tile (4 rows × 3 vectors: 12 i32 and 12 f32
+/// accumulators, 3 weight vectors, the broadcasts: within 32 zmm).
+const MR: i64 = 4;
+/// Fewer rows take the row path (weights decoded in registers per row): the
+/// panel packing costs about as much as 16 rows of products.
+const PANEL_MIN_ROWS: i64 = 24;
+
+/// What the panel GEMM of one weight part needs to know.
+struct PanelSpec {
+    wf: Format,
+    nb: i64,
+    bl: i64,
+    kc: i64,
+    bpr: i64,
+    /// The weights' unsigned offset (the codes' largest magnitude).
+    off: u8,
+    has_b: bool,
+    has_r: bool,
+    act: Option<String>,
+}
+
+/// The panel GEMM for 4-bit W4A4 with AVX-512 VNNI, panels `lo..hi` of `NR`
+/// output columns: each panel's weights are decoded once into a VNNI
+/// layout (per group of 4 K: 16 columns × 4 bytes per vector, offset to
+/// unsigned) with its block scales, then every row tile of `MR` rows runs
+/// over it: per block, `vpdpbusd` of the weight vectors with the broadcast
+/// s8 activation codes into i32 accumulators started at minus the offset
+/// correction, then one f32 multiply-add per accumulator with the scale
+/// products. Captures: weights, y, rows, n, ntot, off, bias, residual, s8
+/// activation codes, their block scales and corrections.
+fn panel_gemm<'c>(
+    cg: &mut Cg<'c>,
+    s: &PanelSpec,
+    c: &[BasicValueEnum<'c>],
+    lo: IntValue<'c>,
+    hi: IntValue<'c>,
+) -> R<()> {
+    let p = |i: usize| c[i].into_pointer_value();
+    let iv = |i: usize| c[i].into_int_value();
+    let (wp, yp) = (p(0), p(1));
+    let (rows, nn, ntot, coff) = (iv(2), iv(3), iv(4), iv(5));
+    let (bp, rp, as8, asb, acs) = (p(6), p(7), p(8), p(9), p(10));
+    let (nb, bl, kc) = (s.nb, s.bl, s.kc);
+    let groups = bl / 4; // k4 groups per block
+    let kpad = nb * bl;
+    let i32x16 = cg.i32t().vec_type(16);
+    let f32x16 = cg.f32t().vec_type(16);
+    let i8x64 = cg.i8t().vec_type(64);
+    let nv = (NR / 16) as usize;
+    // The panel: (kpad/4) groups × NR columns × 4 bytes; scales nb × NR.
+    let panel = cg.b.build_array_alloca(
+        cg.i8t(),
+        cg.i32t().const_int((kpad * NR + 64) as u64, false),
+        "panel",
+    )?;
+    let pan = {
+        // 64-byte aligned start inside the allocation.
+        let a = cg.b.build_ptr_to_int(panel, cg.i64t(), "")?;
+        let al = cg.b.build_and(cg.add(a, cg.c64(63))?, cg.c64(!63), "")?;
+        cg.b.build_int_to_ptr(al, cg.ptrt(), "")?
+    };
+    let psc = cg.b.build_array_alloca(
+        cg.f32t(),
+        cg.i32t().const_int((nb * NR) as u64, false),
+        "pscales",
+    )?;
+    let col = cg.b.build_array_alloca(
+        cg.i8t(),
+        cg.i32t().const_int(kpad.max(64) as u64, false),
+        "colcodes",
+    )?;
+    let tile = cg.b.build_array_alloca(
+        cg.f32t(),
+        cg.i32t().const_int((MR * NR) as u64, false),
+        "tile",
+    )?;
+    let facc: Vec<PointerValue> = (0..MR as usize * nv)
+        .map(|_| cg.b.build_alloca(f32x16, "pacc"))
+        .collect::<Result<_, _>>()?;
+    let iacc: Vec<PointerValue> = (0..MR as usize * nv)
+        .map(|_| cg.b.build_alloca(i32x16, "iacc"))
+        .collect::<Result<_, _>>()?;
+    let offv = cg.splat_i8(s.off, bl as u32);
+    cg.for_range(lo, hi, |cg, pi| {
+        let c0 = cg.mul(pi, cg.c64(NR))?;
+        // Pack the panel, column by column.
+        cg.for_n(cg.c64(NR), |cg, cc| {
+            let j = cg.add(c0, cc)?;
+            let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
+            let wrow = cg.gep_bytes(
+                wp,
+                cg.mul(cg.select_i(inside, j, cg.c64(0))?, cg.c64(s.bpr))?,
+            )?;
+            cg.for_n(cg.c64(nb), |cg, t| {
+                let (v, sc) = cg.decode_codes(s.wf, wrow, t)?;
+                let v = cg.b.build_int_add(v, offv, "")?;
+                cg.store_vec(col, cg.mul(t, cg.c64(bl))?, v)?;
+                // Columns past the part: zero scales (the offset codes
+                // then cancel with the correction exactly).
+                let sc = cg.select_f(inside, cg.ftrunc(sc)?, cg.cf32(0.0))?;
+                let at = cg.add(cg.mul(t, cg.c64(NR))?, cc)?;
+                cg.store(DType::F32, psc, at, sc.into())
+            })?;
+            cg.for_n(cg.c64(kpad / 4), |cg, g| {
+                let word = cg.load(DType::I32, col, g)?;
+                let at = cg.add(cg.mul(g, cg.c64(NR))?, cc)?;
+                cg.store(DType::I32, pan, at, word)
+            })
+        })?;
+        let ncols = cg.smin(cg.c64(NR), cg.sub(nn, c0)?)?;
+        // Row tiles of MR rows, then single rows.
+        let tiles = cg.sdiv(rows, cg.c64(MR))?;
+        let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, mr: usize| -> R<()> {
+            for a in &facc[..mr * nv] {
+                cg.b.build_store(*a, f32x16.const_zero())?;
+            }
+            cg.for_n(cg.c64(nb), |cg, t| {
+                for r in 0..mr {
+                    let ri = cg.add(r0, cg.c64(r as i64))?;
+                    let cs = cg
+                        .load(DType::I32, acs, cg.add(cg.mul(ri, cg.c64(nb))?, t)?)?
+                        .into_int_value();
+                    let neg = cg.b.build_int_neg(cs, "")?;
+                    let v = cg.splat_i32(neg, 16)?;
+                    for u in 0..nv {
+                        cg.b.build_store(iacc[r * nv + u], v)?;
+                    }
+                }
+                for g in 0..groups {
+                    let gi = cg.add(cg.mul(t, cg.c64(groups))?, cg.c64(g))?;
+                    let base = cg.mul(gi, cg.c64(NR * 4))?;
+                    let wv: Vec<VectorValue> = (0..nv)
+                        .map(|u| cg.load_vec(pan, cg.add(base, cg.c64(64 * u as i64))?, i8x64, 64))
+                        .collect::<R<_>>()?;
+                    for r in 0..mr {
+                        let ri = cg.add(r0, cg.c64(r as i64))?;
+                        let ko = cg.add(cg.mul(t, cg.c64(bl))?, cg.c64(4 * g))?;
+                        let ao = cg.add(cg.mul(ri, cg.c64(kc))?, ko)?;
+                        let word = cg.load_vec(as8, ao, cg.i32t().vec_type(1), 1)?;
+                        let z = VectorType::const_vector(&[cg.i32t().const_zero(); 16]);
+                        let sp = cg.b.build_shuffle_vector(word, word, z, "")?;
+                        let av = cg.b.build_bit_cast(sp, i8x64, "")?.into_vector_value();
+                        for (u, w) in wv.iter().enumerate() {
+                            let acc = iacc[r * nv + u];
+                            let a = cg.b.build_load(i32x16, acc, "")?.into_vector_value();
+                            let d = cg.vpdpbusd(a, *w, av)?;
+                            cg.b.build_store(acc, d)?;
+                        }
+                    }
+                }
+                let sw: Vec<VectorValue> = (0..nv)
+                    .map(|u| {
+                        let o = cg.mul(
+                            cg.add(cg.mul(t, cg.c64(NR))?, cg.c64(16 * u as i64))?,
+                            cg.c64(4),
+                        )?;
+                        cg.load_vec(psc, o, f32x16, 4)
+                    })
+                    .collect::<R<_>>()?;
+                for r in 0..mr {
+                    let ri = cg.add(r0, cg.c64(r as i64))?;
+                    let sa = cg
+                        .load(DType::F32, asb, cg.add(cg.mul(ri, cg.c64(nb))?, t)?)?
+                        .into_float_value();
+                    let sav = cg.splat_f32(sa, 16)?;
+                    for u in 0..nv {
+                        let d =
+                            cg.b.build_load(i32x16, iacc[r * nv + u], "")?
+                                .into_vector_value();
+                        let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
+                        let sc = cg.b.build_float_mul(sw[u], sav, "")?;
+                        let fa = facc[r * nv + u];
+                        let a = cg.b.build_load(f32x16, fa, "")?.into_vector_value();
+                        cg.b.build_store(fa, cg.fma_vec(fd, sc, a)?)?;
+                    }
+                }
+                Ok(())
+            })?;
+            // Write the tile through the epilogue (bias, activation, residual).
+            for r in 0..mr {
+                for u in 0..nv {
+                    let a =
+                        cg.b.build_load(f32x16, facc[r * nv + u], "")?
+                            .into_vector_value();
+                    let o = cg.c64(4 * (r as i64 * NR + 16 * u as i64));
+                    cg.store_vec_f32(tile, o, a)?;
+                }
+            }
+            for r in 0..mr {
+                let ri = cg.add(r0, cg.c64(r as i64))?;
+                cg.for_n(ncols, |cg, cc| {
+                    let mut v = cg.load_f32(tile, cg.add(cg.c64(r as i64 * NR), cc)?)?;
+                    let j = cg.add(c0, cc)?;
+                    if s.has_b {
+                        v = cg.fadd(v, cg.load_f32(bp, cg.add(coff, j)?)?)?;
+                    }
+                    let mut y32 = cg.epilogue(v, s.act.as_deref())?;
+                    let yi = cg.add(cg.add(cg.mul(ri, ntot)?, coff)?, j)?;
+                    if s.has_r {
+                        y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
+                    }
+                    cg.store(DType::F32, yp, yi, y32.into())
+                })?;
+            }
+            Ok(())
+        };
+        cg.for_n(tiles, |cg, q| run(cg, cg.mul(q, cg.c64(MR))?, MR as usize))?;
+        cg.for_range(cg.mul(tiles, cg.c64(MR))?, rows, |cg, r| run(cg, r, 1))
     })
 }
 
