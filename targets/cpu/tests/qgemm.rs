@@ -1,6 +1,6 @@
 //! The generated `lpc.qgemm` on random shapes (K not a multiple of the
 //! block, M = 1, odd N, rotation, scaled HiF8, bias, residual, epilogue
-//! activations) against the runtime's reference codecs and block dot
+//! activations; M >= 24 for the panel GEMMs: VNNI for 4-bit, BF16 for HiF8) against the runtime's reference codecs and block dot
 //! products. Blocks must be identical (the activation codec is the
 //! reference), so results agree to f64 summation order.
 
@@ -203,6 +203,26 @@ fn qgemm_matches_the_reference_block_dot_products() {
                     bias: true,
                     residual: false,
                     act: None,
+                },
+                seed,
+            );
+        }
+        // The panel GEMMs (24 rows and more): several 48-column panels and a
+        // partial one, row tiles and a row tail, K tails, rotation, scaled
+        // HiF8, the whole epilogue.
+        for &(m, k, n, rotate) in &[(30, 200, 53, 0), (25, 128, 100, 64)] {
+            seed += 1;
+            run_case(
+                &Case {
+                    f,
+                    m,
+                    k,
+                    n,
+                    rotate,
+                    scaled,
+                    bias: true,
+                    residual: true,
+                    act: Some("silu"),
                 },
                 seed,
             );
