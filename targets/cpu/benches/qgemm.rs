@@ -7,8 +7,12 @@
 //!
 //! Prints time (median of LPC_BENCH_RUNS, default 5, with min-max), GOP/s
 //! (2·M·N·K), weight GB/s, the fraction of the measured read bandwidth
-//! (M = 1) or of the int8 VNNI peak per core (465 GOP/s, ../shared/TOOLCHAIN.md;
-//! M > 1), and the speed-up over f32; writes target/bench/qgemm.json.
+//! (M = 1) or of the compute peak (M > 1: the int8 VNNI peak for 4-bit
+//! formats; for HiF8 the bf16 dot-product peak, 230 GFLOP/s per core by
+//! ../shared/TOOLCHAIN.md, measured instead when this CPU has AVX-512 BF16),
+//! and the speed-up over f32; writes target/bench/qgemm.json. The peaks
+//! are probed in the same process (independent chains of `vpdpbusd`,
+//! `vfmadd231ps`, `vdpbf16ps`).
 
 use lpc_ir::Dim;
 use lpc_runtime::Format;
@@ -16,7 +20,92 @@ use lpc_target_cpu::bench::{linear_graph, qgemm_graph, OpLib, QgemmSpec};
 use lpc_target_cpu::CpuTarget;
 use std::time::Instant;
 
-const VNNI_PEAK_GOPS_PER_CORE: f64 = 465.0;
+/// ../shared/TOOLCHAIN.md's bf16 `vdpbf16ps` peak per core (GFLOP/s), used
+/// when this CPU cannot run the instruction to measure it.
+const BF16_PEAK_GFLOPS_PER_CORE: f64 = 230.0;
+
+/// Peak probes, one core: GOP/s of 12 independent chains of one
+/// instruction (enough to cover its latency), `iters` rounds.
+mod peak {
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    fn best(f: impl Fn() -> f64) -> f64 {
+        (0..5).map(|_| f()).fold(0.0, f64::max)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn vnni(iters: usize) -> f64 {
+        let a = _mm512_set1_epi8(1);
+        let b = _mm512_set1_epi8(2);
+        let mut acc = [_mm512_setzero_si512(); 12];
+        let s = Instant::now();
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbusd_epi32(*x, a, b);
+            }
+        }
+        let t = s.elapsed().as_secs_f64();
+        std::hint::black_box(acc);
+        // 64 u8·s8 products per instruction, 2 OP each.
+        (iters * 12 * 128) as f64 / t / 1e9
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma(iters: usize) -> f64 {
+        let a = _mm512_set1_ps(1.0000001);
+        let b = _mm512_set1_ps(0.9999999);
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let s = Instant::now();
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(a, b, *x);
+            }
+        }
+        let t = s.elapsed().as_secs_f64();
+        std::hint::black_box(acc);
+        (iters * 12 * 32) as f64 / t / 1e9
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn bf16(iters: usize) -> f64 {
+        let a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1.0), _mm512_set1_ps(1.0));
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let s = Instant::now();
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbf16_ps(*x, a, a);
+            }
+        }
+        let t = s.elapsed().as_secs_f64();
+        std::hint::black_box(acc);
+        // 32 bf16 products per instruction, 2 FLOP each.
+        (iters * 12 * 64) as f64 / t / 1e9
+    }
+
+    /// (int8 VNNI GOP/s, f32 FMA GFLOP/s, bf16 GFLOP/s or None).
+    pub fn probe() -> (Option<f64>, f64, Option<f64>) {
+        let n = 2_000_000;
+        let has = |f: &str| match f {
+            "vnni" => {
+                std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+            }
+            _ => std::arch::is_x86_feature_detected!("avx512bf16"),
+        };
+        // SAFETY: each probe runs only where the CPU has its features.
+        unsafe {
+            let v = has("vnni").then(|| best(|| vnni(n)));
+            let f = if std::arch::is_x86_feature_detected!("avx512f") {
+                best(|| fma(n))
+            } else {
+                0.0
+            };
+            let b = has("bf16").then(|| best(|| bf16(n)));
+            (v, f, b)
+        }
+    }
+}
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -97,6 +186,17 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut json = Vec::new();
     let bw: Vec<(usize, f64)> = threads.iter().map(|&t| (t, read_bandwidth(t))).collect();
+    let (vnni_peak, fma_peak, bf16_peak) = peak::probe();
+    println!(
+        "peak per core: int8 vpdpbusd {}, f32 FMA {fma_peak:.1} GFLOP/s, bf16 vdpbf16ps {}",
+        vnni_peak.map_or("n/a".into(), |v| format!("{v:.1} GOP/s")),
+        bf16_peak.map_or(
+            format!("not on this CPU (using {BF16_PEAK_GFLOPS_PER_CORE} GFLOP/s)"),
+            |v| format!("{v:.1} GFLOP/s")
+        ),
+    );
+    let vnni_peak = vnni_peak.unwrap_or(465.0);
+    let bf16_peak = bf16_peak.unwrap_or(BF16_PEAK_GFLOPS_PER_CORE);
     for (t, b) in &bw {
         println!("read bandwidth, {t} thread(s): {b:.1} GB/s");
     }
@@ -167,10 +267,15 @@ fn main() {
                     let gops = 2.0 * (m * n * k) as f64 / med / 1e9;
                     let gbs = lib.weight_bytes as f64 / med / 1e9;
                     let bwl = bw.iter().find(|b| b.0 == th).unwrap().1;
+                    let peak = if fname == "hif8" {
+                        bf16_peak
+                    } else {
+                        vnni_peak
+                    };
                     let limit = if m == 1 {
                         gbs / bwl
                     } else {
-                        gops / (VNNI_PEAK_GOPS_PER_CORE * th as f64)
+                        gops / (peak * th as f64)
                     };
                     let speedup = base_t[&m] / med;
                     println!(

@@ -969,7 +969,40 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         let act = act.clone();
         // PANEL_MIN_ROWS rows or more with VNNI: the panel GEMM; else the
         // row path.
-        let panels = if vnni {
+        // HiF8 (W8A8): an f32 panel GEMM over the exact decodes, when the
+        // panel fits the stack comfortably.
+        let f32_panels = hif8 && k16 * NR_F32 * 4 <= F32_PANEL_MAX_BYTES;
+        let panels = if f32_panels {
+            let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
+            let np = cg.sdiv(cg.add(nn, cg.c64(NR_F32 - 1))?, cg.c64(NR_F32))?;
+            let pcaps: Vec<BasicValueEnum> = vec![
+                w.ptr.into(),
+                y.into(),
+                rows.into(),
+                nn.into(),
+                ntot.into(),
+                off.into(),
+                bias.as_ref().map_or(null, |b| b.ptr).into(),
+                residual.as_ref().map_or(null, |r| r.ptr).into(),
+                adec.into(),
+                ea.into(),
+                e.as_ref().map_or(null, |e| e.ptr).into(),
+            ];
+            let spec = F32PanelSpec {
+                k: kk,
+                k16,
+                bpr,
+                ascaled,
+                wscaled: has_e,
+                has_b,
+                has_r,
+                act: act.clone(),
+            };
+            cg.parallel_for(cg.select_i(big, np, cg.c64(0))?, &pcaps, |cg, c, lo, hi| {
+                f32_panel_gemm(cg, &spec, c, lo, hi)
+            })?;
+            big
+        } else if vnni {
             let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
             let np = cg.sdiv(cg.add(nn, cg.c64(NR - 1))?, cg.c64(NR))?;
             let pcaps: Vec<BasicValueEnum> = vec![
@@ -1547,6 +1580,165 @@ fn panel_gemm<'c>(
         };
         cg.for_n(tiles, |cg, q| run(cg, cg.mul(q, cg.c64(MR))?, MR as usize))?;
         cg.for_range(cg.mul(tiles, cg.c64(MR))?, rows, |cg, r| run(cg, r, 1))
+    })
+}
+
+/// Columns per panel of the f32 panel GEMM (two 16-lane vectors) and rows
+/// per tile (6 × 2 accumulators, 2 weight vectors, broadcasts).
+const NR_F32: i64 = 32;
+const MR_F32: i64 = 6;
+/// Largest f32 panel (K × NR_F32 floats) kept on a worker's stack.
+const F32_PANEL_MAX_BYTES: i64 = 4 << 20;
+
+/// What the f32 panel GEMM (HiF8) of one weight part needs to know.
+struct F32PanelSpec {
+    k: i64,
+    /// K padded to 64 (the rows of the decoded activations).
+    k16: i64,
+    bpr: i64,
+    ascaled: bool,
+    wscaled: bool,
+    has_b: bool,
+    has_r: bool,
+    act: Option<String>,
+}
+
+/// The panel GEMM for W8A8 HiF8, panels `lo..hi` of `NR_F32` columns: each
+/// panel's weights decoded once to exact f32 values laid out K-major (one
+/// row of `NR_F32` columns per K), then every tile of `MR_F32` rows runs
+/// f32 multiply-adds of broadcast activations (exact decodes) with the
+/// weight vectors; the rows' powers of two (scaled HiF8), bias, activation
+/// and residual in the epilogue. Captures: weights, y, rows, n, ntot, off,
+/// bias, residual, decoded activations, activation and weight exponents.
+fn f32_panel_gemm<'c>(
+    cg: &mut Cg<'c>,
+    s: &F32PanelSpec,
+    c: &[BasicValueEnum<'c>],
+    lo: IntValue<'c>,
+    hi: IntValue<'c>,
+) -> R<()> {
+    let p = |i: usize| c[i].into_pointer_value();
+    let iv = |i: usize| c[i].into_int_value();
+    let (wp, yp) = (p(0), p(1));
+    let (rows, nn, ntot, coff) = (iv(2), iv(3), iv(4), iv(5));
+    let (bp, rp, adec, eap, ewp) = (p(6), p(7), p(8), p(9), p(10));
+    let k16 = s.k16;
+    let f32x16 = cg.f32t().vec_type(16);
+    let nv = (NR_F32 / 16) as usize;
+    let panel = cg.b.build_array_alloca(
+        cg.f32t(),
+        cg.i32t().const_int((k16 * NR_F32 + 16) as u64, false),
+        "fpanel",
+    )?;
+    let pan = {
+        let a = cg.b.build_ptr_to_int(panel, cg.i64t(), "")?;
+        let al = cg.b.build_and(cg.add(a, cg.c64(63))?, cg.c64(!63), "")?;
+        cg.b.build_int_to_ptr(al, cg.ptrt(), "")?
+    };
+    let col = cg.b.build_array_alloca(
+        cg.f32t(),
+        cg.i32t().const_int(k16.max(64) as u64, false),
+        "fcol",
+    )?;
+    let tile = cg.b.build_array_alloca(
+        cg.f32t(),
+        cg.i32t().const_int((MR_F32 * NR_F32) as u64, false),
+        "ftile",
+    )?;
+    let facc: Vec<PointerValue> = (0..MR_F32 as usize * nv)
+        .map(|_| cg.b.build_alloca(f32x16, "facc"))
+        .collect::<Result<_, _>>()?;
+    cg.for_range(lo, hi, |cg, pi| {
+        let c0 = cg.mul(pi, cg.c64(NR_F32))?;
+        cg.for_n(cg.c64(NR_F32), |cg, cc| {
+            let j = cg.add(c0, cc)?;
+            let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
+            let jj = cg.select_i(inside, j, cg.c64(0))?;
+            let wrow = cg.gep_bytes(wp, cg.mul(jj, cg.c64(s.bpr))?)?;
+            cg.hif8_decode_row(wrow, s.k, k16, col)?;
+            // Columns past the part: zeros.
+            cg.for_n(cg.c64(k16), |cg, kq| {
+                let v = cg.load_f32(col, kq)?;
+                let v = cg.select_f(inside, v, cg.cf32(0.0))?;
+                let at = cg.add(cg.mul(kq, cg.c64(NR_F32))?, cc)?;
+                cg.store(DType::F32, pan, at, v.into())
+            })
+        })?;
+        let ncols = cg.smin(cg.c64(NR_F32), cg.sub(nn, c0)?)?;
+        let tiles = cg.sdiv(rows, cg.c64(MR_F32))?;
+        let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, mr: usize| -> R<()> {
+            for a in &facc[..mr * nv] {
+                cg.b.build_store(*a, f32x16.const_zero())?;
+            }
+            // K in fours, unrolled.
+            cg.for_n(cg.c64(k16 / 4), |cg, q| {
+                for u4 in 0..4 {
+                    let kq = cg.add(cg.mul(q, cg.c64(4))?, cg.c64(u4))?;
+                    let base = cg.mul(kq, cg.c64(NR_F32 * 4))?;
+                    let wv: Vec<VectorValue> = (0..nv)
+                        .map(|u| cg.load_vec(pan, cg.add(base, cg.c64(64 * u as i64))?, f32x16, 64))
+                        .collect::<R<_>>()?;
+                    for r in 0..mr {
+                        let ri = cg.add(r0, cg.c64(r as i64))?;
+                        let a = cg.load_f32(adec, cg.add(cg.mul(ri, cg.c64(k16))?, kq)?)?;
+                        let av = cg.splat_f32(a, 16)?;
+                        for (u, w) in wv.iter().enumerate() {
+                            let fa = facc[r * nv + u];
+                            let acc = cg.b.build_load(f32x16, fa, "")?.into_vector_value();
+                            cg.b.build_store(fa, cg.fma_vec(av, *w, acc)?)?;
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            for r in 0..mr {
+                for u in 0..nv {
+                    let a =
+                        cg.b.build_load(f32x16, facc[r * nv + u], "")?
+                            .into_vector_value();
+                    let o = cg.c64(4 * (r as i64 * NR_F32 + 16 * u as i64));
+                    cg.store_vec_f32(tile, o, a)?;
+                }
+            }
+            for r in 0..mr {
+                let ri = cg.add(r0, cg.c64(r as i64))?;
+                cg.for_n(ncols, |cg, cc| {
+                    let v = cg.load_f32(tile, cg.add(cg.c64(r as i64 * NR_F32), cc)?)?;
+                    let j = cg.add(c0, cc)?;
+                    let mut v = cg.fext(v)?;
+                    if s.ascaled || s.wscaled {
+                        let mut e = cg.c64(0);
+                        if s.ascaled {
+                            let x = cg.load(DType::I32, eap, ri)?.into_int_value();
+                            e = cg.add(e, cg.sext64(x)?)?;
+                        }
+                        if s.wscaled {
+                            let x = cg.load(DType::I32, ewp, j)?.into_int_value();
+                            e = cg.add(e, cg.sext64(x)?)?;
+                        }
+                        // 2^-e in two steps keeps each factor normal.
+                        let neg = cg.sub(cg.c64(0), e)?;
+                        let h = cg.sdiv(neg, cg.c64(2))?;
+                        v = cg.fmul(cg.fmul(v, cg.pow2_f64(h)?)?, cg.pow2_f64(cg.sub(neg, h)?)?)?;
+                    }
+                    if s.has_b {
+                        let b = cg.fext(cg.load_f32(bp, cg.add(coff, j)?)?)?;
+                        v = cg.fadd(v, b)?;
+                    }
+                    let mut y32 = cg.epilogue(cg.ftrunc(v)?, s.act.as_deref())?;
+                    let yi = cg.add(cg.add(cg.mul(ri, ntot)?, coff)?, j)?;
+                    if s.has_r {
+                        y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
+                    }
+                    cg.store(DType::F32, yp, yi, y32.into())
+                })?;
+            }
+            Ok(())
+        };
+        cg.for_n(tiles, |cg, q| {
+            run(cg, cg.mul(q, cg.c64(MR_F32))?, MR_F32 as usize)
+        })?;
+        cg.for_range(cg.mul(tiles, cg.c64(MR_F32))?, rows, |cg, r| run(cg, r, 1))
     })
 }
 
