@@ -1370,6 +1370,87 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     })
 }
 
+/// A 64-byte aligned stack buffer of `bytes` bytes (a panel).
+fn aligned_stack<'c>(cg: &Cg<'c>, bytes: i64) -> R<PointerValue<'c>> {
+    let raw = cg.b.build_array_alloca(
+        cg.i8t(),
+        cg.i32t().const_int((bytes + 64) as u64, false),
+        "panel",
+    )?;
+    let a = cg.b.build_ptr_to_int(raw, cg.i64t(), "")?;
+    let al = cg.b.build_and(cg.add(a, cg.c64(63))?, cg.c64(!63), "")?;
+    Ok(cg.b.build_int_to_ptr(al, cg.ptrt(), "")?)
+}
+
+/// Where a panel GEMM's results go and what happens on the way.
+struct Epilogue<'c, 'a> {
+    y: PointerValue<'c>,
+    ntot: IntValue<'c>,
+    /// The part's first output column.
+    coff: IntValue<'c>,
+    bias: Option<PointerValue<'c>>,
+    residual: Option<PointerValue<'c>>,
+    act: Option<&'a str>,
+    /// Scaled HiF8: per-row activation and per-column weight exponents.
+    #[allow(clippy::type_complexity)]
+    exps: Option<(Option<PointerValue<'c>>, Option<PointerValue<'c>>)>,
+}
+
+/// Writes a tile of f32 accumulators (`mr` rows of `nr / 16` vectors,
+/// row-major in `facc`) to rows `r0..` and columns `c0..c0 + ncols` of y:
+/// times `2^-(e_row + e_col)` (scaled HiF8), plus the bias, through the
+/// activation, plus the residual, as the row path's epilogue does.
+fn write_tile<'c>(
+    cg: &mut Cg<'c>,
+    e: &Epilogue<'c, '_>,
+    facc: &[PointerValue<'c>],
+    tile: PointerValue<'c>,
+    nr: i64,
+    (r0, c0, ncols): (IntValue<'c>, IntValue<'c>, IntValue<'c>),
+) -> R<()> {
+    let f32x16 = cg.f32t().vec_type(16);
+    let nv = (nr / 16) as usize;
+    let mr = facc.len() / nv;
+    for (i, fa) in facc.iter().enumerate() {
+        let a = cg.b.build_load(f32x16, *fa, "")?.into_vector_value();
+        let o = cg.c64(4 * ((i / nv) as i64 * nr + 16 * (i % nv) as i64));
+        cg.store_vec_f32(tile, o, a)?;
+    }
+    for r in 0..mr {
+        let ri = cg.add(r0, cg.c64(r as i64))?;
+        cg.for_n(ncols, |cg, cc| {
+            let v = cg.load_f32(tile, cg.add(cg.c64(r as i64 * nr), cc)?)?;
+            let j = cg.add(c0, cc)?;
+            let mut v = cg.fext(v)?;
+            if let Some((ea, ew)) = e.exps {
+                let mut x = cg.c64(0);
+                if let Some(p) = ea {
+                    let t = cg.load(DType::I32, p, ri)?.into_int_value();
+                    x = cg.add(x, cg.sext64(t)?)?;
+                }
+                if let Some(p) = ew {
+                    let t = cg.load(DType::I32, p, j)?.into_int_value();
+                    x = cg.add(x, cg.sext64(t)?)?;
+                }
+                // 2^-x in two steps keeps each factor normal.
+                let neg = cg.sub(cg.c64(0), x)?;
+                let h = cg.sdiv(neg, cg.c64(2))?;
+                v = cg.fmul(cg.fmul(v, cg.pow2_f64(h)?)?, cg.pow2_f64(cg.sub(neg, h)?)?)?;
+            }
+            if let Some(bp) = e.bias {
+                v = cg.fadd(v, cg.fext(cg.load_f32(bp, cg.add(e.coff, j)?)?)?)?;
+            }
+            let mut y32 = cg.epilogue(cg.ftrunc(v)?, e.act)?;
+            let yi = cg.add(cg.add(cg.mul(ri, e.ntot)?, e.coff)?, j)?;
+            if let Some(rp) = e.residual {
+                y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
+            }
+            cg.store(DType::F32, e.y, yi, y32.into())
+        })?;
+    }
+    Ok(())
+}
+
 /// Columns per panel of the panel GEMM: three 16-lane vectors.
 const NR: i64 = 48;
 /// Rows per register tile (4 rows × 3 vectors: 12 i32 and 12 f32
@@ -1422,17 +1503,7 @@ fn panel_gemm<'c>(
     let i8x64 = cg.i8t().vec_type(64);
     let nv = (NR / 16) as usize;
     // The panel: (kpad/4) groups × NR columns × 4 bytes; scales nb × NR.
-    let panel = cg.b.build_array_alloca(
-        cg.i8t(),
-        cg.i32t().const_int((kpad * NR + 64) as u64, false),
-        "panel",
-    )?;
-    let pan = {
-        // 64-byte aligned start inside the allocation.
-        let a = cg.b.build_ptr_to_int(panel, cg.i64t(), "")?;
-        let al = cg.b.build_and(cg.add(a, cg.c64(63))?, cg.c64(!63), "")?;
-        cg.b.build_int_to_ptr(al, cg.ptrt(), "")?
-    };
+    let pan = aligned_stack(cg, kpad * NR)?;
     let psc = cg.b.build_array_alloca(
         cg.f32t(),
         cg.i32t().const_int((nb * NR) as u64, false),
@@ -1550,33 +1621,16 @@ fn panel_gemm<'c>(
                 }
                 Ok(())
             })?;
-            // Write the tile through the epilogue (bias, activation, residual).
-            for r in 0..mr {
-                for u in 0..nv {
-                    let a =
-                        cg.b.build_load(f32x16, facc[r * nv + u], "")?
-                            .into_vector_value();
-                    let o = cg.c64(4 * (r as i64 * NR + 16 * u as i64));
-                    cg.store_vec_f32(tile, o, a)?;
-                }
-            }
-            for r in 0..mr {
-                let ri = cg.add(r0, cg.c64(r as i64))?;
-                cg.for_n(ncols, |cg, cc| {
-                    let mut v = cg.load_f32(tile, cg.add(cg.c64(r as i64 * NR), cc)?)?;
-                    let j = cg.add(c0, cc)?;
-                    if s.has_b {
-                        v = cg.fadd(v, cg.load_f32(bp, cg.add(coff, j)?)?)?;
-                    }
-                    let mut y32 = cg.epilogue(v, s.act.as_deref())?;
-                    let yi = cg.add(cg.add(cg.mul(ri, ntot)?, coff)?, j)?;
-                    if s.has_r {
-                        y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
-                    }
-                    cg.store(DType::F32, yp, yi, y32.into())
-                })?;
-            }
-            Ok(())
+            let epi = Epilogue {
+                y: yp,
+                ntot,
+                coff,
+                bias: s.has_b.then_some(bp),
+                residual: s.has_r.then_some(rp),
+                act: s.act.as_deref(),
+                exps: None,
+            };
+            write_tile(cg, &epi, &facc[..mr * nv], tile, NR, (r0, c0, ncols))
         };
         cg.for_n(tiles, |cg, q| run(cg, cg.mul(q, cg.c64(MR))?, MR as usize))?;
         cg.for_range(cg.mul(tiles, cg.c64(MR))?, rows, |cg, r| run(cg, r, 1))
@@ -1625,16 +1679,7 @@ fn f32_panel_gemm<'c>(
     let k16 = s.k16;
     let f32x16 = cg.f32t().vec_type(16);
     let nv = (NR_F32 / 16) as usize;
-    let panel = cg.b.build_array_alloca(
-        cg.f32t(),
-        cg.i32t().const_int((k16 * NR_F32 + 16) as u64, false),
-        "fpanel",
-    )?;
-    let pan = {
-        let a = cg.b.build_ptr_to_int(panel, cg.i64t(), "")?;
-        let al = cg.b.build_and(cg.add(a, cg.c64(63))?, cg.c64(!63), "")?;
-        cg.b.build_int_to_ptr(al, cg.ptrt(), "")?
-    };
+    let pan = aligned_stack(cg, k16 * NR_F32 * 4)?;
     let col = cg.b.build_array_alloca(
         cg.f32t(),
         cg.i32t().const_int(k16.max(64) as u64, false),
@@ -1691,49 +1736,17 @@ fn f32_panel_gemm<'c>(
                 }
                 Ok(())
             })?;
-            for r in 0..mr {
-                for u in 0..nv {
-                    let a =
-                        cg.b.build_load(f32x16, facc[r * nv + u], "")?
-                            .into_vector_value();
-                    let o = cg.c64(4 * (r as i64 * NR_F32 + 16 * u as i64));
-                    cg.store_vec_f32(tile, o, a)?;
-                }
-            }
-            for r in 0..mr {
-                let ri = cg.add(r0, cg.c64(r as i64))?;
-                cg.for_n(ncols, |cg, cc| {
-                    let v = cg.load_f32(tile, cg.add(cg.c64(r as i64 * NR_F32), cc)?)?;
-                    let j = cg.add(c0, cc)?;
-                    let mut v = cg.fext(v)?;
-                    if s.ascaled || s.wscaled {
-                        let mut e = cg.c64(0);
-                        if s.ascaled {
-                            let x = cg.load(DType::I32, eap, ri)?.into_int_value();
-                            e = cg.add(e, cg.sext64(x)?)?;
-                        }
-                        if s.wscaled {
-                            let x = cg.load(DType::I32, ewp, j)?.into_int_value();
-                            e = cg.add(e, cg.sext64(x)?)?;
-                        }
-                        // 2^-e in two steps keeps each factor normal.
-                        let neg = cg.sub(cg.c64(0), e)?;
-                        let h = cg.sdiv(neg, cg.c64(2))?;
-                        v = cg.fmul(cg.fmul(v, cg.pow2_f64(h)?)?, cg.pow2_f64(cg.sub(neg, h)?)?)?;
-                    }
-                    if s.has_b {
-                        let b = cg.fext(cg.load_f32(bp, cg.add(coff, j)?)?)?;
-                        v = cg.fadd(v, b)?;
-                    }
-                    let mut y32 = cg.epilogue(cg.ftrunc(v)?, s.act.as_deref())?;
-                    let yi = cg.add(cg.add(cg.mul(ri, ntot)?, coff)?, j)?;
-                    if s.has_r {
-                        y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
-                    }
-                    cg.store(DType::F32, yp, yi, y32.into())
-                })?;
-            }
-            Ok(())
+            let epi = Epilogue {
+                y: yp,
+                ntot,
+                coff,
+                bias: s.has_b.then_some(bp),
+                residual: s.has_r.then_some(rp),
+                act: s.act.as_deref(),
+                exps: (s.ascaled || s.wscaled)
+                    .then_some((s.ascaled.then_some(eap), s.wscaled.then_some(ewp))),
+            };
+            write_tile(cg, &epi, &facc[..mr * nv], tile, NR_F32, (r0, c0, ncols))
         };
         cg.for_n(tiles, |cg, q| {
             run(cg, cg.mul(q, cg.c64(MR_F32))?, MR_F32 as usize)
