@@ -775,6 +775,13 @@ unsafe fn run_inner(
     };
     let symbols = check_inputs(&m.desc, ins)
         .map_err(|e| (code::BAD_INPUT, format!("{}: {e}", m.desc.name)))?;
+    // A GPU library's context is made current on this thread first (before
+    // the pool moves into the run, so that a failure leaves it in place).
+    let cuda = m.device.as_ref().and_then(|d| d.cuda());
+    if let Some(c) = cuda {
+        c.enter()
+            .map_err(|e| (code::RUN_FAILED, format!("{}: {e}", m.desc.name)))?;
+    }
     // The previous outputs go back to the pool.
     let mut ctx = RunCtx {
         live: HashMap::new(),
@@ -791,17 +798,18 @@ unsafe fn run_inner(
     let w = m.weights_ptr();
     // With CUDA, kernels cannot read the caller's memory: the inputs are
     // copied into device-visible buffers for the run.
-    let cuda = m.device.as_ref().and_then(|d| d.cuda());
     let mut staged: Vec<LpcTensor> = ins.to_vec();
     let mut copies = Vec::new();
-    if let Some(c) = cuda {
-        c.enter()
-            .map_err(|e| (code::RUN_FAILED, format!("{}: {e}", m.desc.name)))?;
+    if cuda.is_some() {
         for t in staged.iter_mut() {
             let n: i64 = t.dims[..t.rank.max(0) as usize].iter().product();
             let bytes = n.max(0) as usize * desc::dtype::size(t.dtype).unwrap_or(1);
             let p = ctx.pool.get(bytes);
             if p.is_null() {
+                for (p, bytes) in copies {
+                    ctx.pool.put(p, bytes);
+                }
+                m.pool = std::mem::take(&mut ctx.pool);
                 return Err((
                     code::RUN_FAILED,
                     format!("{}: out of device memory", m.desc.name),
