@@ -4,7 +4,9 @@
 # to MXFP4 W4A4 as a native shared library, print the per-layer error report,
 # run a prefill and greedy decode steps with the KV cache through the .so,
 # and compare with the f32 build of the same model (next-token agreement,
-# logits cosine) and with onnxruntime; tokens per second throughout.
+# logits cosine) and with onnxruntime; tokens per second throughout; then
+# the same model as a GPU library (--target cuda), run on the GPU when there
+# is one, else its kernels on the CPU emulation, against the CPU library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -36,6 +38,20 @@ for f in hif4 hif8; do
   echo "-- $f"
   "$LPC" generate "$OUT/qwen3_$f.so" --prompt "$PROMPT" --steps 16 --reference "$OUT/qwen3_f32.so"
 done
+echo
+echo "== The same model for NVIDIA GPUs (--target cuda: MLIR kernels lowered to PTX)"
+"$LPC" compile "$Q/model.onnx" --format mxfp4 --target cuda -o "$OUT/qwen3_mxfp4_cuda.so"
+mkdir -p "$OUT/cpu_out"
+"$LPC" run "$OUT/qwen3_mxfp4.so" --inputs "$Q/inputs" --outputs "$OUT/cpu_out" >/dev/null
+if LPC_DEVICE=cuda "$LPC" run "$OUT/qwen3_mxfp4_cuda.so" --inputs "$Q/inputs" \
+    --check "$OUT/cpu_out" --tolerance 1e-5 2>"$OUT/cuda.err"; then
+  echo "-- ran on the GPU, outputs checked against the CPU library"
+else
+  echo "-- no GPU here ($(head -c 120 "$OUT/cuda.err")...)"
+  echo "-- its kernels on the CPU emulation (LPC_DEVICE=emulate), against the CPU library:"
+  LPC_DEVICE=emulate "$LPC" run "$OUT/qwen3_mxfp4_cuda.so" --inputs "$Q/inputs" \
+    --check "$OUT/cpu_out" --tolerance 1e-5 | grep -E '^check'
+fi
 echo
 echo "== The library's C API: $OUT/qwen3_mxfp4.h (examples/c and examples/python drive it)"
 grep -E '^(lpc_model|int|const|void|#define LPC_(INPUT|OUTPUT)_[0-9]+_NAME)' "$OUT/qwen3_mxfp4.h" | head -20
