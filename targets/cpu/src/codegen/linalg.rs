@@ -1370,16 +1370,52 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     })
 }
 
-/// A 64-byte aligned stack buffer of `bytes` bytes (a panel).
-fn aligned_stack<'c>(cg: &Cg<'c>, bytes: i64) -> R<PointerValue<'c>> {
-    let raw = cg.b.build_array_alloca(
-        cg.i8t(),
-        cg.i32t().const_int((bytes + 64) as u64, false),
-        "panel",
-    )?;
-    let a = cg.b.build_ptr_to_int(raw, cg.i64t(), "")?;
-    let al = cg.b.build_and(cg.add(a, cg.c64(63))?, cg.c64(!63), "")?;
-    Ok(cg.b.build_int_to_ptr(al, cg.ptrt(), "")?)
+/// A 64-byte aligned heap buffer of `bytes` bytes for a panel (up to a few
+/// MB: kept off the stack, since a parallel body's first chunk runs on the
+/// caller's thread, whose stack may be small). Out of memory aborts, as
+/// Rust's allocator does (a parallel body cannot return an error); free it
+/// with [`free_panel`].
+fn panel_buffer<'c>(cg: &Cg<'c>, bytes: i64) -> R<PointerValue<'c>> {
+    let (p, i64t) = (cg.ptrt(), cg.i64t());
+    let alloc = cg.m.get_function("aligned_alloc").unwrap_or_else(|| {
+        cg.m.add_function(
+            "aligned_alloc",
+            p.fn_type(&[i64t.into(), i64t.into()], false),
+            Some(Linkage::External),
+        )
+    });
+    let size = (bytes + 63) / 64 * 64;
+    let buf = cg
+        .call_value(alloc, &[cg.c64(64).into(), cg.c64(size.max(64)).into()])?
+        .into_pointer_value();
+    let null = cg.b.build_is_null(buf, "")?;
+    let abort = cg.m.get_function("abort").unwrap_or_else(|| {
+        cg.m.add_function(
+            "abort",
+            cg.cx.void_type().fn_type(&[], false),
+            Some(Linkage::External),
+        )
+    });
+    let bad = cg.cx.append_basic_block(cg.f, "panel.oom");
+    let good = cg.cx.append_basic_block(cg.f, "panel.ok");
+    cg.b.build_conditional_branch(null, bad, good)?;
+    cg.b.position_at_end(bad);
+    cg.call_void(abort, &[])?;
+    cg.b.build_unreachable()?;
+    cg.b.position_at_end(good);
+    Ok(buf)
+}
+
+/// Frees a buffer from [`panel_buffer`].
+fn free_panel<'c>(cg: &Cg<'c>, buf: PointerValue<'c>) -> R<()> {
+    let free = cg.m.get_function("free").unwrap_or_else(|| {
+        cg.m.add_function(
+            "free",
+            cg.cx.void_type().fn_type(&[cg.ptrt().into()], false),
+            Some(Linkage::External),
+        )
+    });
+    cg.call_void(free, &[buf.into()])
 }
 
 /// Where a panel GEMM's results go and what happens on the way.
@@ -1503,7 +1539,7 @@ fn panel_gemm<'c>(
     let i8x64 = cg.i8t().vec_type(64);
     let nv = (NR / 16) as usize;
     // The panel: (kpad/4) groups × NR columns × 4 bytes; scales nb × NR.
-    let pan = aligned_stack(cg, kpad * NR)?;
+    let pan = panel_buffer(cg, kpad * NR)?;
     let psc = cg.b.build_array_alloca(
         cg.f32t(),
         cg.i32t().const_int((nb * NR) as u64, false),
@@ -1526,7 +1562,7 @@ fn panel_gemm<'c>(
         .map(|_| cg.b.build_alloca(i32x16, "iacc"))
         .collect::<Result<_, _>>()?;
     let offv = cg.splat_i8(s.off, bl as u32);
-    cg.for_range(lo, hi, |cg, pi| {
+    let r = cg.for_range(lo, hi, |cg, pi| {
         let c0 = cg.mul(pi, cg.c64(NR))?;
         // Pack the panel, column by column.
         cg.for_n(cg.c64(NR), |cg, cc| {
@@ -1634,14 +1670,17 @@ fn panel_gemm<'c>(
         };
         cg.for_n(tiles, |cg, q| run(cg, cg.mul(q, cg.c64(MR))?, MR as usize))?;
         cg.for_range(cg.mul(tiles, cg.c64(MR))?, rows, |cg, r| run(cg, r, 1))
-    })
+    });
+    r?;
+    free_panel(cg, pan)
 }
 
 /// Columns per panel of the f32 panel GEMM (two 16-lane vectors) and rows
 /// per tile (6 × 2 accumulators, 2 weight vectors, broadcasts).
 const NR_F32: i64 = 32;
 const MR_F32: i64 = 6;
-/// Largest f32 panel (K × NR_F32 floats) kept on a worker's stack.
+/// Largest f32 panel (K × NR_F32 floats): beyond it (K > 32768) the row
+/// path, which needs no panel.
 const F32_PANEL_MAX_BYTES: i64 = 4 << 20;
 
 /// What the f32 panel GEMM (HiF8) of one weight part needs to know.
@@ -1679,7 +1718,7 @@ fn f32_panel_gemm<'c>(
     let k16 = s.k16;
     let f32x16 = cg.f32t().vec_type(16);
     let nv = (NR_F32 / 16) as usize;
-    let pan = aligned_stack(cg, k16 * NR_F32 * 4)?;
+    let pan = panel_buffer(cg, k16 * NR_F32 * 4)?;
     let col = cg.b.build_array_alloca(
         cg.f32t(),
         cg.i32t().const_int(k16.max(64) as u64, false),
@@ -1693,7 +1732,7 @@ fn f32_panel_gemm<'c>(
     let facc: Vec<PointerValue> = (0..MR_F32 as usize * nv)
         .map(|_| cg.b.build_alloca(f32x16, "facc"))
         .collect::<Result<_, _>>()?;
-    cg.for_range(lo, hi, |cg, pi| {
+    let r = cg.for_range(lo, hi, |cg, pi| {
         let c0 = cg.mul(pi, cg.c64(NR_F32))?;
         cg.for_n(cg.c64(NR_F32), |cg, cc| {
             let j = cg.add(c0, cc)?;
@@ -1752,7 +1791,9 @@ fn f32_panel_gemm<'c>(
             run(cg, cg.mul(q, cg.c64(MR_F32))?, MR_F32 as usize)
         })?;
         cg.for_range(cg.mul(tiles, cg.c64(MR_F32))?, rows, |cg, r| run(cg, r, 1))
-    })
+    });
+    r?;
+    free_panel(cg, pan)
 }
 
 fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
