@@ -888,8 +888,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     let sum = cg
                         .intrinsic("llvm.vector.reduce.add", &[i32v.into()], &[w.into()])?
                         .into_int_value();
-                    let corr =
-                        cg.b.build_int_mul(sum, cg.i32t().const_int(aoff as u64, false), "")?;
+                    // Negated: the panel GEMM starts its accumulators there.
+                    let m = cg.i32t().const_int((-(aoff as i64)) as u64, true);
+                    let corr = cg.b.build_int_mul(sum, m, "")?;
                     cg.store(DType::I32, csrow, t, corr.into())
                 })?;
                 // Offset to unsigned, chunk by chunk (padding too: harmless,
@@ -1601,8 +1602,8 @@ fn panel_gemm<'c>(
                     let cs = cg
                         .load(DType::I32, acs, cg.add(cg.mul(ri, cg.c64(nb))?, t)?)?
                         .into_int_value();
-                    let neg = cg.b.build_int_neg(cs, "")?;
-                    let v = cg.splat_i32(neg, 16)?;
+                    // Stored negated: a broadcast straight from memory.
+                    let v = cg.splat_i32(cs, 16)?;
                     for u in 0..nv {
                         cg.b.build_store(iacc[r * nv + u], v)?;
                     }
