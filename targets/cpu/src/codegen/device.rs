@@ -177,11 +177,6 @@ pub fn emit<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<
     }
 }
 
-/// Strides of a contiguous tensor of `dims`.
-fn strides_of<'c>(cg: &Cg<'c>, dims: &[IntValue<'c>]) -> R<Vec<IntValue<'c>>> {
-    cg.strides(dims)
-}
-
 /// One strided copy: `y[yoff + Σ c·ys] = x[xoff + Σ c·xs]` over the box `d`.
 /// Buffer lengths fill the descriptors' size words, which kernels do not
 /// read (the strided views of the CPU path pass the copied count).
@@ -227,10 +222,10 @@ fn transpose<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
     if seen != (0..r).collect::<Vec<_>>() {
         return Ok(None); // the host path reports it
     }
-    let st = strides_of(cg, &x.dims)?;
+    let st = cg.strides(&x.dims)?;
     let dims: Vec<IntValue<'c>> = perm.iter().map(|&p| x.dims[p]).collect();
     let xs: Vec<IntValue<'c>> = perm.iter().map(|&p| st[p]).collect();
-    let ys = strides_of(cg, &dims)?;
+    let ys = cg.strides(&dims)?;
     let total = cg.product(&x.dims)?;
     let y = cg.alloc(x.dt, total)?;
     let z = cg.c64(0);
@@ -284,12 +279,12 @@ fn concat<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Ve
         tot = cg.add(tot, v.dims[axis])?;
     }
     dims[axis] = tot;
-    let ys = strides_of(cg, &dims)?;
+    let ys = cg.strides(&dims)?;
     let total = cg.product(&dims)?;
     let y = cg.alloc(xs[0].dt, total)?;
     let mut at = cg.c64(0);
     for v in &xs {
-        let xs_ = strides_of(cg, &v.dims)?;
+        let xs_ = cg.strides(&v.dims)?;
         let len = cg.product(&v.dims)?;
         let yoff = cg.mul(at, ys[axis])?;
         let z = cg.c64(0);
@@ -440,7 +435,7 @@ fn bhsd<'c>(
 ) -> R<Option<([IntValue<'c>; 4], [IntValue<'c>; 3])>> {
     Ok(match v.rank() {
         4 => {
-            let st = strides_of(cg, &v.dims)?;
+            let st = cg.strides(&v.dims)?;
             Some((
                 [v.dims[0], v.dims[1], v.dims[2], v.dims[3]],
                 [st[0], st[1], st[2]],
@@ -649,7 +644,7 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
     for (new, (nd, nst), old, dd) in [(&k, (kd, ks_), &pk, d), (&v, (vd, vs), &pv, dv)] {
         if let Some(pb) = pastb {
             let pdims = [b, hkv, t, dd];
-            let pst = strides_of(cg, &pdims)?;
+            let pst = cg.strides(&pdims)?;
             let plen = cg.product(&pdims)?;
             let buf = cg.alloc(DType::F32, plen)?;
             let z = match ks::zero("lpc_zero", 4) {
@@ -659,7 +654,7 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
             launch(cg, z, plen, &[LArg::Buf(buf, plen)])?;
             let mut boxes = Vec::new();
             if let Some(o) = old {
-                let ost = strides_of(cg, &o.dims)?;
+                let ost = cg.strides(&o.dims)?;
                 let olen = cg.product(&o.dims)?;
                 boxes.push((true, o.ptr, olen, o.dims[2], [ost[0], ost[1], ost[2]]));
             }
@@ -683,12 +678,12 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
             continue;
         }
         let pdims = [b, hkv, t, dd];
-        let pst = strides_of(cg, &pdims)?;
+        let pst = cg.strides(&pdims)?;
         let plen = cg.product(&pdims)?;
         let buf = cg.alloc(DType::F32, plen)?;
         let z = cg.c64(0);
         if let Some(o) = old {
-            let ost = strides_of(cg, &o.dims)?;
+            let ost = cg.strides(&o.dims)?;
             let olen = cg.product(&o.dims)?;
             copy(
                 cg,
@@ -748,7 +743,7 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
         let hd = cg.mul(hq, dv)?;
         (cg.mul(l, hd)?, dv, hd)
     } else {
-        let st = strides_of(cg, &[b, hq, l, dv])?;
+        let st = cg.strides(&[b, hq, l, dv])?;
         (st[0], st[1], st[2])
     };
     let qlen = cg.product(&q.dims)?;
@@ -762,7 +757,7 @@ fn attention<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option
     if let Some(m) = &mask {
         let mut md = vec![cg.c64(1); 4 - m.rank()];
         md.extend(&m.dims);
-        let own = strides_of(cg, &md)?;
+        let own = cg.strides(&md)?;
         let targets = [b, hq, l];
         for a in 0..3 {
             let is1 = cg.icmp(IntPredicate::EQ, md[a], cg.c64(1))?;
@@ -1136,22 +1131,36 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
     }
     let y = cg.alloc(DType::F32, outn)?;
     let mut args = vec![LArg::Buf(y, outn)];
-    if a_hif4 {
+    if a_hif4 || a_mxfp4 {
+        // 4-bit: integer codes (one i8 per element) and one value per block
+        // (HiF4's f32 scale, MXFP4's E8M0 exponent), the same parameters.
+        let (per, sdt, kern) = match af {
+            Some(Format::Hif4(v)) => (
+                64,
+                DType::F32,
+                kq::quant_hif4("lpc_quant4", v.name() == "amct"),
+            ),
+            Some(Format::Mxfp4(m)) => (
+                32,
+                DType::I32,
+                kq::quant_mxfp4("lpc_quant", m.name() == "ties-away"),
+            ),
+            _ => return kerr(cg, "4-bit activations without a 4-bit format".into()),
+        };
         let nblk = cg.mul(rows, nbc)?;
-        let ncodes = cg.mul(nblk, cg.c64(64))?;
+        let ncodes = cg.mul(nblk, cg.c64(per))?;
         let codes = cg.alloc(DType::I8, ncodes)?;
-        let scales = cg.alloc(DType::F32, nblk)?;
-        let amct = matches!(af, Some(Format::Hif4(v)) if v.name() == "amct");
+        let per_block = cg.alloc(sdt, nblk)?;
         let qargs = [
             LArg::Buf(codes, ncodes),
-            LArg::Buf(scales, nblk),
+            LArg::Buf(per_block, nblk),
             LArg::Buf(a, xlen),
             LArg::Idx(kc),
             LArg::Idx(nbc),
         ];
-        launch(cg, kq::quant_hif4("lpc_quant4", amct), nblk, &qargs)?;
-        args.extend([LArg::Buf(codes, ncodes), LArg::Buf(scales, nblk)]);
-        scratch.extend([codes, scales]);
+        launch(cg, kern, nblk, &qargs)?;
+        args.extend([LArg::Buf(codes, ncodes), LArg::Buf(per_block, nblk)]);
+        scratch.extend([codes, per_block]);
     } else if a_hif8 {
         let codes = cg.alloc(DType::U8, xlen)?;
         let exps = cg.alloc(DType::I32, rows)?;
@@ -1175,22 +1184,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec
             args.push(LArg::Buf(exps, rows));
         }
         scratch.extend([codes, exps, ta]);
-    } else if a_mxfp4 {
-        let nblk = cg.mul(rows, nbc)?;
-        let ncodes = cg.mul(nblk, cg.c64(32))?;
-        let codes = cg.alloc(DType::I8, ncodes)?;
-        let exps = cg.alloc(DType::I32, nblk)?;
-        let ties = matches!(af, Some(Format::Mxfp4(m)) if m.name() == "ties-away");
-        let qargs = [
-            LArg::Buf(codes, ncodes),
-            LArg::Buf(exps, nblk),
-            LArg::Buf(a, xlen),
-            LArg::Idx(kc),
-            LArg::Idx(nbc),
-        ];
-        launch(cg, kq::quant_mxfp4("lpc_quant", ties), nblk, &qargs)?;
-        args.extend([LArg::Buf(codes, ncodes), LArg::Buf(exps, nblk)]);
-        scratch.extend([codes, exps]);
     } else {
         args.push(LArg::Buf(a, xlen));
     }

@@ -165,11 +165,8 @@ pub fn quant_mxfp4(name: &str, ties_away: bool) -> Kernel {
         }
         let val = x2_of_code(b, &code);
         let neg = b.cmpi("slt", &bits, &zero, i32t);
-        let nval = b.bin("subi", &zero, &val, i32t);
-        let sv = b.select(&neg, &nval, &val, i32t);
-        let s8 = b.cast("trunci", &sv, i32t, Ty::I8);
         let at = b.bin("addi", &cbase, el, X);
-        b.store(&s8, "%codes", &at, Ty::I8);
+        store_code(b, &neg, &val, &at);
         vec![]
     });
     Kernel {
@@ -177,6 +174,16 @@ pub fn quant_mxfp4(name: &str, ties_away: bool) -> Kernel {
         params,
         body: b.finish(),
     }
+}
+
+/// Stores `±mag` (i32, negated when `neg`) as the i8 code at `%codes[at]`.
+fn store_code(b: &mut B, neg: &str, mag: &str, at: &str) {
+    let t = Ty::I32;
+    let z = b.int(0, t);
+    let nm = b.bin("subi", &z, mag, t);
+    let sv = b.select(neg, &nm, mag, t);
+    let s8 = b.cast("trunci", &sv, t, Ty::I8);
+    b.store(&s8, "%codes", at, Ty::I8);
 }
 
 /// 2·E2M1 magnitude of a magnitude code m (0..8): 0,1,2,3,4,6,8,12 =
@@ -604,12 +611,8 @@ pub fn quant_hif4(name: &str, amct: bool) -> Kernel {
         let mag = b.bin("shli", &c, &d, t);
         let zf = b.f32(0.0);
         let neg = b.cmpf("olt", &v, &zf, f);
-        let z = b.int(0, t);
-        let nm = b.bin("subi", &z, &mag, t);
-        let sv = b.select(&neg, &nm, &mag, t);
-        let s8 = b.cast("trunci", &sv, t, Ty::I8);
         let at = b.bin("addi", &cbase, j, X);
-        b.store(&s8, "%codes", &at, Ty::I8);
+        store_code(b, &neg, &mag, &at);
         vec![]
     });
     Kernel {
