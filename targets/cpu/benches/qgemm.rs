@@ -5,6 +5,11 @@
 //!   cargo bench -p lpc-target-cpu --bench qgemm
 //!   LPC_BENCH_SHAPES=5120x25600,25600x5120 LPC_BENCH_M=1,16,512 LPC_BENCH_THREADS=1,2 ...
 //!
+//! Every timed run starts from cold caches (a buffer twice the L3 is
+//! written first: this machine's 260 MB L3 would otherwise hold a
+//! 5120 x 25600 weight between runs, where a 32B model's weights always
+//! come from DRAM).
+//!
 //! Prints time (median of LPC_BENCH_RUNS, default 5, with min-max), GOP/s
 //! (2·M·N·K), weight GB/s, the fraction of the measured read bandwidth
 //! (M = 1) or of the compute peak (M > 1: the int8 VNNI peak for 4-bit
@@ -99,10 +104,63 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-/// Median, min and max seconds of `runs` calls on `x [m, k]` (after one).
-fn time(lib: &OpLib, x: &[f32], m: usize, k: usize, runs: usize) -> (f64, f64, f64) {
+/// A read prefetch of the line at `p` into all cache levels.
+fn prefetch_line<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// The last-level cache's size in bytes (64 MiB when sysfs does not say).
+fn llc_bytes() -> usize {
+    (0..8)
+        .filter_map(|i| {
+            let d = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+            let level = std::fs::read_to_string(format!("{d}/level")).ok()?;
+            let size = std::fs::read_to_string(format!("{d}/size")).ok()?;
+            let size = size.trim();
+            let kb: usize = size.strip_suffix('K')?.parse().ok()?;
+            (level.trim() == "3").then_some(kb << 10)
+        })
+        .max()
+        .unwrap_or(64 << 20)
+}
+
+/// A buffer twice the last-level cache, written through before every timed
+/// run, so that weights come from DRAM as they do for a model far larger
+/// than the caches (this machine's L3 would otherwise hold a whole
+/// 5120 x 25600 weight between runs).
+struct Evict(Vec<u8>);
+impl Evict {
+    fn new() -> Self {
+        Self(vec![1; 2 * llc_bytes()])
+    }
+    fn run(&mut self) {
+        for i in (0..self.0.len()).step_by(64) {
+            self.0[i] = self.0[i].wrapping_add(1);
+        }
+        std::hint::black_box(&self.0);
+    }
+}
+
+/// Median, min and max seconds of `runs` calls on `x [m, k]` (after one),
+/// each from cold caches.
+fn time(
+    lib: &OpLib,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    runs: usize,
+    ev: &mut Evict,
+) -> (f64, f64, f64) {
     let mut t = Vec::with_capacity(runs);
     for i in 0..runs + 1 {
+        ev.run();
         let s = Instant::now();
         lib.run(&[(x, &[m, k])]).unwrap();
         if i > 0 {
@@ -114,12 +172,15 @@ fn time(lib: &OpLib, x: &[f32], m: usize, k: usize, runs: usize) -> (f64, f64, f
 }
 
 /// Read bandwidth (GB/s) over a buffer larger than the caches, `threads`
-/// readers, best of 3.
+/// readers, best of 3 rounds of two loops: plain sums, and the same with a
+/// software prefetch 4 KiB ahead (what the M = 1 kernels do), whichever
+/// reads faster.
 fn read_bandwidth(threads: usize) -> f64 {
     let n: usize = 256 << 20; // 1 GiB of u32
     let buf: Vec<u32> = (0..n as u32).collect();
     let mut best = 0f64;
-    for _ in 0..3 {
+    for round in 0..6 {
+        let prefetch = round % 2 == 1;
         let s = Instant::now();
         let sum: u64 = std::thread::scope(|sc| {
             let chunk = n.div_ceil(threads);
@@ -129,7 +190,10 @@ fn read_bandwidth(threads: usize) -> f64 {
                     sc.spawn(move || {
                         // Eight independent sums: the loads, not an add chain, limit it.
                         let mut acc = [0u32; 8];
-                        for w in c.chunks_exact(8) {
+                        for (i, w) in c.chunks_exact(8).enumerate() {
+                            if prefetch && i % 2 == 0 {
+                                prefetch_line(w.as_ptr().wrapping_add(1024));
+                            }
                             for (a, &x) in acc.iter_mut().zip(w) {
                                 *a = a.wrapping_add(x);
                             }
@@ -168,6 +232,7 @@ fn main() {
         .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
     let mut json = Vec::new();
+    let mut ev = Evict::new();
     let bw: Vec<(usize, f64)> = threads.iter().map(|&t| (t, read_bandwidth(t))).collect();
     let (vnni_peak, fma_peak, bf16_peak) = peak::probe();
     println!(
@@ -226,7 +291,7 @@ fn main() {
             .unwrap();
             let mut base_t = std::collections::HashMap::new();
             for &m in &ms {
-                base_t.insert(m, time(&base, &x[..m * k], m, k, runs).0);
+                base_t.insert(m, time(&base, &x[..m * k], m, k, runs, &mut ev).0);
             }
             drop(base);
             for fname in &formats {
@@ -247,7 +312,7 @@ fn main() {
                 .unwrap();
                 drop(g);
                 for &m in &ms {
-                    let (med, lo, hi) = time(&lib, &x[..m * k], m, k, runs);
+                    let (med, lo, hi) = time(&lib, &x[..m * k], m, k, runs, &mut ev);
                     let gops = 2.0 * (m * n * k) as f64 / med / 1e9;
                     let gbs = lib.weight_bytes as f64 / med / 1e9;
                     let bwl = bw.iter().find(|b| b.0 == th).unwrap().1;

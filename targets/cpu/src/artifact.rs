@@ -115,12 +115,13 @@ pub fn write_weights(g: &Graph, w: &WeightsLayout, path: &Path) -> Result<(), Cp
     out.write_all(&h.encode()).map_err(io(path))?;
     let mut at = 0u64;
     let zeros = [0u8; 64];
-    for (off, piece) in w.pieces(g) {
+    w.for_each_piece(g, |off, piece| -> Result<(), CpuError> {
         out.write_all(&zeros[..(off - at) as usize])
             .map_err(io(path))?;
         out.write_all(piece).map_err(io(path))?;
         at = off + piece.len() as u64;
-    }
+        Ok(())
+    })?;
     out.write_all(&ib).map_err(io(path))?;
     out.flush().map_err(io(path))?;
     Ok(())

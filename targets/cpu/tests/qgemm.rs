@@ -1,7 +1,8 @@
 //! The generated `lpc.qgemm` on random shapes (K not a multiple of the
 //! block, M = 1, odd N, rotation, scaled HiF8, bias, residual, epilogue
-//! activations; M >= 24 for the panel GEMMs: VNNI for 4-bit, BF16 for HiF8) against the runtime's reference codecs and block dot
-//! products. Blocks must be identical (the activation codec is the
+//! activations; M >= 24 for the panel GEMMs: VNNI for 4-bit, f32 for HiF8;
+//! K a multiple of 128 for 4-bit weights in the CPU layout) against the
+//! runtime's reference codecs and block dot products. Blocks must be identical (the activation codec is the
 //! reference), so results agree to f64 summation order.
 
 use lpc_ir::Dim;
@@ -169,6 +170,10 @@ fn qgemm_matches_the_reference_block_dot_products() {
             (2, 160, 9),
             (1, 33, 3),
             (70, 96, 5),
+            // K a multiple of 128: 4-bit weights in the CPU layout (single
+            // rows, four-row groups and their leftovers).
+            (1, 256, 9),
+            (6, 384, 5),
         ] {
             for (bias, residual, act) in [(false, false, None), (true, true, Some("silu"))] {
                 seed += 1;

@@ -58,6 +58,8 @@ pub struct Cg<'c> {
     pub fail: Option<BasicBlock<'c>>,
     /// Code paths the target allows (see `Options`).
     pub vnni512: bool,
+    /// `qgemm` weights stored in the CPU layout (see `layout.rs`).
+    pub cpu_layout: std::collections::HashSet<lpc_ir::ValueId>,
     /// Set for `--target cuda`: the kernels launched so far.
     pub dev: Option<super::device::DevState>,
     /// The node being generated, for messages.
@@ -306,6 +308,25 @@ impl<'c> Cg<'c> {
     pub fn call_void(&self, f: FunctionValue<'c>, args: &[BasicMetadataValueEnum<'c>]) -> R<()> {
         self.b.build_call(f, args, "")?;
         Ok(())
+    }
+
+    /// A read prefetch of the cache line at `p`: into L1 (`l1`) or into L2
+    /// only (for lines needed later than L1 would keep them).
+    pub fn prefetch(&self, p: PointerValue<'c>, l1: bool) -> R<()> {
+        let f = Intrinsic::find("llvm.prefetch")
+            .and_then(|i| i.get_declaration(&self.m, &[self.ptrt().into()]))
+            .ok_or_else(|| CgError::Graph("LLVM has no intrinsic llvm.prefetch".into()))?;
+        let i32c = |v: u64| self.i32t().const_int(v, false);
+        let locality = if l1 { 3 } else { 2 };
+        self.call_void(
+            f,
+            &[
+                p.into(),
+                i32c(0).into(),
+                i32c(locality).into(),
+                i32c(1).into(),
+            ],
+        )
     }
 
     /// A runtime service function, declared on first use.

@@ -386,12 +386,13 @@ impl<'c> Cg<'c> {
     fn decode_block(
         &mut self,
         f: Format,
+        lay: WLayout,
         p: PointerValue<'c>,
         t: IntValue<'c>,
         codes: PointerValue<'c>,
         scales: PointerValue<'c>,
     ) -> R<()> {
-        let (v, sc) = self.decode_codes(f, p, t)?;
+        let (v, sc) = self.decode_codes(f, lay, p, t)?;
         self.store_vec(codes, self.mul(t, self.c64(f.block_len() as i64))?, v)?;
         self.store(DType::F64, scales, t, sc.into())
     }
@@ -401,39 +402,81 @@ impl<'c> Cg<'c> {
     fn decode_codes(
         &mut self,
         f: Format,
+        lay: WLayout,
         p: PointerValue<'c>,
         t: IntValue<'c>,
     ) -> R<(VectorValue<'c>, FloatValue<'c>)> {
+        // CPU layout: the nibbles of block `t` are one half (low or high
+        // nibbles) of `n` bytes of its 64-byte group, in natural order.
+        let cpu_nibbles = |cg: &Cg<'c>, per_group: i64, n: u32| -> R<VectorValue<'c>> {
+            let g = cg.sdiv(t, cg.c64(per_group))?;
+            let r = cg.sub(t, cg.mul(g, cg.c64(per_group))?)?;
+            let half = cg.sdiv(r, cg.c64(per_group / 2))?;
+            let at = cg.add(
+                cg.mul(g, cg.c64(64))?,
+                cg.mul(
+                    cg.sub(r, cg.mul(half, cg.c64(per_group / 2))?)?,
+                    cg.c64(n as i64),
+                )?,
+            )?;
+            let bytes = cg.load_i8xn(p, at, n)?;
+            let sh =
+                cg.b.build_int_truncate(cg.mul(half, cg.c64(4))?, cg.i8t(), "")?;
+            let shv = cg.b.build_insert_element(
+                cg.i8t().vec_type(n).get_undef(),
+                sh,
+                cg.i32t().const_zero(),
+                "",
+            )?;
+            let z = VectorType::const_vector(&vec![cg.i32t().const_zero(); n as usize]);
+            let shv = cg.b.build_shuffle_vector(shv, shv, z, "")?;
+            let v = cg.b.build_right_shift(bytes, shv, false, "")?;
+            Ok(cg.b.build_and(v, cg.splat_i8(15, n), "")?)
+        };
         match f {
             Format::Mxfp4(_) => {
-                let base = self.mul(t, self.c64(17))?;
-                let bytes = self.load_i8xn(p, self.add(base, self.c64(1))?, 16)?;
-                let lo = self.b.build_and(bytes, self.splat_i8(15, 16), "")?;
-                let hi = self
-                    .b
-                    .build_right_shift(bytes, self.splat_i8(4, 16), false, "")?;
                 let lutv: Vec<_> = mxfp4::E2M1_X2
                     .iter()
                     .map(|&x| self.i8t().const_int(x as u8 as u64, false))
                     .collect();
-                let lut = VectorType::const_vector(&lutv);
-                let pshufb = |cg: &Cg<'c>, idx: VectorValue<'c>| -> R<VectorValue<'c>> {
-                    Ok(cg
-                        .intrinsic("llvm.x86.ssse3.pshuf.b.128", &[], &[lut.into(), idx.into()])?
-                        .into_vector_value())
+                let (inter, sb) = if let WLayout::Cpu { k } = lay {
+                    let nib = cpu_nibbles(self, 4, 32)?;
+                    let lut = VectorType::const_vector(&[lutv.clone(), lutv].concat());
+                    let codes = self
+                        .intrinsic("llvm.x86.avx2.pshuf.b", &[], &[lut.into(), nib.into()])?
+                        .into_vector_value();
+                    let at = self.add(self.c64(k / 2), t)?;
+                    let sb = self.add(self.zext64(self.load_u8(p, at)?)?, self.c64(1))?;
+                    (codes, sb)
+                } else {
+                    let base = self.mul(t, self.c64(17))?;
+                    let bytes = self.load_i8xn(p, self.add(base, self.c64(1))?, 16)?;
+                    let lo = self.b.build_and(bytes, self.splat_i8(15, 16), "")?;
+                    let hi = self
+                        .b
+                        .build_right_shift(bytes, self.splat_i8(4, 16), false, "")?;
+                    let lut = VectorType::const_vector(&lutv);
+                    let pshufb = |cg: &Cg<'c>, idx: VectorValue<'c>| -> R<VectorValue<'c>> {
+                        Ok(cg
+                            .intrinsic(
+                                "llvm.x86.ssse3.pshuf.b.128",
+                                &[],
+                                &[lut.into(), idx.into()],
+                            )?
+                            .into_vector_value())
+                    };
+                    let (dl, dh) = (pshufb(self, lo)?, pshufb(self, hi)?);
+                    let mask: Vec<_> = (0..32u64)
+                        .map(|i| {
+                            self.i32t()
+                                .const_int(if i % 2 == 0 { i / 2 } else { 16 + i / 2 }, false)
+                        })
+                        .collect();
+                    let inter =
+                        self.b
+                            .build_shuffle_vector(dl, dh, VectorType::const_vector(&mask), "")?;
+                    (inter, self.zext64(self.load_u8(p, base)?)?)
                 };
-                let (dl, dh) = (pshufb(self, lo)?, pshufb(self, hi)?);
-                let mask: Vec<_> = (0..32u64)
-                    .map(|i| {
-                        self.i32t()
-                            .const_int(if i % 2 == 0 { i / 2 } else { 16 + i / 2 }, false)
-                    })
-                    .collect();
-                let inter =
-                    self.b
-                        .build_shuffle_vector(dl, dh, VectorType::const_vector(&mask), "")?;
-
-                let sb = self.zext64(self.load_u8(p, base)?)?;
                 let sc = self.pow2_f64(self.sub(sb, self.c64(128))?)?;
                 let poisoned = self.icmp(IntPredicate::EQ, sb, self.c64(255))?;
                 let sc = self.select_f(poisoned, self.cf64(f64::NAN), sc)?;
@@ -441,21 +484,27 @@ impl<'c> Cg<'c> {
             }
             Format::Hif4(_) => {
                 // Vector form of hif4_code for the 64 elements at once.
-                let base = self.mul(t, self.c64(36))?;
-                let bytes = self.load_i8xn(p, self.add(base, self.c64(4))?, 32)?;
-                let lo = self.b.build_and(bytes, self.splat_i8(15, 32), "")?;
-                let hi = self
-                    .b
-                    .build_right_shift(bytes, self.splat_i8(4, 32), false, "")?;
-                let mask: Vec<_> = (0..64u64)
-                    .map(|i| {
-                        self.i32t()
-                            .const_int(if i % 2 == 0 { i / 2 } else { 32 + i / 2 }, false)
-                    })
-                    .collect();
-                let nib =
-                    self.b
-                        .build_shuffle_vector(lo, hi, VectorType::const_vector(&mask), "")?;
+                let (base, nib) = if let WLayout::Cpu { k } = lay {
+                    let base = self.add(self.c64(k / 2), self.mul(t, self.c64(4))?)?;
+                    (base, cpu_nibbles(self, 2, 64)?)
+                } else {
+                    let base = self.mul(t, self.c64(36))?;
+                    let bytes = self.load_i8xn(p, self.add(base, self.c64(4))?, 32)?;
+                    let lo = self.b.build_and(bytes, self.splat_i8(15, 32), "")?;
+                    let hi = self
+                        .b
+                        .build_right_shift(bytes, self.splat_i8(4, 32), false, "")?;
+                    let mask: Vec<_> = (0..64u64)
+                        .map(|i| {
+                            self.i32t()
+                                .const_int(if i % 2 == 0 { i / 2 } else { 32 + i / 2 }, false)
+                        })
+                        .collect();
+                    let nib =
+                        self.b
+                            .build_shuffle_vector(lo, hi, VectorType::const_vector(&mask), "")?;
+                    (base, nib)
+                };
                 let splat_byte = |cg: &Cg<'c>, at: i64| -> R<VectorValue<'c>> {
                     let v = cg.load_u8(p, cg.add(base, cg.c64(at))?)?;
                     let t = cg.i8t().vec_type(64);
@@ -470,26 +519,45 @@ impl<'c> Cg<'c> {
                         .collect();
                     VectorType::const_vector(&v)
                 };
-                let one = self.splat_i8(1, 64);
-                let m1 = splat_byte(self, 1)?;
-                let e8 = self
-                    .b
-                    .build_right_shift(m1, consts(&|i| 7 - i / 8), false, "")?;
-                let e8 = self.b.build_and(e8, one, "")?;
-                let (m2, m3) = (splat_byte(self, 2)?, splat_byte(self, 3)?);
-                let first = consts(&|i| (i < 32) as u64);
-                let is_first =
+                let sh = if matches!(lay, WLayout::Cpu { .. }) {
+                    // Per i32 lane from the repacked header, repeated over
+                    // the lane's four bytes.
+                    let hd = self.load_vec(p, base, self.i32t().vec_type(1), 1)?;
+                    let z = VectorType::const_vector(&[self.i32t().const_zero(); 16]);
+                    let hd = self.b.build_shuffle_vector(hd, hd, z, "")?;
+                    let sh = self.hif4_lane_shifts(hd)?;
+                    let rep = self.i32t().const_int(0x0101_0101, false);
+                    let sh = self
+                        .b
+                        .build_int_mul(sh, VectorType::const_vector(&[rep; 16]), "")?;
                     self.b
-                        .build_int_compare(IntPredicate::NE, first, self.splat_i8(0, 64), "")?;
-                let m23 = self
-                    .b
-                    .build_select(is_first, m2, m3, "")?
-                    .into_vector_value();
-                let e16 = self
-                    .b
-                    .build_right_shift(m23, consts(&|i| 7 - (i / 4) % 8), false, "")?;
-                let e16 = self.b.build_and(e16, one, "")?;
-                let sh = self.b.build_int_add(e8, e16, "")?;
+                        .build_bit_cast(sh, self.i8t().vec_type(64), "")?
+                        .into_vector_value()
+                } else {
+                    let one = self.splat_i8(1, 64);
+                    let m1 = splat_byte(self, 1)?;
+                    let e8 = self
+                        .b
+                        .build_right_shift(m1, consts(&|i| 7 - i / 8), false, "")?;
+                    let e8 = self.b.build_and(e8, one, "")?;
+                    let (m2, m3) = (splat_byte(self, 2)?, splat_byte(self, 3)?);
+                    let first = consts(&|i| (i < 32) as u64);
+                    let is_first = self.b.build_int_compare(
+                        IntPredicate::NE,
+                        first,
+                        self.splat_i8(0, 64),
+                        "",
+                    )?;
+                    let m23 = self
+                        .b
+                        .build_select(is_first, m2, m3, "")?
+                        .into_vector_value();
+                    let e16 =
+                        self.b
+                            .build_right_shift(m23, consts(&|i| 7 - (i / 4) % 8), false, "")?;
+                    let e16 = self.b.build_and(e16, one, "")?;
+                    self.b.build_int_add(e8, e16, "")?
+                };
                 let mag = self.b.build_and(nib, self.splat_i8(7, 64), "")?;
                 let mag = self.b.build_left_shift(mag, sh, "")?;
                 let sign = self.b.build_and(nib, self.splat_i8(8, 64), "")?;
@@ -512,6 +580,42 @@ impl<'c> Cg<'c> {
         }
     }
 
+    /// HiF4 in the CPU layout: from a unit's header dword (in all 16
+    /// lanes), each i32 lane's micro-exponent shift `e8 + e16` (0 to 2, in
+    /// the lane's low byte). Lane `l` reads the 3-bit field of its pair
+    /// `l/2` from bit `8 + 3(l/2) + l%2`: its own `e16` lands in bit 0 and
+    /// the pair's `e8` in bit 2 (even lanes) or 1 (odd lanes); masked with
+    /// 0b101 or 0b011, a `vpshufb` table turns the two bits into their sum.
+    fn hif4_lane_shifts(&self, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
+        let i32c = |v: u64| self.i32t().const_int(v, false);
+        let at: Vec<_> = (0..16).map(|l| i32c(8 + 3 * (l / 2) + l % 2)).collect();
+        let x = self
+            .b
+            .build_right_shift(hd, VectorType::const_vector(&at), false, "")?;
+        let mask: Vec<_> = (0..16)
+            .map(|l| i32c(if l % 2 == 0 { 5 } else { 3 }))
+            .collect();
+        let x = self.b.build_and(x, VectorType::const_vector(&mask), "")?;
+        let sum: Vec<_> = (0..64u64)
+            .map(|i| {
+                let v = [0u64, 1, 1, 2, 1, 2, 0, 0][(i % 16).min(7) as usize];
+                self.i8t().const_int(v, false)
+            })
+            .collect();
+        let x = self.b.build_bit_cast(x, self.i8t().vec_type(64), "")?;
+        let sh = self
+            .intrinsic(
+                "llvm.x86.avx512.pshuf.b.512",
+                &[],
+                &[VectorType::const_vector(&sum).into(), x.into()],
+            )?
+            .into_vector_value();
+        Ok(self
+            .b
+            .build_bit_cast(sh, self.i32t().vec_type(16), "")?
+            .into_vector_value())
+    }
+
     fn epilogue(&self, v: FloatValue<'c>, act: Option<&str>) -> R<FloatValue<'c>> {
         Ok(match act {
             None => v,
@@ -521,6 +625,14 @@ impl<'c> Cg<'c> {
             Some(a) => return self.err(format!("unknown epilogue activation `{a}`")),
         })
     }
+}
+
+/// How a packed weight row is laid out: the formats' own layout, or the
+/// CPU layout of `layout.rs` (rows of `k` elements).
+#[derive(Clone, Copy, Debug)]
+enum WLayout {
+    Spec,
+    Cpu { k: i64 },
 }
 
 fn format_attr(cg: &Cg, n: &Node, key: &str, mode: &str) -> R<Option<Format>> {
@@ -773,6 +885,17 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     };
     let kc = if vnni { (kpad + 63) / 64 * 64 } else { kpad };
     let lanes = kc / 4;
+    // Weights in the CPU layout (some part): single rows run `cpu_row_dot`,
+    // which needs per-lane corrections of the activations.
+    let any_cpu = vnni
+        && (0..parts).any(|p| {
+            n.inputs
+                .get(1 + p)
+                .copied()
+                .flatten()
+                .is_some_and(|v| cg.cpu_layout.contains(&v))
+        });
+    let woff = cpu_weight_offset(wf);
     // HiF8 (W8A8): both operands decoded once to exact f32 values (rows
     // padded to 16 lanes), multiplied and summed lane-wise in f32.
     let hif8 = af.is_some() && bl == 1;
@@ -810,6 +933,14 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         let null = cg.ptrt().const_null();
         (null, null, null)
     };
+    let acl = if any_cpu {
+        cg.alloc(
+            DType::I32,
+            cg.mul(cg.smax(rows, cg.c64(1))?, cg.c64(lanes))?,
+        )?
+    } else {
+        cg.ptrt().const_null()
+    };
     let caps: Vec<BasicValueEnum> = vec![
         x.ptr.into(),
         pa.into(),
@@ -820,6 +951,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         as8.into(),
         asb.into(),
         acs.into(),
+        acl.into(),
     ];
     cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
         let p = |i: usize| c[i].into_pointer_value();
@@ -849,7 +981,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let crow = cg.gep_bytes(acp, cg.mul(r, cg.c64(kpad))?)?;
                 let srow = cg.gep(DType::F64, asp, cg.mul(r, cg.c64(nb_i))?)?;
                 cg.for_n(cg.c64(nb_i), |cg, t| {
-                    cg.decode_block(af, prow, t, crow, srow)
+                    cg.decode_block(af, WLayout::Spec, prow, t, crow, srow)
                 })
             })?;
         }
@@ -869,7 +1001,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let crow = cg.gep_bytes(acp, cg.mul(r, cg.c64(kc))?)?;
                 let srow = cg.gep(DType::F32, asp, cg.mul(r, cg.c64(lanes))?)?;
                 cg.for_n(cg.c64(nb_i), |cg, t| {
-                    cg.decode_block(af, prow, t, crow, s64)
+                    cg.decode_block(af, WLayout::Spec, prow, t, crow, s64)
                 })?;
                 cg.replicate_scales(s64, nb_i, bl, lanes, srow)?;
                 // For the panel GEMM: the s8 codes, f32 block scales and
@@ -877,6 +1009,23 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let (s8p, sbp, csp) = (p(6), p(7), p(8));
                 let s8row = cg.gep_bytes(s8p, cg.mul(r, cg.c64(kc))?)?;
                 cg.b.build_memcpy(s8row, 1, crow, 1, cg.c64(kc))?;
+                if any_cpu {
+                    // Per i32 lane, `-woff · Σ a` over its four codes: where
+                    // `cpu_row_dot` starts its sums.
+                    let clrow = cg.gep_bytes(p(9), cg.mul(r, cg.c64(4 * lanes))?)?;
+                    cg.for_n(cg.c64(kc / 64), |cg, c| {
+                        let o = cg.mul(c, cg.c64(64))?;
+                        let v = cg.load_i8xn(crow, o, 64)?;
+                        let sum = cg.vpdpbusd(
+                            cg.i32t().vec_type(16).const_zero(),
+                            cg.splat_i8(woff, 64),
+                            v,
+                        )?;
+                        let neg =
+                            cg.b.build_int_sub(cg.i32t().vec_type(16).const_zero(), sum, "")?;
+                        cg.store_vec_aligned(clrow, o, neg, 4)
+                    })?;
+                }
                 let sbrow = cg.gep(DType::F32, sbp, cg.mul(r, cg.c64(nb_i))?)?;
                 let csrow = cg.gep(DType::I32, csp, cg.mul(r, cg.c64(nb_i))?)?;
                 let i32v = cg.i32t().vec_type(bl as u32);
@@ -922,7 +1071,11 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         } else {
             None
         };
-        ws.push((w.clone(), e, w.dims[0], ntot));
+        let lay = match n.inputs.get(1 + p).copied().flatten() {
+            Some(v) if vnni && cg.cpu_layout.contains(&v) => WLayout::Cpu { k: kk },
+            _ => WLayout::Spec,
+        };
+        ws.push((w.clone(), e, w.dims[0], ntot, lay));
         ntot = cg.add(ntot, w.dims[0])?;
     }
     let after_w = 1 + parts + if wscaled { parts } else { 0 };
@@ -948,7 +1101,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let act = n.string("activation").map(str::to_string);
     let y = cg.alloc(DType::F32, cg.mul(rows, ntot)?)?;
     let null = cg.ptrt().const_null();
-    for (w, e, nn, off) in ws {
+    for (w, e, nn, off, lay) in ws {
         let caps: Vec<BasicValueEnum> = vec![
             pa.into(),
             w.ptr.into(),
@@ -964,6 +1117,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             acodes.into(),
             ascales.into(),
             adec.into(),
+            as8.into(),
+            acl.into(),
         ];
         let (has_e, has_b, has_r) = (e.is_some(), bias.is_some(), residual.is_some());
         let weight_only = af.is_none();
@@ -1025,6 +1180,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 bl,
                 kc,
                 bpr,
+                lay,
                 off: aoff,
                 has_b,
                 has_r,
@@ -1103,6 +1259,41 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             };
             let row_block = (ROW_BLOCK_BYTES / row_bytes.max(1)).clamp(4, 64) / 4 * 4;
             let nrb = cg.sdiv(cg.add(rows, cg.c64(row_block - 1))?, cg.c64(row_block))?;
+            // ... and the epilogue: scales, bias, activation, residual.
+            let finish = |cg: &mut Cg<'c>,
+                          r: IntValue<'c>,
+                          j: IntValue<'c>,
+                          mut v: FloatValue<'c>|
+             -> R<()> {
+                if ascaled || has_e {
+                    let mut e = cg.c64(0);
+                    if ascaled {
+                        let x = cg.load(DType::I32, eap, r)?.into_int_value();
+                        e = cg.add(e, cg.sext64(x)?)?;
+                    }
+                    if has_e {
+                        let x = cg.load(DType::I32, ewp, j)?.into_int_value();
+                        e = cg.add(e, cg.sext64(x)?)?;
+                    }
+                    // 2^-e in two steps keeps each factor normal.
+                    let neg = cg.sub(cg.c64(0), e)?;
+                    let h = cg.sdiv(neg, cg.c64(2))?;
+                    v = cg.fmul(cg.fmul(v, cg.pow2_f64(h)?)?, cg.pow2_f64(cg.sub(neg, h)?)?)?;
+                }
+                if has_b {
+                    let b = cg.fext(cg.load_f32(bp, cg.add(off, j)?)?)?;
+                    v = cg.fadd(v, b)?;
+                }
+                let mut y32 = cg.epilogue(cg.ftrunc(v)?, act.as_deref())?;
+                let yi = cg.add(cg.add(cg.mul(r, ntot)?, off)?, j)?;
+                if has_r {
+                    y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
+                }
+                cg.store(DType::F32, yp, yi, y32.into())
+            };
+            // CPU-layout weights: single rows take two columns at a time
+            // after the column loop (which only runs the four-row groups).
+            let cpu = matches!(lay, WLayout::Cpu { .. });
             cg.for_n(nrb, |cg, rb| {
                 let rlo = cg.mul(rb, cg.c64(row_block))?;
                 let rhi = cg.smin(cg.add(rlo, cg.c64(row_block))?, rows)?;
@@ -1119,7 +1310,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     if blocks {
                         cg.if_then(predecode, |cg| {
                             cg.for_n(cg.c64(nb_i), |cg, t| {
-                                cg.decode_block(wf, wrow, t, wcodes, wsc)
+                                cg.decode_block(wf, lay, wrow, t, wcodes, wsc)
                             })
                         })?;
                     }
@@ -1160,11 +1351,16 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                              -> R<()> {
                                 let t0 = cg.mul(c, cg.c64(per))?;
                                 let (codes, swv) = if per == 2 {
-                                    let (c0, s0) = cg.decode_codes(wf, wrow, t0)?;
+                                    let (c0, s0) = cg.decode_codes(wf, WLayout::Spec, wrow, t0)?;
                                     let (c1, s1) = if last_half {
                                         (cg.i8t().vec_type(32).const_zero(), cg.cf64(0.0))
                                     } else {
-                                        cg.decode_codes(wf, wrow, cg.add(t0, cg.c64(1))?)?
+                                        cg.decode_codes(
+                                            wf,
+                                            WLayout::Spec,
+                                            wrow,
+                                            cg.add(t0, cg.c64(1))?,
+                                        )?
                                     };
                                     let m: Vec<_> =
                                         (0..64u64).map(|i| cg.i32t().const_int(i, false)).collect();
@@ -1194,7 +1390,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                                         )?,
                                     )
                                 } else {
-                                    let (c0, s0) = cg.decode_codes(wf, wrow, t0)?;
+                                    let (c0, s0) = cg.decode_codes(wf, WLayout::Spec, wrow, t0)?;
                                     (c0, cg.splat_f32(cg.ftrunc(s0)?, 16)?)
                                 };
                                 let o = cg.mul(c, cg.c64(64))?;
@@ -1268,38 +1464,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         };
                         Ok(v)
                     };
-                    // ... and the epilogue: scales, bias, activation, residual.
-                    let finish =
-                        |cg: &mut Cg<'c>, r: IntValue<'c>, mut v: FloatValue<'c>| -> R<()> {
-                            if ascaled || has_e {
-                                let mut e = cg.c64(0);
-                                if ascaled {
-                                    let x = cg.load(DType::I32, eap, r)?.into_int_value();
-                                    e = cg.add(e, cg.sext64(x)?)?;
-                                }
-                                if has_e {
-                                    let x = cg.load(DType::I32, ewp, j)?.into_int_value();
-                                    e = cg.add(e, cg.sext64(x)?)?;
-                                }
-                                // 2^-e in two steps keeps each factor normal.
-                                let neg = cg.sub(cg.c64(0), e)?;
-                                let h = cg.sdiv(neg, cg.c64(2))?;
-                                v = cg.fmul(
-                                    cg.fmul(v, cg.pow2_f64(h)?)?,
-                                    cg.pow2_f64(cg.sub(neg, h)?)?,
-                                )?;
-                            }
-                            if has_b {
-                                let b = cg.fext(cg.load_f32(bp, cg.add(off, j)?)?)?;
-                                v = cg.fadd(v, b)?;
-                            }
-                            let mut y32 = cg.epilogue(cg.ftrunc(v)?, act.as_deref())?;
-                            let yi = cg.add(cg.add(cg.mul(r, ntot)?, off)?, j)?;
-                            if has_r {
-                                y32 = cg.fadd(y32, cg.load_f32(rp, yi)?)?;
-                            }
-                            cg.store(DType::F32, yp, yi, y32.into())
-                        };
                     let mut first = rlo;
                     if vnni {
                         // Four rows at a time share each weight chunk, its
@@ -1335,14 +1499,48 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                                 let a = cg.b.build_load(f32x16, *fa, "")?;
                                 let y = cg.reduce_fadd(a.into_vector_value())?;
                                 let v = cg.fext(y)?;
-                                finish(cg, cg.add(r0, cg.c64(u as i64))?, v)?;
+                                finish(cg, cg.add(r0, cg.c64(u as i64))?, j, v)?;
                             }
                             Ok(())
                         })?;
                     }
+                    if cpu {
+                        return Ok(());
+                    }
                     cg.for_range(first, rhi, |cg, r| {
                         let v = single(cg, r)?;
-                        finish(cg, r, v)
+                        finish(cg, r, j, v)
+                    })
+                })?;
+                let WLayout::Cpu { k } = lay else {
+                    return Ok(());
+                };
+                let acts = RowActs {
+                    s8: p(14),
+                    corr: p(15),
+                    scales: p(12),
+                };
+                let first = cg.add(rlo, cg.mul(cg.sdiv(rcount, cg.c64(4))?, cg.c64(4))?)?;
+                let wrow = |cg: &Cg<'c>, j: IntValue<'c>| cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?);
+                cg.for_range(first, rhi, |cg, r| {
+                    let nc = CPU_COLS;
+                    let groups = cg.sdiv(cg.sub(hi, lo)?, cg.c64(nc))?;
+                    cg.for_n(groups, |cg, q| {
+                        let j0 = cg.add(lo, cg.mul(q, cg.c64(nc))?)?;
+                        let js: Vec<IntValue> =
+                            (0..nc).map(|c| cg.add(j0, cg.c64(c))).collect::<R<_>>()?;
+                        let ws: Vec<PointerValue> =
+                            js.iter().map(|&j| wrow(cg, j)).collect::<R<_>>()?;
+                        let v = cpu_row_dot(cg, wf, k, &ws, r, &acts)?;
+                        for (&j, v) in js.iter().zip(v) {
+                            finish(cg, r, j, v)?;
+                        }
+                        Ok(())
+                    })?;
+                    let last = cg.add(lo, cg.mul(groups, cg.c64(nc))?)?;
+                    cg.for_range(last, hi, |cg, j| {
+                        let v = cpu_row_dot(cg, wf, k, &[wrow(cg, j)?], r, &acts)?;
+                        finish(cg, r, j, v[0])
                     })
                 })
             })
@@ -1359,6 +1557,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         cg.release(asb)?;
         cg.release(acs)?;
     }
+    if any_cpu {
+        cg.release(acl)?;
+    }
     if hif8 {
         cg.release(adec)?;
     }
@@ -1369,6 +1570,189 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         dims,
         dt: DType::F32,
     })
+}
+
+/// Columns per `cpu_row_dot` call of the single-row path: they share every
+/// activation load.
+const CPU_COLS: i64 = 4;
+
+/// The unsigned offset of CPU-layout weight codes in `cpu_row_dot` (their
+/// largest magnitude before the HiF4 micro-exponent shifts).
+fn cpu_weight_offset(f: Format) -> u8 {
+    match f {
+        Format::Mxfp4(_) => 12,
+        _ => 8,
+    }
+}
+
+/// One row's activations as `cpu_row_dot` reads them: s8 codes (`kc` per
+/// row), per-i32-lane corrections `-woff · Σ a` and per-lane f32 scales
+/// (`kc / 4` per row each).
+struct RowActs<'c> {
+    s8: PointerValue<'c>,
+    corr: PointerValue<'c>,
+    scales: PointerValue<'c>,
+}
+
+/// The dot products of activation row `r` with one or two weight rows in
+/// the CPU layout (`layout.rs`; K = `k`, a multiple of 128), as f64: per
+/// 64-byte group, one AND and one shift split the nibbles into two vectors
+/// of 64 codes, an in-register table (`vpshufb`) maps them to offset
+/// unsigned codes, `vpdpbusd` with the s8 activation codes starts from the
+/// row's per-lane corrections; HiF4 shifts each i32 lane by its
+/// micro-exponents (one per four elements: exactly a lane), and each lane
+/// is scaled in f32 by the product of the two block scales (MXFP4: `byte
+/// << 23` is the bit pattern of `2^(s-128)`). Two columns share every
+/// activation load (K = 25600 rows live in L2, not L1). Two f32
+/// accumulators per column, one reduction.
+fn cpu_row_dot<'c>(
+    cg: &mut Cg<'c>,
+    f: Format,
+    k: i64,
+    wrows: &[PointerValue<'c>],
+    r: IntValue<'c>,
+    a: &RowActs<'c>,
+) -> R<Vec<FloatValue<'c>>> {
+    let i32x16 = cg.i32t().vec_type(16);
+    let f32x16 = cg.f32t().vec_type(16);
+    let i8c = |cg: &Cg<'c>, v: u64| cg.i8t().const_int(v, false);
+    let i32c = |cg: &Cg<'c>, v: u64| cg.i32t().const_int(v, false);
+    let woff = cpu_weight_offset(f) as i64;
+    let bpr = (k / f.block_len() as i64) * f.block_bytes() as i64;
+    let lut16: Vec<i64> = match f {
+        Format::Mxfp4(_) => mxfp4::E2M1_X2.iter().map(|&x| x as i64 + woff).collect(),
+        _ => (0..16i64)
+            .map(|n| if n & 8 != 0 { -(n & 7) } else { n & 7 } + woff)
+            .collect(),
+    };
+    let lut: Vec<_> = (0..64).map(|i| i8c(cg, lut16[i % 16] as u64)).collect();
+    let lut = VectorType::const_vector(&lut);
+    // accs[2c + h]: column c, half h of each group.
+    let accs: Vec<PointerValue> = (0..2 * wrows.len())
+        .map(|_| cg.entry_alloca(f32x16.into(), 1))
+        .collect::<R<_>>()?;
+    for acc in &accs {
+        cg.b.build_store(*acc, f32x16.const_zero())?;
+    }
+    let abase = cg.mul(r, cg.c64(k))?;
+    let hdrs: Vec<PointerValue> = wrows
+        .iter()
+        .map(|w| cg.gep_bytes(*w, cg.c64(k / 2)))
+        .collect::<R<_>>()?;
+    let e6m2 = if matches!(f, Format::Hif4(_)) {
+        let t: Vec<f32> = (0..=255u8).map(|c| hif4::e6m2_to_f32(c) / 4.0).collect();
+        cg.table_f32("lpc.e6m2_q", &t)
+    } else {
+        cg.ptrt().const_null()
+    };
+    let splat_dword = |cg: &Cg<'c>, p: PointerValue<'c>, at: IntValue<'c>| -> R<VectorValue<'c>> {
+        let d = cg.load_vec(p, at, cg.i32t().vec_type(1), 1)?;
+        let z = VectorType::const_vector(&[cg.i32t().const_zero(); 16]);
+        Ok(cg.b.build_shuffle_vector(d, d, z, "")?)
+    };
+    // MXFP4: per half h, lanes 0-7 take scale byte 2h of the group's four,
+    // lanes 8-15 byte 2h+1, zero-extended (a `vpshufb` of the broadcast).
+    let mx_ctl = |cg: &Cg<'c>, h: u64| -> VectorValue<'c> {
+        let ctl: Vec<_> = (0..64u64)
+            .map(|i| {
+                if i % 4 == 0 {
+                    i8c(cg, 2 * h + ((i / 4) % 16 >= 8) as u64)
+                } else {
+                    i8c(cg, 0x80)
+                }
+            })
+            .collect();
+        VectorType::const_vector(&ctl)
+    };
+    cg.for_n(cg.c64(k / 128), |cg, g| {
+        // Weight rows are read in order (row j+1 follows row j): lines one
+        // call ahead are requested now, which keeps enough misses in flight
+        // for DRAM bandwidth (a prefetch past the end is harmless); into L1
+        // when that is less than a third of it away, else into L2.
+        let at = cg.mul(g, cg.c64(64))?;
+        let nc = wrows.len() as i64;
+        for c in 0..nc {
+            // The columns' rows are adjacent, and so are the next call's:
+            // one line per column and group, consecutive, so that the next
+            // call's rows arrive while this call runs.
+            let ahead = cg.add(cg.mul(g, cg.c64(64 * nc))?, cg.c64(nc * bpr + 64 * c))?;
+            cg.prefetch(cg.gep_bytes(wrows[0], ahead)?, nc * bpr <= 16 << 10)?;
+        }
+        let mut halves = Vec::with_capacity(wrows.len());
+        for w in wrows {
+            let v = cg.load_i8xn(*w, at, 64)?;
+            let lo = cg.b.build_and(v, cg.splat_i8(15, 64), "")?;
+            let hi = cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?;
+            halves.push([lo, hi]);
+        }
+        for h in 0..2 {
+            let e0 = cg.add(cg.mul(g, cg.c64(128))?, cg.c64(64 * h as i64))?;
+            let av = cg.load_i8xn(a.s8, cg.add(abase, e0)?, 64)?;
+            // Lane l covers elements e0 + 4l..: its byte offset in the
+            // per-lane arrays is e0 + 4l as well.
+            let lb = cg.add(abase, e0)?;
+            let cv = cg.load_vec(a.corr, lb, i32x16, 4)?;
+            let sa = cg.load_vec(a.scales, lb, f32x16, 4)?;
+            for (c, hv) in halves.iter().enumerate() {
+                let w = cg
+                    .intrinsic(
+                        "llvm.x86.avx512.pshuf.b.512",
+                        &[],
+                        &[lut.into(), hv[h].into()],
+                    )?
+                    .into_vector_value();
+                let mut d = cg.vpdpbusd(cv, w, av)?;
+                let sc = match f {
+                    Format::Mxfp4(_) => {
+                        let sd = splat_dword(cg, hdrs[c], cg.mul(g, cg.c64(4))?)?;
+                        let sb = cg.b.build_bit_cast(sd, cg.i8t().vec_type(64), "")?;
+                        let e = cg
+                            .intrinsic(
+                                "llvm.x86.avx512.pshuf.b.512",
+                                &[],
+                                &[sb.into(), mx_ctl(cg, h as u64).into()],
+                            )?
+                            .into_vector_value();
+                        let e = cg.b.build_bit_cast(e, i32x16, "")?.into_vector_value();
+                        let bits = cg.b.build_left_shift(
+                            e,
+                            VectorType::const_vector(&[i32c(cg, 23); 16]),
+                            "",
+                        )?;
+                        let sw = cg.b.build_bit_cast(bits, f32x16, "")?.into_vector_value();
+                        cg.b.build_float_mul(sw, sa, "")?
+                    }
+                    _ => {
+                        // Unit 2g + h: its header dword.
+                        let u = cg.add(cg.mul(g, cg.c64(2))?, cg.c64(h as i64))?;
+                        let at = cg.mul(u, cg.c64(4))?;
+                        let hd = splat_dword(cg, hdrs[c], at)?;
+                        d = cg.b.build_left_shift(d, cg.hif4_lane_shifts(hd)?, "")?;
+                        let code = cg.zext64(cg.load_u8(hdrs[c], at)?)?;
+                        let sw = cg.load_f32(e6m2, code)?;
+                        cg.b.build_float_mul(cg.splat_f32(sw, 16)?, sa, "")?
+                    }
+                };
+                let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
+                let acc = accs[2 * c + h];
+                let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                cg.b.build_store(acc, cg.fma_vec(fd, sc, old)?)?;
+            }
+        }
+        Ok(())
+    })?;
+    (0..wrows.len())
+        .map(|c| {
+            let a0 =
+                cg.b.build_load(f32x16, accs[2 * c], "")?
+                    .into_vector_value();
+            let a1 =
+                cg.b.build_load(f32x16, accs[2 * c + 1], "")?
+                    .into_vector_value();
+            let sum = cg.b.build_float_add(a0, a1, "")?;
+            cg.fext(cg.reduce_fadd(sum)?)
+        })
+        .collect()
 }
 
 /// A 64-byte aligned heap buffer of `bytes` bytes for a panel (up to a few
@@ -1504,6 +1888,7 @@ struct PanelSpec {
     bl: i64,
     kc: i64,
     bpr: i64,
+    lay: WLayout,
     /// The weights' unsigned offset (the codes' largest magnitude).
     off: u8,
     has_b: bool,
@@ -1574,7 +1959,7 @@ fn panel_gemm<'c>(
                 cg.mul(cg.select_i(inside, j, cg.c64(0))?, cg.c64(s.bpr))?,
             )?;
             cg.for_n(cg.c64(nb), |cg, t| {
-                let (v, sc) = cg.decode_codes(s.wf, wrow, t)?;
+                let (v, sc) = cg.decode_codes(s.wf, s.lay, wrow, t)?;
                 let v = cg.b.build_int_add(v, offv, "")?;
                 cg.store_vec(col, cg.mul(t, cg.c64(bl))?, v)?;
                 // Columns past the part: zero scales (the offset codes

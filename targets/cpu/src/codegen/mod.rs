@@ -13,6 +13,7 @@
 mod core;
 mod device;
 mod elementwise;
+pub mod layout;
 mod linalg;
 mod nn;
 mod shape;
@@ -62,13 +63,23 @@ pub struct WeightsLayout {
     pub entries: Vec<(ValueId, u64, u64)>,
     pub len: u64,
     pub crc: u32,
+    /// Constants stored in the CPU layout (`layout.rs`), with their format
+    /// and K.
+    pub repacked: HashMap<ValueId, (lpc_runtime::Format, usize)>,
 }
 
 impl WeightsLayout {
     /// Lays out every constant that generated code reads, 64-byte aligned,
-    /// and computes the region's CRC (one streaming pass over the mapped
-    /// tensors).
-    pub fn plan(g: &Graph) -> Self {
+    /// chooses which `qgemm` weights the CPU kernels read in their own
+    /// layout (VNNI targets, not GPU libraries), and computes the region's
+    /// CRC (one streaming pass over the mapped tensors, repacking one tensor
+    /// at a time).
+    pub fn plan(g: &Graph, o: &Options) -> Self {
+        let mut cand = if o.vnni512 && o.device.is_none() {
+            layout::candidates(g)
+        } else {
+            HashMap::new()
+        };
         let mut used: Vec<ValueId> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let order = g.topo_order().unwrap_or_default();
@@ -89,29 +100,52 @@ impl WeightsLayout {
         let mut entries = Vec::with_capacity(used.len());
         let mut h = crc32fast::Hasher::new();
         let zeros = [0u8; 64];
+        let mut repacked = HashMap::new();
         for v in used {
             let t = g.constant(v).expect("constant");
             let pad = (align - off % align) % align;
             h.update(&zeros[..pad as usize]);
             off += pad;
             entries.push((v, off, t.data.len() as u64));
-            h.update(&t.data);
+            match cand
+                .remove(&v)
+                .and_then(|(f, k)| Some((f, k, layout::repack(f, &t.data, k)?)))
+            {
+                Some((f, k, data)) => {
+                    h.update(&data);
+                    repacked.insert(v, (f, k));
+                }
+                None => h.update(&t.data),
+            }
             off += t.data.len() as u64;
         }
         Self {
             entries,
             len: off,
             crc: h.finalize(),
+            repacked,
         }
     }
 
-    /// The data region's bytes in order (embedded weights; the weights file
-    /// is written by streaming the same pieces).
-    pub fn pieces<'g>(&self, g: &'g Graph) -> Vec<(u64, &'g [u8])> {
-        self.entries
-            .iter()
-            .map(|&(v, off, _)| (off, &g.constant(v).expect("constant").data[..]))
-            .collect()
+    /// Calls `f` with the data region's pieces in order, `(offset, bytes)`
+    /// (the weights file and embedded weights): mapped constants as they
+    /// are, CPU-layout weights repacked one at a time.
+    pub fn for_each_piece<E>(
+        &self,
+        g: &Graph,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for &(v, off, _) in &self.entries {
+            let data = &g.constant(v).expect("constant").data[..];
+            match self.repacked.get(&v) {
+                Some(&(fmt, k)) => {
+                    let r = layout::repack(fmt, data, k).expect("checked when planned");
+                    f(off, &r)?
+                }
+                None => f(off, data)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -221,7 +255,7 @@ pub struct Generated<'c> {
 
 /// Generates the module for a graph.
 pub fn generate<'c>(cx: &'c Context, g: &Graph, o: &Options) -> R<Generated<'c>> {
-    let weights = WeightsLayout::plan(g);
+    let weights = WeightsLayout::plan(g, o);
     let mut desc = describe(g, o, &weights)?;
     let (module, device) = generate_into(cx, cx.create_module(&o.name), g, o, &mut desc, &weights)?;
     Ok(Generated {
@@ -262,6 +296,7 @@ fn generate_into<'c>(
         ctx: graph_fn.get_nth_param(0).expect("ctx").into_pointer_value(),
         fail: Some(fail),
         vnni512: o.vnni512,
+        cpu_layout: w.repacked.keys().copied().collect(),
         dev: o.device.as_ref().map(|_| device::DevState::default()),
         node: String::new(),
         op: String::new(),
@@ -498,9 +533,11 @@ fn generate_into<'c>(
     dg.set_linkage(Linkage::Private);
     let embedded: BasicValueEnum<'c> = if o.embed_weights {
         let mut data = vec![0u8; w.len as usize];
-        for (off, piece) in w.pieces(g) {
+        w.for_each_piece(g, |off, piece| -> Result<(), std::convert::Infallible> {
             data[off as usize..off as usize + piece.len()].copy_from_slice(piece);
-        }
+            Ok(())
+        })
+        .unwrap_or_else(|e| match e {});
         let arr = cx.const_string(&data, false);
         let wg = cg.m.add_global(arr.get_type(), None, "lpc.weights");
         wg.set_initializer(&arr);

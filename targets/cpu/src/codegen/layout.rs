@@ -1,0 +1,254 @@
+//! Weight layouts owned by the CPU code generator.
+//!
+//! A 4-bit `lpc.qgemm` weight in the formats' own layout interleaves block
+//! headers and nibbles (17-byte MXFP4 blocks, 36-byte HiF4 units), and puts
+//! elements `2i` and `2i+1` in one byte. For AVX-512 VNNI targets the
+//! compiler rewrites such weights, row by row and byte count unchanged, into
+//! the *CPU layout*, chosen for the kernel:
+//!
+//! - the row's codes first, in groups of 128 elements (64 bytes, one zmm):
+//!   byte `i` of group `g` holds element `128g + i` in its low nibble and
+//!   element `128g + 64 + i` in its high nibble, so one AND and one shift
+//!   give two vectors of 64 codes in natural order (MXFP4: blocks `4g,
+//!   4g+1` and `4g+2, 4g+3`; HiF4: units `2g` and `2g+1`);
+//! - then the headers: MXFP4 one byte per block, the E8M0 scale minus one
+//!   (shifted left by 23 it is the f32 bit pattern of `2^(s-128)`, the
+//!   block's factor for codes `2·E2M1`); HiF4 4 bytes per unit, a
+//!   little-endian dword: the E6M2 scale in bits 0-7 and, for each pair of
+//!   i32 lanes `p` (elements `8p..8p+8`), bits `8+3p..` = (e16 of lane
+//!   `2p`, e16 of lane `2p+1`, e8 of the pair): the same 24 micro-exponent
+//!   bits, arranged so that two vector ops and a table give each lane's
+//!   shift.
+//!
+//! Only weights whose rows are whole groups (K a multiple of 128) are
+//! rewritten, and for MXFP4 only when every block's scale is in `2..=254`
+//! (blocks whose codes are all zero get an arbitrary valid scale: their
+//! products are zero either way); anything else keeps the formats' layout
+//! and the kernels that read it. The interpreter and the GPU path never see
+//! the CPU layout: it exists only in the weights a CPU library reads.
+
+use lpc_ir::{Graph, Node, ValueId};
+use lpc_runtime::Format;
+use std::collections::{HashMap, HashSet};
+
+/// Elements per group of the CPU layout.
+pub const GROUP: usize = 128;
+
+/// The format of a 4-bit W4A4 `lpc.qgemm` whose weights may use the CPU
+/// layout on a target with `vnni512`: weights and activations in the same
+/// 4-bit format, K a multiple of [`GROUP`].
+pub fn cpu_layout_format(n: &Node) -> Option<Format> {
+    if n.op != "lpc.qgemm" {
+        return None;
+    }
+    let name = n.string("wformat")?;
+    if n.string("aformat") != Some(name) || !matches!(name, "mxfp4" | "hif4") {
+        return None;
+    }
+    let k = n.int("k")?;
+    if k <= 0 || k as usize % GROUP != 0 {
+        return None;
+    }
+    let f = match name {
+        "hif4" => Format::parse(name, None, n.string("wmode")),
+        _ => Format::parse(name, n.string("wmode"), None),
+    }
+    .ok()?;
+    Some(f)
+}
+
+/// The constants to store in the CPU layout: weights of eligible `qgemm`
+/// nodes (see [`cpu_layout_format`]) that nothing else reads, with their
+/// format and K. Whether their data allows it is decided by [`repack`].
+pub fn candidates(g: &Graph) -> HashMap<ValueId, (Format, usize)> {
+    let mut cand = HashMap::new();
+    let mut spec = HashSet::new();
+    for id in g.node_ids() {
+        let n = g.node(id);
+        let parts = n.int("parts").unwrap_or(1).max(1) as usize;
+        let f = cpu_layout_format(n);
+        for (slot, v) in n.inputs.iter().enumerate() {
+            let Some(v) = *v else { continue };
+            if g.constant(v).is_none() {
+                continue;
+            }
+            match f {
+                Some(f) if (1..=parts).contains(&slot) => {
+                    let k = n.int("k").unwrap_or(0) as usize;
+                    if cand.insert(v, (f, k)).is_some_and(|old| old != (f, k)) {
+                        spec.insert(v);
+                    }
+                }
+                _ => {
+                    spec.insert(v);
+                }
+            }
+        }
+    }
+    spec.extend(g.outputs.iter().copied());
+    cand.retain(|v, _| !spec.contains(v));
+    cand
+}
+
+/// The nibble of element `e` of a row in the formats' layout.
+fn nibble(f: Format, row: &[u8], e: usize) -> u8 {
+    let (bl, bb, head) = match f {
+        Format::Mxfp4(_) => (32, 17, 1),
+        _ => (64, 36, 4),
+    };
+    let (t, i) = (e / bl, e % bl);
+    let byte = row[t * bb + head + i / 2];
+    if i % 2 == 0 {
+        byte & 15
+    } else {
+        byte >> 4
+    }
+}
+
+/// A HiF4 unit header `[S, m1, m2, m3]` as the CPU layout's dword.
+fn hif4_header(h: &[u8]) -> u32 {
+    let (m1, m2, m3) = (h[1] as u32, h[2] as u32, h[3] as u32);
+    let mut fields = 0u32;
+    for p in 0..8 {
+        let e8 = (m1 >> (7 - p)) & 1;
+        for b in 0..2 {
+            let l = 2 * p + b;
+            let m = if l < 8 { m2 } else { m3 };
+            fields |= ((m >> (7 - l % 8)) & 1) << (3 * p + b);
+        }
+        fields |= e8 << (3 * p + 2);
+    }
+    h[0] as u32 | fields << 8
+}
+
+/// `data` (rows of a 4-bit weight in the formats' layout, `k` elements per
+/// row) in the CPU layout, or `None` when the data does not allow it (an
+/// MXFP4 block with nonzero codes and a scale outside `2..=254`) or the
+/// shape does not fit.
+pub fn repack(f: Format, data: &[u8], k: usize) -> Option<Vec<u8>> {
+    if !matches!(f, Format::Mxfp4(_) | Format::Hif4(_)) || k == 0 || k % GROUP != 0 {
+        return None;
+    }
+    let (bl, bb) = (f.block_len(), f.block_bytes());
+    let nb = k / bl;
+    let bpr = nb * bb;
+    if data.is_empty() || data.len() % bpr != 0 {
+        return None;
+    }
+    let codes = k / 2;
+    let mut out = vec![0u8; data.len()];
+    for (src, dst) in data.chunks_exact(bpr).zip(out.chunks_exact_mut(bpr)) {
+        for g in 0..k / GROUP {
+            for i in 0..GROUP / 2 {
+                let e = g * GROUP + i;
+                dst[g * 64 + i] = nibble(f, src, e) | (nibble(f, src, e + GROUP / 2) << 4);
+            }
+        }
+        match f {
+            Format::Mxfp4(_) => {
+                for t in 0..nb {
+                    let s = src[t * bb];
+                    let zero = src[t * bb + 1..(t + 1) * bb].iter().all(|&b| b & 0x77 == 0);
+                    dst[codes + t] = match s {
+                        2..=254 => s - 1,
+                        _ if zero => 126,
+                        _ => return None,
+                    };
+                }
+            }
+            _ => {
+                for t in 0..nb {
+                    let h = hif4_header(&src[t * bb..t * bb + 4]);
+                    dst[codes + 4 * t..codes + 4 * t + 4].copy_from_slice(&h.to_le_bytes());
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(name: &str) -> Format {
+        Format::parse(name, None, None).unwrap()
+    }
+
+    fn rows(f: Format, k: usize, n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        let bpr = k / f.block_len() * f.block_bytes();
+        (0..n * bpr)
+            .map(|i| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let b = (s >> 33) as u8;
+                // Valid MXFP4 scales away from the edges.
+                if matches!(f, Format::Mxfp4(_)) && (i % bpr) % 17 == 0 {
+                    100 + b % 40
+                } else {
+                    b
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_element_and_header_lands_where_the_kernels_read_it() {
+        for (name, k) in [("mxfp4", 128), ("mxfp4", 384), ("hif4", 256)] {
+            let f = fmt(name);
+            let data = rows(f, k, 3, k as u64);
+            let out = repack(f, &data, k).unwrap();
+            let bpr = data.len() / 3;
+            for r in 0..3 {
+                let (src, dst) = (&data[r * bpr..][..bpr], &out[r * bpr..][..bpr]);
+                for e in 0..k {
+                    let (g, i) = (e / GROUP, e % GROUP);
+                    let b = dst[g * 64 + i % 64];
+                    let got = if i < 64 { b & 15 } else { b >> 4 };
+                    assert_eq!(got, nibble(f, src, e), "{name} k={k} row {r} element {e}");
+                }
+                let bb = f.block_bytes();
+                for t in 0..k / f.block_len() {
+                    match f {
+                        Format::Mxfp4(_) => assert_eq!(dst[k / 2 + t] + 1, src[t * bb]),
+                        _ => {
+                            // Each i32 lane's shift, as the kernels compute it.
+                            let h =
+                                u32::from_le_bytes(dst[k / 2 + 4 * t..][..4].try_into().unwrap());
+                            let s = &src[t * bb..][..4];
+                            assert_eq!(h & 255, s[0] as u32);
+                            for l in 0..16u32 {
+                                let x = (h >> (8 + 3 * (l / 2) + l % 2))
+                                    & if l % 2 == 0 { 5 } else { 3 };
+                                let got = [0, 1, 1, 2, 1, 2][x as usize];
+                                let e8 = (s[1] >> (7 - l / 2)) & 1;
+                                let m = if l < 8 { s[2] } else { s[3] };
+                                let e16 = (m >> (7 - l % 8)) & 1;
+                                assert_eq!(got, e8 + e16, "lane {l}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unusable_data_and_shapes_keep_the_formats_layout() {
+        let f = fmt("mxfp4");
+        let mut data = rows(f, 128, 2, 7);
+        assert!(repack(f, &data, 128).is_some());
+        assert!(repack(f, &data, 64).is_none(), "K not a whole group");
+        assert!(repack(fmt("hif8"), &data, 128).is_none());
+        // A NaN scale (255) on a block with codes: refused.
+        data[17] = 255;
+        data[18] = 0x21;
+        assert!(repack(f, &data, 128).is_none());
+        // The same scale on an all-zero block (±0 codes): rewritten.
+        data[18..34].fill(0x88);
+        let out = repack(f, &data, 128).unwrap();
+        assert_eq!(out[64 + 1], 126);
+    }
+}
