@@ -34,6 +34,7 @@ fn cpu_backend(
             embed_weights: o.embed_weights,
             max_dim: o.max_dim,
             vnni512: false,
+            vbmi512: false,
             device: o.gpu.as_ref().map(|arch| codegen::DeviceOptions {
                 arch: arch.clone(),
                 lower: lower_kernels,

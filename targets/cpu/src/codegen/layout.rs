@@ -20,6 +20,14 @@
 //!   bits, arranged so that two vector ops and a table give each lane's
 //!   shift.
 //!
+//! W8A8 HiF8 weights keep one byte per element, permuted within each
+//! 64-byte chunk so that the kernel's exact decode (two `vpermi2b` tables
+//! for the high and low bytes of the f32 value, then byte and word
+//! unpacks, which work within 128-bit lanes) yields elements in natural
+//! order: byte `16L + 4q + i` holds element `16q + 4L + i`. Weights with a
+//! NaN code (0x80, which the tables would turn into -0) keep the formats'
+//! layout.
+//!
 //! Only weights whose rows are whole groups (K a multiple of 128) are
 //! rewritten, and for MXFP4 only when every block's scale is in `2..=254`
 //! (blocks whose codes are all zero get an arbitrary valid scale: their
@@ -34,15 +42,21 @@ use std::collections::{HashMap, HashSet};
 /// Elements per group of the CPU layout.
 pub const GROUP: usize = 128;
 
-/// The format of a 4-bit W4A4 `lpc.qgemm` whose weights may use the CPU
-/// layout on a target with `vnni512`: weights and activations in the same
-/// 4-bit format, K a multiple of [`GROUP`].
-pub fn cpu_layout_format(n: &Node) -> Option<Format> {
+/// The format of an `lpc.qgemm` whose weights may use the CPU layout:
+/// weights and activations in the same format, W4A4 MXFP4/HiF4 on a target
+/// with AVX-512 VNNI (`vnni`) or W8A8 HiF8 with AVX-512 VBMI (`vbmi`), K a
+/// multiple of [`GROUP`].
+pub fn cpu_layout_format(n: &Node, vnni: bool, vbmi: bool) -> Option<Format> {
     if n.op != "lpc.qgemm" {
         return None;
     }
     let name = n.string("wformat")?;
-    if n.string("aformat") != Some(name) || !matches!(name, "mxfp4" | "hif4") {
+    let target = match name {
+        "mxfp4" | "hif4" => vnni,
+        "hif8" => vbmi,
+        _ => false,
+    };
+    if n.string("aformat") != Some(name) || !target {
         return None;
     }
     let k = n.int("k")?;
@@ -60,13 +74,13 @@ pub fn cpu_layout_format(n: &Node) -> Option<Format> {
 /// The constants to store in the CPU layout: weights of eligible `qgemm`
 /// nodes (see [`cpu_layout_format`]) that nothing else reads, with their
 /// format and K. Whether their data allows it is decided by [`repack`].
-pub fn candidates(g: &Graph) -> HashMap<ValueId, (Format, usize)> {
+pub fn candidates(g: &Graph, vnni: bool, vbmi: bool) -> HashMap<ValueId, (Format, usize)> {
     let mut cand = HashMap::new();
     let mut spec = HashSet::new();
     for id in g.node_ids() {
         let n = g.node(id);
         let parts = n.int("parts").unwrap_or(1).max(1) as usize;
-        let f = cpu_layout_format(n);
+        let f = cpu_layout_format(n, vnni, vbmi);
         for (slot, v) in n.inputs.iter().enumerate() {
             let Some(v) = *v else { continue };
             if g.constant(v).is_none() {
@@ -105,6 +119,13 @@ fn nibble(f: Format, row: &[u8], e: usize) -> u8 {
     }
 }
 
+/// The element a byte position of a 64-byte HiF8 chunk holds in the CPU
+/// layout (`16L + 4q + i` holds `16q + 4L + i`; an involution).
+pub fn hif8_element(p: usize) -> usize {
+    let (l, q, i) = (p / 16, (p / 4) % 4, p % 4);
+    16 * q + 4 * l + i
+}
+
 /// A HiF4 unit header `[S, m1, m2, m3]` as the CPU layout's dword.
 fn hif4_header(h: &[u8]) -> u32 {
     let (m1, m2, m3) = (h[1] as u32, h[2] as u32, h[3] as u32);
@@ -121,13 +142,25 @@ fn hif4_header(h: &[u8]) -> u32 {
     h[0] as u32 | fields << 8
 }
 
-/// `data` (rows of a 4-bit weight in the formats' layout, `k` elements per
-/// row) in the CPU layout, or `None` when the data does not allow it (an
-/// MXFP4 block with nonzero codes and a scale outside `2..=254`) or the
-/// shape does not fit.
+/// `data` (rows of a weight in the formats' layout, `k` elements per row)
+/// in the CPU layout, or `None` when the data does not allow it (an MXFP4
+/// block with nonzero codes and a scale outside `2..=254`, a HiF8 NaN) or
+/// the shape does not fit.
 pub fn repack(f: Format, data: &[u8], k: usize) -> Option<Vec<u8>> {
-    if !matches!(f, Format::Mxfp4(_) | Format::Hif4(_)) || k == 0 || k % GROUP != 0 {
+    if k == 0 || k % GROUP != 0 {
         return None;
+    }
+    if let Format::Hif8(_) = f {
+        if data.is_empty() || data.len() % k != 0 || data.contains(&0x80) {
+            return None;
+        }
+        let mut out = vec![0u8; data.len()];
+        for (src, dst) in data.chunks_exact(64).zip(out.chunks_exact_mut(64)) {
+            for (p, d) in dst.iter_mut().enumerate() {
+                *d = src[hif8_element(p)];
+            }
+        }
+        return Some(out);
     }
     let (bl, bb) = (f.block_len(), f.block_bytes());
     let nb = k / bl;
@@ -241,7 +274,20 @@ mod tests {
         let mut data = rows(f, 128, 2, 7);
         assert!(repack(f, &data, 128).is_some());
         assert!(repack(f, &data, 64).is_none(), "K not a whole group");
-        assert!(repack(fmt("hif8"), &data, 128).is_none());
+        let h8: Vec<u8> = (0..256u32)
+            .map(|i| match (i * 7 % 255) as u8 ^ 0x11 {
+                0x80 => 0x81,
+                b => b,
+            })
+            .collect();
+        let out = repack(fmt("hif8"), &h8, 128).unwrap();
+        for (p, &b) in out.iter().enumerate() {
+            assert_eq!(b, h8[p / 64 * 64 + hif8_element(p % 64)]);
+            assert_eq!(hif8_element(hif8_element(p % 64)), p % 64);
+        }
+        let mut nan = h8.clone();
+        nan[3] = 0x80;
+        assert!(repack(fmt("hif8"), &nan, 128).is_none());
         // A NaN scale (255) on a block with codes: refused.
         data[17] = 255;
         data[18] = 0x21;

@@ -74,6 +74,7 @@ impl<'c> Cg<'c> {
     fn hif8_decode_row(
         &mut self,
         p: PointerValue<'c>,
+        lay: WLayout,
         k: i64,
         k16: i64,
         out: PointerValue<'c>,
@@ -81,7 +82,24 @@ impl<'c> Cg<'c> {
         let vals: Vec<f32> = (0..=255u8).map(hif8::decode).collect();
         let lut = self.table_f32("lpc.hif8", &vals);
         self.for_n(self.c64(k), |cg, i| {
-            let v = cg.load_f32(lut, cg.zext64(cg.load_u8(p, i)?)?)?;
+            // CPU layout: element 64c + r sits at byte 64c + 16·(r/4 % 4)
+            // + 4·(r/16) + r % 4 (see `layout::hif8_element`).
+            let at = if matches!(lay, WLayout::Cpu { .. }) {
+                let r = cg.b.build_and(i, cg.c64(63), "")?;
+                let base = cg.sub(i, r)?;
+                let q = cg.b.build_and(
+                    cg.b.build_right_shift(r, cg.c64(2), false, "")?,
+                    cg.c64(3),
+                    "",
+                )?;
+                let l = cg.b.build_right_shift(r, cg.c64(4), false, "")?;
+                let ii = cg.b.build_and(r, cg.c64(3), "")?;
+                let pos = cg.add(cg.add(cg.mul(q, cg.c64(16))?, cg.mul(l, cg.c64(4))?)?, ii)?;
+                cg.add(base, pos)?
+            } else {
+                i
+            };
+            let v = cg.load_f32(lut, cg.zext64(cg.load_u8(p, at)?)?)?;
             cg.store(DType::F32, out, i, v.into())
         })?;
         if k16 > k {
@@ -990,7 +1008,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             cg.for_range(lo, hi, |cg, r| {
                 let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
                 let drow = cg.gep(DType::F32, adp, cg.mul(r, cg.c64(k16))?)?;
-                cg.hif8_decode_row(prow, kk, k16, drow)
+                cg.hif8_decode_row(prow, WLayout::Spec, kk, k16, drow)
             })?;
         }
         if let (true, Some(af)) = (vnni, af) {
@@ -1072,7 +1090,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             None
         };
         let lay = match n.inputs.get(1 + p).copied().flatten() {
-            Some(v) if vnni && cg.cpu_layout.contains(&v) => WLayout::Cpu { k: kk },
+            Some(v) if (vnni || hif8) && cg.cpu_layout.contains(&v) => WLayout::Cpu { k: kk },
             _ => WLayout::Spec,
         };
         ws.push((w.clone(), e, w.dims[0], ntot, lay));
@@ -1146,6 +1164,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             ];
             let spec = F32PanelSpec {
                 k: kk,
+                lay,
                 k16,
                 bpr,
                 ascaled,
@@ -1314,8 +1333,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                             })
                         })?;
                     }
-                    if hif8 {
-                        cg.hif8_decode_row(wrow, kk, k16, wdec)?;
+                    if hif8 && !cpu {
+                        cg.hif8_decode_row(wrow, lay, kk, k16, wdec)?;
                     }
                     if vnni {
                         cg.if_then(predecode, |cg| {
@@ -1520,7 +1539,13 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     corr: p(15),
                     scales: p(12),
                 };
-                let first = cg.add(rlo, cg.mul(cg.sdiv(rcount, cg.c64(4))?, cg.c64(4))?)?;
+                // Rows the column loop's four-row groups did not take (all,
+                // for HiF8).
+                let first = if vnni {
+                    cg.add(rlo, cg.mul(cg.sdiv(rcount, cg.c64(4))?, cg.c64(4))?)?
+                } else {
+                    rlo
+                };
                 let wrow = |cg: &Cg<'c>, j: IntValue<'c>| cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?);
                 cg.for_range(first, rhi, |cg, r| {
                     let nc = CPU_COLS;
@@ -1531,7 +1556,11 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                             (0..nc).map(|c| cg.add(j0, cg.c64(c))).collect::<R<_>>()?;
                         let ws: Vec<PointerValue> =
                             js.iter().map(|&j| wrow(cg, j)).collect::<R<_>>()?;
-                        let v = cpu_row_dot(cg, wf, k, &ws, r, &acts)?;
+                        let v = if hif8 {
+                            cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13))?
+                        } else {
+                            cpu_row_dot(cg, wf, k, &ws, r, &acts)?
+                        };
                         for (&j, v) in js.iter().zip(v) {
                             finish(cg, r, j, v)?;
                         }
@@ -1539,7 +1568,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     })?;
                     let last = cg.add(lo, cg.mul(groups, cg.c64(nc))?)?;
                     cg.for_range(last, hi, |cg, j| {
-                        let v = cpu_row_dot(cg, wf, k, &[wrow(cg, j)?], r, &acts)?;
+                        let ws = [wrow(cg, j)?];
+                        let v = if hif8 {
+                            cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13))?
+                        } else {
+                            cpu_row_dot(cg, wf, k, &ws, r, &acts)?
+                        };
                         finish(cg, r, j, v[0])
                     })
                 })
@@ -1750,6 +1784,138 @@ fn cpu_row_dot<'c>(
                 cg.b.build_load(f32x16, accs[2 * c + 1], "")?
                     .into_vector_value();
             let sum = cg.b.build_float_add(a0, a1, "")?;
+            cg.fext(cg.reduce_fadd(sum)?)
+        })
+        .collect()
+}
+
+/// W8A8 HiF8: the dot products of the exact decodes of activation row `r`
+/// (`adec`, rows of `k16` f32) with one or more weight rows in the CPU
+/// layout, as f64. Per 64 codes: two `vpermi2b` lookups give the high and
+/// low bytes of each code's f32 value (every HiF8 value is exact in the top
+/// 16 bits; the tables hold the magnitudes, the sign is OR-ed in), byte
+/// and word unpacks place them as 4 × 16 f32 in natural order (the layout
+/// permuted the codes for that), 4 FMAs into per-column accumulators.
+fn cpu_row_dot_hif8<'c>(
+    cg: &mut Cg<'c>,
+    k: i64,
+    k16: i64,
+    wrows: &[PointerValue<'c>],
+    r: IntValue<'c>,
+    adec: PointerValue<'c>,
+) -> R<Vec<FloatValue<'c>>> {
+    let f32x16 = cg.f32t().vec_type(16);
+    let i8x64 = cg.i8t().vec_type(64);
+    let i8c = |cg: &Cg<'c>, v: u64| cg.i8t().const_int(v, false);
+    let i32c = |cg: &Cg<'c>, v: u64| cg.i32t().const_int(v, false);
+    // Tables of the magnitudes' f32 bytes 3 (high) and 2, 64 entries each
+    // half (`vpermi2b` takes index bit 6 as the half, ignores bit 7).
+    let half = |cg: &Cg<'c>, byte: u32, from: u32| -> VectorValue<'c> {
+        let v: Vec<_> = (from..from + 64)
+            .map(|c| {
+                i8c(
+                    cg,
+                    ((hif8::DECODE_F32_BITS[c as usize] >> (8 * byte)) & 255) as u64,
+                )
+            })
+            .collect();
+        VectorType::const_vector(&v)
+    };
+    let (hi0, hi1, lo0, lo1) = (
+        half(cg, 3, 0),
+        half(cg, 3, 64),
+        half(cg, 2, 0),
+        half(cg, 2, 64),
+    );
+    let nc = wrows.len();
+    let accs: Vec<PointerValue> = (0..4 * nc)
+        .map(|_| cg.entry_alloca(f32x16.into(), 1))
+        .collect::<R<_>>()?;
+    for acc in &accs {
+        cg.b.build_store(*acc, f32x16.const_zero())?;
+    }
+    let abase = cg.mul(r, cg.c64(4 * k16))?;
+    let bpr = k;
+    let unpack = |cg: &Cg<'c>, a: VectorValue<'c>, b: VectorValue<'c>, elem: u32, hi: bool| {
+        // vpunpck{l,h}{bw,wd}: per 128-bit lane, interleave the low (or
+        // high) halves of a and b, elements of `elem` bytes.
+        let per = 16 / elem; // elements per 128-bit lane
+        let n = 64 / elem;
+        let m: Vec<_> = (0..n)
+            .map(|x| {
+                let (lane, j) = (x / per, x % per);
+                let src = lane * per + j / 2 + if hi { per / 2 } else { 0 };
+                i32c(cg, (src + if j % 2 == 1 { n } else { 0 }) as u64)
+            })
+            .collect();
+        cg.b.build_shuffle_vector(a, b, VectorType::const_vector(&m), "")
+    };
+    cg.for_n(cg.c64(k / 64), |cg, g| {
+        let at = cg.mul(g, cg.c64(64))?;
+        for c in 0..nc as i64 {
+            let ahead = cg.add(
+                cg.mul(g, cg.c64(64 * nc as i64))?,
+                cg.c64(nc as i64 * bpr + 64 * c),
+            )?;
+            cg.prefetch(cg.gep_bytes(wrows[0], ahead)?, nc as i64 * bpr <= 16 << 10)?;
+        }
+        let av: Vec<VectorValue> = (0..4)
+            .map(|q| {
+                let o = cg.add(abase, cg.add(cg.mul(at, cg.c64(4))?, cg.c64(64 * q))?)?;
+                cg.load_vec(adec, o, f32x16, 4)
+            })
+            .collect::<R<_>>()?;
+        for (ci, w) in wrows.iter().enumerate() {
+            let code = cg.load_i8xn(*w, at, 64)?;
+            let look =
+                |cg: &Cg<'c>, t0: VectorValue<'c>, t1: VectorValue<'c>| -> R<VectorValue<'c>> {
+                    Ok(cg
+                        .intrinsic(
+                            "llvm.x86.avx512.vpermi2var.qi.512",
+                            &[],
+                            &[t0.into(), code.into(), t1.into()],
+                        )?
+                        .into_vector_value())
+                };
+            let hi = look(cg, hi0, hi1)?;
+            let lo = look(cg, lo0, lo1)?;
+            let sign = cg.b.build_and(code, cg.splat_i8(0x80, 64), "")?;
+            let hi = cg.b.build_or(hi, sign, "")?;
+            let w0 = unpack(cg, lo, hi, 1, false)?;
+            let w1 = unpack(cg, lo, hi, 1, true)?;
+            let z = i8x64.const_zero();
+            let i16x32 = cg.cx.i16_type().vec_type(32);
+            let as16 = |cg: &Cg<'c>, v: VectorValue<'c>| -> R<VectorValue<'c>> {
+                Ok(cg.b.build_bit_cast(v, i16x32, "")?.into_vector_value())
+            };
+            let z16 = as16(cg, z)?;
+            let (w0, w1) = (as16(cg, w0)?, as16(cg, w1)?);
+            let fs = [
+                unpack(cg, z16, w0, 2, false)?,
+                unpack(cg, z16, w0, 2, true)?,
+                unpack(cg, z16, w1, 2, false)?,
+                unpack(cg, z16, w1, 2, true)?,
+            ];
+            for (q, f) in fs.iter().enumerate() {
+                let wv = cg.b.build_bit_cast(*f, f32x16, "")?.into_vector_value();
+                let acc = accs[4 * ci + q];
+                let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                cg.b.build_store(acc, cg.fma_vec(av[q], wv, old)?)?;
+            }
+        }
+        Ok(())
+    })?;
+    (0..nc)
+        .map(|c| {
+            let mut sum =
+                cg.b.build_load(f32x16, accs[4 * c], "")?
+                    .into_vector_value();
+            for q in 1..4 {
+                let a =
+                    cg.b.build_load(f32x16, accs[4 * c + q], "")?
+                        .into_vector_value();
+                sum = cg.b.build_float_add(sum, a, "")?;
+            }
             cg.fext(cg.reduce_fadd(sum)?)
         })
         .collect()
@@ -2072,6 +2238,7 @@ const F32_PANEL_MAX_BYTES: i64 = 4 << 20;
 /// What the f32 panel GEMM (HiF8) of one weight part needs to know.
 struct F32PanelSpec {
     k: i64,
+    lay: WLayout,
     /// K padded to 64 (the rows of the decoded activations).
     k16: i64,
     bpr: i64,
@@ -2125,7 +2292,7 @@ fn f32_panel_gemm<'c>(
             let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
             let jj = cg.select_i(inside, j, cg.c64(0))?;
             let wrow = cg.gep_bytes(wp, cg.mul(jj, cg.c64(s.bpr))?)?;
-            cg.hif8_decode_row(wrow, s.k, k16, col)?;
+            cg.hif8_decode_row(wrow, s.lay, s.k, k16, col)?;
             // Columns past the part: zeros.
             cg.for_n(cg.c64(k16), |cg, kq| {
                 let v = cg.load_f32(col, kq)?;

@@ -39,6 +39,9 @@ pub struct Options {
     pub max_dim: u64,
     /// The target has AVX-512 VNNI and BW: 4-bit `qgemm` uses `vpdpbusd`.
     pub vnni512: bool,
+    /// The target has AVX-512 VBMI and BW: W8A8 HiF8 `qgemm` decodes with
+    /// `vpermi2b`.
+    pub vbmi512: bool,
     /// Generate a GPU library (`--target cuda`): ops with kernels become
     /// launches (see `device.rs`).
     pub device: Option<DeviceOptions>,
@@ -51,6 +54,7 @@ impl Default for Options {
             embed_weights: false,
             max_dim: 1 << 24,
             vnni512: false,
+            vbmi512: false,
             device: None,
         }
     }
@@ -75,8 +79,8 @@ impl WeightsLayout {
     /// CRC (one streaming pass over the mapped tensors, repacking one tensor
     /// at a time).
     pub fn plan(g: &Graph, o: &Options) -> Self {
-        let mut cand = if o.vnni512 && o.device.is_none() {
-            layout::candidates(g)
+        let mut cand = if o.device.is_none() {
+            layout::candidates(g, o.vnni512, o.vbmi512)
         } else {
             HashMap::new()
         };
