@@ -13,3 +13,4 @@ pub mod onnx;
 pub mod quant_args;
 pub mod quantize;
 pub mod run;
+pub mod synth;

@@ -64,11 +64,25 @@ fn cpu_backend(
     for (f, len) in &r.files {
         let _ = writeln!(s, "wrote {} ({len} bytes)", f.display());
     }
-    let _ = writeln!(
+    let _ = write!(
         s,
         "code generation {:.2} s, LLVM optimization {:.2} s, object and link {:.2} s",
         r.codegen_s, r.optimize_s, r.emit_s
     );
+    // Peak resident memory of the whole compile (Linux).
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    match hwm {
+        Some(kb) => {
+            let _ = writeln!(s, ", peak memory {} MB", kb / 1024);
+        }
+        None => s.push('\n'),
+    }
     Ok(s)
 }
 

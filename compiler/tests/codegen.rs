@@ -795,3 +795,99 @@ fn every_op_case_compiles_and_matches_onnxruntime() {
         failures.join("\n")
     );
 }
+
+/// fp16 and bf16 models (a synthetic Qwen3-shaped layer, weights in an
+/// external-data file) compile and run: the library computes in f32
+/// between an entry and an exit cast, and agrees with the interpreter
+/// (which rounds every op's output to the half type) within that
+/// rounding; quantized builds too (the weights quantized from the half
+/// values directly).
+#[test]
+fn half_precision_models_compute_in_f32() {
+    use lpc::synth::{write_layer, LayerDims};
+    use lpc_ir::interp::Data;
+    use lpc_ir::DType;
+    let dims = LayerDims {
+        hidden: 256,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 128,
+        intermediate: 384,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for dt in [DType::F16, DType::Bf16] {
+        let name = format!("layer_{dt:?}");
+        let model = write_layer(dir.path(), &name, &dims, dt, 7).unwrap();
+        let inputs = dir.path().join(format!("{name}_inputs"));
+        std::fs::create_dir_all(&inputs).unwrap();
+        let mut seed = 11u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                })
+                .collect()
+        };
+        let ins = vec![
+            (
+                "x".to_string(),
+                TensorValue::with_dtype(dt, vec![1, 5, 256], Data::F(rnd(5 * 256))),
+            ),
+            (
+                "attn".to_string(),
+                TensorValue::with_dtype(dt, vec![1, 5, 256], Data::F(rnd(5 * 256))),
+            ),
+        ];
+        run::write_outputs(&inputs, &ins).unwrap();
+        for format in ["none", "mxfp4"] {
+            let so = dir.path().join(format!("{name}_{format}.so"));
+            let mut args = vec!["compile", s(&model), "-o", s(&so)];
+            if format != "none" {
+                args.extend(["--format", format]);
+            }
+            let o = lpc(&args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let lib = NativeModel::load(&so, 2).unwrap();
+            assert!(
+                lib.inputs.iter().all(|i| i.1 == dt),
+                "declared input types kept"
+            );
+            let got = lib.run(&inputs_of(&inputs, &lib)).unwrap();
+            let refs = dir.path().join(format!("{name}_{format}.npz"));
+            let mut args = vec![
+                "run",
+                s(&model),
+                "--inputs",
+                s(&inputs),
+                "--outputs",
+                s(&refs),
+            ];
+            if format != "none" {
+                args.extend(["--format", format]);
+            }
+            let o = lpc(&args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let want = npy::read_npz(&refs).unwrap();
+            for (g, (n, _)) in got.iter().zip(&lib.outputs) {
+                let w = run::value_from_npy(&want.iter().find(|(k, _)| k == n).unwrap().1);
+                assert_eq!(g.dtype, dt, "{n}: declared output type kept");
+                let d = rel_diff(g, &w);
+                // A few half-precision roundings of the intermediate values
+                // (bf16 keeps 8 bits, f16 11); quantized, those roundings
+                // can also move an activation across a 4-bit rounding
+                // boundary (a weight read wrongly would be off by O(1)).
+                let bar = match (dt, format) {
+                    (DType::Bf16, "none") => 3e-2,
+                    (_, "none") => 4e-3,
+                    (DType::Bf16, _) => 8e-2,
+                    _ => 2e-2,
+                };
+                assert!(
+                    d <= bar,
+                    "{name} {format} {n}: library vs interpreter {d:e}"
+                );
+            }
+        }
+    }
+}

@@ -136,6 +136,16 @@ pub fn companions(out: &Path) -> (PathBuf, PathBuf) {
 pub fn build(g: &Graph, o: &BuildOptions, out: &Path) -> Result<BuildReport, CpuError> {
     let mut rep = BuildReport::default();
     let t0 = Instant::now();
+    // fp16/bf16 graphs compute in f32 (`codegen/legalize.rs`).
+    let legal;
+    let g = if codegen::legalize::has_half(g) {
+        let mut c = g.clone();
+        codegen::legalize::compute_in_f32(&mut c);
+        legal = c;
+        &legal
+    } else {
+        g
+    };
     let cx = Context::create();
     // Kernel paths follow the target's features, decided here once.
     let mut cgo = o.codegen.clone();

@@ -85,6 +85,38 @@ impl<'c> Cg<'c> {
         })
     }
 
+    /// f32 to bf16 bits, rounding to nearest even (NaN stays a quiet NaN),
+    /// with integer ops: LLVM lowers `fptrunc` to bf16 to a libgcc call
+    /// that the libraries do not link.
+    fn f32_to_bf16(&self, f: inkwell::values::FloatValue<'c>) -> R<IntValue<'c>> {
+        let i32t = self.i32t();
+        let bits = self.b.build_bit_cast(f, i32t, "")?.into_int_value();
+        let lsb = self.b.build_and(
+            self.b
+                .build_right_shift(bits, i32t.const_int(16, false), false, "")?,
+            i32t.const_int(1, false),
+            "",
+        )?;
+        let r = self
+            .b
+            .build_int_add(bits, i32t.const_int(0x7FFF, false), "")?;
+        let r = self.b.build_int_add(r, lsb, "")?;
+        let r = self
+            .b
+            .build_right_shift(r, i32t.const_int(16, false), false, "")?;
+        let nan = self
+            .b
+            .build_float_compare(inkwell::FloatPredicate::UNO, f, f, "")?;
+        let q = self.b.build_or(
+            self.b
+                .build_right_shift(bits, i32t.const_int(16, false), false, "")?,
+            i32t.const_int(0x40, false),
+            "",
+        )?;
+        let r = self.b.build_select(nan, q, r, "")?.into_int_value();
+        Ok(self.b.build_int_truncate(r, self.cx.i16_type(), "")?)
+    }
+
     pub fn store_s(
         &self,
         dt: DType,
@@ -95,7 +127,7 @@ impl<'c> Cg<'c> {
         let v = match (self.convert(s, dt)?, dt) {
             // Round to nearest even, as ONNX Cast.
             (S::F(f), DType::F16) => self.b.build_float_trunc(f, self.cx.f16_type(), "")?.into(),
-            (S::F(f), DType::Bf16) => self.b.build_float_trunc(f, self.cx.bf16_type(), "")?.into(),
+            (S::F(f), DType::Bf16) => self.f32_to_bf16(f)?.into(),
             (S::F(f), _) => f.into(),
             (S::I(x), DType::I64) => x.into(),
             (S::I(x), DType::I32) => self.b.build_int_truncate(x, self.i32t(), "")?.into(),

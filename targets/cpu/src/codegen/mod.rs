@@ -14,6 +14,7 @@ mod core;
 mod device;
 mod elementwise;
 pub mod layout;
+pub mod legalize;
 mod linalg;
 mod nn;
 mod shape;
