@@ -193,6 +193,11 @@ pub enum Command {
         /// Time a compiled library over N runs (after one warm-up): median and min-max.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// With --repeat: flush the caches before every run (a buffer twice
+        /// the last-level cache is written through), so that weights come
+        /// from DRAM as for a model larger than the caches.
+        #[arg(long)]
+        cold: bool,
         /// Run the quantized graph (as `lpc compile` would build it).
         #[command(flatten)]
         quant: QuantArgs,
@@ -442,6 +447,7 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
             tolerance,
             threads,
             repeat,
+            cold,
             quant,
         } => {
             let mut qcfg = if quant.active() {
@@ -480,7 +486,7 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
                             .into(),
                     );
                 }
-                run::run_native(&model, inputs.as_deref(), &pairs, threads, repeat)
+                run::run_native(&model, inputs.as_deref(), &pairs, threads, repeat, cold)
                     .map_err(|e| e.to_string())?
             } else {
                 let o = run::run_model(&model, inputs.as_deref(), &pairs, qcfg.as_ref())

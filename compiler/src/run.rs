@@ -115,13 +115,16 @@ impl Timing {
 }
 
 /// Loads a compiled library (`lpc compile -o NAME.so`) and runs it; with
-/// `repeat > 1`, once to warm up and then `repeat` timed runs.
+/// `repeat > 1`, once to warm up and then `repeat` timed runs, each after
+/// flushing the caches when `cold` (weights then come from DRAM, as they do
+/// for a model larger than the caches).
 pub fn run_native(
     lib: &Path,
     dir: Option<&Path>,
     pairs: &[(String, PathBuf)],
     threads: i32,
     repeat: usize,
+    cold: bool,
 ) -> Result<(Vec<(String, TensorValue)>, Timing), RunError> {
     let m = crate::native::NativeModel::load(lib, threads).map_err(RunError::Usage)?;
     let names: Vec<String> = m.inputs.iter().map(|i| i.0.clone()).collect();
@@ -133,7 +136,11 @@ pub fn run_native(
     let mut times = Vec::new();
     let mut outs = Vec::new();
     let timed = repeat.max(1);
+    let mut flush = cold.then(lpc_target_cpu::bench::CacheFlush::new);
     for i in 0..timed + usize::from(repeat > 1) {
+        if let Some(f) = flush.as_mut() {
+            f.run();
+        }
         let t = std::time::Instant::now();
         outs = m.run(&ins).map_err(RunError::Usage)?;
         if repeat <= 1 || i > 0 {

@@ -21,7 +21,7 @@
 
 use lpc_ir::Dim;
 use lpc_runtime::Format;
-use lpc_target_cpu::bench::{linear_graph, qgemm_graph, OpLib, QgemmSpec};
+use lpc_target_cpu::bench::{linear_graph, qgemm_graph, CacheFlush, OpLib, QgemmSpec};
 use lpc_target_cpu::CpuTarget;
 use std::time::Instant;
 
@@ -116,38 +116,6 @@ fn prefetch_line<T>(p: *const T) {
     let _ = p;
 }
 
-/// The last-level cache's size in bytes (64 MiB when sysfs does not say).
-fn llc_bytes() -> usize {
-    (0..8)
-        .filter_map(|i| {
-            let d = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-            let level = std::fs::read_to_string(format!("{d}/level")).ok()?;
-            let size = std::fs::read_to_string(format!("{d}/size")).ok()?;
-            let size = size.trim();
-            let kb: usize = size.strip_suffix('K')?.parse().ok()?;
-            (level.trim() == "3").then_some(kb << 10)
-        })
-        .max()
-        .unwrap_or(64 << 20)
-}
-
-/// A buffer twice the last-level cache, written through before every timed
-/// run, so that weights come from DRAM as they do for a model far larger
-/// than the caches (this machine's L3 would otherwise hold a whole
-/// 5120 x 25600 weight between runs).
-struct Evict(Vec<u8>);
-impl Evict {
-    fn new() -> Self {
-        Self(vec![1; 2 * llc_bytes()])
-    }
-    fn run(&mut self) {
-        for i in (0..self.0.len()).step_by(64) {
-            self.0[i] = self.0[i].wrapping_add(1);
-        }
-        std::hint::black_box(&self.0);
-    }
-}
-
 /// Median, min and max seconds of `runs` calls on `x [m, k]` (after one),
 /// each from cold caches.
 fn time(
@@ -156,7 +124,7 @@ fn time(
     m: usize,
     k: usize,
     runs: usize,
-    ev: &mut Evict,
+    ev: &mut CacheFlush,
 ) -> (f64, f64, f64) {
     let mut t = Vec::with_capacity(runs);
     for i in 0..runs + 1 {
@@ -232,7 +200,7 @@ fn main() {
         .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
     let mut json = Vec::new();
-    let mut ev = Evict::new();
+    let mut ev = CacheFlush::new();
     let bw: Vec<(usize, f64)> = threads.iter().map(|&t| (t, read_bandwidth(t))).collect();
     let (vnni_peak, fma_peak, bf16_peak) = peak::probe();
     println!(

@@ -727,6 +727,64 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
             let vaccs: Vec<PointerValue> = (0..4)
                 .map(|_| cg.b.build_alloca(cg.f32t().vec_type(16), "vacc"))
                 .collect::<Result<_, _>>()?;
+            let f32x16 = cg.f32t().vec_type(16);
+            // W as [K, N]: panels of 64 columns × tiles of 4 rows, 16
+            // accumulators in registers over all of K (each W vector loaded
+            // once per tile, x broadcast): the panel's slice of W is read
+            // once per 4 rows, not once per row.
+            let panels = cg.sdiv(cg.sub(hi, lo)?, cg.c64(64))?;
+            let quads = if tr {
+                cg.c64(0)
+            } else {
+                cg.sdiv(rows, cg.c64(4))?
+            };
+            let taccs: Vec<PointerValue> = if tr {
+                Vec::new()
+            } else {
+                (0..16)
+                    .map(|_| cg.b.build_alloca(f32x16, "tacc"))
+                    .collect::<Result<_, _>>()?
+            };
+            if !tr {
+                cg.for_n(panels, |cg, pn| {
+                    let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
+                    cg.for_n(quads, |cg, q| {
+                        let r0 = cg.mul(q, cg.c64(4))?;
+                        for a in &taccs {
+                            cg.b.build_store(*a, f32x16.const_zero())?;
+                        }
+                        cg.for_n(k, |cg, t| {
+                            let wrow = cg.add(cg.mul(t, nn)?, j)?;
+                            let wv: Vec<VectorValue> = (0..4)
+                                .map(|u| {
+                                    let o = cg.mul(cg.add(wrow, cg.c64(16 * u))?, cg.c64(4))?;
+                                    cg.load_vec_f32(wp, o, 16)
+                                })
+                                .collect::<R<_>>()?;
+                            for rr in 0..4 {
+                                let xi = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, k)?, t)?;
+                                let a = cg.splat_f32(cg.load_f32(xp, xi)?, 16)?;
+                                for (u, w) in wv.iter().enumerate() {
+                                    let acc = taccs[rr as usize * 4 + u];
+                                    let s = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                                    cg.b.build_store(acc, cg.fma_vec(a, *w, s)?)?;
+                                }
+                            }
+                            Ok(())
+                        })?;
+                        for rr in 0..4 {
+                            let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
+                            for u in 0..4 {
+                                let acc = taccs[rr as usize * 4 + u];
+                                let v = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                                let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
+                                cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })?;
+            }
             cg.for_n(rows, |cg, r| {
                 let xrow = cg.mul(r, k)?;
                 let yrow = cg.add(cg.mul(r, ntot)?, off)?;
@@ -772,12 +830,12 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
                         cg.store(DType::F32, yp, cg.add(yrow, j)?, s.into())
                     })?;
                 } else {
-                    // Panels of 64 columns: four <16 x f32> accumulators kept
-                    // in registers over all of K (x[r, t] broadcast, one row
-                    // of W per step), stored once.
-                    let f32x16 = cg.f32t().vec_type(16);
-                    let panels = cg.sdiv(cg.sub(hi, lo)?, cg.c64(64))?;
-                    cg.for_n(panels, |cg, pn| {
+                    // Rows the tiles did not take: panels of 64 columns, four
+                    // <16 x f32> accumulators kept in registers over all of K
+                    // (x[r, t] broadcast, one row of W per step), stored once.
+                    let single = cg.icmp(IntPredicate::SGE, r, cg.mul(quads, cg.c64(4))?)?;
+                    let np = cg.select_i(single, panels, cg.c64(0))?;
+                    cg.for_n(np, |cg, pn| {
                         let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
                         for a in &vaccs {
                             cg.b.build_store(*a, f32x16.const_zero())?;
