@@ -1985,6 +1985,11 @@ fn cpu_row_dot_hif8<'c>(
 /// Rust's allocator does (a parallel body cannot return an error); free it
 /// with [`free_panel`].
 fn panel_buffer<'c>(cg: &Cg<'c>, bytes: i64) -> R<PointerValue<'c>> {
+    panel_buffer_n(cg, cg.c64(bytes))
+}
+
+/// [`panel_buffer`] of a run-time size.
+fn panel_buffer_n<'c>(cg: &Cg<'c>, bytes: IntValue<'c>) -> R<PointerValue<'c>> {
     let (p, i64t) = (cg.ptrt(), cg.i64t());
     let alloc = cg.m.get_function("aligned_alloc").unwrap_or_else(|| {
         cg.m.add_function(
@@ -1993,9 +1998,10 @@ fn panel_buffer<'c>(cg: &Cg<'c>, bytes: i64) -> R<PointerValue<'c>> {
             Some(Linkage::External),
         )
     });
-    let size = (bytes + 63) / 64 * 64;
+    let size = cg.mul(cg.sdiv(cg.add(bytes, cg.c64(63))?, cg.c64(64))?, cg.c64(64))?;
+    let size = cg.smax(size, cg.c64(64))?;
     let buf = cg
-        .call_value(alloc, &[cg.c64(64).into(), cg.c64(size.max(64)).into()])?
+        .call_value(alloc, &[cg.c64(64).into(), size.into()])?
         .into_pointer_value();
     let null = cg.b.build_is_null(buf, "")?;
     let abort = cg.m.get_function("abort").unwrap_or_else(|| {
@@ -2289,6 +2295,9 @@ fn panel_gemm<'c>(
 /// per tile (6 × 2 accumulators, 2 weight vectors, broadcasts).
 const NR_F32: i64 = 32;
 const MR_F32: i64 = 6;
+/// K elements per slice of the f32 panel GEMM (a multiple of 64): 1 MB of
+/// panel, which the 2 MB L2 keeps while every row tile passes.
+const F32_K_SLICE: i64 = 8192;
 /// Largest f32 panel (K × NR_F32 floats): beyond it (K > 32768) the row
 /// path, which needs no panel.
 const F32_PANEL_MAX_BYTES: i64 = 4 << 20;
@@ -2330,6 +2339,12 @@ fn f32_panel_gemm<'c>(
     let f32x16 = cg.f32t().vec_type(16);
     let nv = (NR_F32 / 16) as usize;
     let pan = panel_buffer(cg, k16 * NR_F32 * 4)?;
+    let nkb = (k16 + F32_K_SLICE - 1) / F32_K_SLICE;
+    let pacc = if nkb > 1 {
+        panel_buffer_n(cg, cg.mul(rows, cg.c64(NR_F32 * 4))?)?
+    } else {
+        cg.ptrt().const_null()
+    };
     let col = cg.b.build_array_alloca(
         cg.f32t(),
         cg.i32t().const_int(k16.max(64) as u64, false),
@@ -2361,12 +2376,36 @@ fn f32_panel_gemm<'c>(
         })?;
         let ncols = cg.smin(cg.c64(NR_F32), cg.sub(nn, c0)?)?;
         let tiles = cg.sdiv(rows, cg.c64(MR_F32))?;
-        let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, mr: usize| -> R<()> {
-            for a in &facc[..mr * nv] {
-                cg.b.build_store(*a, f32x16.const_zero())?;
+        // K in slices of F32_K_SLICE (the panel's slice stays in L2 while
+        // every row tile passes); a tile's sums wait in `pacc` between
+        // slices.
+        let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, mr: usize, kb: IntValue<'c>| -> R<()> {
+            let first = cg.icmp(IntPredicate::EQ, kb, cg.c64(0))?;
+            let last = cg.icmp(IntPredicate::EQ, kb, cg.c64(nkb - 1))?;
+            let park = |cg: &Cg<'c>, r: usize, u: usize| -> R<IntValue<'c>> {
+                let row = cg.add(r0, cg.c64(r as i64))?;
+                let at = cg.add(cg.mul(row, cg.c64(NR_F32))?, cg.c64(16 * u as i64))?;
+                cg.mul(at, cg.c64(4))
+            };
+            for r in 0..mr {
+                for u in 0..nv {
+                    let a = facc[r * nv + u];
+                    cg.b.build_store(a, f32x16.const_zero())?;
+                    if nkb > 1 {
+                        let at = park(cg, r, u)?;
+                        cg.if_then(cg.b.build_not(first, "")?, |cg| {
+                            let v = cg.load_vec(pacc, at, f32x16, 64)?;
+                            cg.b.build_store(a, v)?;
+                            Ok(())
+                        })?;
+                    }
+                }
             }
             // K in fours, unrolled.
-            cg.for_n(cg.c64(k16 / 4), |cg, q| {
+            let q0 = cg.mul(kb, cg.c64(F32_K_SLICE / 4))?;
+            let qn = cg.smin(cg.c64(F32_K_SLICE / 4), cg.sub(cg.c64(k16 / 4), q0)?)?;
+            cg.for_n(qn, |cg, q| {
+                let q = cg.add(q0, q)?;
                 for u4 in 0..4 {
                     let kq = cg.add(cg.mul(q, cg.c64(4))?, cg.c64(u4))?;
                     let base = cg.mul(kq, cg.c64(NR_F32 * 4))?;
@@ -2396,14 +2435,36 @@ fn f32_panel_gemm<'c>(
                 exps: (s.ascaled || s.wscaled)
                     .then_some((s.ascaled.then_some(eap), s.wscaled.then_some(ewp))),
             };
-            write_tile(cg, &epi, &facc[..mr * nv], tile, NR_F32, (r0, c0, ncols))
+            let tile_at = (r0, c0, ncols);
+            if nkb == 1 {
+                return write_tile(cg, &epi, &facc[..mr * nv], tile, NR_F32, tile_at);
+            }
+            cg.if_then(last, |cg| {
+                write_tile(cg, &epi, &facc[..mr * nv], tile, NR_F32, tile_at)
+            })?;
+            cg.if_then(cg.b.build_not(last, "")?, |cg| {
+                for r in 0..mr {
+                    for u in 0..nv {
+                        let v = cg.b.build_load(f32x16, facc[r * nv + u], "")?;
+                        cg.store_vec_aligned(pacc, park(cg, r, u)?, v.into_vector_value(), 64)?;
+                    }
+                }
+                Ok(())
+            })
         };
-        cg.for_n(tiles, |cg, q| {
-            run(cg, cg.mul(q, cg.c64(MR_F32))?, MR_F32 as usize)
-        })?;
-        cg.for_range(cg.mul(tiles, cg.c64(MR_F32))?, rows, |cg, r| run(cg, r, 1))
+        cg.for_n(cg.c64(nkb), |cg, kb| {
+            cg.for_n(tiles, |cg, q| {
+                run(cg, cg.mul(q, cg.c64(MR_F32))?, MR_F32 as usize, kb)
+            })?;
+            cg.for_range(cg.mul(tiles, cg.c64(MR_F32))?, rows, |cg, r| {
+                run(cg, r, 1, kb)
+            })
+        })
     });
     r?;
+    if nkb > 1 {
+        free_panel(cg, pacc)?;
+    }
     free_panel(cg, pan)
 }
 
