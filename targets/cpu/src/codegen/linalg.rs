@@ -415,6 +415,26 @@ impl<'c> Cg<'c> {
         self.store(DType::F64, scales, t, sc.into())
     }
 
+    /// The `2n` nibbles of `n` bytes at `p + at` in element order (the
+    /// formats' layout: element `2i` in byte `i`'s low nibble, `2i+1` in its
+    /// high nibble).
+    fn spec_nibbles(&self, p: PointerValue<'c>, at: IntValue<'c>, n: u32) -> R<VectorValue<'c>> {
+        let bytes = self.load_i8xn(p, at, n)?;
+        let lo = self.b.build_and(bytes, self.splat_i8(15, n), "")?;
+        let hi = self
+            .b
+            .build_right_shift(bytes, self.splat_i8(4, n), false, "")?;
+        let mask: Vec<_> = (0..2 * n as u64)
+            .map(|i| {
+                let src = if i % 2 == 0 { i / 2 } else { n as u64 + i / 2 };
+                self.i32t().const_int(src, false)
+            })
+            .collect();
+        Ok(self
+            .b
+            .build_shuffle_vector(lo, hi, VectorType::const_vector(&mask), "")?)
+    }
+
     /// Block `t` of a packed row as a vector of i8 codes (block length
     /// lanes) and its f64 scale factor (see [`Self::decode_block`]).
     fn decode_codes(
@@ -457,44 +477,20 @@ impl<'c> Cg<'c> {
                     .iter()
                     .map(|&x| self.i8t().const_int(x as u8 as u64, false))
                     .collect();
-                let (inter, sb) = if let WLayout::Cpu { k } = lay {
-                    let nib = cpu_nibbles(self, 4, 32)?;
-                    let lut = VectorType::const_vector(&[lutv.clone(), lutv].concat());
-                    let codes = self
-                        .intrinsic("llvm.x86.avx2.pshuf.b", &[], &[lut.into(), nib.into()])?
-                        .into_vector_value();
+                let (nib, sb) = if let WLayout::Cpu { k } = lay {
                     let at = self.add(self.c64(k / 2), t)?;
                     let sb = self.add(self.zext64(self.load_u8(p, at)?)?, self.c64(1))?;
-                    (codes, sb)
+                    (cpu_nibbles(self, 4, 32)?, sb)
                 } else {
                     let base = self.mul(t, self.c64(17))?;
-                    let bytes = self.load_i8xn(p, self.add(base, self.c64(1))?, 16)?;
-                    let lo = self.b.build_and(bytes, self.splat_i8(15, 16), "")?;
-                    let hi = self
-                        .b
-                        .build_right_shift(bytes, self.splat_i8(4, 16), false, "")?;
-                    let lut = VectorType::const_vector(&lutv);
-                    let pshufb = |cg: &Cg<'c>, idx: VectorValue<'c>| -> R<VectorValue<'c>> {
-                        Ok(cg
-                            .intrinsic(
-                                "llvm.x86.ssse3.pshuf.b.128",
-                                &[],
-                                &[lut.into(), idx.into()],
-                            )?
-                            .into_vector_value())
-                    };
-                    let (dl, dh) = (pshufb(self, lo)?, pshufb(self, hi)?);
-                    let mask: Vec<_> = (0..32u64)
-                        .map(|i| {
-                            self.i32t()
-                                .const_int(if i % 2 == 0 { i / 2 } else { 16 + i / 2 }, false)
-                        })
-                        .collect();
-                    let inter =
-                        self.b
-                            .build_shuffle_vector(dl, dh, VectorType::const_vector(&mask), "")?;
-                    (inter, self.zext64(self.load_u8(p, base)?)?)
+                    let nib = self.spec_nibbles(p, self.add(base, self.c64(1))?, 16)?;
+                    (nib, self.zext64(self.load_u8(p, base)?)?)
                 };
+                // 2·E2M1 codes from a table in each 128-bit lane.
+                let lut = VectorType::const_vector(&[lutv.clone(), lutv].concat());
+                let inter = self
+                    .intrinsic("llvm.x86.avx2.pshuf.b", &[], &[lut.into(), nib.into()])?
+                    .into_vector_value();
                 let sc = self.pow2_f64(self.sub(sb, self.c64(128))?)?;
                 let poisoned = self.icmp(IntPredicate::EQ, sb, self.c64(255))?;
                 let sc = self.select_f(poisoned, self.cf64(f64::NAN), sc)?;
@@ -507,21 +503,10 @@ impl<'c> Cg<'c> {
                     (base, cpu_nibbles(self, 2, 64)?)
                 } else {
                     let base = self.mul(t, self.c64(36))?;
-                    let bytes = self.load_i8xn(p, self.add(base, self.c64(4))?, 32)?;
-                    let lo = self.b.build_and(bytes, self.splat_i8(15, 32), "")?;
-                    let hi = self
-                        .b
-                        .build_right_shift(bytes, self.splat_i8(4, 32), false, "")?;
-                    let mask: Vec<_> = (0..64u64)
-                        .map(|i| {
-                            self.i32t()
-                                .const_int(if i % 2 == 0 { i / 2 } else { 32 + i / 2 }, false)
-                        })
-                        .collect();
-                    let nib =
-                        self.b
-                            .build_shuffle_vector(lo, hi, VectorType::const_vector(&mask), "")?;
-                    (base, nib)
+                    (
+                        base,
+                        self.spec_nibbles(p, self.add(base, self.c64(4))?, 32)?,
+                    )
                 };
                 let splat_byte = |cg: &Cg<'c>, at: i64| -> R<VectorValue<'c>> {
                     let v = cg.load_u8(p, cg.add(base, cg.c64(at))?)?;
