@@ -1662,6 +1662,28 @@ fn cpu_weight_offset(f: Format) -> u8 {
     }
 }
 
+/// In step `g` of a single-row kernel over the adjacent weight rows
+/// `wrows` (`bpr` bytes each, 64 bytes of each read per step): weight rows
+/// are read in order (row j+1 follows row j), so one line per column and
+/// step, consecutive, one call ahead (`wrows.len() · bpr` bytes) is
+/// requested now: the next call's rows arrive while this call runs, which
+/// keeps enough misses in flight for DRAM bandwidth (a prefetch past the
+/// end is harmless). Into L1 when that is at most a third of it away, else
+/// into L2.
+fn prefetch_next_call<'c>(
+    cg: &Cg<'c>,
+    wrows: &[PointerValue<'c>],
+    g: IntValue<'c>,
+    bpr: i64,
+) -> R<()> {
+    let nc = wrows.len() as i64;
+    for c in 0..nc {
+        let ahead = cg.add(cg.mul(g, cg.c64(64 * nc))?, cg.c64(nc * bpr + 64 * c))?;
+        cg.prefetch(cg.gep_bytes(wrows[0], ahead)?, nc * bpr <= 16 << 10)?;
+    }
+    Ok(())
+}
+
 /// One row's activations as `cpu_row_dot` reads them: s8 codes (`kc` per
 /// row), per-i32-lane corrections `-woff · Σ a` and per-lane f32 scales
 /// (`kc / 4` per row each).
@@ -1679,9 +1701,9 @@ struct RowActs<'c> {
 /// row's per-lane corrections; HiF4 shifts each i32 lane by its
 /// micro-exponents (one per four elements: exactly a lane), and each lane
 /// is scaled in f32 by the product of the two block scales (MXFP4: `byte
-/// << 23` is the bit pattern of `2^(s-128)`). Two columns share every
-/// activation load (K = 25600 rows live in L2, not L1). Two f32
-/// accumulators per column, one reduction.
+/// << 23` is the bit pattern of `2^(s-128)`). The columns of one call
+/// (`CPU_COLS`) share every activation load (K = 25600 rows live in L2, not
+/// L1). Two f32 accumulators per column, one reduction.
 fn cpu_row_dot<'c>(
     cg: &mut Cg<'c>,
     f: Format,
@@ -1742,19 +1764,8 @@ fn cpu_row_dot<'c>(
         VectorType::const_vector(&ctl)
     };
     cg.for_n(cg.c64(k / 128), |cg, g| {
-        // Weight rows are read in order (row j+1 follows row j): lines one
-        // call ahead are requested now, which keeps enough misses in flight
-        // for DRAM bandwidth (a prefetch past the end is harmless); into L1
-        // when that is less than a third of it away, else into L2.
+        prefetch_next_call(cg, wrows, g, bpr)?;
         let at = cg.mul(g, cg.c64(64))?;
-        let nc = wrows.len() as i64;
-        for c in 0..nc {
-            // The columns' rows are adjacent, and so are the next call's:
-            // one line per column and group, consecutive, so that the next
-            // call's rows arrive while this call runs.
-            let ahead = cg.add(cg.mul(g, cg.c64(64 * nc))?, cg.c64(nc * bpr + 64 * c))?;
-            cg.prefetch(cg.gep_bytes(wrows[0], ahead)?, nc * bpr <= 16 << 10)?;
-        }
         let mut halves = Vec::with_capacity(wrows.len());
         for w in wrows {
             let v = cg.load_i8xn(*w, at, 64)?;
@@ -1894,14 +1905,8 @@ fn cpu_row_dot_hif8<'c>(
         cg.b.build_shuffle_vector(a, b, VectorType::const_vector(&m), "")
     };
     cg.for_n(cg.c64(k / 64), |cg, g| {
+        prefetch_next_call(cg, wrows, g, bpr)?;
         let at = cg.mul(g, cg.c64(64))?;
-        for c in 0..nc as i64 {
-            let ahead = cg.add(
-                cg.mul(g, cg.c64(64 * nc as i64))?,
-                cg.c64(nc as i64 * bpr + 64 * c),
-            )?;
-            cg.prefetch(cg.gep_bytes(wrows[0], ahead)?, nc as i64 * bpr <= 16 << 10)?;
-        }
         let av: Vec<VectorValue> = (0..4)
             .map(|q| {
                 let o = cg.add(abase, cg.add(cg.mul(at, cg.c64(4))?, cg.c64(64 * q))?)?;
