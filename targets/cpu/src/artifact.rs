@@ -74,6 +74,10 @@ pub struct TensorEntry {
     pub offset: u64,
     #[prost(uint64, tag = "5")]
     pub len: u64,
+    /// Empty: the formats' layout; `cpu`: the CPU layout of
+    /// `codegen/layout.rs` (rewritten for the kernels, same byte count).
+    #[prost(string, tag = "6")]
+    pub layout: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CpuError + '_ {
@@ -101,6 +105,11 @@ pub fn write_weights(g: &Graph, w: &WeightsLayout, path: &Path) -> Result<(), Cp
                     dims: t.dims.iter().map(|&d| d as u64).collect(),
                     offset,
                     len,
+                    layout: if w.repacked.contains_key(&v) {
+                        "cpu".into()
+                    } else {
+                        String::new()
+                    },
                 }
             })
             .collect(),

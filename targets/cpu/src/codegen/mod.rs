@@ -76,7 +76,8 @@ pub struct WeightsLayout {
 impl WeightsLayout {
     /// Lays out every constant that generated code reads, 64-byte aligned,
     /// chooses which `qgemm` weights the CPU kernels read in their own
-    /// layout (VNNI targets, not GPU libraries), and computes the region's
+    /// layout (AVX-512 VNNI/VBMI targets, not GPU libraries; the index of
+    /// the weights file marks them), and computes the region's
     /// CRC (one streaming pass over the mapped tensors, repacking one tensor
     /// at a time).
     pub fn plan(g: &Graph, o: &Options) -> Self {
