@@ -136,7 +136,7 @@ pub fn run_native(
     let mut times = Vec::new();
     let mut outs = Vec::new();
     let timed = repeat.max(1);
-    let mut flush = cold.then(lpc_target_cpu::bench::CacheFlush::new);
+    let mut flush = cold.then(lpc_rt::cache::CacheFlush::new);
     for i in 0..timed + usize::from(repeat > 1) {
         if let Some(f) = flush.as_mut() {
             f.run();

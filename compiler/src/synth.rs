@@ -117,75 +117,81 @@ pub fn write_layer(
 ) -> std::io::Result<std::path::PathBuf> {
     let model = dir.join(format!("{name}.onnx"));
     let data_name = format!("{name}.onnx.data");
-    let mut data =
-        std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(dir.join(&data_name))?);
     let (h, q, kv, i) = (
         d.hidden,
         d.heads * d.head_dim,
         d.kv_heads * d.head_dim,
         d.intermediate,
     );
-    let mut rng = seed | 1;
-    let mut offset = 0u64;
+    // Both files are staged beside their destination and renamed into
+    // place only when complete.
+    let data_path = dir.join(&data_name);
     let mut inits = Vec::new();
-    let mut tensor =
-        |tname: &str, dims: [usize; 2], std: f32, mean: f32| -> std::io::Result<TensorProto> {
-            let n = dims[0] * dims[1];
-            let mut buf = Vec::with_capacity(n.min(1 << 20) * dt.size());
-            // Uniform in [-√3·std, √3·std] (+ mean): that standard deviation.
-            let a = std * 3f32.sqrt();
-            for _ in 0..n {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let u = (rng >> 40) as f32 / (1u64 << 24) as f32;
-                let x = mean + a * (2.0 * u - 1.0);
-                match dt {
-                    DType::F16 => buf.extend_from_slice(&half::f16::from_f32(x).to_le_bytes()),
-                    DType::Bf16 => buf.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
-                    _ => buf.extend_from_slice(&x.to_le_bytes()),
+    let staged = crate::atomic::stage(&data_path, |file| {
+        let mut data = std::io::BufWriter::with_capacity(1 << 22, file);
+        let mut rng = seed | 1;
+        let mut offset = 0u64;
+        let mut tensor =
+            |tname: &str, dims: [usize; 2], std: f32, mean: f32| -> std::io::Result<TensorProto> {
+                let n = dims[0] * dims[1];
+                let mut buf = Vec::with_capacity(n.min(1 << 20) * dt.size());
+                // Uniform in [-√3·std, √3·std] (+ mean): that standard deviation.
+                let a = std * 3f32.sqrt();
+                for _ in 0..n {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let u = (rng >> 40) as f32 / (1u64 << 24) as f32;
+                    let x = mean + a * (2.0 * u - 1.0);
+                    match dt {
+                        DType::F16 => buf.extend_from_slice(&half::f16::from_f32(x).to_le_bytes()),
+                        DType::Bf16 => {
+                            buf.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes())
+                        }
+                        _ => buf.extend_from_slice(&x.to_le_bytes()),
+                    }
+                    if buf.len() >= 1 << 22 {
+                        data.write_all(&buf)?;
+                        buf.clear();
+                    }
                 }
-                if buf.len() >= 1 << 22 {
-                    data.write_all(&buf)?;
-                    buf.clear();
-                }
-            }
-            data.write_all(&buf)?;
-            let len = (n * dt.size()) as u64;
-            let kv = |k: &str, v: String| StringStringEntryProto {
-                key: k.into(),
-                value: v,
+                data.write_all(&buf)?;
+                let len = (n * dt.size()) as u64;
+                let kv = |k: &str, v: String| StringStringEntryProto {
+                    key: k.into(),
+                    value: v,
+                };
+                let t = TensorProto {
+                    dims: if dims[0] == 1 {
+                        vec![dims[1] as i64]
+                    } else {
+                        dims.iter().map(|&x| x as i64).collect()
+                    },
+                    data_type: dt.onnx_code(),
+                    name: tname.into(),
+                    external_data: vec![
+                        kv("location", data_name.clone()),
+                        kv("offset", offset.to_string()),
+                        kv("length", len.to_string()),
+                    ],
+                    data_location: 1,
+                    raw_data: Bytes::new(),
+                    ..Default::default()
+                };
+                offset += len;
+                Ok(t)
             };
-            let t = TensorProto {
-                dims: if dims[0] == 1 {
-                    vec![dims[1] as i64]
-                } else {
-                    dims.iter().map(|&x| x as i64).collect()
-                },
-                data_type: dt.onnx_code(),
-                name: tname.into(),
-                external_data: vec![
-                    kv("location", data_name.clone()),
-                    kv("offset", offset.to_string()),
-                    kv("length", len.to_string()),
-                ],
-                data_location: 1,
-                raw_data: Bytes::new(),
-                ..Default::default()
-            };
-            offset += len;
-            Ok(t)
-        };
-    inits.push(tensor("ln1.weight", [1, h], 0.05, 1.0)?);
-    inits.push(tensor("q_proj.weight", [h, q], 0.02, 0.0)?);
-    inits.push(tensor("k_proj.weight", [h, kv], 0.02, 0.0)?);
-    inits.push(tensor("v_proj.weight", [h, kv], 0.02, 0.0)?);
-    inits.push(tensor("o_proj.weight", [q, h], 0.02, 0.0)?);
-    inits.push(tensor("ln2.weight", [1, h], 0.05, 1.0)?);
-    inits.push(tensor("gate_proj.weight", [h, i], 0.02, 0.0)?);
-    inits.push(tensor("up_proj.weight", [h, i], 0.02, 0.0)?);
-    inits.push(tensor("down_proj.weight", [i, h], 0.02, 0.0)?);
-    data.flush()?;
+        inits.push(tensor("ln1.weight", [1, h], 0.05, 1.0)?);
+        inits.push(tensor("q_proj.weight", [h, q], 0.02, 0.0)?);
+        inits.push(tensor("k_proj.weight", [h, kv], 0.02, 0.0)?);
+        inits.push(tensor("v_proj.weight", [h, kv], 0.02, 0.0)?);
+        inits.push(tensor("o_proj.weight", [q, h], 0.02, 0.0)?);
+        inits.push(tensor("ln2.weight", [1, h], 0.05, 1.0)?);
+        inits.push(tensor("gate_proj.weight", [h, i], 0.02, 0.0)?);
+        inits.push(tensor("up_proj.weight", [h, i], 0.02, 0.0)?);
+        inits.push(tensor("down_proj.weight", [i, h], 0.02, 0.0)?);
+        data.flush()
+    })?;
     let norm = |n: &str, x: &str, w: &str, y: &str| {
         node(
             "RMSNormalization",
@@ -262,6 +268,7 @@ pub fn write_layer(
         graph: Some(graph),
         ..Default::default()
     };
-    std::fs::write(&model, prost::Message::encode_to_vec(&m))?;
+    staged.commit(&data_path)?;
+    crate::atomic::write(&model, &prost::Message::encode_to_vec(&m))?;
     Ok(model)
 }

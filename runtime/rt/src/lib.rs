@@ -12,6 +12,7 @@
 //! The runtime implements no operator: the model's ops are LLVM IR generated
 //! by `targets/cpu`.
 
+pub mod cache;
 pub mod desc;
 pub mod gpu;
 pub mod pool;

@@ -237,44 +237,4 @@ impl Drop for OpLib {
     }
 }
 
-/// The last-level cache's size in bytes (64 MiB when sysfs does not say).
-pub fn llc_bytes() -> usize {
-    (0..8)
-        .filter_map(|i| {
-            let d = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-            let level = std::fs::read_to_string(format!("{d}/level")).ok()?;
-            let size = std::fs::read_to_string(format!("{d}/size")).ok()?;
-            let size = size.trim();
-            let kb: usize = size.strip_suffix('K')?.parse().ok()?;
-            (level.trim() == "3").then_some(kb << 10)
-        })
-        .max()
-        .unwrap_or(64 << 20)
-}
-
-/// A buffer twice the last-level cache; `run` writes through it, so that
-/// what runs next reads its weights from DRAM, as every layer of a model far
-/// larger than the caches does (a 260 MB L3 would otherwise keep a whole
-/// 5120 x 25600 weight, or a small model, between timed runs).
-pub struct CacheFlush(Vec<u8>);
-impl std::fmt::Debug for CacheFlush {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CacheFlush({} bytes)", self.0.len())
-    }
-}
-impl Default for CacheFlush {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-impl CacheFlush {
-    pub fn new() -> Self {
-        Self(vec![1; 2 * llc_bytes()])
-    }
-    pub fn run(&mut self) {
-        for i in (0..self.0.len()).step_by(64) {
-            self.0[i] = self.0[i].wrapping_add(1);
-        }
-        std::hint::black_box(&self.0);
-    }
-}
+pub use lpc_rt::cache::{llc_bytes, CacheFlush};
