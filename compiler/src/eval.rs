@@ -86,7 +86,7 @@ pub fn mean_layer_sqnr(r: &Report) -> f64 {
     r.layers.iter().map(|l| l.output_sqnr_db).sum::<f64>() / r.layers.len().max(1) as f64
 }
 
-/// Re-evaluates with each enabled method turned off in turn (GPTQ Hessians
+/// Re-evaluates with each enabled method turned off in turn (GPTQ weights
 /// recomputed where the change alters what GPTQ sees).
 pub fn method_effects(
     model: &Path,
@@ -96,7 +96,7 @@ pub fn method_effects(
 ) -> Result<Vec<MethodEffect>, EvalError> {
     let fresh = |c: &mut QuantConfig| {
         if let Some(g) = c.gptq.as_mut() {
-            g.hessians = Default::default();
+            g.packed = Default::default();
         }
     };
     let hif8 = [cfg.weights, cfg.activations]
@@ -365,11 +365,7 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         if smooth.is_some() {
             method.push("smooth");
         }
-        if cfg
-            .gptq
-            .as_ref()
-            .is_some_and(|g| g.hessians.contains_key(&q.name))
-        {
+        if cfg.gptq.as_ref().is_some_and(|g| g.covers(&q.name)) {
             method.push("gptq");
         }
         layers.push(LayerReport {

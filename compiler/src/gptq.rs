@@ -8,19 +8,22 @@
 //! text embeddings, KV caches) from a normal with the template's mean and
 //! standard deviation; masks and positions are kept.
 //!
-//! Hessians are accumulated sequentially: layer by layer in topological
-//! order, the calibration inputs run through the model quantized so far
-//! (earlier layers already with GPTQ), so each layer's `Σ x xᵀ` reflects the
-//! quantization of the layers before it (rotated, when the layer rotates).
+//! GPTQ streams: one pass of all calibration samples through the model,
+//! node by node; each layer's `Σ x xᵀ` is accumulated from the inputs that
+//! reach it through the layers before it, already quantized with GPTQ
+//! (rotated, when the layer rotates), its weights are packed, and the
+//! Hessian is dropped before the run moves on.
 
 use crate::onnx::{import, OnnxModel};
 use crate::run::read_inputs;
 use lpc_ir::interp::{self, TensorValue};
 use lpc_ir::Graph;
 use lpc_passes::gptq::Hessian;
+use lpc_passes::quant_policy::GptqWeights;
+use lpc_passes::weights_prequantize::{self, Codes};
 use lpc_passes::{canonicalize, PassManager, QuantConfig, RunOptions};
 use lpc_runtime::hadamard;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -162,6 +165,17 @@ pub fn prepare(
     cfg: &mut QuantConfig,
     template: &HashMap<String, TensorValue>,
 ) -> Result<(), String> {
+    prepare_with(gc, cfg, template, |_, _| {})
+}
+
+/// [`prepare`], showing `on_hessian` each layer's Hessian (by layer name)
+/// before GPTQ uses and drops it.
+pub fn prepare_with(
+    gc: &Graph,
+    cfg: &mut QuantConfig,
+    template: &HashMap<String, TensorValue>,
+    on_hessian: impl FnMut(&str, &Hessian),
+) -> Result<(), String> {
     if let Some(sm) = cfg.smooth.clone().filter(|s| s.act_max.is_empty()) {
         let samples = calibration_inputs(gc, template, sm.samples.max(1), sm.seed);
         let act_max = activation_maxima(gc, cfg, &samples)?;
@@ -170,7 +184,7 @@ pub fn prepare(
             ..sm
         });
     }
-    let Some(gq_cfg) = cfg.gptq.clone().filter(|g| g.hessians.is_empty()) else {
+    let Some(gq_cfg) = cfg.gptq.clone().filter(|g| g.packed.0.is_empty()) else {
         return Ok(());
     };
     // A Hessian from fewer rows than inputs is singular and GPTQ overfits
@@ -200,48 +214,67 @@ pub fn prepare(
         n = m;
     }
     let samples = calibration_inputs(gc, template, n, gq_cfg.seed);
-    let mut hessians: HashMap<String, Hessian> = HashMap::new();
+    let packed = calibrate(gc, cfg, &gq_cfg, &samples, on_hessian)?;
+    cfg.gptq = Some(lpc_passes::quant_policy::Gptq {
+        packed: Arc::new(packed),
+        ..gq_cfg
+    });
+    Ok(())
+}
+
+/// GPTQ in one streaming pass: the calibration samples run together, node
+/// by node, through the model with every weight rounded to nearest; when
+/// they reach a quantized layer, its Hessian is accumulated from the inputs
+/// that arrived (already through the GPTQ'd layers before it), its weights
+/// are packed with GPTQ from the f32 originals (memory-mapped) and replace
+/// the rounded ones for the rest of the run, and the Hessian is dropped.
+/// Memory: the live activations of the samples, one layer's weight and
+/// Hessian at a time, and the packed result.
+fn calibrate(
+    gc: &Graph,
+    cfg: &QuantConfig,
+    gq_cfg: &lpc_passes::quant_policy::Gptq,
+    samples: &[HashMap<String, TensorValue>],
+    mut on_hessian: impl FnMut(&str, &Hessian),
+) -> Result<GptqWeights, String> {
+    let pm = |passes| PassManager::new(passes, RunOptions::default());
+    let rtn = QuantConfig {
+        gptq: None,
+        ..cfg.clone()
+    };
+    // The weights still f32 behind their `lpc.quantize` nodes (what GPTQ
+    // packs from), and the rounded-to-nearest model the samples run through.
+    let mut gpre = gc.clone();
+    pm(lpc_passes::quantize_insertion(&rtn))
+        .run(&mut gpre)
+        .map_err(|e| e.to_string())?;
+    let mut gq = gpre.clone();
+    pm(lpc_passes::quantize_packing(&rtn))
+        .run(&mut gq)
+        .map_err(|e| e.to_string())?;
     let order = layers(gc, cfg);
-    // Progress on stderr when it is a terminal (no progress crate is
-    // available offline; one line, rewritten in place).
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for (i, name) in order.iter().enumerate() {
-        if tty {
-            eprint!("\rgptq {}/{} {name}\x1b[K", i + 1, order.len());
+    let wanted: HashSet<&str> = order.iter().map(String::as_str).collect();
+    let quantizers: HashMap<&str, lpc_ir::NodeId> = gpre
+        .node_ids()
+        .filter(|&n| gpre.node(n).op == "lpc.quantize")
+        .map(|n| (gpre.node(n).name.as_str(), n))
+        .collect();
+    let mut packed = HashMap::new();
+    let mut progress = Progress::new(order.len());
+    interp::run_lockstep(&gq, samples, |step| {
+        let node = gq.node(step.node);
+        if node.op != "lpc.qgemm" || !wanted.contains(node.name.as_str()) {
+            return Ok(Vec::new());
         }
-        // The model quantized so far: GPTQ where a Hessian exists.
-        cfg.gptq = Some(lpc_passes::quant_policy::Gptq {
-            hessians: Arc::new(std::mem::take(&mut hessians)),
-            ..gq_cfg.clone()
-        });
-        let mut gq = gc.clone();
-        PassManager::new(lpc_passes::quantize(cfg), RunOptions::default())
-            .run(&mut gq)
-            .map_err(|e| e.to_string())?;
-        hessians = Arc::try_unwrap(cfg.gptq.take().expect("set").hessians)
-            .unwrap_or_else(|a| (*a).clone());
-        // A planned layer that did not become a qgemm (e.g. weights that are
-        // not constants) has nothing for GPTQ to quantize.
-        let Some(q) = gq
-            .node_ids()
-            .find(|&n| gq.node(n).op == "lpc.qgemm" && &gq.node(n).name == name)
-        else {
-            continue;
-        };
-        let xin = gq.node(q).inputs[0].ok_or("qgemm without input")?;
-        let k = gq.node(q).int("k").unwrap_or(0) as usize;
-        let rot = gq.node(q).int("rotate").unwrap_or(0).max(0) as usize;
+        let k = node.int("k").unwrap_or(0) as usize;
+        let rot = node.int("rotate").unwrap_or(0).max(0) as usize;
+        let parts = node.int("parts").unwrap_or(1).max(1) as usize;
         let mut h = Hessian::new(k);
-        for s in &samples {
-            let (_, vals) = interp::run_capture(&gq, s).map_err(|e| e.to_string())?;
-            let x = vals
-                .get(&xin)
-                .cloned()
-                .or_else(|| s.get(&gq.value(xin).name).cloned())
-                .ok_or_else(|| format!("GPTQ: no input value for `{name}`"))?;
+        for ops in step.operands {
+            let x = ops.first().copied().flatten().ok_or("no input")?;
             let mut x: Vec<f32> = x.to_f64().into_iter().map(|v| v as f32).collect();
             if k == 0 || x.len() % k != 0 {
-                return Err(format!("GPTQ: `{name}` input is not rows of {k}"));
+                return Err(format!("the input is not rows of {k}"));
             }
             if rot > 0 {
                 for row in x.chunks_exact_mut(k) {
@@ -250,16 +283,70 @@ pub fn prepare(
             }
             h.add_rows(&x);
         }
-        hessians.insert(name.clone(), h);
+        on_hessian(&node.name, &h);
+        let mut replace = Vec::new();
+        for i in 0..parts {
+            let name = format!("{}/w{i}/quantize", node.name);
+            // Weights that are not constants keep their run-time quantizer.
+            let Some(&qn) = quantizers.get(name.as_str()) else {
+                continue;
+            };
+            let codes = Codes::Gptq(&h, gq_cfg.options);
+            let Some(p) = weights_prequantize::pack(&gpre, qn, codes)? else {
+                continue;
+            };
+            let old = step.operands[0].get(1 + i).copied().flatten();
+            if old.map(|o| &o.shape) != Some(&p.packed.dims) {
+                return Err(format!(
+                    "`{name}`: the packed weight is not operand {}",
+                    1 + i
+                ));
+            }
+            replace.push((1 + i, TensorValue::from_tensor(&p.packed)));
+            packed.insert(name, p.packed.data.to_vec());
+        }
+        progress.step(&node.name);
+        Ok(replace)
+    })
+    .map_err(|e| e.to_string())?;
+    progress.finish();
+    Ok(GptqWeights(packed))
+}
+
+/// One line on stderr, rewritten in place, when stderr is a terminal.
+struct Progress {
+    total: usize,
+    done: usize,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            done: 0,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
     }
-    if tty {
-        eprint!("\r\x1b[K");
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        if self.tty {
+            let w = 30;
+            let filled = w * self.done / self.total.max(1);
+            eprint!(
+                "\rgptq [{}{}] {}/{} {what}\x1b[K",
+                "#".repeat(filled),
+                "-".repeat(w - filled),
+                self.done,
+                self.total
+            );
+        }
     }
-    cfg.gptq = Some(lpc_passes::quant_policy::Gptq {
-        hessians: Arc::new(hessians),
-        ..gq_cfg
-    });
-    Ok(())
+    fn finish(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
 }
 
 /// [`prepare`] for a model file, with the template from `inputs`.

@@ -247,7 +247,7 @@ impl QuantArgs {
             hif8_scale,
             scale_search: self.scale_search,
             gptq: self.gptq.then(|| lpc_passes::quant_policy::Gptq {
-                hessians: Default::default(),
+                packed: Default::default(),
                 options: lpc_passes::gptq::Options {
                     damp: self.gptq_damp.unwrap_or(0.01),
                     act_order: self.gptq_act_order,

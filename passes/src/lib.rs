@@ -24,7 +24,7 @@ mod quantize_insert;
 mod rotate;
 pub mod smooth;
 pub mod util;
-mod weights_prequantize;
+pub mod weights_prequantize;
 
 pub use fuse_qgemm::FuseQgemm;
 use lpc_ir::{text, verify::verify, Graph};
@@ -80,10 +80,24 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
 
 /// The quantization pipeline for a configuration (after `canonicalize()`).
 pub fn quantize(cfg: &QuantConfig) -> Vec<Box<dyn Pass>> {
+    let mut p = quantize_insertion(cfg);
+    p.extend(quantize_packing(cfg));
+    p
+}
+
+/// The first half of [`quantize`]: smoothing, rotation and `lpc.quantize`
+/// insertion; the weights are still f32 (what GPTQ calibration packs from).
+pub fn quantize_insertion(cfg: &QuantConfig) -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(smooth::Smooth(cfg.clone())),
         Box::new(rotate::Rotate(cfg.clone())),
         Box::new(quantize_insert::QuantizeInsert(cfg.clone())),
+    ]
+}
+
+/// The second half of [`quantize`]: weights packed, `qgemm` fused.
+pub fn quantize_packing(cfg: &QuantConfig) -> Vec<Box<dyn Pass>> {
+    vec![
         Box::new(weights_prequantize::WeightsPrequantize(cfg.clone())),
         Box::new(fuse_qgemm::FuseQgemm),
         by_name("dce").expect("registered"),

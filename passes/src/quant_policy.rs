@@ -43,15 +43,36 @@ pub struct QuantConfig {
     pub quantize_all: bool,
 }
 
-/// GPTQ for the layers that have a Hessian (keyed by layer name: the
-/// `lpc.linear` node's name); the others get round-to-nearest.
+/// GPTQ: the weights calibration packed (keyed by the weight's
+/// `lpc.quantize` node name, `{layer}/w{i}/quantize`); the others get
+/// round-to-nearest.
 #[derive(Debug, Clone, Default)]
 pub struct Gptq {
-    pub hessians: std::sync::Arc<HashMap<String, crate::gptq::Hessian>>,
+    pub packed: std::sync::Arc<GptqWeights>,
     pub options: crate::gptq::Options,
     /// Calibration samples to generate, and their seed.
     pub samples: usize,
     pub seed: u64,
+}
+
+/// Packed weights from GPTQ calibration, by `lpc.quantize` node name.
+#[derive(Clone, Default, PartialEq)]
+pub struct GptqWeights(pub HashMap<String, Vec<u8>>);
+
+impl std::fmt::Debug for GptqWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GptqWeights({} tensors)", self.0.len())
+    }
+}
+
+impl Gptq {
+    /// Did calibration pack (some of) this layer's weights?
+    pub fn covers(&self, layer: &str) -> bool {
+        self.packed
+            .0
+            .keys()
+            .any(|k| k.strip_prefix(layer).is_some_and(|r| r.starts_with("/w")))
+    }
 }
 
 /// The decision for one layer.

@@ -3,7 +3,9 @@
 //! Matches: `lpc.quantize(W)` and `lpc.quantize(lpc.rotate(W))` with a
 //! constant `W` (f32, f16 or bf16).
 //! Guarantees: a packed `u8` constant with exactly the bytes the `lpc.quantize`
-//! kernel would produce (the runtime's bulk codec, parallel over blocks). One
+//! kernel would produce (the runtime's bulk codec, parallel over blocks), or
+//! the codes GPTQ calibration chose for it (`QuantConfig::gptq`; [`pack`]
+//! with a Hessian is how calibration makes them). One
 //! weight at a time: the rotated f32 scratch copy of a weight lives only
 //! while that weight is packed; the original stays memory-mapped.
 //! Run after `quantize-insert` (and `rotate`), before `fuse-qgemm`.
@@ -17,10 +19,47 @@ use lpc_runtime::hadamard;
 #[derive(Debug)]
 pub struct WeightsPrequantize(pub crate::QuantConfig);
 
+/// Where a weight's codes come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Codes<'a> {
+    /// The format's encoder (or the scale search, `search = 1`).
+    Nearest,
+    /// GPTQ with this Hessian.
+    Gptq(&'a crate::gptq::Hessian, crate::gptq::Options),
+    /// Packed by GPTQ calibration already (checked for size).
+    Packed(&'a [u8]),
+}
+
+/// A weight's packed codes, and its row exponents when `scale = "pow2"`.
+#[derive(Debug, Clone)]
+pub struct PackedWeight {
+    pub packed: Tensor,
+    pub exps: Option<Tensor>,
+}
+
 fn prequantize(g: &mut Graph, n: NodeId, cfg: &crate::QuantConfig) -> Result<bool, String> {
-    let node = g.node(n).clone();
-    let Some(src) = node.inputs[0] else {
+    let node = g.node(n);
+    let packed = cfg.gptq.as_ref().and_then(|gq| gq.packed.0.get(&node.name));
+    let codes = packed.map_or(Codes::Nearest, |p| Codes::Packed(p));
+    let Some(p) = pack(g, n, codes)? else {
         return Ok(false);
+    };
+    let node = g.node(n).clone();
+    g.make_const(node.outputs[0], p.packed);
+    if let (Some(e), Some(&o)) = (p.exps, node.outputs.get(1)) {
+        g.make_const(o, e);
+    }
+    g.remove_node(n);
+    Ok(true)
+}
+
+/// Packs the constant weight that the `lpc.quantize` node `n` reads (behind
+/// a compile-time `lpc.rotate` or not), as that node would at run time, with
+/// the codes from `codes`. `None` when the node does not read a constant.
+pub fn pack(g: &Graph, n: NodeId, codes: Codes) -> Result<Option<PackedWeight>, String> {
+    let node = g.node(n);
+    let Some(src) = node.inputs[0] else {
+        return Ok(None);
     };
     // The weight, possibly behind a compile-time rotation.
     let (w, rot) = match g.producer(src).map(|p| (p, g.node(p))) {
@@ -33,11 +72,11 @@ fn prequantize(g: &mut Graph, n: NodeId, cfg: &crate::QuantConfig) -> Result<boo
         ),
         _ => (Some(src), None),
     };
-    let Some(t) = w.and_then(|w| g.constant(w)).cloned() else {
-        return Ok(false);
+    let Some(t) = w.and_then(|w| g.constant(w)) else {
+        return Ok(None);
     };
-    let Some(mut x) = crate::util::widen(&t) else {
-        return Ok(false);
+    let Some(mut x) = crate::util::widen(t) else {
+        return Ok(None);
     };
     let f = format_of(node.string("format").unwrap_or("none"), node.string("mode"))?
         .ok_or("quantize to `none`")?;
@@ -70,13 +109,48 @@ fn prequantize(g: &mut Graph, n: NodeId, cfg: &crate::QuantConfig) -> Result<boo
     } else {
         None
     };
-    // `{layer}/w{i}/quantize`: the layer's Hessian, if GPTQ has one.
-    let layer = node.name.rsplit_once("/w").map(|(l, _)| l);
-    let hessian = cfg
-        .gptq
-        .as_ref()
-        .and_then(|gq| Some((gq, gq.hessians.get(layer?)?)));
-    let bytes = if let Some((gq, h)) = hessian {
+    let shape = packed_shape(&t.dims, ax, f);
+    let size: usize = shape.iter().product();
+    let bytes = match codes {
+        Codes::Packed(p) => {
+            if p.len() != size {
+                return Err(format!(
+                    "`{}`: GPTQ packed {} bytes, the weight needs {size}",
+                    node.name,
+                    p.len(),
+                ));
+            }
+            p.to_vec()
+        }
+        Codes::Gptq(h, opt) => gptq_codes(node, f, &x, &l, h, opt)?,
+        Codes::Nearest if node.int("search") == Some(1) => {
+            f.quantize_search(&x, &l).map_err(|e| e.to_string())?
+        }
+        Codes::Nearest => f.quantize(&x, &l).map_err(|e| e.to_string())?,
+    };
+    drop(x);
+    let rows = shape[..shape.len() - 1].to_vec();
+    let packed = Tensor::new(DType::U8, shape, bytes.into()).ok_or("packed size")?;
+    let exps = match exps {
+        Some(e) => {
+            let data: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Some(Tensor::new(DType::I32, rows, data.into()).ok_or("exponents size")?)
+        }
+        None => None,
+    };
+    Ok(Some(PackedWeight { packed, exps }))
+}
+
+/// GPTQ codes for the prepared (rotated, row-scaled) weight `x`.
+fn gptq_codes(
+    node: &lpc_ir::Node,
+    f: lpc_runtime::formats::Format,
+    x: &[f32],
+    l: &lpc_runtime::formats::AxisLayout,
+    h: &crate::gptq::Hessian,
+    opt: crate::gptq::Options,
+) -> Result<Vec<u8>, String> {
+    {
         if h.k != l.axis_len {
             return Err(format!(
                 "`{}`: GPTQ Hessian is {}x{} for a reduction axis of {}",
@@ -87,35 +161,16 @@ fn prequantize(g: &mut Graph, n: NodeId, cfg: &crate::QuantConfig) -> Result<boo
         let rows: Vec<f32> = (0..l.rows())
             .flat_map(|r| {
                 let (o, i) = (r / l.inner, r % l.inner);
-                let x = &x;
                 (0..l.axis_len).map(move |k| x[(o * l.axis_len + k) * l.inner + i])
             })
             .collect();
         let opt = crate::gptq::Options {
             search: node.int("search") == Some(1),
-            ..gq.options
+            ..opt
         };
         crate::gptq::quantize(f, &rows, l.rows(), h, opt)
-            .map_err(|e| format!("`{}`: {e}", node.name))?
-    } else if node.int("search") == Some(1) {
-        f.quantize_search(&x, &l).map_err(|e| e.to_string())?
-    } else {
-        f.quantize(&x, &l).map_err(|e| e.to_string())?
-    };
-    drop(x);
-    let shape = packed_shape(&t.dims, ax, f);
-    let rows = shape[..shape.len() - 1].to_vec();
-    let packed = Tensor::new(DType::U8, shape, bytes.into()).ok_or("packed size")?;
-    g.make_const(node.outputs[0], packed);
-    if let (Some(e), Some(&o)) = (exps, node.outputs.get(1)) {
-        let data: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
-        g.make_const(
-            o,
-            Tensor::new(DType::I32, rows, data.into()).ok_or("exponents size")?,
-        );
+            .map_err(|e| format!("`{}`: {e}", node.name))
     }
-    g.remove_node(n);
-    Ok(true)
 }
 
 impl Pass for WeightsPrequantize {

@@ -511,7 +511,8 @@ fn sensitivity_and_auto_mixed() {
 }
 
 /// GPTQ on the fixtures: calibration inputs generated from the fixture's
-/// own inputs (not the evaluation inputs), sequential Hessians, byte-identical
+/// own inputs (not the evaluation inputs), Hessians streamed layer by layer
+/// (the second layer sees the first one's GPTQ weights), byte-identical
 /// packed weights across thread counts, and a gain over round-to-nearest.
 #[test]
 fn gptq_on_the_fixtures() {
@@ -545,12 +546,25 @@ fn gptq_on_the_fixtures() {
                 }),
                 ..cfg(f, true)
             };
-            lpc::gptq::prepare(&gc, &mut c, &template).unwrap();
-            c
+            let mut hs = HashMap::new();
+            lpc::gptq::prepare_with(&gc, &mut c, &template, |name, h| {
+                hs.insert(name.to_string(), h.clone());
+            })
+            .unwrap();
+            (c, hs)
         };
-        let c = gptq_cfg(false);
-        let hs = &c.gptq.as_ref().unwrap().hessians;
+        let (c, hs) = gptq_cfg(false);
         assert!(!hs.is_empty() && hs.values().all(|h| h.rows > 0), "{m}");
+        // Every layer with a Hessian got GPTQ weights, and nothing else.
+        let gq = c.gptq.as_ref().unwrap();
+        assert!(hs.keys().all(|l| gq.covers(l)), "{m}");
+        assert!(
+            gq.packed
+                .0
+                .keys()
+                .all(|w| hs.keys().any(|l| w.starts_with(&format!("{l}/w")))),
+            "{m}"
+        );
         // The first layer's input does not depend on any quantization: its
         // Hessian is Σ x xᵀ over the f32 model's (rotated) inputs to it.
         let first = gc
@@ -584,6 +598,53 @@ fn gptq_on_the_fixtures() {
                 "{m} {name}: {a} vs {b}"
             );
         }
+        // The second layer's Hessian: its inputs went through the first
+        // layer's GPTQ weights (one streaming pass): equal to running the
+        // model with only those weights GPTQ'd.
+        let name2 = gc
+            .topo_order()
+            .unwrap()
+            .into_iter()
+            .map(|n| gc.node(n).name.clone())
+            .filter(|n| hs.contains_key(n))
+            .nth(1)
+            .unwrap();
+        let mut first_only = c.clone();
+        let prefix = format!("{name}/w");
+        first_only.gptq.as_mut().unwrap().packed =
+            std::sync::Arc::new(lpc_passes::quant_policy::GptqWeights(
+                gq.packed
+                    .0
+                    .iter()
+                    .filter(|(w, _)| w.starts_with(&prefix))
+                    .map(|(w, b)| (w.clone(), b.clone()))
+                    .collect(),
+            ));
+        let mut g1 = gc.clone();
+        PassManager::new(quantize(&first_only), RunOptions::default())
+            .run(&mut g1)
+            .unwrap();
+        let q2 = g1
+            .node_ids()
+            .find(|&n| g1.node(n).op == "lpc.qgemm" && g1.node(n).name == name2)
+            .unwrap();
+        let (xin2, k2) = (g1.node(q2).inputs[0].unwrap(), hs[&name2].k);
+        let mut direct = lpc_passes::gptq::Hessian::new(k2);
+        for s in &samples {
+            let (_, vals) = interp::run_capture(&g1, s).unwrap();
+            let mut x: Vec<f32> = vals[&xin2].to_f64().iter().map(|&v| v as f32).collect();
+            for row in x.chunks_exact_mut(k2) {
+                lpc_runtime::hadamard::rotate_blocks(row, 32);
+            }
+            direct.add_rows(&x);
+        }
+        assert_eq!(hs[&name2].rows, direct.rows, "{m} {name2}");
+        for (a, b) in hs[&name2].h.iter().zip(&direct.h) {
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "{m} {name2}: {a} vs {b}"
+            );
+        }
         let packed = |c: &QuantConfig, threads: usize| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -593,6 +654,13 @@ fn gptq_on_the_fixtures() {
         };
         let p = packed(&c, 1);
         assert_eq!(p, packed(&c, 3), "{m}");
+        // Calibration itself is deterministic across thread counts.
+        let c3 = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| gptq_cfg(false).0);
+        assert_eq!(gq.packed, c3.gptq.as_ref().unwrap().packed, "{m}");
         let rtn_cfg = QuantConfig {
             activations: None,
             ..cfg(f, true)
@@ -615,7 +683,7 @@ fn gptq_on_the_fixtures() {
         assert!(mean(&g) > mean(&rtn), "{m}: GPTQ did not help");
         assert!(g.outputs[0].sqnr_db > rtn.outputs[0].sqnr_db, "{m}");
         // Act-order runs too, and differs.
-        assert_ne!(packed(&gptq_cfg(true), 1), p, "{m}");
+        assert_ne!(packed(&gptq_cfg(true).0, 1), p, "{m}");
     }
 }
 
@@ -715,4 +783,74 @@ fn method_effects_compare_with_and_without() {
         lpc::eval::mean_layer_sqnr(&plain)
     );
     assert_ne!(e.output_sqnr_db_with, e.output_sqnr_db_without);
+}
+
+/// `interp::run_lockstep` (how GPTQ calibration streams): with a hook that
+/// changes nothing it equals one `interp::run` per input set; a replaced
+/// constant is what every set, and every later reader, sees; replacing an
+/// operand that is not a constant is an error naming the node.
+#[test]
+fn lockstep_runs_equal_separate_runs() {
+    let m = "qwen3_small_prefill_ts";
+    let gc = canonical(m);
+    let template = read_inputs(&gc, Some(&fixture(&format!("models/{m}/inputs"))), &[]).unwrap();
+    let samples = lpc::gptq::calibration_inputs(&gc, &template, 3, 5);
+    let mut g = gc.clone();
+    PassManager::new(
+        quantize(&cfg(Format::Mxfp4(Mxfp4Rounding::Rne), true)),
+        RunOptions::default(),
+    )
+    .run(&mut g)
+    .unwrap();
+    let separate: Vec<Vec<TensorValue>> = samples
+        .iter()
+        .map(|s| interp::run(&g, s).unwrap())
+        .collect();
+    assert_eq!(
+        interp::run_lockstep(&g, &samples, |_| Ok(Vec::new())).unwrap(),
+        separate
+    );
+    // Zero codes for the first qgemm's weight, through the hook and in the graph.
+    let q = g
+        .topo_order()
+        .unwrap()
+        .into_iter()
+        .find(|&n| g.node(n).op == "lpc.qgemm")
+        .unwrap();
+    let w = g.node(q).inputs[1].unwrap();
+    let zero = {
+        let t = g.constant(w).unwrap();
+        lpc_ir::Tensor::new(t.dtype, t.dims.clone(), vec![0u8; t.data.len()].into()).unwrap()
+    };
+    let mut seen = 0;
+    let hooked = interp::run_lockstep(&g, &samples, |step| {
+        if step.node != q {
+            return Ok(Vec::new());
+        }
+        seen += step.operands.len();
+        Ok(vec![(1, TensorValue::from_tensor(&zero))])
+    })
+    .unwrap();
+    assert_eq!(seen, samples.len());
+    let mut gz = g.clone();
+    gz.make_const(w, zero.clone());
+    let expect: Vec<Vec<TensorValue>> = samples
+        .iter()
+        .map(|s| interp::run(&gz, s).unwrap())
+        .collect();
+    assert_eq!(hooked, expect);
+    assert_ne!(hooked, separate);
+    let err = interp::run_lockstep(&g, &samples, |step| {
+        Ok(if step.node == q {
+            vec![(0, TensorValue::from_tensor(&zero))]
+        } else {
+            Vec::new()
+        })
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&g.node(q).name) && err.contains("not a constant"),
+        "{err}"
+    );
 }

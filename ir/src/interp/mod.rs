@@ -16,7 +16,7 @@ mod value;
 
 pub use value::{Data, TensorValue};
 
-use crate::{Def, Dim, Graph, Node, ValueId};
+use crate::{Def, Dim, Graph, Node, NodeId, ValueId};
 use std::collections::HashMap;
 use thiserror::Error;
 
@@ -240,11 +240,6 @@ fn run_impl(
     let mut consts: HashMap<ValueId, TensorValue> = HashMap::new();
     for &n in &order {
         let node = g.node(n);
-        let err = |msg: String| InterpError::Node {
-            node: node.name.clone(),
-            op: node.op.clone(),
-            msg,
-        };
         for v in node.inputs.iter().flatten() {
             if let Def::Const(t) = &g.value(*v).def {
                 consts
@@ -252,47 +247,7 @@ fn run_impl(
                     .or_insert_with(|| TensorValue::from_tensor(t));
             }
         }
-        let k =
-            kernel(&node.op).ok_or_else(|| err("op is not supported by the interpreter".into()))?;
-        let outs = {
-            let mut ins = Vec::with_capacity(node.inputs.len());
-            for v in &node.inputs {
-                match v {
-                    None => ins.push(None),
-                    Some(v) => {
-                        let t = env.get(v).or_else(|| consts.get(v)).ok_or_else(|| {
-                            err(format!("operand `{}` has no value", g.value(*v).name))
-                        })?;
-                        ins.push(Some(t));
-                    }
-                }
-            }
-            let ctx = OpCtx {
-                node,
-                inputs: ins,
-                opset,
-            };
-            // A kernel that panics on input it failed to validate is a bug;
-            // it still reaches the user as an error naming the node.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| k(&ctx))) {
-                Ok(r) => r.map_err(err)?,
-                Err(p) => {
-                    let what = p
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| p.downcast_ref::<&str>().copied())
-                        .unwrap_or("panic");
-                    return Err(err(format!("internal error in the interpreter: {what}")));
-                }
-            }
-        };
-        if outs.len() < node.outputs.len() {
-            return Err(err(format!(
-                "produced {} outputs, the node has {}",
-                outs.len(),
-                node.outputs.len()
-            )));
-        }
+        let outs = exec(node, opset, &operands(g, node, &env, &consts)?)?;
         for v in node.inputs.iter().flatten() {
             if let Some(r) = remaining.get_mut(v) {
                 *r -= 1;
@@ -318,4 +273,185 @@ fn run_impl(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((outs, if keep_all { env } else { HashMap::new() }))
+}
+
+fn node_error(node: &Node, msg: String) -> InterpError {
+    InterpError::Node {
+        node: node.name.clone(),
+        op: node.op.clone(),
+        msg,
+    }
+}
+
+/// A node's operands, from the run's values or the constants.
+fn operands<'a>(
+    g: &Graph,
+    node: &Node,
+    env: &'a HashMap<ValueId, TensorValue>,
+    consts: &'a HashMap<ValueId, TensorValue>,
+) -> Result<Vec<Option<&'a TensorValue>>, InterpError> {
+    node.inputs
+        .iter()
+        .map(|v| {
+            v.map(|v| {
+                env.get(&v).or_else(|| consts.get(&v)).ok_or_else(|| {
+                    node_error(node, format!("operand `{}` has no value", g.value(v).name))
+                })
+            })
+            .transpose()
+        })
+        .collect()
+}
+
+/// Runs one node's kernel on its operands.
+fn exec(
+    node: &Node,
+    opset: i64,
+    ins: &[Option<&TensorValue>],
+) -> Result<Vec<TensorValue>, InterpError> {
+    let err = |msg: String| node_error(node, msg);
+    let k = kernel(&node.op).ok_or_else(|| err("op is not supported by the interpreter".into()))?;
+    let ctx = OpCtx {
+        node,
+        inputs: ins.to_vec(),
+        opset,
+    };
+    // A kernel that panics on input it failed to validate is a bug; it still
+    // reaches the user as an error naming the node.
+    let outs = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| k(&ctx))) {
+        Ok(r) => r.map_err(err)?,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("panic");
+            return Err(err(format!("internal error in the interpreter: {what}")));
+        }
+    };
+    if outs.len() < node.outputs.len() {
+        return Err(err(format!(
+            "produced {} outputs, the node has {}",
+            outs.len(),
+            node.outputs.len()
+        )));
+    }
+    Ok(outs)
+}
+
+/// What a [`run_lockstep`] hook sees before a node runs: the node and, per
+/// input set, its operands.
+#[derive(Debug)]
+pub struct Step<'a> {
+    pub node: NodeId,
+    pub operands: &'a [Vec<Option<&'a TensorValue>>],
+}
+
+/// Runs several input sets through the graph together, node by node in
+/// topological order, and returns each set's outputs. Before each node,
+/// `hook` may replace constant operands of the node (`(operand index,
+/// value)`, for every set and for every later reader of that constant):
+/// calibration uses it to quantize a layer from the inputs that reached it
+/// through the already-quantized layers before it, in one pass. Values and
+/// constants are dropped after their last use, so the memory held is the
+/// live activations of all sets plus the constants in use.
+pub fn run_lockstep<F>(
+    g: &Graph,
+    inputs: &[HashMap<String, TensorValue>],
+    mut hook: F,
+) -> Result<Vec<Vec<TensorValue>>, InterpError>
+where
+    F: FnMut(&Step) -> Result<Vec<(usize, TensorValue)>, String>,
+{
+    for i in inputs {
+        bind_inputs(g, i)?;
+    }
+    let opset = g.opsets.get("").copied().unwrap_or(0);
+    let order = g
+        .topo_order()
+        .map_err(|n| InterpError::Graph(format!("node `{}` is on a cycle", g.node(n).name)))?;
+    let mut remaining: HashMap<ValueId, usize> = HashMap::new();
+    for &n in &order {
+        for v in g.node(n).inputs.iter().flatten() {
+            *remaining.entry(*v).or_insert(0) += 1;
+        }
+    }
+    let mut envs: Vec<HashMap<ValueId, TensorValue>> = inputs
+        .iter()
+        .map(|s| {
+            g.inputs
+                .iter()
+                .map(|&i| (i, s[&g.value(i).name].clone()))
+                .collect()
+        })
+        .collect();
+    let mut consts: HashMap<ValueId, TensorValue> = HashMap::new();
+    for &n in &order {
+        let node = g.node(n);
+        for v in node.inputs.iter().flatten() {
+            if let Def::Const(t) = &g.value(*v).def {
+                consts
+                    .entry(*v)
+                    .or_insert_with(|| TensorValue::from_tensor(t));
+            }
+        }
+        let replace = {
+            let ops = envs
+                .iter()
+                .map(|env| operands(g, node, env, &consts))
+                .collect::<Result<Vec<_>, _>>()?;
+            hook(&Step {
+                node: n,
+                operands: &ops,
+            })
+            .map_err(|m| node_error(node, m))?
+        };
+        for (i, val) in replace {
+            let v = node
+                .inputs
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|v| consts.contains_key(v));
+            let v = v.ok_or_else(|| {
+                node_error(node, format!("operand {i} is not a constant to replace"))
+            })?;
+            consts.insert(v, val);
+        }
+        for env in envs.iter_mut() {
+            let outs = exec(node, opset, &operands(g, node, env, &consts)?)?;
+            for (&o, val) in node.outputs.iter().zip(outs) {
+                env.insert(o, val);
+            }
+        }
+        for v in node.inputs.iter().flatten() {
+            if let Some(r) = remaining.get_mut(v) {
+                *r -= 1;
+                if *r == 0 && !g.outputs.contains(v) {
+                    consts.remove(v);
+                    for env in envs.iter_mut() {
+                        env.remove(v);
+                    }
+                }
+            }
+        }
+    }
+    envs.iter()
+        .map(|env| {
+            g.outputs
+                .iter()
+                .map(|o| {
+                    env.get(o)
+                        .cloned()
+                        .or_else(|| g.constant(*o).map(TensorValue::from_tensor))
+                        .ok_or_else(|| {
+                            InterpError::Graph(format!(
+                                "output `{}` was not computed",
+                                g.value(*o).name
+                            ))
+                        })
+                })
+                .collect()
+        })
+        .collect()
 }

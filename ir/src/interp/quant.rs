@@ -10,7 +10,7 @@
 use super::util::axis as norm_axis;
 use super::value::{Data, TensorValue};
 use super::{OpCtx, R};
-use crate::DType;
+use crate::{DType, Node};
 use lpc_runtime::formats::rowscale;
 use lpc_runtime::formats::Format;
 use lpc_runtime::hadamard;
@@ -31,11 +31,14 @@ pub fn format_of(name: &str, mode: Option<&str>) -> R<Option<Format>> {
 }
 
 fn attr_format(c: &OpCtx, key: &str, mode_key: &str) -> R<Option<Format>> {
-    let name = c
-        .node
+    node_format(c.node, key, mode_key)
+}
+
+fn node_format(node: &Node, key: &str, mode_key: &str) -> R<Option<Format>> {
+    let name = node
         .string(key)
         .ok_or_else(|| format!("`{key}` attribute is required"))?;
-    format_of(name, c.node.string(mode_key))
+    format_of(name, node.string(mode_key))
 }
 
 fn bytes_of(v: &TensorValue) -> R<Vec<u8>> {
@@ -179,32 +182,8 @@ pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
     }
     let parts = c.int("parts", 1).max(1) as usize;
     let wf = attr_format(c, "wformat", "wmode")?.ok_or("weights must be quantized")?;
-    let af = attr_format(c, "aformat", "amode")?;
-    let rot = c.int("rotate", 0) as usize;
     let rows = xt.len() / k.max(1);
-    let mut x = c.f32_in(0)?.to_vec();
-    if rot > 0 {
-        if k % rot != 0 {
-            return Err(format!(
-                "{k} features are not a multiple of the rotation block {rot}"
-            ));
-        }
-        hadamard::rotate_rows(&mut x, k, rot);
-    }
-    if let Some(af) = af {
-        let l = af.layout(&[rows, k], -1, true).map_err(|e| e.to_string())?;
-        let ascaled = c.node.string("ascale") == Some("pow2");
-        let e = if ascaled {
-            rowscale::scale_rows(&mut x, &l)
-        } else {
-            Vec::new()
-        };
-        let p = af.quantize(&x, &l).map_err(|e| e.to_string())?;
-        x = af.dequantize(&p, &l).map_err(|e| e.to_string())?;
-        if ascaled {
-            rowscale::unscale_rows(&mut x, &l, &e);
-        }
-    }
+    let x = qgemm_activations(c.node, c.f32_in(0)?)?;
     // Weights `[n, k]` per part, rows multiplied by `2^-e` when scaled.
     let wscaled = c.int("wscale", 0) != 0;
     let mut ws = Vec::with_capacity(parts);
@@ -278,4 +257,42 @@ pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
     let mut shape = xt.shape.clone();
     *shape.last_mut().expect("rank >= 1") = n_total;
     Ok(vec![TensorValue::with_dtype(xt.dtype, shape, Data::F(out))])
+}
+
+/// What `lpc.qgemm` multiplies its weights with: the rows of `x` (length
+/// `k`) rotated (`rotate` > 0) and quantized-dequantized in the activation
+/// format (`aformat`; each row scaled by its own power of two first when
+/// `ascale = "pow2"`). Calibration uses it to see the layer's real inputs.
+pub fn qgemm_activations(node: &Node, x: &[f32]) -> R<Vec<f32>> {
+    let k = node.int("k").ok_or("`k` attribute is required")? as usize;
+    let af = node_format(node, "aformat", "amode")?;
+    let rot = node.int("rotate").unwrap_or(0) as usize;
+    if k == 0 || x.len() % k != 0 {
+        return Err(format!("{} values are not rows of {k}", x.len()));
+    }
+    let rows = x.len() / k;
+    let mut x = x.to_vec();
+    if rot > 0 {
+        if k % rot != 0 {
+            return Err(format!(
+                "{k} features are not a multiple of the rotation block {rot}"
+            ));
+        }
+        hadamard::rotate_rows(&mut x, k, rot);
+    }
+    if let Some(af) = af {
+        let l = af.layout(&[rows, k], -1, true).map_err(|e| e.to_string())?;
+        let ascaled = node.string("ascale") == Some("pow2");
+        let e = if ascaled {
+            rowscale::scale_rows(&mut x, &l)
+        } else {
+            Vec::new()
+        };
+        let p = af.quantize(&x, &l).map_err(|e| e.to_string())?;
+        x = af.dequantize(&p, &l).map_err(|e| e.to_string())?;
+        if ascaled {
+            rowscale::unscale_rows(&mut x, &l, &e);
+        }
+    }
+    Ok(x)
 }
