@@ -260,7 +260,12 @@ fn calibrate(
         .map(|n| (gpre.node(n).name.as_str(), n))
         .collect();
     let mut packed = HashMap::new();
-    let mut progress = Progress::new(order.len());
+    // Drawn on stderr when it is a terminal, hidden otherwise.
+    let progress = indicatif::ProgressBar::new(order.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("gptq [{bar:30}] {pos}/{len} {msg}")
+            .map(|s| s.progress_chars("#>-"))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     interp::run_lockstep(&gq, samples, |step| {
         let node = gq.node(step.node);
         if node.op != "lpc.qgemm" || !wanted.contains(node.name.as_str()) {
@@ -269,6 +274,7 @@ fn calibrate(
         let k = node.int("k").unwrap_or(0) as usize;
         let rot = node.int("rotate").unwrap_or(0).max(0) as usize;
         let parts = node.int("parts").unwrap_or(1).max(1) as usize;
+        progress.set_message(node.name.clone());
         let mut h = Hessian::new(k);
         for ops in step.operands {
             let x = ops.first().copied().flatten().ok_or("no input")?;
@@ -305,48 +311,12 @@ fn calibrate(
             replace.push((1 + i, TensorValue::from_tensor(&p.packed)));
             packed.insert(name, p.packed.data.to_vec());
         }
-        progress.step(&node.name);
+        progress.inc(1);
         Ok(replace)
     })
     .map_err(|e| e.to_string())?;
-    progress.finish();
+    progress.finish_and_clear();
     Ok(GptqWeights(packed))
-}
-
-/// One line on stderr, rewritten in place, when stderr is a terminal.
-struct Progress {
-    total: usize,
-    done: usize,
-    tty: bool,
-}
-
-impl Progress {
-    fn new(total: usize) -> Self {
-        Self {
-            total,
-            done: 0,
-            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        }
-    }
-    fn step(&mut self, what: &str) {
-        self.done += 1;
-        if self.tty {
-            let w = 30;
-            let filled = w * self.done / self.total.max(1);
-            eprint!(
-                "\rgptq [{}{}] {}/{} {what}\x1b[K",
-                "#".repeat(filled),
-                "-".repeat(w - filled),
-                self.done,
-                self.total
-            );
-        }
-    }
-    fn finish(&self) {
-        if self.tty {
-            eprint!("\r\x1b[K");
-        }
-    }
 }
 
 /// [`prepare`] for a model file, with the template from `inputs`.
