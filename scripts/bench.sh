@@ -3,8 +3,10 @@
 # the 4/8-bit formats) against onnxruntime fp32 on the same inputs and thread
 # counts (installed from PyPI into target/bench-venv), then the generated
 # qgemm kernels on Qwen3-32B shapes against lpc's own f32 GEMM and a memory
-# bandwidth probe (cargo bench). Medians of LPC_BENCH_RUNS runs (default 20
-# for models) with min-max. Tables on stdout, JSON in target/bench/.
+# bandwidth probe (cargo bench), then onnxruntime's fp32 MatMul and its
+# MatMulNBits (4-bit, blocks of 32, int8 activations) on the same shapes,
+# joined into one table. Medians of LPC_BENCH_RUNS runs (default 20 for
+# models, 5 for kernels) with min-max. Tables on stdout, JSON in target/bench/.
 #
 # LPC_BENCH_KERNELS=0 skips the kernel part; LPC_BENCH_SHAPES, LPC_BENCH_M,
 # LPC_BENCH_THREADS, LPC_BENCH_FORMATS narrow it (see targets/cpu/benches/qgemm.rs).
@@ -19,7 +21,7 @@ mkdir -p "$OUT/models"
 if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -c "import onnxruntime" 2>/dev/null || "$VENV/bin/pip" install -q onnxruntime numpy
+"$VENV/bin/python" -c "import onnxruntime, onnx" 2>/dev/null || "$VENV/bin/pip" install -q onnxruntime onnx numpy
 RUNS="${LPC_BENCH_RUNS:-20}"
 json="$OUT/models.json"
 echo "[" > "$json"
@@ -52,4 +54,10 @@ if [ "${LPC_BENCH_KERNELS:-1}" != 0 ]; then
   echo
   echo "== qgemm kernels (cargo bench -p lpc-target-cpu --bench qgemm)"
   cargo bench --locked -p lpc-target-cpu --bench qgemm 2>/dev/null
+  echo
+  echo "== the same shapes in onnxruntime: fp32 MatMul and MatMulNBits (4-bit, blocks of 32, int8 activations)"
+  "$VENV/bin/python" scripts/bench_ort_matmul.py time "$OUT/ort_matmul.json"
+  echo
+  echo "== lpc vs onnxruntime"
+  "$VENV/bin/python" scripts/bench_ort_matmul.py join "$OUT/qgemm.json" "$OUT/ort_matmul.json" "$OUT/kernels_vs_ort.json"
 fi
