@@ -12,7 +12,7 @@
 //! decoders.
 
 use super::arg;
-use super::core::{Cg, Val, R};
+use super::core::{Cg, CgError, Val, R};
 use inkwell::module::Linkage;
 use inkwell::types::VectorType;
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
@@ -2097,9 +2097,10 @@ const NR: i64 = 48;
 /// Rows per register tile (4 rows × 3 vectors: 12 i32 and 12 f32
 /// accumulators, 3 weight vectors, the broadcasts: within 32 zmm).
 const MR: i64 = 4;
-/// Fewer rows take the row path (weights decoded in registers per row): the
-/// panel packing costs about as much as 16 rows of products.
-const PANEL_MIN_ROWS: i64 = 24;
+/// Fewer rows take the row path (weights decoded in registers per row):
+/// measured on 5120 x 25600 MXFP4, the row path takes 12 / 16 / 30 ms for
+/// 2 / 3 / 4 rows, the panel path 23 ms for 4 (packing dominates).
+const PANEL_MIN_ROWS: i64 = 4;
 
 /// What the panel GEMM of one weight part needs to know.
 struct PanelSpec {
@@ -2151,11 +2152,15 @@ fn panel_gemm<'c>(
         cg.i32t().const_int((nb * NR) as u64, false),
         "pscales",
     )?;
-    let col = cg.b.build_array_alloca(
+    // 16 columns' codes of one block, 64-byte aligned.
+    let stage = cg.b.build_array_alloca(
         cg.i8t(),
-        cg.i32t().const_int(kpad.max(64) as u64, false),
-        "colcodes",
+        cg.i32t().const_int((16 * bl) as u64, false),
+        "stage",
     )?;
+    if let Some(i) = stage.as_instruction() {
+        let _ = i.set_alignment(64);
+    }
     let tile = cg.b.build_array_alloca(
         cg.f32t(),
         cg.i32t().const_int((MR * NR) as u64, false),
@@ -2170,28 +2175,64 @@ fn panel_gemm<'c>(
     let offv = cg.splat_i8(s.off, bl as u32);
     let r = cg.for_range(lo, hi, |cg, pi| {
         let c0 = cg.mul(pi, cg.c64(NR))?;
-        // Pack the panel, column by column.
-        cg.for_n(cg.c64(NR), |cg, cc| {
-            let j = cg.add(c0, cc)?;
-            let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
-            let wrow = cg.gep_bytes(
-                wp,
-                cg.mul(cg.select_i(inside, j, cg.c64(0))?, cg.c64(s.bpr))?,
-            )?;
+        // Pack the panel, 16 columns × one block at a time: decode each
+        // column's block into `stage`, then transpose its 4-byte words in
+        // registers (32 K per 8 two-column vectors) into the panel's rows.
+        cg.for_n(cg.c64(NR / 16), |cg, u| {
             cg.for_n(cg.c64(nb), |cg, t| {
-                let (v, sc) = cg.decode_codes(s.wf, s.lay, wrow, t)?;
-                let v = cg.b.build_int_add(v, offv, "")?;
-                cg.store_vec(col, cg.mul(t, cg.c64(bl))?, v)?;
-                // Columns past the part: zero scales (the offset codes
-                // then cancel with the correction exactly).
-                let sc = cg.select_f(inside, cg.ftrunc(sc)?, cg.cf32(0.0))?;
-                let at = cg.add(cg.mul(t, cg.c64(NR))?, cc)?;
-                cg.store(DType::F32, psc, at, sc.into())
-            })?;
-            cg.for_n(cg.c64(kpad / 4), |cg, g| {
-                let word = cg.load(DType::I32, col, g)?;
-                let at = cg.add(cg.mul(g, cg.c64(NR))?, cc)?;
-                cg.store(DType::I32, pan, at, word)
+                cg.for_n(cg.c64(16), |cg, cc| {
+                    let cc = cg.add(cg.mul(u, cg.c64(16))?, cc)?;
+                    let j = cg.add(c0, cc)?;
+                    let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
+                    let wrow = cg.gep_bytes(
+                        wp,
+                        cg.mul(cg.select_i(inside, j, cg.c64(0))?, cg.c64(s.bpr))?,
+                    )?;
+                    let (v, sc) = cg.decode_codes(s.wf, s.lay, wrow, t)?;
+                    let v = cg.b.build_int_add(v, offv, "")?;
+                    let lane = cg.sub(cc, cg.mul(u, cg.c64(16))?)?;
+                    cg.store_vec(stage, cg.mul(lane, cg.c64(bl))?, v)?;
+                    // Columns past the part: zero scales (the offset codes
+                    // then cancel with the correction exactly).
+                    let sc = cg.select_f(inside, cg.ftrunc(sc)?, cg.cf32(0.0))?;
+                    let at = cg.add(cg.mul(t, cg.c64(NR))?, cc)?;
+                    cg.store(DType::F32, psc, at, sc.into())
+                })?;
+                let i32x8 = cg.i32t().vec_type(8);
+                for h in 0..bl / 32 {
+                    // X_p: columns 2p and 2p+1, 8 words each.
+                    let xs: Vec<VectorValue> = (0..8)
+                        .map(|p| {
+                            let lo = cg.load_vec(stage, cg.c64(2 * p * bl + 32 * h), i32x8, 32)?;
+                            let hi =
+                                cg.load_vec(stage, cg.c64((2 * p + 1) * bl + 32 * h), i32x8, 32)?;
+                            let m: Vec<_> =
+                                (0..16).map(|i| cg.i32t().const_int(i, false)).collect();
+                            Ok(cg.b.build_shuffle_vector(
+                                lo,
+                                hi,
+                                VectorType::const_vector(&m),
+                                "",
+                            )?)
+                        })
+                        .collect::<R<_>>()?;
+                    let labels: Vec<Vec<u32>> = (0..8u32)
+                        .map(|p| (0..16u32).map(|i| (2 * p + i / 8) * 8 + i % 8).collect())
+                        .collect();
+                    let want: Vec<Vec<u32>> = (0..8u32)
+                        .map(|g| (0..16u32).map(|c| c * 8 + g).collect())
+                        .collect();
+                    let ws = shuffle_transpose(cg, xs, labels, &want)?;
+                    for (g, w) in ws.into_iter().enumerate() {
+                        let row = cg.add(cg.mul(t, cg.c64(groups))?, cg.c64(8 * h + g as i64))?;
+                        let at = cg.mul(
+                            cg.add(cg.mul(row, cg.c64(NR))?, cg.mul(u, cg.c64(16))?)?,
+                            cg.c64(4),
+                        )?;
+                        cg.store_vec_aligned(pan, at, w, 64)?;
+                    }
+                }
+                Ok(())
             })
         })?;
         let ncols = cg.smin(cg.c64(NR), cg.sub(nn, c0)?)?;
@@ -2279,6 +2320,82 @@ fn panel_gemm<'c>(
     });
     r?;
     free_panel(cg, pan)
+}
+
+/// Rearranges `xs` (vectors of 16 i32 lanes, a power of two of them, lane
+/// `i` of vector `v` holding the element `labels[v][i]`) so that lane `i`
+/// of output vector `v` holds `want[v][i]`, with two-source shuffles
+/// (`vpermt2d`): stages that each exchange one bit of the vector index with
+/// the same bit of the lane index, the last one with any lane order. The
+/// masks are found at code-generation time by following the labels; a
+/// `want` that the stages cannot reach is an error.
+fn shuffle_transpose<'c>(
+    cg: &Cg<'c>,
+    mut xs: Vec<VectorValue<'c>>,
+    mut labels: Vec<Vec<u32>>,
+    want: &[Vec<u32>],
+) -> R<Vec<VectorValue<'c>>> {
+    let n = xs.len();
+    let bits = n.trailing_zeros() as usize;
+    let mask = |m: &[u32]| {
+        let v: Vec<_> = m
+            .iter()
+            .map(|&i| cg.i32t().const_int(i as u64, false))
+            .collect();
+        VectorType::const_vector(&v)
+    };
+    for b in 0..bits.saturating_sub(1) {
+        let mut nx = Vec::with_capacity(n);
+        let mut nl = Vec::with_capacity(n);
+        for v in 0..n {
+            let beta = (v >> b) & 1;
+            let (a, c) = (v & !(1 << b), v | (1 << b));
+            let m: Vec<u32> = (0..16u32)
+                .map(|i| {
+                    let lambda = (i >> b) & 1;
+                    let src = (i & !(1 << b)) | ((beta as u32) << b);
+                    src + 16 * lambda
+                })
+                .collect();
+            let l: Vec<u32> = m
+                .iter()
+                .map(|&x| labels[if x >= 16 { c } else { a }][(x % 16) as usize])
+                .collect();
+            nx.push(cg.b.build_shuffle_vector(xs[a], xs[c], mask(&m), "")?);
+            nl.push(l);
+        }
+        xs = nx;
+        labels = nl;
+    }
+    want.iter()
+        .map(|w| {
+            let find = |e: u32| {
+                (0..n).find_map(|v| labels[v].iter().position(|&x| x == e).map(|i| (v, i)))
+            };
+            let at: Vec<(usize, usize)> = w
+                .iter()
+                .map(|&e| {
+                    find(e)
+                        .ok_or_else(|| CgError::Graph(format!("transpose: element {e} is missing")))
+                })
+                .collect::<R<_>>()?;
+            let mut srcs: Vec<usize> = at.iter().map(|a| a.0).collect();
+            srcs.sort_unstable();
+            srcs.dedup();
+            if srcs.len() > 2 {
+                return Err(CgError::Graph(format!(
+                    "transpose: an output needs {} sources",
+                    srcs.len()
+                )));
+            }
+            let (a, c) = (srcs[0], *srcs.last().unwrap_or(&srcs[0]));
+            let m: Vec<u32> = at
+                .iter()
+                .map(|&(v, i)| i as u32 + if v == a { 0 } else { 16 })
+                .collect();
+            Ok(cg.b.build_shuffle_vector(xs[a], xs[c], mask(&m), "")?)
+        })
+        .collect()
 }
 
 /// Columns per panel of the f32 panel GEMM (two 16-lane vectors) and rows
