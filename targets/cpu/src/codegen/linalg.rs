@@ -1190,7 +1190,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         // panel fits the stack comfortably.
         let f32_panels = hif8 && k16 * NR_F32 * 4 <= F32_PANEL_MAX_BYTES;
         let panels = if f32_panels {
-            let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
+            let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(F32_PANEL_MIN_ROWS))?;
             let np = cg.sdiv(cg.add(nn, cg.c64(NR_F32 - 1))?, cg.c64(NR_F32))?;
             let pcaps: Vec<BasicValueEnum> = vec![
                 w.ptr.into(),
@@ -1843,6 +1843,88 @@ fn cpu_row_dot<'c>(
         .collect()
 }
 
+/// The in-register HiF8 decode of the CPU layout: two `vpermi2b` tables
+/// give the high and low bytes of each code's exact f32 value (every HiF8
+/// value fits the top 16 bits), the sign is the code's top bit, byte and
+/// word unpacks place them: 64 codes in, 4 × 16 f32 out in natural order
+/// (the layout's per-chunk permutation undoes the unpacks' lane order).
+struct Hif8Decoder<'c> {
+    tables: [VectorValue<'c>; 4],
+}
+
+impl<'c> Hif8Decoder<'c> {
+    fn new(cg: &Cg<'c>) -> Self {
+        // Tables of the magnitudes' f32 bytes 3 (high) and 2, 64 entries
+        // each half (`vpermi2b` takes index bit 6 as the half, ignores bit 7).
+        let half = |byte: u32, from: u32| -> VectorValue<'c> {
+            let v: Vec<_> = (from..from + 64)
+                .map(|c| {
+                    cg.i8t().const_int(
+                        ((hif8::DECODE_F32_BITS[c as usize] >> (8 * byte)) & 255) as u64,
+                        false,
+                    )
+                })
+                .collect();
+            VectorType::const_vector(&v)
+        };
+        Self {
+            tables: [half(3, 0), half(3, 64), half(2, 0), half(2, 64)],
+        }
+    }
+
+    fn decode(&self, cg: &Cg<'c>, code: VectorValue<'c>) -> R<[VectorValue<'c>; 4]> {
+        let f32x16 = cg.f32t().vec_type(16);
+        let i8x64 = cg.i8t().vec_type(64);
+        let i32c = |v: u64| cg.i32t().const_int(v, false);
+        let unpack = |a: VectorValue<'c>, b: VectorValue<'c>, elem: u32, hi: bool| {
+            // vpunpck{l,h}{bw,wd}: per 128-bit lane, interleave the low (or
+            // high) halves of a and b, elements of `elem` bytes.
+            let per = 16 / elem; // elements per 128-bit lane
+            let n = 64 / elem;
+            let m: Vec<_> = (0..n)
+                .map(|x| {
+                    let (lane, j) = (x / per, x % per);
+                    let src = lane * per + j / 2 + if hi { per / 2 } else { 0 };
+                    i32c((src + if j % 2 == 1 { n } else { 0 }) as u64)
+                })
+                .collect();
+            cg.b.build_shuffle_vector(a, b, VectorType::const_vector(&m), "")
+        };
+        let look = |t0: VectorValue<'c>, t1: VectorValue<'c>| -> R<VectorValue<'c>> {
+            Ok(cg
+                .intrinsic(
+                    "llvm.x86.avx512.vpermi2var.qi.512",
+                    &[],
+                    &[t0.into(), code.into(), t1.into()],
+                )?
+                .into_vector_value())
+        };
+        let [hi0, hi1, lo0, lo1] = self.tables;
+        let hi = look(hi0, hi1)?;
+        let lo = look(lo0, lo1)?;
+        let sign = cg.b.build_and(code, cg.splat_i8(0x80, 64), "")?;
+        let hi = cg.b.build_or(hi, sign, "")?;
+        let w0 = unpack(lo, hi, 1, false)?;
+        let w1 = unpack(lo, hi, 1, true)?;
+        let i16x32 = cg.cx.i16_type().vec_type(32);
+        let as16 = |v: VectorValue<'c>| -> R<VectorValue<'c>> {
+            Ok(cg.b.build_bit_cast(v, i16x32, "")?.into_vector_value())
+        };
+        let z16 = as16(i8x64.const_zero())?;
+        let (w0, w1) = (as16(w0)?, as16(w1)?);
+        let fs = [
+            unpack(z16, w0, 2, false)?,
+            unpack(z16, w0, 2, true)?,
+            unpack(z16, w1, 2, false)?,
+            unpack(z16, w1, 2, true)?,
+        ];
+        let f = |v: VectorValue<'c>| -> R<VectorValue<'c>> {
+            Ok(cg.b.build_bit_cast(v, f32x16, "")?.into_vector_value())
+        };
+        Ok([f(fs[0])?, f(fs[1])?, f(fs[2])?, f(fs[3])?])
+    }
+}
+
 /// W8A8 HiF8: the dot products of the exact decodes of activation row `r`
 /// (`adec`, rows of `k16` f32) with one or more weight rows in the CPU
 /// layout, as f64. Per 64 codes: two `vpermi2b` lookups give the high and
@@ -1859,28 +1941,7 @@ fn cpu_row_dot_hif8<'c>(
     adec: PointerValue<'c>,
 ) -> R<Vec<FloatValue<'c>>> {
     let f32x16 = cg.f32t().vec_type(16);
-    let i8x64 = cg.i8t().vec_type(64);
-    let i8c = |cg: &Cg<'c>, v: u64| cg.i8t().const_int(v, false);
-    let i32c = |cg: &Cg<'c>, v: u64| cg.i32t().const_int(v, false);
-    // Tables of the magnitudes' f32 bytes 3 (high) and 2, 64 entries each
-    // half (`vpermi2b` takes index bit 6 as the half, ignores bit 7).
-    let half = |cg: &Cg<'c>, byte: u32, from: u32| -> VectorValue<'c> {
-        let v: Vec<_> = (from..from + 64)
-            .map(|c| {
-                i8c(
-                    cg,
-                    ((hif8::DECODE_F32_BITS[c as usize] >> (8 * byte)) & 255) as u64,
-                )
-            })
-            .collect();
-        VectorType::const_vector(&v)
-    };
-    let (hi0, hi1, lo0, lo1) = (
-        half(cg, 3, 0),
-        half(cg, 3, 64),
-        half(cg, 2, 0),
-        half(cg, 2, 64),
-    );
+    let dec = Hif8Decoder::new(cg);
     let nc = wrows.len();
     let accs: Vec<PointerValue> = (0..4 * nc)
         .map(|_| cg.entry_alloca(f32x16.into(), 1))
@@ -1890,20 +1951,6 @@ fn cpu_row_dot_hif8<'c>(
     }
     let abase = cg.mul(r, cg.c64(4 * k16))?;
     let bpr = k;
-    let unpack = |cg: &Cg<'c>, a: VectorValue<'c>, b: VectorValue<'c>, elem: u32, hi: bool| {
-        // vpunpck{l,h}{bw,wd}: per 128-bit lane, interleave the low (or
-        // high) halves of a and b, elements of `elem` bytes.
-        let per = 16 / elem; // elements per 128-bit lane
-        let n = 64 / elem;
-        let m: Vec<_> = (0..n)
-            .map(|x| {
-                let (lane, j) = (x / per, x % per);
-                let src = lane * per + j / 2 + if hi { per / 2 } else { 0 };
-                i32c(cg, (src + if j % 2 == 1 { n } else { 0 }) as u64)
-            })
-            .collect();
-        cg.b.build_shuffle_vector(a, b, VectorType::const_vector(&m), "")
-    };
     cg.for_n(cg.c64(k / 64), |cg, g| {
         prefetch_next_call(cg, wrows, g, bpr)?;
         let at = cg.mul(g, cg.c64(64))?;
@@ -1915,37 +1962,7 @@ fn cpu_row_dot_hif8<'c>(
             .collect::<R<_>>()?;
         for (ci, w) in wrows.iter().enumerate() {
             let code = cg.load_i8xn(*w, at, 64)?;
-            let look =
-                |cg: &Cg<'c>, t0: VectorValue<'c>, t1: VectorValue<'c>| -> R<VectorValue<'c>> {
-                    Ok(cg
-                        .intrinsic(
-                            "llvm.x86.avx512.vpermi2var.qi.512",
-                            &[],
-                            &[t0.into(), code.into(), t1.into()],
-                        )?
-                        .into_vector_value())
-                };
-            let hi = look(cg, hi0, hi1)?;
-            let lo = look(cg, lo0, lo1)?;
-            let sign = cg.b.build_and(code, cg.splat_i8(0x80, 64), "")?;
-            let hi = cg.b.build_or(hi, sign, "")?;
-            let w0 = unpack(cg, lo, hi, 1, false)?;
-            let w1 = unpack(cg, lo, hi, 1, true)?;
-            let z = i8x64.const_zero();
-            let i16x32 = cg.cx.i16_type().vec_type(32);
-            let as16 = |cg: &Cg<'c>, v: VectorValue<'c>| -> R<VectorValue<'c>> {
-                Ok(cg.b.build_bit_cast(v, i16x32, "")?.into_vector_value())
-            };
-            let z16 = as16(cg, z)?;
-            let (w0, w1) = (as16(cg, w0)?, as16(cg, w1)?);
-            let fs = [
-                unpack(cg, z16, w0, 2, false)?,
-                unpack(cg, z16, w0, 2, true)?,
-                unpack(cg, z16, w1, 2, false)?,
-                unpack(cg, z16, w1, 2, true)?,
-            ];
-            for (q, f) in fs.iter().enumerate() {
-                let wv = cg.b.build_bit_cast(*f, f32x16, "")?.into_vector_value();
+            for (q, wv) in dec.decode(cg, code)?.into_iter().enumerate() {
                 let acc = accs[4 * ci + q];
                 let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
                 cg.b.build_store(acc, cg.fma_vec(av[q], wv, old)?)?;
@@ -2405,6 +2422,9 @@ const MR_F32: i64 = 6;
 /// K elements per slice of the f32 panel GEMM (a multiple of 64): 1 MB of
 /// panel, which the 2 MB L2 keeps while every row tile passes.
 const F32_K_SLICE: i64 = 8192;
+/// Fewer rows take HiF8's row path: on 5120 x 25600 it takes about 30 ms
+/// per 4 rows, the f32 panel path 43 ms for 4 rows and 67 ms for 16.
+const F32_PANEL_MIN_ROWS: i64 = 8;
 /// Largest f32 panel (K × NR_F32 floats): beyond it (K > 32768) the row
 /// path, which needs no panel.
 const F32_PANEL_MAX_BYTES: i64 = 4 << 20;
@@ -2454,9 +2474,15 @@ fn f32_panel_gemm<'c>(
     };
     let col = cg.b.build_array_alloca(
         cg.f32t(),
-        cg.i32t().const_int(k16.max(64) as u64, false),
+        cg.i32t().const_int(k16.max(16 * 64) as u64, false),
         "fcol",
     )?;
+    if let Some(i) = col.as_instruction() {
+        let _ = i.set_alignment(64);
+    }
+    // The in-register decode needs whole 64-code chunks (the CPU layout).
+    let dec = (matches!(s.lay, WLayout::Cpu { .. }) && s.k % 64 == 0 && s.k == k16)
+        .then(|| Hif8Decoder::new(cg));
     let tile = cg.b.build_array_alloca(
         cg.f32t(),
         cg.i32t().const_int((MR_F32 * NR_F32) as u64, false),
@@ -2467,20 +2493,68 @@ fn f32_panel_gemm<'c>(
         .collect::<Result<_, _>>()?;
     let r = cg.for_range(lo, hi, |cg, pi| {
         let c0 = cg.mul(pi, cg.c64(NR_F32))?;
-        cg.for_n(cg.c64(NR_F32), |cg, cc| {
-            let j = cg.add(c0, cc)?;
-            let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
-            let jj = cg.select_i(inside, j, cg.c64(0))?;
-            let wrow = cg.gep_bytes(wp, cg.mul(jj, cg.c64(s.bpr))?)?;
-            cg.hif8_decode_row(wrow, s.lay, s.k, k16, col)?;
-            // Columns past the part: zeros.
-            cg.for_n(cg.c64(k16), |cg, kq| {
-                let v = cg.load_f32(col, kq)?;
-                let v = cg.select_f(inside, v, cg.cf32(0.0))?;
-                let at = cg.add(cg.mul(kq, cg.c64(NR_F32))?, cc)?;
-                cg.store(DType::F32, pan, at, v.into())
-            })
-        })?;
+        if let (WLayout::Cpu { .. }, Some(dec)) = (s.lay, &dec) {
+            // The CPU layout: per 16 columns and 64 K, decode in registers
+            // into `col` (16 × 64 f32), then transpose 16 × 16 blocks in
+            // registers into the panel's K rows.
+            cg.for_n(cg.c64(NR_F32 / 16), |cg, u| {
+                cg.for_n(cg.c64(s.k / 64), |cg, g| {
+                    cg.for_n(cg.c64(16), |cg, cc| {
+                        let j = cg.add(c0, cg.add(cg.mul(u, cg.c64(16))?, cc)?)?;
+                        let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
+                        let jj = cg.select_i(inside, j, cg.c64(0))?;
+                        let wrow = cg.gep_bytes(wp, cg.mul(jj, cg.c64(s.bpr))?)?;
+                        let code = cg.load_i8xn(wrow, cg.mul(g, cg.c64(64))?, 64)?;
+                        for (q, v) in dec.decode(cg, code)?.into_iter().enumerate() {
+                            // Columns past the part: zeros.
+                            let v = cg.b.build_select(inside, v, f32x16.const_zero(), "")?;
+                            let at = cg.mul(
+                                cg.add(cg.mul(cc, cg.c64(64))?, cg.c64(16 * q as i64))?,
+                                cg.c64(4),
+                            )?;
+                            cg.store_vec_aligned(col, at, v.into_vector_value(), 64)?;
+                        }
+                        Ok(())
+                    })?;
+                    for q in 0..4i64 {
+                        let xs: Vec<VectorValue> = (0..16)
+                            .map(|c| cg.load_vec(col, cg.c64(4 * (64 * c + 16 * q)), f32x16, 64))
+                            .collect::<R<_>>()?;
+                        let labels: Vec<Vec<u32>> = (0..16u32)
+                            .map(|c| (0..16u32).map(|i| c * 16 + i).collect())
+                            .collect();
+                        let want: Vec<Vec<u32>> = (0..16u32)
+                            .map(|kk| (0..16u32).map(|c| c * 16 + kk).collect())
+                            .collect();
+                        let ws = shuffle_transpose(cg, xs, labels, &want)?;
+                        for (kk, w) in ws.into_iter().enumerate() {
+                            let kq = cg.add(cg.mul(g, cg.c64(64))?, cg.c64(16 * q + kk as i64))?;
+                            let at = cg.mul(
+                                cg.add(cg.mul(kq, cg.c64(NR_F32))?, cg.mul(u, cg.c64(16))?)?,
+                                cg.c64(4),
+                            )?;
+                            cg.store_vec_aligned(pan, at, w, 64)?;
+                        }
+                    }
+                    Ok(())
+                })
+            })?;
+        } else {
+            cg.for_n(cg.c64(NR_F32), |cg, cc| {
+                let j = cg.add(c0, cc)?;
+                let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
+                let jj = cg.select_i(inside, j, cg.c64(0))?;
+                let wrow = cg.gep_bytes(wp, cg.mul(jj, cg.c64(s.bpr))?)?;
+                cg.hif8_decode_row(wrow, s.lay, s.k, k16, col)?;
+                // Columns past the part: zeros.
+                cg.for_n(cg.c64(k16), |cg, kq| {
+                    let v = cg.load_f32(col, kq)?;
+                    let v = cg.select_f(inside, v, cg.cf32(0.0))?;
+                    let at = cg.add(cg.mul(kq, cg.c64(NR_F32))?, cc)?;
+                    cg.store(DType::F32, pan, at, v.into())
+                })
+            })?;
+        }
         let ncols = cg.smin(cg.c64(NR_F32), cg.sub(nn, c0)?)?;
         let tiles = cg.sdiv(rows, cg.c64(MR_F32))?;
         // K in slices of F32_K_SLICE (the panel's slice stays in L2 while
