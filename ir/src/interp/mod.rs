@@ -222,17 +222,7 @@ fn run_impl(
     keep_all: bool,
 ) -> Result<(Vec<TensorValue>, HashMap<ValueId, TensorValue>), InterpError> {
     bind_inputs(g, inputs)?;
-    let opset = g.opsets.get("").copied().unwrap_or(0);
-    let order = g
-        .topo_order()
-        .map_err(|n| InterpError::Graph(format!("node `{}` is on a cycle", g.node(n).name)))?;
-    // Values freed after their last use keep peak memory down.
-    let mut remaining: HashMap<ValueId, usize> = HashMap::new();
-    for &n in &order {
-        for v in g.node(n).inputs.iter().flatten() {
-            *remaining.entry(*v).or_insert(0) += 1;
-        }
-    }
+    let (opset, order, mut remaining) = schedule(g)?;
     let mut env: HashMap<ValueId, TensorValue> = HashMap::new();
     for &i in &g.inputs {
         env.insert(i, inputs[&g.value(i).name].clone());
@@ -260,8 +250,33 @@ fn run_impl(
             env.insert(o, val);
         }
     }
-    let outs = g
-        .outputs
+    let outs = outputs(g, &env)?;
+    Ok((outs, if keep_all { env } else { HashMap::new() }))
+}
+
+/// The graph's opset, its nodes in order, and each value's reader count
+/// (values are freed after their last use to keep peak memory down).
+#[allow(clippy::type_complexity)]
+fn schedule(g: &Graph) -> Result<(i64, Vec<NodeId>, HashMap<ValueId, usize>), InterpError> {
+    let opset = g.opsets.get("").copied().unwrap_or(0);
+    let order = g
+        .topo_order()
+        .map_err(|n| InterpError::Graph(format!("node `{}` is on a cycle", g.node(n).name)))?;
+    let mut remaining: HashMap<ValueId, usize> = HashMap::new();
+    for &n in &order {
+        for v in g.node(n).inputs.iter().flatten() {
+            *remaining.entry(*v).or_insert(0) += 1;
+        }
+    }
+    Ok((opset, order, remaining))
+}
+
+/// The graph outputs from a run's values (or constants).
+fn outputs(
+    g: &Graph,
+    env: &HashMap<ValueId, TensorValue>,
+) -> Result<Vec<TensorValue>, InterpError> {
+    g.outputs
         .iter()
         .map(|o| {
             env.get(o)
@@ -271,8 +286,7 @@ fn run_impl(
                     InterpError::Graph(format!("output `{}` was not computed", g.value(*o).name))
                 })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((outs, if keep_all { env } else { HashMap::new() }))
+        .collect()
 }
 
 fn node_error(node: &Node, msg: String) -> InterpError {
@@ -366,16 +380,7 @@ where
     for i in inputs {
         bind_inputs(g, i)?;
     }
-    let opset = g.opsets.get("").copied().unwrap_or(0);
-    let order = g
-        .topo_order()
-        .map_err(|n| InterpError::Graph(format!("node `{}` is on a cycle", g.node(n).name)))?;
-    let mut remaining: HashMap<ValueId, usize> = HashMap::new();
-    for &n in &order {
-        for v in g.node(n).inputs.iter().flatten() {
-            *remaining.entry(*v).or_insert(0) += 1;
-        }
-    }
+    let (opset, order, mut remaining) = schedule(g)?;
     let mut envs: Vec<HashMap<ValueId, TensorValue>> = inputs
         .iter()
         .map(|s| {
@@ -436,22 +441,5 @@ where
             }
         }
     }
-    envs.iter()
-        .map(|env| {
-            g.outputs
-                .iter()
-                .map(|o| {
-                    env.get(o)
-                        .cloned()
-                        .or_else(|| g.constant(*o).map(TensorValue::from_tensor))
-                        .ok_or_else(|| {
-                            InterpError::Graph(format!(
-                                "output `{}` was not computed",
-                                g.value(*o).name
-                            ))
-                        })
-                })
-                .collect()
-        })
-        .collect()
+    envs.iter().map(|env| outputs(g, env)).collect()
 }
