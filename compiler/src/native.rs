@@ -152,8 +152,19 @@ impl NativeModel {
     /// Runs on values given in input order; outputs copied out, in order.
     pub fn run(&self, inputs: &[TensorValue]) -> Result<Vec<TensorValue>, String> {
         let tensors: Vec<Tensor> = inputs.iter().map(|v| v.to_tensor()).collect();
+        Ok(self
+            .run_tensors(&tensors)?
+            .iter()
+            .map(TensorValue::from_tensor)
+            .collect())
+    }
+
+    /// [`NativeModel::run`] on tensors (their bytes passed as they are):
+    /// what `lpc run --repeat` times, outputs copied out as the library
+    /// wrote them.
+    pub fn run_tensors(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>, String> {
         let mut descs = Vec::with_capacity(tensors.len());
-        for t in &tensors {
+        for t in tensors {
             if t.dims.len() > MAX_RANK {
                 return Err(format!(
                     "{}: input of rank {} > {MAX_RANK}",
@@ -202,9 +213,8 @@ impl NativeModel {
                     // by the model until the next run.
                     unsafe { std::slice::from_raw_parts(o.data as *const u8, n) }.to_vec()
                 };
-                let t = Tensor::new(dt, dims, bytes.into())
-                    .ok_or_else(|| format!("{}: output size mismatch", self.path))?;
-                Ok(TensorValue::from_tensor(&t))
+                Tensor::new(dt, dims, bytes.into())
+                    .ok_or_else(|| format!("{}: output size mismatch", self.path))
             })
             .collect()
     }

@@ -129,9 +129,14 @@ pub fn run_native(
     let m = crate::native::NativeModel::load(lib, threads).map_err(RunError::Usage)?;
     let names: Vec<String> = m.inputs.iter().map(|i| i.0.clone()).collect();
     let mut vals = read_inputs_named(&names, dir, pairs)?;
-    let ins: Vec<TensorValue> = names
+    // Converted once: the timed runs measure the library alone.
+    let ins: Vec<lpc_ir::Tensor> = names
         .iter()
-        .map(|n| vals.remove(n).expect("read_inputs_named fills every input"))
+        .map(|n| {
+            vals.remove(n)
+                .expect("read_inputs_named fills every input")
+                .to_tensor()
+        })
         .collect();
     let mut times = Vec::new();
     let mut outs = Vec::new();
@@ -142,7 +147,7 @@ pub fn run_native(
             f.run();
         }
         let t = std::time::Instant::now();
-        outs = m.run(&ins).map_err(RunError::Usage)?;
+        outs = m.run_tensors(&ins).map_err(RunError::Usage)?;
         if repeat <= 1 || i > 0 {
             times.push(t.elapsed());
         }
@@ -154,7 +159,11 @@ pub fn run_native(
         max: times[times.len() - 1],
     };
     Ok((
-        m.outputs.iter().map(|o| o.0.clone()).zip(outs).collect(),
+        m.outputs
+            .iter()
+            .map(|o| o.0.clone())
+            .zip(outs.iter().map(TensorValue::from_tensor))
+            .collect(),
         timing,
     ))
 }
