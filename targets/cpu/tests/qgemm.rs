@@ -212,13 +212,14 @@ fn qgemm_matches_the_reference_block_dot_products() {
                 seed,
             );
         }
-        // The panel GEMMs (24 rows and more): several 48-column panels and a
-        // partial one, row tiles and a row tail, K tails, rotation, scaled
+        // The panel GEMMs (4 rows and more; HiF8: 8): several panels and a
+        // partial one, row tiles and tails of 4/2/1 rows, K tails, rotation, scaled
         // HiF8, the whole epilogue.
         // K = 1152: a longer panel (the CPU layout for 4-bit and HiF8);
         // K = 8256: two K slices of the HiF8 f32 panel, the last partial.
         for &(m, k, n, rotate) in &[
             (30, 200, 53, 0),
+            (29, 320, 20, 0),
             (25, 128, 100, 64),
             (26, 1152, 50, 0),
             (24, 8256, 40, 0),

@@ -2346,7 +2346,17 @@ fn panel_gemm<'c>(
         cg.for_n(tiles, |cg, q| {
             run(cg, cg.mul(q, cg.c64(mr_max))?, mr_max as usize)
         })?;
-        cg.for_range(cg.mul(tiles, cg.c64(mr_max))?, rows, |cg, r| run(cg, r, 1))
+        // The rows left over: tiles of 4, 2 and 1 rows, as their count's
+        // bits say.
+        let mut r0 = cg.mul(tiles, cg.c64(mr_max))?;
+        let left = cg.sub(rows, r0)?;
+        for m in [4, 2, 1].into_iter().filter(|&m| m < mr_max) {
+            let bit = cg.b.build_and(left, cg.c64(m), "")?;
+            let is = cg.icmp(IntPredicate::NE, bit, cg.c64(0))?;
+            cg.if_then(is, |cg| run(cg, r0, m as usize))?;
+            r0 = cg.add(r0, bit)?;
+        }
+        Ok(())
     });
     r?;
     free_panel(cg, pan)
@@ -2650,9 +2660,17 @@ fn f32_panel_gemm<'c>(
             cg.for_n(tiles, |cg, q| {
                 run(cg, cg.mul(q, cg.c64(MR_F32))?, MR_F32 as usize, kb)
             })?;
-            cg.for_range(cg.mul(tiles, cg.c64(MR_F32))?, rows, |cg, r| {
-                run(cg, r, 1, kb)
-            })
+            // The rows left over: tiles of 4, 2 and 1 rows, as their
+            // count's bits say.
+            let mut r0 = cg.mul(tiles, cg.c64(MR_F32))?;
+            let left = cg.sub(rows, r0)?;
+            for m in [4, 2, 1].into_iter().filter(|&m| m < MR_F32) {
+                let bit = cg.b.build_and(left, cg.c64(m), "")?;
+                let is = cg.icmp(IntPredicate::NE, bit, cg.c64(0))?;
+                cg.if_then(is, |cg| run(cg, r0, m as usize, kb))?;
+                r0 = cg.add(r0, bit)?;
+            }
+            Ok(())
         })
     });
     r?;
