@@ -2111,19 +2111,14 @@ fn write_tile<'c>(
 
 /// Columns per panel of the panel GEMM: three 16-lane vectors.
 const NR: i64 = 48;
-/// Rows per tile of the panel GEMM for a block length: 4 rows × 3 vectors
-/// (12 i32 and 12 f32 accumulators, 3 weight vectors, the broadcasts:
-/// within 32 zmm) for 32-element blocks; 8 rows for 64-element blocks,
-/// where the f32 accumulators, touched once per 16 `vpdpbusd` rounds, can
-/// live in L1 and every panel load feeds twice the products (measured on
-/// 5120 x 25600 at M = 512: HiF4 321 -> 306 ms, MXFP4 340 -> 374 ms).
-fn panel_rows(bl: i64) -> i64 {
-    if bl >= 64 {
-        8
-    } else {
-        4
-    }
-}
+/// Rows per tile of the panel GEMM: 6 rows × 3 vectors (18 i32
+/// accumulators, 3 weight vectors and the broadcasts in registers; the 18
+/// f32 accumulators, touched once per block, spill to L1), so each panel
+/// load feeds 6 rows. Measured at M = 512 (ms, 5120x25600 / 25600x5120):
+/// MXFP4 4 rows 340 / 406, 5 325 / 365, 6 328 / 349, 7 337 / 348,
+/// 8 374 / 428; HiF4 6 291 / 337, 7 292 / 340, 8 309 / 396.
+const MR: i64 = 6;
+
 /// Fewer rows take the row path (weights decoded in registers per row):
 /// measured on 5120 x 25600 MXFP4, the row path takes 12 / 16 / 30 ms for
 /// 2 / 3 / 4 rows, the panel path 23 ms for 4 (packing dominates).
@@ -2147,7 +2142,7 @@ struct PanelSpec {
 /// The panel GEMM for 4-bit W4A4 with AVX-512 VNNI, panels `lo..hi` of `NR`
 /// output columns: each panel's weights are decoded once into a VNNI
 /// layout (per group of 4 K: 16 columns × 4 bytes per vector, offset to
-/// unsigned) with its block scales, then every row tile of [`panel_rows`] rows runs
+/// unsigned) with its block scales, then every row tile of `MR` rows runs
 /// over it: per block, `vpdpbusd` of the weight vectors with the broadcast
 /// s8 activation codes into i32 accumulators started at minus the offset
 /// correction, then one f32 multiply-add per accumulator with the scale
@@ -2167,7 +2162,7 @@ fn panel_gemm<'c>(
     let (bp, rp, as8, asb, acs) = (p(6), p(7), p(8), p(9), p(10));
     let (nb, bl, kc) = (s.nb, s.bl, s.kc);
     let groups = bl / 4; // k4 groups per block
-    let mr_max = panel_rows(bl);
+    let mr_max = MR;
     let kpad = nb * bl;
     let i32x16 = cg.i32t().vec_type(16);
     let f32x16 = cg.f32t().vec_type(16);
