@@ -126,11 +126,7 @@ fn main() {
             std::process::exit(2);
         }
         Err(p) => {
-            let what = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("panic");
+            let what = lpc_ir::interp::panic_message(p.as_ref());
             eprintln!("error: internal error in lpc: {what}");
             std::process::exit(2);
         }

@@ -230,13 +230,7 @@ fn run_impl(
     let mut consts: HashMap<ValueId, TensorValue> = HashMap::new();
     for &n in &order {
         let node = g.node(n);
-        for v in node.inputs.iter().flatten() {
-            if let Def::Const(t) = &g.value(*v).def {
-                consts
-                    .entry(*v)
-                    .or_insert_with(|| TensorValue::from_tensor(t));
-            }
-        }
+        load_consts(g, node, &mut consts);
         let outs = exec(node, opset, &operands(g, node, &env, &consts)?)?;
         for v in node.inputs.iter().flatten() {
             if let Some(r) = remaining.get_mut(v) {
@@ -289,6 +283,25 @@ fn outputs(
         .collect()
 }
 
+/// The node's constant operands, converted once per run.
+fn load_consts(g: &Graph, node: &Node, consts: &mut HashMap<ValueId, TensorValue>) {
+    for v in node.inputs.iter().flatten() {
+        if let Def::Const(t) = &g.value(*v).def {
+            consts
+                .entry(*v)
+                .or_insert_with(|| TensorValue::from_tensor(t));
+        }
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("panic")
+}
+
 fn node_error(node: &Node, msg: String) -> InterpError {
     InterpError::Node {
         node: node.name.clone(),
@@ -335,11 +348,7 @@ fn exec(
     let outs = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| k(&ctx))) {
         Ok(r) => r.map_err(err)?,
         Err(p) => {
-            let what = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("panic");
+            let what = panic_message(p.as_ref());
             return Err(err(format!("internal error in the interpreter: {what}")));
         }
     };
@@ -393,13 +402,7 @@ where
     let mut consts: HashMap<ValueId, TensorValue> = HashMap::new();
     for &n in &order {
         let node = g.node(n);
-        for v in node.inputs.iter().flatten() {
-            if let Def::Const(t) = &g.value(*v).def {
-                consts
-                    .entry(*v)
-                    .or_insert_with(|| TensorValue::from_tensor(t));
-            }
-        }
+        load_consts(g, node, &mut consts);
         let replace = {
             let ops = envs
                 .iter()
