@@ -301,7 +301,10 @@ fn calibrate(
             let Some(p) = weights_prequantize::pack(&gpre, qn, codes)? else {
                 continue;
             };
-            let old = step.operands[0].get(1 + i).copied().flatten();
+            let old = step
+                .operands
+                .first()
+                .and_then(|o| o.get(1 + i).copied().flatten());
             if old.map(|o| &o.shape) != Some(&p.packed.dims) {
                 return Err(format!(
                     "`{name}`: the packed weight is not operand {}",
