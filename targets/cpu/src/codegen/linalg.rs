@@ -2109,10 +2109,47 @@ fn write_tile<'c>(
     Ok(())
 }
 
-/// The tile heights, largest first, whose sums make every count of rows
-/// left over after full tiles of `mr` rows (the powers of two below `mr`).
-fn tail_tiles(mr: i64) -> impl Iterator<Item = i64> {
-    (0..63).rev().map(|i| 1i64 << i).filter(move |&m| m < mr)
+/// Runs `rows` rows as full tiles of `mr` rows, then the rows left over as
+/// tiles of the powers of two below `mr` that their count's bits select;
+/// `run(cg, first_row, tile_rows)` emits one tile.
+fn for_row_tiles<'c>(
+    cg: &mut Cg<'c>,
+    rows: IntValue<'c>,
+    mr: i64,
+    run: impl Fn(&mut Cg<'c>, IntValue<'c>, usize) -> R<()>,
+) -> R<()> {
+    let tiles = cg.sdiv(rows, cg.c64(mr))?;
+    cg.for_n(tiles, |cg, q| run(cg, cg.mul(q, cg.c64(mr))?, mr as usize))?;
+    let mut r0 = cg.mul(tiles, cg.c64(mr))?;
+    let left = cg.sub(rows, r0)?;
+    for m in (0..63).rev().map(|i| 1i64 << i).filter(|&m| m < mr) {
+        let bit = cg.b.build_and(left, cg.c64(m), "")?;
+        let is = cg.icmp(IntPredicate::NE, bit, cg.c64(0))?;
+        cg.if_then(is, |cg| run(cg, r0, m as usize))?;
+        r0 = cg.add(r0, bit)?;
+    }
+    Ok(())
+}
+
+/// Stores transposed panel rows: `ws[i]` (16 lanes of 4 bytes) at panel
+/// row `row0 + i`, columns `16 u ..` of an `nr`-column panel.
+fn store_panel_rows<'c>(
+    cg: &Cg<'c>,
+    pan: PointerValue<'c>,
+    ws: Vec<VectorValue<'c>>,
+    row0: IntValue<'c>,
+    nr: i64,
+    u: IntValue<'c>,
+) -> R<()> {
+    for (i, w) in ws.into_iter().enumerate() {
+        let row = cg.add(row0, cg.c64(i as i64))?;
+        let at = cg.mul(
+            cg.add(cg.mul(row, cg.c64(nr))?, cg.mul(u, cg.c64(16))?)?,
+            cg.c64(4),
+        )?;
+        cg.store_vec_aligned(pan, at, w, 64)?;
+    }
+    Ok(())
 }
 
 /// Columns per panel of the panel GEMM: three 16-lane vectors.
@@ -2252,21 +2289,13 @@ fn panel_gemm<'c>(
                         .map(|g| (0..16u32).map(|c| c * 8 + g).collect())
                         .collect();
                     let ws = shuffle_transpose(cg, xs, labels, &want)?;
-                    for (g, w) in ws.into_iter().enumerate() {
-                        let row = cg.add(cg.mul(t, cg.c64(groups))?, cg.c64(8 * h + g as i64))?;
-                        let at = cg.mul(
-                            cg.add(cg.mul(row, cg.c64(NR))?, cg.mul(u, cg.c64(16))?)?,
-                            cg.c64(4),
-                        )?;
-                        cg.store_vec_aligned(pan, at, w, 64)?;
-                    }
+                    let row0 = cg.add(cg.mul(t, cg.c64(groups))?, cg.c64(8 * h))?;
+                    store_panel_rows(cg, pan, ws, row0, NR, u)?;
                 }
                 Ok(())
             })
         })?;
         let ncols = cg.smin(cg.c64(NR), cg.sub(nn, c0)?)?;
-        // Row tiles of `mr_max` rows, then single rows.
-        let tiles = cg.sdiv(rows, cg.c64(mr_max))?;
         let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, mr: usize| -> R<()> {
             for a in &facc[..mr * nv] {
                 cg.b.build_store(*a, f32x16.const_zero())?;
@@ -2344,20 +2373,7 @@ fn panel_gemm<'c>(
             };
             write_tile(cg, &epi, &facc[..mr * nv], tile, NR, (r0, c0, ncols))
         };
-        cg.for_n(tiles, |cg, q| {
-            run(cg, cg.mul(q, cg.c64(mr_max))?, mr_max as usize)
-        })?;
-        // The rows left over: tiles of the powers of two their count's
-        // bits say.
-        let mut r0 = cg.mul(tiles, cg.c64(mr_max))?;
-        let left = cg.sub(rows, r0)?;
-        for m in tail_tiles(mr_max) {
-            let bit = cg.b.build_and(left, cg.c64(m), "")?;
-            let is = cg.icmp(IntPredicate::NE, bit, cg.c64(0))?;
-            cg.if_then(is, |cg| run(cg, r0, m as usize))?;
-            r0 = cg.add(r0, bit)?;
-        }
-        Ok(())
+        for_row_tiles(cg, rows, mr_max, run)
     });
     r?;
     free_panel(cg, pan)
@@ -2429,7 +2445,9 @@ fn shuffle_transpose<'c>(
                     srcs.len()
                 )));
             }
-            let (a, c) = (srcs[0], *srcs.last().unwrap_or(&srcs[0]));
+            let (Some(&a), Some(&c)) = (srcs.first(), srcs.last()) else {
+                return Err(CgError::Graph("transpose: an empty output".into()));
+            };
             let m: Vec<u32> = at
                 .iter()
                 .map(|&(v, i)| i as u32 + if v == a { 0 } else { 16 })
@@ -2553,14 +2571,8 @@ fn f32_panel_gemm<'c>(
                             .map(|kk| (0..16u32).map(|c| c * 16 + kk).collect())
                             .collect();
                         let ws = shuffle_transpose(cg, xs, labels, &want)?;
-                        for (kk, w) in ws.into_iter().enumerate() {
-                            let kq = cg.add(cg.mul(g, cg.c64(64))?, cg.c64(16 * q + kk as i64))?;
-                            let at = cg.mul(
-                                cg.add(cg.mul(kq, cg.c64(NR_F32))?, cg.mul(u, cg.c64(16))?)?,
-                                cg.c64(4),
-                            )?;
-                            cg.store_vec_aligned(pan, at, w, 64)?;
-                        }
+                        let row0 = cg.add(cg.mul(g, cg.c64(64))?, cg.c64(16 * q))?;
+                        store_panel_rows(cg, pan, ws, row0, NR_F32, u)?;
                     }
                     Ok(())
                 })
@@ -2582,7 +2594,6 @@ fn f32_panel_gemm<'c>(
             })?;
         }
         let ncols = cg.smin(cg.c64(NR_F32), cg.sub(nn, c0)?)?;
-        let tiles = cg.sdiv(rows, cg.c64(MR_F32))?;
         // K in slices of F32_K_SLICE (the panel's slice stays in L2 while
         // every row tile passes); a tile's sums wait in `pacc` between
         // slices.
@@ -2660,20 +2671,7 @@ fn f32_panel_gemm<'c>(
             })
         };
         cg.for_n(cg.c64(nkb), |cg, kb| {
-            cg.for_n(tiles, |cg, q| {
-                run(cg, cg.mul(q, cg.c64(MR_F32))?, MR_F32 as usize, kb)
-            })?;
-            // The rows left over: tiles of the powers of two their
-            // count's bits say.
-            let mut r0 = cg.mul(tiles, cg.c64(MR_F32))?;
-            let left = cg.sub(rows, r0)?;
-            for m in tail_tiles(MR_F32) {
-                let bit = cg.b.build_and(left, cg.c64(m), "")?;
-                let is = cg.icmp(IntPredicate::NE, bit, cg.c64(0))?;
-                cg.if_then(is, |cg| run(cg, r0, m as usize, kb))?;
-                r0 = cg.add(r0, bit)?;
-            }
-            Ok(())
+            for_row_tiles(cg, rows, MR_F32, |cg, r0, mr| run(cg, r0, mr, kb))
         })
     });
     r?;
