@@ -1,7 +1,7 @@
 """Generates single-op test cases with onnxruntime's outputs as references.
 
 Writes tests/fixtures/ops/<case>/{model.onnx, inputs/<name>.npy, ref_ort/<name>.npy}.
-The Rust suite (tests/tests/op_cases.rs) runs every case through lpc's interpreter;
+The Rust suite (tests/tests/suite/op_cases.rs) runs every case through lpc's interpreter;
 it never needs Python. Re-run by hand after adding a case:
 
     python3 -m venv /tmp/v && /tmp/v/bin/pip install numpy onnx onnxruntime

@@ -7,8 +7,7 @@
 //! quantized graph within 1e-5 of the output's largest magnitude, and the
 //! unquantized library matches onnxruntime (`ref_ort`) within 1e-4.
 
-mod common;
-use common::{lpc, models, s};
+use crate::common::{lpc, models, s};
 use lpc::native::NativeModel;
 use lpc::{npy, run};
 use lpc_ir::interp::TensorValue;

@@ -1,9 +1,7 @@
 //! Every kernel family run on the CPU through the host emulator (the same
 //! MLIR bodies as the device module) against lpc's interpreter.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lpc_ir::interp::TensorValue;
 use lpc_ir::{Attr, DType};
 use lpc_target_gpu::kernels::elementwise;

@@ -1,8 +1,7 @@
 //! `lpc inspect` and `lpc run` through the real binary, and the frontend's
 //! handling of bad models and inputs: one line on stderr, exit code 2.
 
-mod common;
-use common::{lpc, models, s};
+use crate::common::{lpc, models, s};
 use lpc::npy;
 use lpc::onnx::proto::ModelProto;
 use lpc_ir::DType;
