@@ -319,6 +319,10 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
             } else {
                 quant.config().map(|_| None)?
             };
+            if let Some(q) = qcfg.as_mut().filter(|_| calib.is_none()) {
+                // Without calibration inputs the search weighs every weight alike.
+                q.search_calibration = None;
+            }
             if let Some(q) = qcfg.as_mut().filter(|q| crate::gptq::needs_calibration(q)) {
                 let c = calib.as_deref().ok_or(
                     "--gptq/--smooth need --calib DIR|FILE.npz (a template for the calibration inputs)",
@@ -470,6 +474,9 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
                 if !dir.is_dir() {
                     return Err(format!("output directory {} does not exist", dir.display()));
                 }
+            }
+            if let Some(q) = qcfg.as_mut().filter(|_| inputs.is_none()) {
+                q.search_calibration = None;
             }
             if let Some(q) = qcfg.as_mut().filter(|q| crate::gptq::needs_calibration(q)) {
                 let d = inputs.as_deref().ok_or(

@@ -98,6 +98,9 @@ pub fn method_effects(
         if let Some(g) = c.gptq.as_mut() {
             g.packed = Default::default();
         }
+        if let Some(s) = c.search_calibration.as_mut() {
+            s.importance = Default::default();
+        }
     };
     let hif8 = [cfg.weights, cfg.activations]
         .iter()
@@ -122,6 +125,7 @@ pub fn method_effects(
     });
     off("scale-search", cfg.scale_search && four, &|c| {
         c.scale_search = false;
+        c.search_calibration = None;
         fresh(c)
     });
     off("smooth", cfg.smooth.is_some(), &|c| {
@@ -521,7 +525,9 @@ fn meets(r: &Report, metric: &str, v: f64) -> bool {
 /// Keeps the most sensitive layers in `wide` (a format, or `None` for f32)
 /// one by one until the target holds; the final report records the choice.
 /// `cfg` with the named layers in the `wide` format (`None`: f32), ahead of
-/// its own overrides.
+/// its own overrides. What calibration computed for those layers in the
+/// narrow format (GPTQ codes, search importances) is dropped: they get the
+/// wide format's round to nearest; the other layers keep theirs.
 pub fn with_wide_layers(
     cfg: &QuantConfig,
     layers: &[String],
@@ -529,14 +535,32 @@ pub fn with_wide_layers(
 ) -> QuantConfig {
     let exact =
         |n: &str| regex::Regex::new(&format!("^{}$", regex::escape(n))).expect("escaped regex");
-    QuantConfig {
+    // Calibration results are keyed by weight quantizer, `{layer}/w{i}/quantize`.
+    let kept = |key: &String| {
+        !layers.iter().any(|n| {
+            key.strip_prefix(n.as_str())
+                .is_some_and(|r| r.starts_with("/w"))
+        })
+    };
+    let mut c = QuantConfig {
         overrides: layers
             .iter()
             .map(|n| (exact(n), wide))
             .chain(cfg.overrides.iter().cloned())
             .collect(),
         ..cfg.clone()
+    };
+    if let Some(g) = c.gptq.as_mut() {
+        let packed = g.packed.0.iter().filter(|(k, _)| kept(k));
+        g.packed = std::sync::Arc::new(lpc_passes::quant_policy::GptqWeights(
+            packed.map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ));
     }
+    if let Some(s) = c.search_calibration.as_mut() {
+        let imp = s.importance.iter().filter(|(k, _)| kept(k));
+        s.importance = std::sync::Arc::new(imp.map(|(k, v)| (k.clone(), v.clone())).collect());
+    }
+    c
 }
 
 pub fn auto_mixed(

@@ -13,6 +13,10 @@
 //! reach it through the layers before it, already quantized with GPTQ
 //! (rotated, when the layer rotates), its weights are packed, and the
 //! Hessian is dropped before the run moves on.
+//!
+//! The activation-aware scale search (`--scale-search` with calibration
+//! inputs, without GPTQ) needs only the diagonal: each layer's per input
+//! channel mean square, from one pass through the round-to-nearest model.
 
 use crate::onnx::{import, OnnxModel};
 use crate::run::read_inputs;
@@ -184,6 +188,18 @@ pub fn prepare_with(
             ..sm
         });
     }
+    if let Some(sc) = cfg
+        .search_calibration
+        .clone()
+        .filter(|s| cfg.gptq.is_none() && s.importance.is_empty())
+    {
+        let samples = calibration_inputs(gc, template, sc.samples.max(1), sc.seed);
+        let importance = search_importance(gc, cfg, &samples)?;
+        cfg.search_calibration = Some(lpc_passes::quant_policy::SearchCalibration {
+            importance: Arc::new(importance),
+            ..sc
+        });
+    }
     let Some(gq_cfg) = cfg.gptq.clone().filter(|g| g.packed.0.is_empty()) else {
         return Ok(());
     };
@@ -222,6 +238,90 @@ pub fn prepare_with(
     Ok(())
 }
 
+/// The graph quantized by `cfg` with its weights still f32 behind their
+/// `lpc.quantize` nodes, and the same graph with the weights packed.
+fn quantized(gc: &Graph, cfg: &QuantConfig) -> Result<(Graph, Graph), String> {
+    let pm = |passes| PassManager::new(passes, RunOptions::default());
+    let mut gpre = gc.clone();
+    pm(lpc_passes::quantize_insertion(cfg))
+        .run(&mut gpre)
+        .map_err(|e| e.to_string())?;
+    let mut gq = gpre.clone();
+    pm(lpc_passes::quantize_packing(cfg))
+        .run(&mut gq)
+        .map_err(|e| e.to_string())?;
+    Ok((gpre, gq))
+}
+
+/// Calls `f` with each sample's input rows (of `k`) of the `lpc.qgemm`
+/// `node`, rotated as its weight is.
+fn layer_inputs(
+    node: &lpc_ir::Node,
+    operands: &[Vec<Option<&TensorValue>>],
+    mut f: impl FnMut(&[f32]),
+) -> Result<(), String> {
+    let k = node.int("k").unwrap_or(0) as usize;
+    let rot = node.int("rotate").unwrap_or(0).max(0) as usize;
+    for ops in operands {
+        let x = ops.first().copied().flatten().ok_or("no input")?;
+        let mut x: Vec<f32> = x.to_f64().into_iter().map(|v| v as f32).collect();
+        if k == 0 || x.len() % k != 0 {
+            return Err(format!("`{}`: the input is not rows of {k}", node.name));
+        }
+        if rot > 0 {
+            for row in x.chunks_exact_mut(k) {
+                hadamard::rotate_blocks(row, rot);
+            }
+        }
+        f(&x);
+    }
+    Ok(())
+}
+
+/// Per input channel mean square of every quantized layer's input (as its
+/// weight sees it), keyed by the layer's weight quantizers
+/// (`{layer}/w{i}/quantize`), over the calibration samples run through the
+/// round-to-nearest model.
+fn search_importance(
+    gc: &Graph,
+    cfg: &QuantConfig,
+    samples: &[HashMap<String, TensorValue>],
+) -> Result<HashMap<String, Vec<f32>>, String> {
+    let plain = QuantConfig {
+        search_calibration: None,
+        ..cfg.clone()
+    };
+    let (_, gq) = quantized(gc, &plain)?;
+    let wanted: HashSet<String> = layers(gc, cfg).into_iter().collect();
+    let mut out = HashMap::new();
+    interp::run_lockstep(&gq, samples, |step| {
+        let node = gq.node(step.node);
+        if node.op != "lpc.qgemm" || !wanted.contains(&node.name) {
+            return Ok(Vec::new());
+        }
+        let k = node.int("k").unwrap_or(0).max(0) as usize;
+        let (mut sum, mut rows) = (vec![0f64; k], 0usize);
+        layer_inputs(node, step.operands, |x| {
+            for row in x.chunks_exact(k) {
+                for (s, &v) in sum.iter_mut().zip(row) {
+                    *s += v as f64 * v as f64;
+                }
+                rows += 1;
+            }
+        })?;
+        let mean: Vec<f32> = sum
+            .iter()
+            .map(|s| (s / rows.max(1) as f64) as f32)
+            .collect();
+        for i in 0..node.int("parts").unwrap_or(1).max(1) {
+            out.insert(format!("{}/w{i}/quantize", node.name), mean.clone());
+        }
+        Ok(Vec::new())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 /// GPTQ in one streaming pass: the calibration samples run together, node
 /// by node, through the model with every weight rounded to nearest; when
 /// they reach a quantized layer, its Hessian is accumulated from the inputs
@@ -237,21 +337,13 @@ fn calibrate(
     samples: &[HashMap<String, TensorValue>],
     mut on_hessian: impl FnMut(&str, &Hessian),
 ) -> Result<GptqWeights, String> {
-    let pm = |passes| PassManager::new(passes, RunOptions::default());
     let rtn = QuantConfig {
         gptq: None,
         ..cfg.clone()
     };
     // The weights still f32 behind their `lpc.quantize` nodes (what GPTQ
     // packs from), and the rounded-to-nearest model the samples run through.
-    let mut gpre = gc.clone();
-    pm(lpc_passes::quantize_insertion(&rtn))
-        .run(&mut gpre)
-        .map_err(|e| e.to_string())?;
-    let mut gq = gpre.clone();
-    pm(lpc_passes::quantize_packing(&rtn))
-        .run(&mut gq)
-        .map_err(|e| e.to_string())?;
+    let (gpre, gq) = quantized(gc, &rtn)?;
     let order = layers(gc, cfg);
     let wanted: HashSet<&str> = order.iter().map(String::as_str).collect();
     let quantizers: HashMap<&str, lpc_ir::NodeId> = gpre
@@ -272,23 +364,10 @@ fn calibrate(
             return Ok(Vec::new());
         }
         let k = node.int("k").unwrap_or(0) as usize;
-        let rot = node.int("rotate").unwrap_or(0).max(0) as usize;
         let parts = node.int("parts").unwrap_or(1).max(1) as usize;
         progress.set_message(node.name.clone());
         let mut h = Hessian::new(k);
-        for ops in step.operands {
-            let x = ops.first().copied().flatten().ok_or("no input")?;
-            let mut x: Vec<f32> = x.to_f64().into_iter().map(|v| v as f32).collect();
-            if k == 0 || x.len() % k != 0 {
-                return Err(format!("the input is not rows of {k}"));
-            }
-            if rot > 0 {
-                for row in x.chunks_exact_mut(k) {
-                    hadamard::rotate_blocks(row, rot);
-                }
-            }
-            h.add_rows(&x);
-        }
+        layer_inputs(node, step.operands, |x| h.add_rows(x))?;
         on_hessian(&node.name, &h);
         let mut replace = Vec::new();
         for i in 0..parts {
@@ -337,7 +416,8 @@ pub fn prepare_model(model: &Path, cfg: &mut QuantConfig, inputs: &Path) -> Resu
     prepare(&gc, cfg, &template).map_err(e)
 }
 
-/// Does the configuration use calibration data (`--gptq`, `--smooth`)?
+/// Does the configuration use calibration data (`--gptq`, `--smooth`, the
+/// activation-aware `--scale-search`)?
 pub fn needs_calibration(cfg: &QuantConfig) -> bool {
-    cfg.gptq.is_some() || cfg.smooth.is_some()
+    cfg.gptq.is_some() || cfg.smooth.is_some() || cfg.search_calibration.is_some()
 }

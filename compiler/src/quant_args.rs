@@ -32,7 +32,9 @@ pub struct QuantArgs {
     pub hif8_scale: Option<String>,
     /// Scale search for 4-bit weights: per block, the spec's scale or a
     /// neighbour (and for HiF4 the micro-exponents), whichever encodes the
-    /// weights with the least squared error.
+    /// weights with the least squared error; with calibration inputs
+    /// (`--calib` / `--inputs`), each weight's error weighted by its input
+    /// channel's mean square activation.
     #[arg(long)]
     pub scale_search: bool,
     /// GPTQ error compensation for the weights: Hessians from calibration
@@ -40,7 +42,7 @@ pub struct QuantArgs {
     /// measure on (`--calib` / `--inputs`), run through the model in order.
     #[arg(long)]
     pub gptq: bool,
-    /// Calibration samples for --gptq and --smooth [default: 128].
+    /// Calibration samples for --gptq, --smooth and --scale-search [default: 128].
     #[arg(long, value_name = "N")]
     pub calib_samples: Option<usize>,
     /// GPTQ dampening: a fraction of the Hessian's mean diagonal [default: 0.01].
@@ -246,6 +248,13 @@ impl QuantArgs {
             rotate,
             hif8_scale,
             scale_search: self.scale_search,
+            search_calibration: self.scale_search.then(|| {
+                lpc_passes::quant_policy::SearchCalibration {
+                    importance: Default::default(),
+                    samples: self.calib_samples.unwrap_or(128),
+                    seed: self.seed.unwrap_or(0),
+                }
+            }),
             gptq: self.gptq.then(|| lpc_passes::quant_policy::Gptq {
                 packed: Default::default(),
                 options: lpc_passes::gptq::Options {
@@ -306,7 +315,13 @@ pub fn describe(cfg: &QuantConfig) -> String {
                 g.seed,
                 if g.options.act_order { ", act-order" } else { "" }
             ),
-            (None, true) => ", scale search".to_string(),
+            (None, true) => match &cfg.search_calibration {
+                Some(c) => format!(
+                    ", scale search (activation-weighted, {} samples, seed {})",
+                    c.samples, c.seed
+                ),
+                None => ", scale search".to_string(),
+            },
             (None, false) => String::new(),
         } + &cfg
             .smooth

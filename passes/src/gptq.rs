@@ -8,7 +8,8 @@
 //!
 //! Blocks: a block's scale (and HiF4's micro-exponents) is fixed when its
 //! first column is reached, by the format's ordinary encoder (or the scale
-//! search) applied to the block's current, error-updated values; its
+//! search, each element's error weighted by its input's diagonal entry of
+//! `H`) applied to the block's current, error-updated values; its
 //! elements are then rounded to the nearest value that encoding can express.
 //! With `act_order` (columns by decreasing `H` diagonal), the encodings are
 //! fixed up front from the original weight instead ("static groups"). The
@@ -174,6 +175,7 @@ pub fn quantize(
         perm.sort_by(|&a, &b| h.h[b * k + b].total_cmp(&h.h[a * k + a]));
     }
     let (u, dead) = factor(h, opt.damp, &perm)?;
+    let importance: Vec<f32> = (0..k).map(|j| h.h[j * k + j] as f32).collect();
     let mut out = vec![0u8; rows * nb * bb];
     out.par_chunks_mut(nb * bb)
         .zip(w.par_chunks(k))
@@ -186,7 +188,8 @@ pub fn quantize(
                 .collect();
             let encode = |b: usize, vals: &[f32]| {
                 let end = ((b + 1) * bl).min(k);
-                f.encode_block(&vals[b * bl..end], opt.search)
+                let w = &importance[b * bl..end];
+                f.encode_block_with(&vals[b * bl..end], opt.search.then_some(Some(w)))
             };
             let mut grids: Vec<Option<Vec<[f32; 16]>>> = vec![None; nb];
             let is4 = bl > 1;

@@ -32,6 +32,10 @@ pub struct QuantConfig {
     pub hif8_scale: bool,
     /// Scale search for 4-bit weights: `--scale-search`.
     pub scale_search: bool,
+    /// Activation-aware scale search: the search's squared errors weighted
+    /// by each input channel's mean square activation, from calibration
+    /// runs (`None`: plain squared error of the weights).
+    pub search_calibration: Option<SearchCalibration>,
     /// GPTQ error compensation: per-layer Hessians from calibration runs.
     pub gptq: Option<Gptq>,
     /// SmoothQuant migration (`--smooth ALPHA`) with calibration maxima.
@@ -41,6 +45,18 @@ pub struct QuantConfig {
     /// `REGEX=FORMAT` (`none` excludes); the first match wins.
     pub overrides: Vec<(Regex, Option<Format>)>,
     pub quantize_all: bool,
+}
+
+/// What the activation-aware scale search weighs each weight's error by.
+#[derive(Debug, Clone, Default)]
+pub struct SearchCalibration {
+    /// Per input channel mean square of the layer's input, as the packed
+    /// weight sees it (after smoothing and rotation), keyed by the weight's
+    /// `lpc.quantize` node name (`{layer}/w{i}/quantize`).
+    pub importance: std::sync::Arc<HashMap<String, Vec<f32>>>,
+    /// Calibration samples to generate, and their seed.
+    pub samples: usize,
+    pub seed: u64,
 }
 
 /// GPTQ: the weights calibration packed (keyed by the weight's

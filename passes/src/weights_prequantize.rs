@@ -5,7 +5,9 @@
 //! Guarantees: a packed `u8` constant with exactly the bytes the `lpc.quantize`
 //! kernel would produce (the runtime's bulk codec, parallel over blocks), or
 //! the codes GPTQ calibration chose for it (`QuantConfig::gptq`; [`pack`]
-//! with a Hessian is how calibration makes them). One
+//! with a Hessian is how calibration makes them), or the scale search
+//! weighted by calibration importances (`QuantConfig::search_calibration`).
+//! One
 //! weight at a time: the rotated f32 scratch copy of a weight lives only
 //! while that weight is packed; the original stays memory-mapped.
 //! Run after `quantize-insert` (and `rotate`), before `fuse-qgemm`.
@@ -24,6 +26,10 @@ pub struct WeightsPrequantize(pub crate::QuantConfig);
 pub enum Codes<'a> {
     /// The format's encoder (or the scale search, `search = 1`).
     Nearest,
+    /// The scale search (`search = 1`) with each element's error weighted
+    /// by its input channel's importance (one per index along the
+    /// reduction axis).
+    Weighted(&'a [f32]),
     /// GPTQ with this Hessian.
     Gptq(&'a crate::gptq::Hessian, crate::gptq::Options),
     /// Packed by GPTQ calibration already (checked for size).
@@ -40,7 +46,15 @@ pub struct PackedWeight {
 fn prequantize(g: &mut Graph, n: NodeId, cfg: &crate::QuantConfig) -> Result<bool, String> {
     let node = g.node(n);
     let packed = cfg.gptq.as_ref().and_then(|gq| gq.packed.0.get(&node.name));
-    let codes = packed.map_or(Codes::Nearest, |p| Codes::Packed(p));
+    let importance = cfg
+        .search_calibration
+        .as_ref()
+        .and_then(|s| s.importance.get(&node.name));
+    let codes = match (packed, importance) {
+        (Some(p), _) => Codes::Packed(p),
+        (None, Some(w)) => Codes::Weighted(w),
+        (None, None) => Codes::Nearest,
+    };
     let Some(p) = pack(g, n, codes)? else {
         return Ok(false);
     };
@@ -126,6 +140,10 @@ pub fn pack(g: &Graph, n: NodeId, codes: Codes) -> Result<Option<PackedWeight>, 
         Codes::Nearest if node.int("search") == Some(1) => {
             f.quantize_search(&x, &l).map_err(|e| e.to_string())?
         }
+        Codes::Weighted(w) if node.int("search") == Some(1) => f
+            .quantize_search_weighted(&x, &l, Some(w))
+            .map_err(|e| format!("`{}`: {e}", node.name))?,
+        Codes::Weighted(_) => f.quantize(&x, &l).map_err(|e| e.to_string())?,
         Codes::Nearest => f.quantize(&x, &l).map_err(|e| e.to_string())?,
     };
     drop(x);

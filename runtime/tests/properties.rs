@@ -313,7 +313,8 @@ fn bulk_equals_blockwise() {
     }
 }
 
-/// The bulk scale search equals the block search, row by row, along any axis.
+/// The bulk scale search equals the block search, row by row, along any
+/// axis; weighted, each block gets the importances of its own positions.
 #[test]
 fn bulk_scale_search_equals_blockwise() {
     use lpc_runtime::formats::search;
@@ -326,19 +327,32 @@ fn bulk_scale_search_equals_blockwise() {
         Format::Hif4(Hif4Variant::Amct),
     ] {
         let l = f.layout(&[k, n], 0, true).unwrap();
-        let bytes = f.quantize_search(&w, &l).unwrap();
-        let bb = f.block_bytes();
-        for j in 0..n {
-            let col: Vec<f32> = (0..k).map(|i| w[i * n + j]).collect();
-            for (b, chunk) in col.chunks(f.block_len()).enumerate() {
-                let want: Vec<u8> = match f {
-                    Format::Mxfp4(m) => bytemuck::bytes_of(&search::mxfp4_block(chunk, m)).to_vec(),
-                    Format::Hif4(v) => bytemuck::bytes_of(&search::hif4_unit(chunk, v)).to_vec(),
-                    Format::Hif8(_) => unreachable!(),
-                };
-                let at = (j * l.blocks_per_row() + b) * bb;
-                assert_eq!(&bytes[at..at + bb], &want[..], "{f} column {j} block {b}");
+        let imp: Vec<f32> = (0..k).map(|i| 1.0 + (i * 53 % 17) as f32).collect();
+        for weighted in [None, Some(&imp[..])] {
+            let bytes = f.quantize_search_weighted(&w, &l, weighted).unwrap();
+            if weighted.is_none() {
+                assert_eq!(bytes, f.quantize_search(&w, &l).unwrap());
+            }
+            let bb = f.block_bytes();
+            for j in 0..n {
+                let col: Vec<f32> = (0..k).map(|i| w[i * n + j]).collect();
+                for (b, chunk) in col.chunks(f.block_len()).enumerate() {
+                    let wb = weighted.map(|v| &v[b * f.block_len()..]);
+                    let want: Vec<u8> = match f {
+                        Format::Mxfp4(m) => {
+                            bytemuck::bytes_of(&search::mxfp4_block_weighted(chunk, m, wb)).to_vec()
+                        }
+                        Format::Hif4(v) => {
+                            bytemuck::bytes_of(&search::hif4_unit_weighted(chunk, v, wb)).to_vec()
+                        }
+                        Format::Hif8(_) => unreachable!(),
+                    };
+                    let at = (j * l.blocks_per_row() + b) * bb;
+                    assert_eq!(&bytes[at..at + bb], &want[..], "{f} column {j} block {b}");
+                }
             }
         }
+        let short = f.quantize_search_weighted(&w, &l, Some(&imp[1..]));
+        assert!(short.is_err(), "{f}: importances of the wrong length");
     }
 }

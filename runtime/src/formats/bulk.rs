@@ -260,12 +260,13 @@ pub fn quantize_along_axis<F: BlockFormat, T: Element>(
 
 /// Quantizes along the layout's axis with a custom block encoder (e.g. the
 /// scale search): rows are gathered, cut into blocks (the last one
-/// zero-padded by the encoder) and encoded one by one; parallel with the
-/// `parallel` feature. Same block order as [`quantize_along_axis`].
+/// zero-padded by the encoder) and encoded one by one, each with its first
+/// element's index along the axis; parallel with the `parallel` feature.
+/// Same block order as [`quantize_along_axis`].
 pub fn quantize_along_axis_with<F: BlockFormat, T: Element>(
     x: &[T],
     l: &AxisLayout,
-    encode: impl Fn(&[f32]) -> F::Block + Sync,
+    encode: impl Fn(&[f32], usize) -> F::Block + Sync,
     out: &mut [F::Block],
 ) -> Result<(), FormatError> {
     check::<F>(l, x.len(), out.len())?;
@@ -278,8 +279,8 @@ pub fn quantize_along_axis_with<F: BlockFormat, T: Element>(
         let v: Vec<f32> = (0..l.axis_len)
             .map(|k| x[(o * l.axis_len + k) * l.inner + i].to_f32())
             .collect();
-        for (b, chunk) in dst.iter_mut().zip(v.chunks(F::BLOCK_LEN)) {
-            *b = encode(chunk);
+        for (j, (b, chunk)) in dst.iter_mut().zip(v.chunks(F::BLOCK_LEN)).enumerate() {
+            *b = encode(chunk, j * F::BLOCK_LEN);
         }
     };
     #[cfg(feature = "parallel")]

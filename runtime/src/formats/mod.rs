@@ -311,18 +311,42 @@ impl Format {
         x: &[T],
         layout: &AxisLayout,
     ) -> Result<Vec<u8>, FormatError> {
+        self.quantize_search_weighted(x, layout, None)
+    }
+
+    /// [`Format::quantize_search`] with each block's error weighted by
+    /// `importance`, one weight per index along the layout's axis (see
+    /// [`search`]); `None` weighs every element alike.
+    pub fn quantize_search_weighted<T: Element>(
+        self,
+        x: &[T],
+        layout: &AxisLayout,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>, FormatError> {
         fn run<F: BlockFormat, T: Element>(
             x: &[T],
             l: &AxisLayout,
-            enc: impl Fn(&[f32]) -> F::Block + Sync,
+            enc: impl Fn(&[f32], usize) -> F::Block + Sync,
         ) -> Result<Vec<u8>, FormatError> {
             let mut out = vec![0u8; l.num_blocks() * F::BLOCK_BYTES];
             quantize_along_axis_with::<F, T>(x, l, enc, bytemuck::cast_slice_mut(&mut out))?;
             Ok(out)
         }
+        if let Some(w) = importance.filter(|w| w.len() != layout.axis_len) {
+            return Err(FormatError::SizeMismatch {
+                what: "search importances",
+                expected: layout.axis_len,
+                got: w.len(),
+            });
+        }
+        let at = |k: usize| importance.map(|w| &w[k..]);
         match self {
-            Self::Mxfp4(m) => run::<Mxfp4, T>(x, layout, |b| search::mxfp4_block(b, m)),
-            Self::Hif4(v) => run::<Hif4, T>(x, layout, |b| search::hif4_unit(b, v)),
+            Self::Mxfp4(m) => {
+                run::<Mxfp4, T>(x, layout, |b, k| search::mxfp4_block_weighted(b, m, at(k)))
+            }
+            Self::Hif4(v) => {
+                run::<Hif4, T>(x, layout, |b, k| search::hif4_unit_weighted(b, v, at(k)))
+            }
             Self::Hif8(_) => self.quantize(x, layout),
         }
     }
@@ -354,15 +378,22 @@ impl Format {
     /// Encodes one block (`x.len() <= block_len()`, zero-padded) into its
     /// packed bytes: the spec's rule, or the scale search of [`search`].
     pub fn encode_block(self, x: &[f32], search: bool) -> Vec<u8> {
+        self.encode_block_with(x, search.then_some(None))
+    }
+
+    /// [`Format::encode_block`]: `None` the spec's rule, `Some(importance)`
+    /// the scale search, its error weighted by `importance` (per element of
+    /// the block) when given.
+    pub fn encode_block_with(self, x: &[f32], search: Option<Option<&[f32]>>) -> Vec<u8> {
         fn bytes<B: bytemuck::Pod>(b: B) -> Vec<u8> {
             bytemuck::bytes_of(&b).to_vec()
         }
-        match self {
-            Self::Mxfp4(m) if search => bytes(search::mxfp4_block(x, m)),
-            Self::Mxfp4(m) => bytes(Mxfp4::quantize_block(x, m)),
-            Self::Hif4(v) if search => bytes(search::hif4_unit(x, v)),
-            Self::Hif4(v) => bytes(Hif4::quantize_block(x, v)),
-            Self::Hif8(m) => bytes(Hif8::quantize_block(x, m)),
+        match (self, search) {
+            (Self::Mxfp4(m), Some(w)) => bytes(search::mxfp4_block_weighted(x, m, w)),
+            (Self::Mxfp4(m), None) => bytes(Mxfp4::quantize_block(x, m)),
+            (Self::Hif4(v), Some(w)) => bytes(search::hif4_unit_weighted(x, v, w)),
+            (Self::Hif4(v), None) => bytes(Hif4::quantize_block(x, v)),
+            (Self::Hif8(m), _) => bytes(Hif8::quantize_block(x, m)),
         }
     }
 
