@@ -634,6 +634,37 @@ fn gptq_on_the_fixtures() {
                 "{m} {name}: {a} vs {b}"
             );
         }
+        // The activation-aware search's importances of that layer: the
+        // diagonal over the rows, the same whatever the thread count.
+        let importance = |threads: usize| {
+            let mut c = QuantConfig {
+                activations: None,
+                scale_search: true,
+                search_calibration: Some(SearchCalibration {
+                    samples: 64,
+                    seed: 1,
+                    ..Default::default()
+                }),
+                ..cfg(f, true)
+            };
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| lpc::gptq::prepare(&gc, &mut c, &template))
+                .unwrap();
+            c.search_calibration.unwrap().importance
+        };
+        let imp = importance(1);
+        assert_eq!(imp, importance(3), "{m}");
+        let rows = hs[&name].rows as f64;
+        for (i, &a) in imp[&format!("{name}/w0/quantize")].iter().enumerate() {
+            let b = direct[i * k + i] / rows;
+            assert!(
+                (a as f64 - b).abs() <= 1e-5 * b,
+                "{m} {name} {i}: {a} vs {b}"
+            );
+        }
         // The second layer's Hessian: its inputs went through the first
         // layer's GPTQ weights (one streaming pass): equal to running the
         // model with only those weights GPTQ'd.
