@@ -374,6 +374,48 @@ impl<'c> Cg<'c> {
         let z = VectorType::const_vector(&vec![self.i32t().const_zero(); n as usize]);
         Ok(self.b.build_shuffle_vector(ins, t.get_undef(), z, "")?)
     }
+    /// MXFP4 block pairs of the panel GEMM: for the two blocks' scales
+    /// `s0`, `s1` (f64 powers of two), whether their exponents differ by at
+    /// most `PAIR_MAX_SHIFT`, and if so the left shift of each block's codes
+    /// that puts both on the smaller scale (0 for the smaller one, and for
+    /// both when they do not pair), and the scales each block then uses.
+    fn pair_shifts(
+        &self,
+        s0: FloatValue<'c>,
+        s1: FloatValue<'c>,
+    ) -> R<(IntValue<'c>, [IntValue<'c>; 2], [FloatValue<'c>; 2])> {
+        let exp = |s: FloatValue<'c>| -> R<IntValue<'c>> {
+            let b = self.b.build_bit_cast(s, self.i64t(), "")?.into_int_value();
+            let e = self.b.build_right_shift(b, self.c64(52), false, "")?;
+            Ok(self.b.build_and(e, self.c64(0x7ff), "")?)
+        };
+        let d = self.sub(exp(s1)?, exp(s0)?)?;
+        let lo = self.icmp(IntPredicate::SGE, d, self.c64(-PAIR_MAX_SHIFT))?;
+        let hi = self.icmp(IntPredicate::SLE, d, self.c64(PAIR_MAX_SHIFT))?;
+        let ok = self.and(lo, hi)?;
+        let z = self.c64(0);
+        let sh0 = self.select_i(ok, self.smax(self.sub(z, d)?, z)?, z)?;
+        let sh1 = self.select_i(ok, self.smax(d, z)?, z)?;
+        let s1_larger = self.icmp(IntPredicate::SGT, d, z)?;
+        let small = self.select_f(s1_larger, s0, s1)?;
+        Ok((
+            ok,
+            [sh0, sh1],
+            [self.select_f(ok, small, s0)?, self.select_f(ok, small, s1)?],
+        ))
+    }
+    /// `v` (i8 lanes) shifted left by the run-time amount `sh` (i64).
+    fn shl_i8(&self, v: VectorValue<'c>, sh: IntValue<'c>) -> R<VectorValue<'c>> {
+        let n = v.get_type().get_size();
+        let t = self.i8t().vec_type(n);
+        let s8 = self.b.build_int_truncate(sh, self.i8t(), "")?;
+        let ins = self
+            .b
+            .build_insert_element(t.get_undef(), s8, self.i32t().const_zero(), "")?;
+        let z = VectorType::const_vector(&vec![self.i32t().const_zero(); n as usize]);
+        let sp = self.b.build_shuffle_vector(ins, t.get_undef(), z, "")?;
+        Ok(self.b.build_left_shift(v, sp, "")?)
+    }
     fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'c> {
         let c = self.i8t().const_int(x as u64, false);
         VectorType::const_vector(&vec![c; n as usize])
@@ -944,6 +986,11 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     } else {
         28
     };
+    // MXFP4 W4A4 panels pair blocks (see `panel_gemm`): codes shifted by up
+    // to `PAIR_MAX_SHIFT` reach 12 << 3 = 96, the panel weights' offset.
+    let pairs = vnni && matches!(wf, Format::Mxfp4(_)) && matches!(af, Some(Format::Mxfp4(_)));
+    let poff: u8 = if pairs { 12 << PAIR_MAX_SHIFT } else { aoff };
+    let npairs = if pairs { nb_i / 2 } else { 0 };
     let kc = if vnni { (kpad + 63) / 64 * 64 } else { kpad };
     let lanes = kc / 4;
     // Weights in the CPU layout (some part): single rows run `cpu_row_dot`,
@@ -1002,6 +1049,17 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     } else {
         cg.ptrt().const_null()
     };
+    // Per row and block pair: do the two blocks share a scale (panel GEMM)?
+    let apf = if pairs {
+        cg.alloc(
+            DType::U8,
+            cg.mul(cg.smax(rows, cg.c64(1))?, cg.c64(npairs.max(1)))?,
+        )?
+    } else {
+        cg.ptrt().const_null()
+    };
+    let panel_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
+    let panel_rows = cg.b.build_int_z_extend(panel_rows, cg.i64t(), "")?;
     let caps: Vec<BasicValueEnum> = vec![
         x.ptr.into(),
         pa.into(),
@@ -1013,6 +1071,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         asb.into(),
         acs.into(),
         acl.into(),
+        apf.into(),
+        panel_rows.into(),
     ];
     cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
         let p = |i: usize| c[i].into_pointer_value();
@@ -1087,19 +1147,46 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         cg.store_vec_aligned(clrow, o, neg, 4)
                     })?;
                 }
+                if pairs {
+                    // When the panel GEMM runs (the row path reads these s8
+                    // codes too, unshifted): blocks 2q and 2q+1 whose scales
+                    // are at most 2^PAIR_MAX_SHIFT apart share the smaller
+                    // one, the other's codes shifted left (exact, |code| <=
+                    // 96); the pair's flag says so.
+                    let pfrow = cg.gep_bytes(p(10), cg.mul(r, cg.c64(npairs))?)?;
+                    let on = cg.icmp(IntPredicate::NE, c[11].into_int_value(), cg.c64(0))?;
+                    cg.for_n(cg.c64(npairs), |cg, q| {
+                        let t0 = cg.mul(q, cg.c64(2))?;
+                        let t1 = cg.add(t0, cg.c64(1))?;
+                        let s0 = cg.load(DType::F64, s64, t0)?.into_float_value();
+                        let s1 = cg.load(DType::F64, s64, t1)?.into_float_value();
+                        let (ok, sh, eff) = cg.pair_shifts(s0, s1)?;
+                        let ok = cg.and(ok, on)?;
+                        for (i, t) in [t0, t1].into_iter().enumerate() {
+                            let o = cg.mul(t, cg.c64(bl))?;
+                            let v = cg.load_i8xn(s8row, o, bl as u32)?;
+                            let shift = cg.select_i(on, sh[i], cg.c64(0))?;
+                            cg.store_vec(s8row, o, cg.shl_i8(v, shift)?)?;
+                            let sc = cg.select_f(on, eff[i], if i == 0 { s0 } else { s1 })?;
+                            cg.store(DType::F64, s64, t, sc.into())?;
+                        }
+                        let flag = cg.b.build_int_z_extend(ok, cg.i8t(), "")?;
+                        cg.store(DType::U8, pfrow, q, flag.into())
+                    })?;
+                }
                 let sbrow = cg.gep(DType::F32, sbp, cg.mul(r, cg.c64(nb_i))?)?;
                 let csrow = cg.gep(DType::I32, csp, cg.mul(r, cg.c64(nb_i))?)?;
                 let i32v = cg.i32t().vec_type(bl as u32);
                 cg.for_n(cg.c64(nb_i), |cg, t| {
                     let sc = cg.load(DType::F64, s64, t)?.into_float_value();
                     cg.store(DType::F32, sbrow, t, cg.ftrunc(sc)?.into())?;
-                    let v = cg.load_i8xn(crow, cg.mul(t, cg.c64(bl))?, bl as u32)?;
+                    let v = cg.load_i8xn(s8row, cg.mul(t, cg.c64(bl))?, bl as u32)?;
                     let w = cg.b.build_int_s_extend(v, i32v, "")?;
                     let sum = cg
                         .intrinsic("llvm.vector.reduce.add", &[i32v.into()], &[w.into()])?
                         .into_int_value();
                     // Negated: the panel GEMM starts its accumulators there.
-                    let m = cg.i32t().const_int((-(aoff as i64)) as u64, true);
+                    let m = cg.i32t().const_int((-(poff as i64)) as u64, true);
                     let corr = cg.b.build_int_mul(sum, m, "")?;
                     cg.store(DType::I32, csrow, t, corr.into())
                 })?;
@@ -1235,6 +1322,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 as8.into(),
                 asb.into(),
                 acs.into(),
+                apf.into(),
             ];
             let spec = PanelSpec {
                 wf,
@@ -1243,7 +1331,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 kc,
                 bpr,
                 lay,
-                off: aoff,
+                off: poff,
+                pairs,
                 has_b,
                 has_r,
                 act: act.clone(),
@@ -1636,6 +1725,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     }
     if any_cpu {
         cg.release(acl)?;
+    }
+    if pairs {
+        cg.release(apf)?;
     }
     if hif8 {
         cg.release(adec)?;
@@ -2178,6 +2270,10 @@ const MR: i64 = 6;
 /// 2 / 3 / 4 rows, the panel path 23 ms for 4 (packing dominates).
 const PANEL_MIN_ROWS: i64 = 4;
 
+/// MXFP4 block pairs whose scales differ by at most 2^PAIR_MAX_SHIFT share
+/// one (codes shifted left: 12 << 3 = 96 still fits i8).
+const PAIR_MAX_SHIFT: i64 = 3;
+
 /// What the panel GEMM of one weight part needs to know.
 struct PanelSpec {
     wf: Format,
@@ -2188,6 +2284,8 @@ struct PanelSpec {
     lay: WLayout,
     /// The weights' unsigned offset (the codes' largest magnitude).
     off: u8,
+    /// MXFP4 W4A4: blocks paired (see `panel_gemm`).
+    pairs: bool,
     has_b: bool,
     has_r: bool,
     act: Option<String>,
@@ -2200,8 +2298,23 @@ struct PanelSpec {
 /// over it: per block, `vpdpbusd` of the weight vectors with the broadcast
 /// s8 activation codes into i32 accumulators started at minus the offset
 /// correction, then one f32 multiply-add per accumulator with the scale
-/// products. Captures: weights, y, rows, n, ntot, off, bias, residual, s8
-/// activation codes, their block scales and corrections.
+/// products.
+///
+/// MXFP4 (`pairs`): that f32 step (convert, scale product, multiply-add)
+/// costs 3 vector ops per 8 `vpdpbusd`. Blocks 2q and 2q+1 whose E8M0
+/// scales are at most 2^PAIR_MAX_SHIFT apart are put on the smaller scale by
+/// shifting the other block's codes left (exact: |code| <= 96, the panel
+/// offset), for the weights when the panel is packed and for the
+/// activations when they are quantized (with a per row and pair flag);
+/// a pair that every column of the panel and every row of the tile shares
+/// runs as one 64-deep block with one f32 step, others as two blocks.
+/// Measured at M = 512, 1 thread: 5120x25600 332 -> 319 ms, 25600x5120
+/// 352 -> 347 ms (pairs taken ~99% of the time on these weights; always
+/// taking them, without the checks, 305 ms: the branch and the packing's
+/// shifts cost the rest).
+///
+/// Captures: weights, y, rows, n, ntot, off, bias, residual, s8 activation
+/// codes, their block scales and corrections, pair flags.
 fn panel_gemm<'c>(
     cg: &mut Cg<'c>,
     s: &PanelSpec,
@@ -2213,7 +2326,7 @@ fn panel_gemm<'c>(
     let iv = |i: usize| c[i].into_int_value();
     let (wp, yp) = (p(0), p(1));
     let (rows, nn, ntot, coff) = (iv(2), iv(3), iv(4), iv(5));
-    let (bp, rp, as8, asb, acs) = (p(6), p(7), p(8), p(9), p(10));
+    let (bp, rp, as8, asb, acs, apf) = (p(6), p(7), p(8), p(9), p(10), p(11));
     let (nb, bl, kc) = (s.nb, s.bl, s.kc);
     let groups = bl / 4; // k4 groups per block
     let mr_max = MR;
@@ -2229,11 +2342,18 @@ fn panel_gemm<'c>(
         cg.i32t().const_int((nb * NR) as u64, false),
         "pscales",
     )?;
-    // 16 columns' codes of one block, 64-byte aligned.
+    // 16 columns' codes of one block (or a pair), 64-byte aligned.
     let stage = cg.b.build_array_alloca(
         cg.i8t(),
-        cg.i32t().const_int((16 * bl) as u64, false),
+        cg.i32t().const_int((2 * 16 * bl) as u64, false),
         "stage",
+    )?;
+    // Pairs: per block pair, do all the panel's columns pair (i32 0/1)?
+    let npairs_max = if s.pairs { nb / 2 } else { 0 };
+    let pflag = cg.b.build_array_alloca(
+        cg.i32t(),
+        cg.i32t().const_int(npairs_max.max(1) as u64, false),
+        "pflag",
     )?;
     if let Some(i) = stage.as_instruction() {
         let _ = i.set_alignment(64);
@@ -2255,34 +2375,67 @@ fn panel_gemm<'c>(
         // Pack the panel, 16 columns × one block at a time: decode each
         // column's block into `stage`, then transpose its 4-byte words in
         // registers (32 K per 8 two-column vectors) into the panel's rows.
-        cg.for_n(cg.c64(NR / 16), |cg, u| {
-            cg.for_n(cg.c64(nb), |cg, t| {
-                cg.for_n(cg.c64(16), |cg, cc| {
-                    let cc = cg.add(cg.mul(u, cg.c64(16))?, cc)?;
-                    let j = cg.add(c0, cc)?;
-                    let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
-                    let wrow = cg.gep_bytes(
-                        wp,
-                        cg.mul(cg.select_i(inside, j, cg.c64(0))?, cg.c64(s.bpr))?,
-                    )?;
-                    let (v, sc) = cg.decode_codes(s.wf, s.lay, wrow, t)?;
+        for q in 0..npairs_max {
+            cg.store(
+                DType::I32,
+                pflag,
+                cg.c64(q),
+                cg.i32t().const_int(1, false).into(),
+            )?;
+        }
+        // Blocks `t .. t + nblk` (1, or a pair) of 16 columns.
+        let pack = |cg: &mut Cg<'c>, u: IntValue<'c>, t: IntValue<'c>, nblk: i64| -> R<()> {
+            cg.for_n(cg.c64(16), |cg, cc| {
+                let cc = cg.add(cg.mul(u, cg.c64(16))?, cc)?;
+                let j = cg.add(c0, cc)?;
+                let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
+                let wrow = cg.gep_bytes(
+                    wp,
+                    cg.mul(cg.select_i(inside, j, cg.c64(0))?, cg.c64(s.bpr))?,
+                )?;
+                let lane = cg.sub(cc, cg.mul(u, cg.c64(16))?)?;
+                let mut dec = Vec::new();
+                for b in 0..nblk {
+                    dec.push(cg.decode_codes(s.wf, s.lay, wrow, cg.add(t, cg.c64(b))?)?);
+                }
+                if nblk == 2 {
+                    // Pair: both blocks on the smaller scale when they are
+                    // close enough; columns past the part do not count.
+                    let (ok, sh, eff) = cg.pair_shifts(dec[0].1, dec[1].1)?;
+                    for (b, d) in dec.iter_mut().enumerate() {
+                        *d = (cg.shl_i8(d.0, sh[b])?, eff[b]);
+                    }
+                    let ok = cg.b.build_or(ok, cg.b.build_not(inside, "")?, "")?;
+                    let fq = cg.sdiv(t, cg.c64(2))?;
+                    let f = cg.load(DType::I32, pflag, fq)?.into_int_value();
+                    let okw = cg.b.build_int_z_extend(ok, cg.i32t(), "")?;
+                    cg.store(DType::I32, pflag, fq, cg.b.build_and(f, okw, "")?.into())?;
+                }
+                for (b, (v, sc)) in dec.into_iter().enumerate() {
                     let v = cg.b.build_int_add(v, offv, "")?;
-                    let lane = cg.sub(cc, cg.mul(u, cg.c64(16))?)?;
-                    cg.store_vec(stage, cg.mul(lane, cg.c64(bl))?, v)?;
+                    let so = (b as i64) * 16 * bl;
+                    cg.store_vec(stage, cg.add(cg.c64(so), cg.mul(lane, cg.c64(bl))?)?, v)?;
                     // Columns past the part: zero scales (the offset codes
                     // then cancel with the correction exactly).
                     let sc = cg.select_f(inside, cg.ftrunc(sc)?, cg.cf32(0.0))?;
-                    let at = cg.add(cg.mul(t, cg.c64(NR))?, cc)?;
-                    cg.store(DType::F32, psc, at, sc.into())
-                })?;
+                    let tb = cg.add(t, cg.c64(b as i64))?;
+                    let at = cg.add(cg.mul(tb, cg.c64(NR))?, cc)?;
+                    cg.store(DType::F32, psc, at, sc.into())?;
+                }
+                Ok(())
+            })?;
+            for b in 0..nblk {
+                let tb = cg.add(t, cg.c64(b))?;
+                let stage_b = cg.gep_bytes(stage, cg.c64(b * 16 * bl))?;
                 let i32x8 = cg.i32t().vec_type(8);
                 for h in 0..bl / 32 {
                     // X_p: columns 2p and 2p+1, 8 words each.
                     let xs: Vec<VectorValue> = (0..8)
                         .map(|p| {
-                            let lo = cg.load_vec(stage, cg.c64(2 * p * bl + 32 * h), i32x8, 32)?;
+                            let lo =
+                                cg.load_vec(stage_b, cg.c64(2 * p * bl + 32 * h), i32x8, 32)?;
                             let hi =
-                                cg.load_vec(stage, cg.c64((2 * p + 1) * bl + 32 * h), i32x8, 32)?;
+                                cg.load_vec(stage_b, cg.c64((2 * p + 1) * bl + 32 * h), i32x8, 32)?;
                             let m: Vec<_> =
                                 (0..16).map(|i| cg.i32t().const_int(i, false)).collect();
                             Ok(cg.b.build_shuffle_vector(
@@ -2300,30 +2453,48 @@ fn panel_gemm<'c>(
                         .map(|g| (0..16u32).map(|c| c * 8 + g).collect())
                         .collect();
                     let ws = shuffle_transpose(cg, xs, labels, &want)?;
-                    let row0 = cg.add(cg.mul(t, cg.c64(groups))?, cg.c64(8 * h))?;
+                    let row0 = cg.add(cg.mul(tb, cg.c64(groups))?, cg.c64(8 * h))?;
                     store_panel_rows(cg, pan, ws, row0, NR, u)?;
                 }
-                Ok(())
-            })
+            }
+            Ok(())
+        };
+        cg.for_n(cg.c64(NR / 16), |cg, u| {
+            if !s.pairs {
+                return cg.for_n(cg.c64(nb), |cg, t| pack(cg, u, t, 1));
+            }
+            cg.for_n(cg.c64(nb / 2), |cg, q| {
+                let t = cg.mul(q, cg.c64(2))?;
+                pack(cg, u, t, 2)
+            })?;
+            if nb % 2 == 1 {
+                pack(cg, u, cg.c64(nb - 1), 1)?;
+            }
+            Ok(())
         })?;
         let ncols = cg.smin(cg.c64(NR), cg.sub(nn, c0)?)?;
         let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, mr: usize| -> R<()> {
             for a in &facc[..mr * nv] {
                 cg.b.build_store(*a, f32x16.const_zero())?;
             }
-            cg.for_n(cg.c64(nb), |cg, t| {
+            // Blocks `t .. t + nblk` (one, or a pair on one scale) into the
+            // i32 accumulators, then once into the f32 ones.
+            let body = |cg: &mut Cg<'c>, t: IntValue<'c>, nblk: i64| -> R<()> {
                 for r in 0..mr {
                     let ri = cg.add(r0, cg.c64(r as i64))?;
-                    let cs = cg
-                        .load(DType::I32, acs, cg.add(cg.mul(ri, cg.c64(nb))?, t)?)?
-                        .into_int_value();
+                    let at = cg.add(cg.mul(ri, cg.c64(nb))?, t)?;
+                    let mut cs = cg.load(DType::I32, acs, at)?.into_int_value();
+                    for b in 1..nblk {
+                        let next = cg.load(DType::I32, acs, cg.add(at, cg.c64(b))?)?;
+                        cs = cg.b.build_int_add(cs, next.into_int_value(), "")?;
+                    }
                     // Stored negated: a broadcast straight from memory.
                     let v = cg.splat_i32(cs, 16)?;
                     for u in 0..nv {
                         cg.b.build_store(iacc[r * nv + u], v)?;
                     }
                 }
-                for g in 0..groups {
+                for g in 0..nblk * groups {
                     let gi = cg.add(cg.mul(t, cg.c64(groups))?, cg.c64(g))?;
                     let base = cg.mul(gi, cg.c64(NR * 4))?;
                     let wv: Vec<VectorValue> = (0..nv)
@@ -2372,7 +2543,32 @@ fn panel_gemm<'c>(
                     }
                 }
                 Ok(())
-            })?;
+            };
+            if !s.pairs {
+                cg.for_n(cg.c64(nb), |cg, t| body(cg, t, 1))?;
+            } else {
+                // A pair runs as one block when every column of the panel
+                // and every row of the tile pairs it.
+                cg.for_n(cg.c64(nb / 2), |cg, q| {
+                    let t = cg.mul(q, cg.c64(2))?;
+                    let f = cg.load(DType::I32, pflag, q)?.into_int_value();
+                    let mut ok = cg.icmp(IntPredicate::NE, f, cg.i32t().const_zero())?;
+                    for r in 0..mr {
+                        let ri = cg.add(r0, cg.c64(r as i64))?;
+                        let at = cg.add(cg.mul(ri, cg.c64(nb / 2))?, q)?;
+                        let fr = cg.load_u8(apf, at)?;
+                        ok = cg.and(ok, cg.icmp(IntPredicate::NE, fr, cg.i8t().const_zero())?)?;
+                    }
+                    cg.if_then(ok, |cg| body(cg, t, 2))?;
+                    let apart = cg.b.build_not(ok, "")?;
+                    cg.if_then(apart, |cg| {
+                        cg.for_n(cg.c64(2), |cg, h| body(cg, cg.add(t, h)?, 1))
+                    })
+                })?;
+                if nb % 2 == 1 {
+                    body(cg, cg.c64(nb - 1), 1)?;
+                }
+            }
             let epi = Epilogue {
                 y: yp,
                 ntot,

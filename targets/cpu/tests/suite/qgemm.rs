@@ -47,10 +47,18 @@ fn silu(v: f32) -> f32 {
 fn run_case(c: &Case, seed: u64) {
     let mut rng = Rng(seed);
     let (m, k, n) = (c.m, c.k, c.n);
+    // Blocks of 32 at different powers of two (x: 2^-4..2^4 in steps of 4,
+    // w: 1, 4, 16), so that adjacent MXFP4 scales are sometimes within 2^3
+    // of each other (the panel GEMM pairs those blocks) and sometimes not.
     let x: Vec<f32> = (0..m * k)
-        .map(|i| rng.f() * if i % 7 == 0 { 8.0 } else { 1.0 })
+        .map(|i| {
+            let b = 2f32.powi(((i / 32) % 5) as i32 * 2 - 4);
+            rng.f() * if i % 7 == 0 { 8.0 } else { 1.0 } * b
+        })
         .collect();
-    let w: Vec<f32> = (0..n * k).map(|_| rng.f() * 0.05).collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| rng.f() * 0.05 * 2f32.powi(((i / 32) % 3) as i32 * 2))
+        .collect();
     let bias: Vec<f32> = (0..n).map(|_| rng.f()).collect();
     let res: Vec<f32> = (0..m * n).map(|_| rng.f()).collect();
     let spec = QgemmSpec {
