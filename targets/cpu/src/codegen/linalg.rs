@@ -452,7 +452,7 @@ impl<'c> Cg<'c> {
         codes: PointerValue<'c>,
         scales: PointerValue<'c>,
     ) -> R<()> {
-        let (v, sc) = self.decode_codes(f, lay, p, t)?;
+        let (v, sc) = self.decode_codes(f, lay, p, t, None)?;
         self.store_vec(codes, self.mul(t, self.c64(f.block_len() as i64))?, v)?;
         self.store(DType::F64, scales, t, sc.into())
     }
@@ -479,13 +479,31 @@ impl<'c> Cg<'c> {
 
     /// Block `t` of a packed row as a vector of i8 codes (block length
     /// lanes) and its f64 scale factor (see [`Self::decode_block`]).
+    /// The biased E8M0 scale byte of MXFP4 block `t` (255: poisoned).
+    fn mxfp4_scale_byte(
+        &self,
+        lay: WLayout,
+        p: PointerValue<'c>,
+        t: IntValue<'c>,
+    ) -> R<IntValue<'c>> {
+        if let WLayout::Cpu { k } = lay {
+            let at = self.add(self.c64(k / 2), t)?;
+            self.add(self.zext64(self.load_u8(p, at)?)?, self.c64(1))
+        } else {
+            self.zext64(self.load_u8(p, self.mul(t, self.c64(17))?)?)
+        }
+    }
     fn decode_codes(
         &mut self,
         f: Format,
         lay: WLayout,
         p: PointerValue<'c>,
         t: IntValue<'c>,
+        shift: Option<IntValue<'c>>,
     ) -> R<(VectorValue<'c>, FloatValue<'c>)> {
+        if shift.is_some() && !matches!(f, Format::Mxfp4(_)) {
+            return self.err("shifted codes are MXFP4 only");
+        }
         // CPU layout: the nibbles of block `t` are one half (low or high
         // nibbles) of `n` bytes of its 64-byte group, in natural order.
         let cpu_nibbles = |cg: &Cg<'c>, per_group: i64, n: u32| -> R<VectorValue<'c>> {
@@ -519,17 +537,35 @@ impl<'c> Cg<'c> {
                     .iter()
                     .map(|&x| self.i8t().const_int(x as u8 as u64, false))
                     .collect();
-                let (nib, sb) = if let WLayout::Cpu { k } = lay {
-                    let at = self.add(self.c64(k / 2), t)?;
-                    let sb = self.add(self.zext64(self.load_u8(p, at)?)?, self.c64(1))?;
-                    (cpu_nibbles(self, 4, 32)?, sb)
+                let sb = self.mxfp4_scale_byte(lay, p, t)?;
+                let nib = if let WLayout::Cpu { .. } = lay {
+                    cpu_nibbles(self, 4, 32)?
                 } else {
                     let base = self.mul(t, self.c64(17))?;
-                    let nib = self.spec_nibbles(p, self.add(base, self.c64(1))?, 16)?;
-                    (nib, self.zext64(self.load_u8(p, base)?)?)
+                    self.spec_nibbles(p, self.add(base, self.c64(1))?, 16)?
                 };
-                // 2·E2M1 codes from a table in each 128-bit lane.
-                let lut = VectorType::const_vector(&[lutv.clone(), lutv].concat());
+                // 2·E2M1 codes from a table in each 128-bit lane (shifted
+                // left by `shift`: the table `shift` rows down).
+                let lut = match shift {
+                    None => VectorType::const_vector(&[lutv.clone(), lutv].concat()),
+                    Some(sh) => {
+                        let rows: Vec<i8> = (0..=PAIR_MAX_SHIFT)
+                            .flat_map(|k| mxfp4::E2M1_X2.iter().map(move |&x| x << k))
+                            .collect();
+                        let tab = self.table_i8("lpc.e2m1x2_shl", &rows);
+                        let row = self.load_vec(
+                            tab,
+                            self.mul(sh, self.c64(16))?,
+                            self.i8t().vec_type(16),
+                            1,
+                        )?;
+                        let m: Vec<_> = (0..32)
+                            .map(|i| self.i32t().const_int(i % 16, false))
+                            .collect();
+                        self.b
+                            .build_shuffle_vector(row, row, VectorType::const_vector(&m), "")?
+                    }
+                };
                 let inter = self
                     .intrinsic("llvm.x86.avx2.pshuf.b", &[], &[lut.into(), nib.into()])?
                     .into_vector_value();
@@ -1058,7 +1094,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     } else {
         cg.ptrt().const_null()
     };
-    let panel_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
+    // Rows shift their codes for pairs only when the panel GEMM pairs.
+    let panel_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
     let panel_rows = cg.b.build_int_z_extend(panel_rows, cg.i64t(), "")?;
     let caps: Vec<BasicValueEnum> = vec![
         x.ptr.into(),
@@ -1502,7 +1539,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                              -> R<()> {
                                 let t0 = cg.mul(c, cg.c64(per))?;
                                 let (codes, swv) = if per == 2 {
-                                    let (c0, s0) = cg.decode_codes(wf, WLayout::Spec, wrow, t0)?;
+                                    let (c0, s0) =
+                                        cg.decode_codes(wf, WLayout::Spec, wrow, t0, None)?;
                                     let (c1, s1) = if last_half {
                                         (cg.i8t().vec_type(32).const_zero(), cg.cf64(0.0))
                                     } else {
@@ -1511,6 +1549,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                                             WLayout::Spec,
                                             wrow,
                                             cg.add(t0, cg.c64(1))?,
+                                            None,
                                         )?
                                     };
                                     let m: Vec<_> =
@@ -1541,7 +1580,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                                         )?,
                                     )
                                 } else {
-                                    let (c0, s0) = cg.decode_codes(wf, WLayout::Spec, wrow, t0)?;
+                                    let (c0, s0) =
+                                        cg.decode_codes(wf, WLayout::Spec, wrow, t0, None)?;
                                     (c0, cg.splat_f32(cg.ftrunc(s0)?, 16)?)
                                 };
                                 let o = cg.mul(c, cg.c64(64))?;
@@ -2274,6 +2314,11 @@ const PANEL_MIN_ROWS: i64 = 4;
 /// one (codes shifted left: 12 << 3 = 96 still fits i8).
 const PAIR_MAX_SHIFT: i64 = 3;
 
+/// Pairing costs packing time per panel and saves tile time per row:
+/// from this many rows on. Measured on 5120x25600 MXFP4, 1 thread: M = 16
+/// 29.2 ms unpaired, 35.0 paired; M = 512 332 unpaired, 319 paired.
+const PAIR_MIN_ROWS: i64 = 64;
+
 /// What the panel GEMM of one weight part needs to know.
 struct PanelSpec {
     wf: Format,
@@ -2307,11 +2352,13 @@ struct PanelSpec {
 /// offset), for the weights when the panel is packed and for the
 /// activations when they are quantized (with a per row and pair flag);
 /// a pair that every column of the panel and every row of the tile shares
-/// runs as one 64-deep block with one f32 step, others as two blocks.
-/// Measured at M = 512, 1 thread: 5120x25600 332 -> 319 ms, 25600x5120
-/// 352 -> 347 ms (pairs taken ~99% of the time on these weights; always
-/// taking them, without the checks, 305 ms: the branch and the packing's
-/// shifts cost the rest).
+/// runs as one 64-deep block with one f32 step, others as two blocks
+/// (from `PAIR_MIN_ROWS` rows: below, packing pairs costs more than it
+/// saves). The weights' shift is a row of the decode table, the
+/// activations' a vector shift when they are quantized. Measured at M =
+/// 512, 1 thread: 5120x25600 332 -> 319 ms, 25600x5120 352 -> 347 ms
+/// (pairs taken ~99% of the time on these weights; taking every pair
+/// without the checks, 305 ms: the flag checks and branches cost the rest).
 ///
 /// Captures: weights, y, rows, n, ntot, off, bias, residual, s8 activation
 /// codes, their block scales and corrections, pair flags.
@@ -2375,13 +2422,11 @@ fn panel_gemm<'c>(
         // Pack the panel, 16 columns × one block at a time: decode each
         // column's block into `stage`, then transpose its 4-byte words in
         // registers (32 K per 8 two-column vectors) into the panel's rows.
+        // Pairing pays for its packing only when enough rows share it.
+        let pairing = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
+        let pairing32 = cg.b.build_int_z_extend(pairing, cg.i32t(), "")?;
         for q in 0..npairs_max {
-            cg.store(
-                DType::I32,
-                pflag,
-                cg.c64(q),
-                cg.i32t().const_int(1, false).into(),
-            )?;
+            cg.store(DType::I32, pflag, cg.c64(q), pairing32.into())?;
         }
         // Blocks `t .. t + nblk` (1, or a pair) of 16 columns.
         let pack = |cg: &mut Cg<'c>, u: IntValue<'c>, t: IntValue<'c>, nblk: i64| -> R<()> {
@@ -2395,21 +2440,41 @@ fn panel_gemm<'c>(
                 )?;
                 let lane = cg.sub(cc, cg.mul(u, cg.c64(16))?)?;
                 let mut dec = Vec::new();
-                for b in 0..nblk {
-                    dec.push(cg.decode_codes(s.wf, s.lay, wrow, cg.add(t, cg.c64(b))?)?);
-                }
                 if nblk == 2 {
-                    // Pair: both blocks on the smaller scale when they are
-                    // close enough; columns past the part do not count.
-                    let (ok, sh, eff) = cg.pair_shifts(dec[0].1, dec[1].1)?;
-                    for (b, d) in dec.iter_mut().enumerate() {
-                        *d = (cg.shl_i8(d.0, sh[b])?, eff[b]);
+                    // Pair: both blocks on the smaller scale when their E8M0
+                    // bytes are close (never a poisoned one: 255), the
+                    // codes shifted by the decode table; columns past the
+                    // part do not count.
+                    let sb0 = cg.mxfp4_scale_byte(s.lay, wrow, t)?;
+                    let sb1 = cg.mxfp4_scale_byte(s.lay, wrow, cg.add(t, cg.c64(1))?)?;
+                    let d = cg.sub(sb1, sb0)?;
+                    let near = cg.and(
+                        cg.icmp(IntPredicate::SGE, d, cg.c64(-PAIR_MAX_SHIFT))?,
+                        cg.icmp(IntPredicate::SLE, d, cg.c64(PAIR_MAX_SHIFT))?,
+                    )?;
+                    let clean = cg.and(
+                        cg.icmp(IntPredicate::NE, sb0, cg.c64(255))?,
+                        cg.icmp(IntPredicate::NE, sb1, cg.c64(255))?,
+                    )?;
+                    let ok = cg.and(near, clean)?;
+                    let z = cg.c64(0);
+                    let sh = [
+                        cg.select_i(ok, cg.smax(cg.sub(z, d)?, z)?, z)?,
+                        cg.select_i(ok, cg.smax(d, z)?, z)?,
+                    ];
+                    let small = cg.pow2_f64(cg.sub(cg.smin(sb0, sb1)?, cg.c64(128))?)?;
+                    for (b, &shift) in sh.iter().enumerate() {
+                        let tb = cg.add(t, cg.c64(b as i64))?;
+                        let (v, sc) = cg.decode_codes(s.wf, s.lay, wrow, tb, Some(shift))?;
+                        dec.push((v, cg.select_f(ok, small, sc)?));
                     }
                     let ok = cg.b.build_or(ok, cg.b.build_not(inside, "")?, "")?;
                     let fq = cg.sdiv(t, cg.c64(2))?;
                     let f = cg.load(DType::I32, pflag, fq)?.into_int_value();
                     let okw = cg.b.build_int_z_extend(ok, cg.i32t(), "")?;
                     cg.store(DType::I32, pflag, fq, cg.b.build_and(f, okw, "")?.into())?;
+                } else {
+                    dec.push(cg.decode_codes(s.wf, s.lay, wrow, t, None)?);
                 }
                 for (b, (v, sc)) in dec.into_iter().enumerate() {
                     let v = cg.b.build_int_add(v, offv, "")?;
@@ -2463,14 +2528,18 @@ fn panel_gemm<'c>(
             if !s.pairs {
                 return cg.for_n(cg.c64(nb), |cg, t| pack(cg, u, t, 1));
             }
-            cg.for_n(cg.c64(nb / 2), |cg, q| {
-                let t = cg.mul(q, cg.c64(2))?;
-                pack(cg, u, t, 2)
+            cg.if_then(pairing, |cg| {
+                cg.for_n(cg.c64(nb / 2), |cg, q| {
+                    let t = cg.mul(q, cg.c64(2))?;
+                    pack(cg, u, t, 2)
+                })?;
+                if nb % 2 == 1 {
+                    pack(cg, u, cg.c64(nb - 1), 1)?;
+                }
+                Ok(())
             })?;
-            if nb % 2 == 1 {
-                pack(cg, u, cg.c64(nb - 1), 1)?;
-            }
-            Ok(())
+            let single = cg.b.build_not(pairing, "")?;
+            cg.if_then(single, |cg| cg.for_n(cg.c64(nb), |cg, t| pack(cg, u, t, 1)))
         })?;
         let ncols = cg.smin(cg.c64(NR), cg.sub(nn, c0)?)?;
         let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, mr: usize| -> R<()> {

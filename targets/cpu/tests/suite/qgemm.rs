@@ -231,6 +231,10 @@ fn qgemm_matches_the_reference_block_dot_products() {
             (25, 128, 100, 64),
             (26, 1152, 50, 0),
             (24, 8256, 40, 0),
+            // MXFP4 pairs blocks from 64 rows on: pairs and an odd block,
+            // both layouts.
+            (70, 200, 53, 0),
+            (68, 1152, 50, 0),
         ] {
             seed += 1;
             run_case(
