@@ -389,20 +389,35 @@ impl<'c> Cg<'c> {
             let e = self.b.build_right_shift(b, self.c64(52), false, "")?;
             Ok(self.b.build_and(e, self.c64(0x7ff), "")?)
         };
-        let d = self.sub(exp(s1)?, exp(s0)?)?;
-        let lo = self.icmp(IntPredicate::SGE, d, self.c64(-PAIR_MAX_SHIFT))?;
-        let hi = self.icmp(IntPredicate::SLE, d, self.c64(PAIR_MAX_SHIFT))?;
-        let ok = self.and(lo, hi)?;
-        let z = self.c64(0);
-        let sh0 = self.select_i(ok, self.smax(self.sub(z, d)?, z)?, z)?;
-        let sh1 = self.select_i(ok, self.smax(d, z)?, z)?;
-        let s1_larger = self.icmp(IntPredicate::SGT, d, z)?;
+        // NaN (exponent field 0x7ff) never comes within PAIR_MAX_SHIFT.
+        let (e0, e1) = (exp(s0)?, exp(s1)?);
+        let (ok, sh) = self.pair_rule(e0, e1, self.cx.bool_type().const_int(1, false))?;
+        let s1_larger = self.icmp(IntPredicate::SGT, e1, e0)?;
         let small = self.select_f(s1_larger, s0, s1)?;
         Ok((
             ok,
-            [sh0, sh1],
+            sh,
             [self.select_f(ok, small, s0)?, self.select_f(ok, small, s1)?],
         ))
+    }
+    /// The pairing rule on two blocks' scale exponents (i64): they pair when
+    /// `allowed` and at most `PAIR_MAX_SHIFT` apart; then the block with the
+    /// larger exponent shifts its codes left by the difference (the shifts
+    /// are 0 otherwise).
+    fn pair_rule(
+        &self,
+        e0: IntValue<'c>,
+        e1: IntValue<'c>,
+        allowed: IntValue<'c>,
+    ) -> R<(IntValue<'c>, [IntValue<'c>; 2])> {
+        let d = self.sub(e1, e0)?;
+        let lo = self.icmp(IntPredicate::SGE, d, self.c64(-PAIR_MAX_SHIFT))?;
+        let hi = self.icmp(IntPredicate::SLE, d, self.c64(PAIR_MAX_SHIFT))?;
+        let ok = self.and(self.and(lo, hi)?, allowed)?;
+        let z = self.c64(0);
+        let sh0 = self.select_i(ok, self.smax(self.sub(z, d)?, z)?, z)?;
+        let sh1 = self.select_i(ok, self.smax(d, z)?, z)?;
+        Ok((ok, [sh0, sh1]))
     }
     /// `v` (i8 lanes) shifted left by the run-time amount `sh` (i64).
     fn shl_i8(&self, v: VectorValue<'c>, sh: IntValue<'c>) -> R<VectorValue<'c>> {
@@ -2447,21 +2462,11 @@ fn panel_gemm<'c>(
                     // part do not count.
                     let sb0 = cg.mxfp4_scale_byte(s.lay, wrow, t)?;
                     let sb1 = cg.mxfp4_scale_byte(s.lay, wrow, cg.add(t, cg.c64(1))?)?;
-                    let d = cg.sub(sb1, sb0)?;
-                    let near = cg.and(
-                        cg.icmp(IntPredicate::SGE, d, cg.c64(-PAIR_MAX_SHIFT))?,
-                        cg.icmp(IntPredicate::SLE, d, cg.c64(PAIR_MAX_SHIFT))?,
-                    )?;
                     let clean = cg.and(
                         cg.icmp(IntPredicate::NE, sb0, cg.c64(255))?,
                         cg.icmp(IntPredicate::NE, sb1, cg.c64(255))?,
                     )?;
-                    let ok = cg.and(near, clean)?;
-                    let z = cg.c64(0);
-                    let sh = [
-                        cg.select_i(ok, cg.smax(cg.sub(z, d)?, z)?, z)?,
-                        cg.select_i(ok, cg.smax(d, z)?, z)?,
-                    ];
+                    let (ok, sh) = cg.pair_rule(sb0, sb1, clean)?;
                     let small = cg.pow2_f64(cg.sub(cg.smin(sb0, sb1)?, cg.c64(128))?)?;
                     for (b, &shift) in sh.iter().enumerate() {
                         let tb = cg.add(t, cg.c64(b as i64))?;
