@@ -1110,8 +1110,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         cg.ptrt().const_null()
     };
     // Rows shift their codes for pairs only when the panel GEMM pairs.
-    let panel_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
-    let panel_rows = cg.b.build_int_z_extend(panel_rows, cg.i64t(), "")?;
+    let pair_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
+    let pair_rows = cg.b.build_int_z_extend(pair_rows, cg.i64t(), "")?;
     let caps: Vec<BasicValueEnum> = vec![
         x.ptr.into(),
         pa.into(),
@@ -1124,7 +1124,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         acs.into(),
         acl.into(),
         apf.into(),
-        panel_rows.into(),
+        pair_rows.into(),
     ];
     cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
         let p = |i: usize| c[i].into_pointer_value();
@@ -1200,11 +1200,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     })?;
                 }
                 if pairs {
-                    // When the panel GEMM runs (the row path reads these s8
-                    // codes too, unshifted): blocks 2q and 2q+1 whose scales
-                    // are at most 2^PAIR_MAX_SHIFT apart share the smaller
-                    // one, the other's codes shifted left (exact, |code| <=
-                    // 96); the pair's flag says so.
+                    // When the panel GEMM pairs (from PAIR_MIN_ROWS rows;
+                    // with fewer, the row path may read these s8 codes and
+                    // needs them as they are): blocks 2q and 2q+1 whose
+                    // scales are at most 2^PAIR_MAX_SHIFT apart share the
+                    // smaller one, the other's codes shifted left (exact,
+                    // |code| <= 96); the pair's flag says so.
                     let pfrow = cg.gep_bytes(p(10), cg.mul(r, cg.c64(npairs))?)?;
                     let on = cg.icmp(IntPredicate::NE, c[11].into_int_value(), cg.c64(0))?;
                     cg.for_n(cg.c64(npairs), |cg, q| {
