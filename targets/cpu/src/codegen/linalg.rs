@@ -375,14 +375,16 @@ impl<'c> Cg<'c> {
         Ok(self.b.build_shuffle_vector(ins, t.get_undef(), z, "")?)
     }
     /// MXFP4 block pairs of the panel GEMM: for the two blocks' scales
-    /// `s0`, `s1` (f64 powers of two), whether their exponents differ by at
-    /// most `PAIR_MAX_SHIFT`, and if so the left shift of each block's codes
-    /// that puts both on the smaller scale (0 for the smaller one, and for
-    /// both when they do not pair), and the scales each block then uses.
+    /// `s0`, `s1` (f64 powers of two), whether they pair (`allowed` and
+    /// exponents at most `PAIR_MAX_SHIFT` apart), and if so the left shift
+    /// of each block's codes that puts both on the smaller scale (0 for the
+    /// smaller one, and for both when they do not pair), and the scales each
+    /// block then uses.
     fn pair_shifts(
         &self,
         s0: FloatValue<'c>,
         s1: FloatValue<'c>,
+        allowed: IntValue<'c>,
     ) -> R<(IntValue<'c>, [IntValue<'c>; 2], [FloatValue<'c>; 2])> {
         let exp = |s: FloatValue<'c>| -> R<IntValue<'c>> {
             let b = self.b.build_bit_cast(s, self.i64t(), "")?.into_int_value();
@@ -391,7 +393,7 @@ impl<'c> Cg<'c> {
         };
         // NaN (exponent field 0x7ff) never comes within PAIR_MAX_SHIFT.
         let (e0, e1) = (exp(s0)?, exp(s1)?);
-        let (ok, sh) = self.pair_rule(e0, e1, self.cx.bool_type().const_int(1, false))?;
+        let (ok, sh) = self.pair_rule(e0, e1, allowed)?;
         let s1_larger = self.icmp(IntPredicate::SGT, e1, e0)?;
         let small = self.select_f(s1_larger, s0, s1)?;
         Ok((
@@ -430,6 +432,13 @@ impl<'c> Cg<'c> {
         let z = VectorType::const_vector(&vec![self.i32t().const_zero(); n as usize]);
         let sp = self.b.build_shuffle_vector(ins, t.get_undef(), z, "")?;
         Ok(self.b.build_left_shift(v, sp, "")?)
+    }
+    /// Per i32 lane of 64 s8 codes `a`, `-woff · Σ a` over its four codes:
+    /// where `cpu_row_dot` starts its sums (the weights' unsigned offset).
+    fn lane_corrections(&self, woff: u8, a: VectorValue<'c>) -> R<VectorValue<'c>> {
+        let z = self.i32t().vec_type(16).const_zero();
+        let sum = self.vpdpbusd(z, self.splat_i8(woff, 64), a)?;
+        Ok(self.b.build_int_sub(z, sum, "")?)
     }
     fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'c> {
         let c = self.i8t().const_int(x as u64, false);
@@ -492,8 +501,6 @@ impl<'c> Cg<'c> {
             .build_shuffle_vector(lo, hi, VectorType::const_vector(&mask), "")?)
     }
 
-    /// Block `t` of a packed row as a vector of i8 codes (block length
-    /// lanes) and its f64 scale factor (see [`Self::decode_block`]).
     /// The biased E8M0 scale byte of MXFP4 block `t` (255: poisoned).
     fn mxfp4_scale_byte(
         &self,
@@ -508,6 +515,9 @@ impl<'c> Cg<'c> {
             self.zext64(self.load_u8(p, self.mul(t, self.c64(17))?)?)
         }
     }
+    /// Block `t` of a packed row as a vector of i8 codes (block length
+    /// lanes) and its f64 scale factor (see [`Self::decode_block`]); MXFP4
+    /// codes shifted left by `shift` when given (the panel GEMM's pairs).
     fn decode_codes(
         &mut self,
         f: Format,
@@ -1045,7 +1055,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let kc = if vnni { (kpad + 63) / 64 * 64 } else { kpad };
     let lanes = kc / 4;
     // Weights in the CPU layout (some part): single rows run `cpu_row_dot`,
-    // which needs per-lane corrections of the activations.
+    // which reads per-lane corrections of the activations (HiF4; MXFP4
+    // computes them in registers).
     let any_cpu = vnni
         && (0..parts).any(|p| {
             n.inputs
@@ -1055,6 +1066,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 .is_some_and(|v| cg.cpu_layout.contains(&v))
         });
     let woff = cpu_weight_offset(wf);
+    let acl_used = any_cpu && cpu_row_loads_corrections(wf);
     // HiF8 (W8A8): both operands decoded once to exact f32 values (rows
     // padded to 16 lanes), multiplied and summed lane-wise in f32.
     let hif8 = af.is_some() && bl == 1;
@@ -1092,7 +1104,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         let null = cg.ptrt().const_null();
         (null, null, null)
     };
-    let acl = if any_cpu {
+    let acl = if acl_used {
         cg.alloc(
             DType::I32,
             cg.mul(cg.smax(rows, cg.c64(1))?, cg.c64(lanes))?,
@@ -1182,21 +1194,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let (s8p, sbp, csp) = (p(6), p(7), p(8));
                 let s8row = cg.gep_bytes(s8p, cg.mul(r, cg.c64(kc))?)?;
                 cg.b.build_memcpy(s8row, 1, crow, 1, cg.c64(kc))?;
-                if any_cpu {
-                    // Per i32 lane, `-woff · Σ a` over its four codes: where
-                    // `cpu_row_dot` starts its sums.
+                if acl_used {
                     let clrow = cg.gep_bytes(p(9), cg.mul(r, cg.c64(4 * lanes))?)?;
                     cg.for_n(cg.c64(kc / 64), |cg, c| {
                         let o = cg.mul(c, cg.c64(64))?;
                         let v = cg.load_i8xn(crow, o, 64)?;
-                        let sum = cg.vpdpbusd(
-                            cg.i32t().vec_type(16).const_zero(),
-                            cg.splat_i8(woff, 64),
-                            v,
-                        )?;
-                        let neg =
-                            cg.b.build_int_sub(cg.i32t().vec_type(16).const_zero(), sum, "")?;
-                        cg.store_vec_aligned(clrow, o, neg, 4)
+                        cg.store_vec_aligned(clrow, o, cg.lane_corrections(woff, v)?, 4)
                     })?;
                 }
                 if pairs {
@@ -1213,15 +1216,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         let t1 = cg.add(t0, cg.c64(1))?;
                         let s0 = cg.load(DType::F64, s64, t0)?.into_float_value();
                         let s1 = cg.load(DType::F64, s64, t1)?.into_float_value();
-                        let (ok, sh, eff) = cg.pair_shifts(s0, s1)?;
-                        let ok = cg.and(ok, on)?;
+                        let (ok, sh, eff) = cg.pair_shifts(s0, s1, on)?;
                         for (i, t) in [t0, t1].into_iter().enumerate() {
                             let o = cg.mul(t, cg.c64(bl))?;
                             let v = cg.load_i8xn(s8row, o, bl as u32)?;
-                            let shift = cg.select_i(on, sh[i], cg.c64(0))?;
-                            cg.store_vec(s8row, o, cg.shl_i8(v, shift)?)?;
-                            let sc = cg.select_f(on, eff[i], if i == 0 { s0 } else { s1 })?;
-                            cg.store(DType::F64, s64, t, sc.into())?;
+                            cg.store_vec(s8row, o, cg.shl_i8(v, sh[i])?)?;
+                            cg.store(DType::F64, s64, t, eff[i].into())?;
                         }
                         let flag = cg.b.build_int_z_extend(ok, cg.i8t(), "")?;
                         cg.store(DType::U8, pfrow, q, flag.into())
@@ -1779,7 +1779,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         cg.release(asb)?;
         cg.release(acs)?;
     }
-    if any_cpu {
+    if acl_used {
         cg.release(acl)?;
     }
     if pairs {
@@ -1800,6 +1800,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
 /// Columns per `cpu_row_dot` call of the single-row path: they share every
 /// activation load.
 const CPU_COLS: i64 = 4;
+
+/// Does `cpu_row_dot` read the activations' per-lane corrections (HiF4),
+/// or compute them from the codes in registers (MXFP4)?
+fn cpu_row_loads_corrections(f: Format) -> bool {
+    !matches!(f, Format::Mxfp4(_))
+}
 
 /// The unsigned offset of CPU-layout weight codes in `cpu_row_dot` (their
 /// largest magnitude before the HiF4 micro-exponent shifts).
@@ -1933,11 +1939,10 @@ fn cpu_row_dot<'c>(
             // registers (one `vpdpbusd` shared by the call's columns)
             // instead of another 64 bytes from L2. HiF4, busier per column
             // (micro-exponent shifts, scale lookups), loads them.
-            let cv = if matches!(f, Format::Mxfp4(_)) {
-                let sums = cg.vpdpbusd(i32x16.const_zero(), cg.splat_i8(woff as u8, 64), av)?;
-                cg.b.build_int_sub(i32x16.const_zero(), sums, "")?
-            } else {
+            let cv = if cpu_row_loads_corrections(f) {
                 cg.load_vec(a.corr, lb, i32x16, 4)?
+            } else {
+                cg.lane_corrections(woff as u8, av)?
             };
             let sa = cg.load_vec(a.scales, lb, f32x16, 4)?;
             for (c, hv) in halves.iter().enumerate() {
@@ -2441,9 +2446,9 @@ fn panel_gemm<'c>(
         // Pairing pays for its packing only when enough rows share it.
         let pairing = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
         let pairing32 = cg.b.build_int_z_extend(pairing, cg.i32t(), "")?;
-        for q in 0..npairs_max {
-            cg.store(DType::I32, pflag, cg.c64(q), pairing32.into())?;
-        }
+        cg.for_n(cg.c64(npairs_max), |cg, q| {
+            cg.store(DType::I32, pflag, q, pairing32.into())
+        })?;
         // Blocks `t .. t + nblk` (1, or a pair) of 16 columns.
         let pack = |cg: &mut Cg<'c>, u: IntValue<'c>, t: IntValue<'c>, nblk: i64| -> R<()> {
             cg.for_n(cg.c64(16), |cg, cc| {
