@@ -319,15 +319,13 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
             } else {
                 quant.config().map(|_| None)?
             };
-            if let Some(q) = qcfg.as_mut().filter(|_| calib.is_none()) {
-                // Without calibration inputs the search weighs every weight alike.
-                q.search_calibration = None;
-            }
-            if let Some(q) = qcfg.as_mut().filter(|q| crate::gptq::needs_calibration(q)) {
-                let c = calib.as_deref().ok_or(
-                    "--gptq/--smooth need --calib DIR|FILE.npz (a template for the calibration inputs)",
+            if let Some(q) = qcfg.as_mut() {
+                crate::gptq::prepare_if_needed(
+                    &model,
+                    q,
+                    calib.as_deref(),
+                    "--calib DIR|FILE.npz",
                 )?;
-                crate::gptq::prepare_model(&model, q, c)?;
             }
             let mut mixed = String::new();
             if let Some(t) = &auto_mixed {
@@ -475,14 +473,8 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
                     return Err(format!("output directory {} does not exist", dir.display()));
                 }
             }
-            if let Some(q) = qcfg.as_mut().filter(|_| inputs.is_none()) {
-                q.search_calibration = None;
-            }
-            if let Some(q) = qcfg.as_mut().filter(|q| crate::gptq::needs_calibration(q)) {
-                let d = inputs.as_deref().ok_or(
-                    "--gptq/--smooth need --inputs (a template for the calibration inputs)",
-                )?;
-                crate::gptq::prepare_model(&model, q, d)?;
+            if let Some(q) = qcfg.as_mut() {
+                crate::gptq::prepare_if_needed(&model, q, inputs.as_deref(), "--inputs")?;
             }
             let native = model.extension().is_some_and(|e| e == "so");
             let t = std::time::Instant::now();

@@ -550,15 +550,21 @@ pub fn with_wide_layers(
             .collect(),
         ..cfg.clone()
     };
+    fn keep<V: Clone>(
+        m: &HashMap<String, V>,
+        kept: impl Fn(&String) -> bool,
+    ) -> HashMap<String, V> {
+        m.iter()
+            .filter(|(k, _)| kept(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
     if let Some(g) = c.gptq.as_mut() {
-        let packed = g.packed.0.iter().filter(|(k, _)| kept(k));
-        g.packed = std::sync::Arc::new(lpc_passes::quant_policy::GptqWeights(
-            packed.map(|(k, v)| (k.clone(), v.clone())).collect(),
-        ));
+        let packed = keep(&g.packed.0, kept);
+        g.packed = std::sync::Arc::new(lpc_passes::quant_policy::GptqWeights(packed));
     }
     if let Some(s) = c.search_calibration.as_mut() {
-        let imp = s.importance.iter().filter(|(k, _)| kept(k));
-        s.importance = std::sync::Arc::new(imp.map(|(k, v)| (k.clone(), v.clone())).collect());
+        s.importance = std::sync::Arc::new(keep(&s.importance, kept));
     }
     c
 }

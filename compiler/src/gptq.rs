@@ -401,6 +401,27 @@ fn calibrate(
     Ok(GptqWeights(packed))
 }
 
+/// [`prepare_model`] when the configuration needs calibration. Without a
+/// template (`flag` names the option that gives one), the scale search
+/// weighs every weight alike, and `--gptq`/`--smooth` are an error.
+pub fn prepare_if_needed(
+    model: &Path,
+    cfg: &mut QuantConfig,
+    template: Option<&Path>,
+    flag: &str,
+) -> Result<(), String> {
+    if template.is_none() {
+        cfg.search_calibration = None;
+    }
+    if !needs_calibration(cfg) {
+        return Ok(());
+    }
+    let t = template.ok_or_else(|| {
+        format!("--gptq/--smooth need {flag} (a template for the calibration inputs)")
+    })?;
+    prepare_model(model, cfg, t)
+}
+
 /// [`prepare`] for a model file, with the template from `inputs`.
 pub fn prepare_model(model: &Path, cfg: &mut QuantConfig, inputs: &Path) -> Result<(), String> {
     if !needs_calibration(cfg) {

@@ -137,14 +137,16 @@ pub fn pack(g: &Graph, n: NodeId, codes: Codes) -> Result<Option<PackedWeight>, 
             p.to_vec()
         }
         Codes::Gptq(h, opt) => gptq_codes(node, f, &x, &l, h, opt)?,
-        Codes::Nearest if node.int("search") == Some(1) => {
-            f.quantize_search(&x, &l).map_err(|e| e.to_string())?
+        Codes::Nearest | Codes::Weighted(_) if node.int("search") == Some(1) => {
+            let w = match codes {
+                Codes::Weighted(w) => Some(w),
+                _ => None,
+            };
+            f.quantize_search_weighted(&x, &l, w)
+                .map_err(|e| format!("`{}`: {e}", node.name))?
         }
-        Codes::Weighted(w) if node.int("search") == Some(1) => f
-            .quantize_search_weighted(&x, &l, Some(w))
-            .map_err(|e| format!("`{}`: {e}", node.name))?,
-        Codes::Weighted(_) => f.quantize(&x, &l).map_err(|e| e.to_string())?,
-        Codes::Nearest => f.quantize(&x, &l).map_err(|e| e.to_string())?,
+        // Importances only steer the search.
+        Codes::Nearest | Codes::Weighted(_) => f.quantize(&x, &l).map_err(|e| e.to_string())?,
     };
     drop(x);
     let rows = shape[..shape.len() - 1].to_vec();
