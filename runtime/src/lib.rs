@@ -11,6 +11,7 @@
 
 pub mod formats;
 pub mod hadamard;
+pub mod math;
 
 pub use formats::{
     BlockFormat, Element, Format, FormatError, Hif4, Hif4Variant, Hif8, Hif8Rounding, Mxfp4,

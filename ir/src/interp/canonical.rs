@@ -2,6 +2,7 @@
 
 use super::value::{round_to, Data, TensorValue};
 use super::{OpCtx, R};
+use lpc_runtime::math::silu_f32;
 
 /// `lpc.linear(x, W_1, ..., W_n, bias?) {transposed, parts = n}`: `x · [W_1 | ...
 /// | W_n] (+ bias)` over the last axis of x; each W_i is `[in, out_i]`, or
@@ -76,7 +77,7 @@ pub fn silu(c: &OpCtx) -> R<Vec<TensorValue>> {
     let y = c
         .f32_in(0)?
         .iter()
-        .map(|&v| round_to(a.dtype, v * (1.0 / (1.0 + (-v).exp()))))
+        .map(|&v| round_to(a.dtype, silu_f32(v)))
         .collect();
     Ok(vec![TensorValue::with_dtype(
         a.dtype,
@@ -98,12 +99,7 @@ pub fn swiglu(c: &OpCtx) -> R<Vec<TensorValue>> {
     let y = g
         .iter()
         .zip(u)
-        .map(|(&v, &w)| {
-            round_to(
-                a.dtype,
-                round_to(a.dtype, v * (1.0 / (1.0 + (-v).exp()))) * w,
-            )
-        })
+        .map(|(&v, &w)| round_to(a.dtype, round_to(a.dtype, silu_f32(v)) * w))
         .collect();
     Ok(vec![TensorValue::with_dtype(
         a.dtype,

@@ -4,6 +4,7 @@ use super::util::{broadcast_index, broadcast_shapes, erf};
 use super::value::{is_float, round_to, Data, TensorValue};
 use super::{OpCtx, R};
 use crate::DType;
+use lpc_runtime::math;
 
 /// Applies `f` over the broadcast of `a` and `b`.
 fn zip2<A: Copy, B: Copy, T>(
@@ -230,12 +231,12 @@ pub fn unary(c: &OpCtx) -> R<Vec<TensorValue>> {
         "Neg" => Box::new(|v: f32| -v),
         "Abs" => Box::new(f32::abs),
         "Sqrt" => Box::new(f32::sqrt),
-        "Exp" => Box::new(f32::exp),
+        "Exp" => Box::new(math::exp_f32),
         "Log" => Box::new(f32::ln),
         "Sin" => Box::new(f32::sin),
         "Cos" => Box::new(f32::cos),
-        "Tanh" => Box::new(f32::tanh),
-        "Sigmoid" => Box::new(|v: f32| 1.0 / (1.0 + (-v).exp())),
+        "Tanh" => Box::new(math::tanh_f32),
+        "Sigmoid" => Box::new(math::sigmoid_f32),
         "Erf" => Box::new(|v: f32| erf(v as f64) as f32),
         "Relu" => Box::new(|v: f32| v.max(0.0)),
         "Reciprocal" => Box::new(|v: f32| 1.0 / v),

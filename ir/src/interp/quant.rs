@@ -227,7 +227,7 @@ pub fn qgemm(c: &OpCtx) -> R<Vec<TensorValue>> {
     };
     let act: fn(f32) -> f32 = match c.node.string("activation") {
         None => |v| v,
-        Some("silu") => |v| v * (1.0 / (1.0 + (-v).exp())),
+        Some("silu") => lpc_runtime::math::silu_f32,
         Some("gelu") => |v| {
             (0.5 * v as f64 * (1.0 + super::util::erf(v as f64 / std::f64::consts::SQRT_2))) as f32
         },

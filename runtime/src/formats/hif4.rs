@@ -1,7 +1,7 @@
 //! HiFloat4 (SPEC §3): 64-element units of S1P2 elements with an E6M2 scale and
 //! two levels of 1-bit micro-exponents (per 8 and per 4 elements).
 
-use super::bits::{bf16_round, lg, non_finite, pow2};
+use super::bits::{bf16_round, lg, non_finite, pack_nibbles, pow2};
 use super::BlockFormat;
 use std::str::FromStr;
 
@@ -147,15 +147,19 @@ impl BlockFormat for Hif4 {
 #[inline(always)]
 fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
     // Step 2: magnitudes, and signs s = 1 iff x < 0 (so -0.0 has s = 0).
-    let a: [f32; 64] = v.map(f32::abs);
+    // Magnitudes as bits: for finite non-negative floats the integer order
+    // is the float order, and integer maxima vectorize.
+    let ab: [u32; 64] = v.map(|e| e.to_bits() & 0x7FFF_FFFF);
+    let a: [f32; 64] = ab.map(f32::from_bits);
     let neg: [u8; 64] = v.map(|e| ((e < 0.0) as u8) << 3);
     // Step 3: maxima per subgroup of 4 and group of 8.
-    let v4: [f32; 16] = std::array::from_fn(|h| {
-        let s = &a[4 * h..4 * h + 4];
+    let m4: [u32; 16] = std::array::from_fn(|h| {
+        let s = &ab[4 * h..4 * h + 4];
         s[0].max(s[1]).max(s[2].max(s[3]))
     });
-    let v8: [f32; 8] = std::array::from_fn(|g| v4[2 * g].max(v4[2 * g + 1]));
-    let vmax = v8.iter().fold(0f32, |m, &v| m.max(v));
+    let m8: [u32; 8] = std::array::from_fn(|g| m4[2 * g].max(m4[2 * g + 1]));
+    let (v4, v8) = (m4.map(f32::from_bits), m8.map(f32::from_bits));
+    let vmax = f32::from_bits(m8.iter().fold(0u32, |m, &v| m.max(v)));
     // Step 4: scale seed sf = bf16(fl32(vmax · D7)), clamped.
     let sf = bf16_round(vmax * D7).clamp(S_MIN, S_MAX);
     // Step 5: E6M2 rounding, RNE on y = sf·2^(2-e) = 4 + t/32 in [4, 8).
@@ -178,8 +182,7 @@ fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
     let e1_16: [u8; 16] =
         std::array::from_fn(|h| (v4[h] * rec >= 2.0 * (1 + e1_8[h / 2]) as f32) as u8);
     // Step 8: elements, c = min(7, ⌊t·4 + 1/2⌋) for t = m·2^(-d), with the
-    // power of two built from bits (exact). Every value is >= 0.5, so
-    // truncation is floor; clamping at 8 first keeps the conversion in range.
+    // power of two built from bits (exact); every value is >= 0.5.
     let base = match variant {
         Hif4Variant::Consortium => 129, // 2^(2-d)
         Hif4Variant::Amct => 127,       // 2^(-d)
@@ -193,13 +196,13 @@ fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
         Hif4Variant::Consortium => {
             for i in 0..64 {
                 let y = (a[i] * rec) * pw[i] + 0.5;
-                nib[i] = neg[i] | (y.min(8.0) as u8).min(7);
+                nib[i] = neg[i] | floor_to_7(y);
             }
         }
         Hif4Variant::Amct => {
             for i in 0..64 {
                 let y = 4.0 * bf16_round((a[i] * rec) * pw[i]) + 0.5;
-                nib[i] = neg[i] | (y.min(8.0) as u8).min(7);
+                nib[i] = neg[i] | floor_to_7(y);
             }
         }
     }
@@ -213,8 +216,21 @@ fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
     }
     Hif4Unit {
         meta,
-        data: std::array::from_fn(|k| nib[2 * k] | nib[2 * k + 1] << 4),
+        data: pack_nibbles(&nib),
     }
+}
+
+/// `min(7, ⌊y⌋)` for `y >= 0` as a count of comparisons (they vectorize;
+/// a saturating float-to-int cast does not).
+#[inline(always)]
+fn floor_to_7(y: f32) -> u8 {
+    (y >= 1.0) as u8
+        + (y >= 2.0) as u8
+        + (y >= 3.0) as u8
+        + (y >= 4.0) as u8
+        + (y >= 5.0) as u8
+        + (y >= 6.0) as u8
+        + (y >= 7.0) as u8
 }
 
 /// Step 1: non-finite elements poison the unit; the filler is the encoding

@@ -1,6 +1,6 @@
 //! MXFP4, OCP MX v1.0 (SPEC §2): 32 E2M1 elements sharing one E8M0 scale.
 
-use super::bits::{non_finite, pow2};
+use super::bits::{non_finite, pack_nibbles, pow2};
 use super::BlockFormat;
 use std::str::FromStr;
 
@@ -161,13 +161,9 @@ fn encode_finite(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> Mxfp4Blo
         let r = f32::from_bits(b & 0x7FFF_FFFF) * inv;
         *c = ((b >> 31) as u8) << 3 | magnitude_code(r, mode);
     }
-    let mut data = [0u8; 16];
-    for (d, pair) in data.iter_mut().zip(codes.chunks_exact(2)) {
-        *d = pair[0] | pair[1] << 4;
-    }
     Mxfp4Block {
         scale: e as u8,
-        data,
+        data: pack_nibbles(&codes),
     }
 }
 

@@ -217,9 +217,67 @@ impl<'c> Cg<'c> {
     }
     pub fn sigmoid(&self, x: FloatValue<'c>) -> R<FloatValue<'c>> {
         let nx = self.b.build_float_neg(x, "")?;
-        let e = self.math_f32("exp", nx)?;
+        let e = self.exp_fast(nx)?;
         let d = self.fadd(self.cf32(1.0), e)?;
         self.fdiv(self.cf32(1.0), d)
+    }
+    fn f32_intrinsic(&self, name: &str, args: &[FloatValue<'c>]) -> R<FloatValue<'c>> {
+        let args: Vec<_> = args.iter().map(|a| (*a).into()).collect();
+        Ok(self
+            .intrinsic(name, &[self.f32t().into()], &args)?
+            .into_float_value())
+    }
+    /// `lpc_runtime::math::exp_f32`: the same operations in the same
+    /// order (no call, no table: loops over it vectorize).
+    pub fn exp_fast(&self, x: FloatValue<'c>) -> R<FloatValue<'c>> {
+        use lpc_runtime::math::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO};
+        let fma = |a, b, c| self.f32_intrinsic("llvm.fma", &[a, b, c]);
+        let lo = self.f32_intrinsic("llvm.maxnum", &[x, self.cf32(EXP_MIN)])?;
+        let c = self.f32_intrinsic("llvm.minnum", &[lo, self.cf32(EXP_MAX)])?;
+        let t = self.fmul(c, self.cf32(std::f32::consts::LOG2_E))?;
+        let n = self.f32_intrinsic("llvm.roundeven", &[t])?;
+        let r = fma(n, self.cf32(-LN2_HI), c)?;
+        let r = fma(n, self.cf32(-LN2_LO), r)?;
+        let mut p = self.cf32(EXP_POLY[0]);
+        for &k in &EXP_POLY[1..] {
+            p = fma(p, r, self.cf32(k))?;
+        }
+        let i32t = self.i32t();
+        let ni = self.b.build_float_to_signed_int(n, i32t, "")?;
+        let n1 = self
+            .b
+            .build_right_shift(ni, i32t.const_int(1, false), true, "")?;
+        let n2 = self.b.build_int_sub(ni, n1, "")?;
+        let pow2 = |e: IntValue<'c>| -> R<FloatValue<'c>> {
+            let biased = self.b.build_int_add(e, i32t.const_int(127, false), "")?;
+            let bits = self
+                .b
+                .build_left_shift(biased, i32t.const_int(23, false), "")?;
+            Ok(self
+                .b
+                .build_bit_cast(bits, self.f32t(), "")?
+                .into_float_value())
+        };
+        let y = self.fmul(self.fmul(p, pow2(n1)?)?, pow2(n2)?)?;
+        let nan = self.fcmp(FloatPredicate::UNO, x, x)?;
+        self.select_f(nan, x, y)
+    }
+    /// `lpc_runtime::math::tanh_f32`, operation for operation.
+    pub fn tanh_fast(&self, x: FloatValue<'c>) -> R<FloatValue<'c>> {
+        use lpc_runtime::math::{TANH_POLY, TANH_SMALL};
+        let a = self.f32_intrinsic("llvm.fabs", &[x])?;
+        let a2 = self.fmul(a, a)?;
+        let mut q = self.cf32(TANH_POLY[0]);
+        for &k in &TANH_POLY[1..] {
+            q = self.f32_intrinsic("llvm.fma", &[q, a2, self.cf32(k)])?;
+        }
+        let small = self.f32_intrinsic("llvm.fma", &[self.fmul(q, a2)?, a, a])?;
+        let t = self.exp_fast(self.fmul(self.cf32(-2.0), a)?)?;
+        let one = self.cf32(1.0);
+        let big = self.fdiv(self.fsub(one, t)?, self.fadd(one, t)?)?;
+        let is_small = self.fcmp(FloatPredicate::OLT, a, self.cf32(TANH_SMALL))?;
+        let y = self.select_f(is_small, small, big)?;
+        self.f32_intrinsic("llvm.copysign", &[y, x])
     }
     /// GELU, erf form (`tanh = false`) or tanh form, computed in f32.
     pub fn gelu(&self, x: FloatValue<'c>, tanh: bool) -> R<FloatValue<'c>> {
@@ -227,7 +285,7 @@ impl<'c> Cg<'c> {
             let x3 = self.fmul(self.fmul(x, x)?, x)?;
             let t = self.fadd(x, self.fmul(self.cf32(0.044715), x3)?)?;
             let u = self.fmul(self.cf32((2.0 / std::f32::consts::PI).sqrt()), t)?;
-            self.math_f32("tanh", u)?
+            self.tanh_fast(u)?
         } else {
             let u = self.fmul(x, self.cf32(std::f32::consts::FRAC_1_SQRT_2))?;
             self.math_f32("erf", u)?
@@ -241,7 +299,9 @@ impl<'c> Cg<'c> {
         Ok(match op {
             "Neg" => self.b.build_float_neg(x, "")?,
             "Abs" => self.math_f32("fabs", x)?,
-            "Sqrt" | "Exp" | "Log" | "Sin" | "Cos" | "Floor" | "Ceil" | "Tanh" | "Erf" => {
+            "Exp" => self.exp_fast(x)?,
+            "Tanh" => self.tanh_fast(x)?,
+            "Sqrt" | "Log" | "Sin" | "Cos" | "Floor" | "Ceil" | "Erf" => {
                 self.math_f32(&op.to_ascii_lowercase(), x)?
             }
             "Sigmoid" => self.sigmoid(x)?,

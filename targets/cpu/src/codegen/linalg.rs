@@ -792,9 +792,57 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
     }
     let y = cg.alloc(DType::F32, cg.mul(rows, ntot)?)?;
     for (w, nn, off) in ws {
+        let shape = GemmShape {
+            rows,
+            k,
+            n: nn,
+            ldy: ntot,
+            off,
+        };
+        gemm_f32(cg, x.ptr, w.ptr, y, shape, tr, bias.as_ref().map(|b| b.ptr))?;
+    }
+    let mut dims = x.dims.clone();
+    *dims.last_mut().expect("rank >= 1") = ntot;
+    Ok(Val {
+        ptr: y,
+        dims,
+        dt: DType::F32,
+    })
+}
+
+/// The shape of one [`gemm_f32`]: `rows × k` activations, `n` output
+/// columns written at column `off` of output rows `ldy` long.
+#[derive(Clone, Copy)]
+struct GemmShape<'c> {
+    rows: IntValue<'c>,
+    k: IntValue<'c>,
+    n: IntValue<'c>,
+    ldy: IntValue<'c>,
+    off: IntValue<'c>,
+}
+
+/// `y[r, off + j] = Σ_t x[r, t] · W[t, j] (+ bias[off + j])` in f32, W
+/// `[k, n]`, or `[n, k]` when `tr`; parallel over the columns.
+fn gemm_f32<'c>(
+    cg: &mut Cg<'c>,
+    xptr: PointerValue<'c>,
+    wptr: PointerValue<'c>,
+    y: PointerValue<'c>,
+    shape: GemmShape<'c>,
+    tr: bool,
+    bias: Option<PointerValue<'c>>,
+) -> R<()> {
+    let GemmShape {
+        rows,
+        k,
+        n: nn,
+        ldy: ntot,
+        off,
+    } = shape;
+    {
         let mut caps: Vec<BasicValueEnum> = vec![
-            x.ptr.into(),
-            w.ptr.into(),
+            xptr.into(),
+            wptr.into(),
             y.into(),
             rows.into(),
             k.into(),
@@ -802,8 +850,8 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
             ntot.into(),
             off.into(),
         ];
-        if let Some(b) = &bias {
-            caps.push(b.ptr.into());
+        if let Some(b) = bias {
+            caps.push(b.into());
         }
         let has_bias = bias.is_some();
         cg.parallel_for(nn, &caps, |cg, c, lo, hi| {
@@ -977,15 +1025,8 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
                 }
                 Ok(())
             })
-        })?;
+        })
     }
-    let mut dims = x.dims.clone();
-    *dims.last_mut().expect("rank >= 1") = ntot;
-    Ok(Val {
-        ptr: y,
-        dims,
-        dt: DType::F32,
-    })
 }
 
 /// Bytes of activation codes and scales a `qgemm` row block may take: half
@@ -3024,27 +3065,31 @@ fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let y = cg.alloc(DType::F32, cg.product(&dims)?)?;
     let cpg = cg.sdiv(co, cg.c64(g))?;
     let xst = cg.strides(&x.dims)?;
-    let wst = cg.strides(&w.dims)?;
-    let yst = cg.strides(&dims)?;
-    let acc = cg.slot(cg.f32t().into(), cg.cf32(0.0).into())?;
-    cg.for_nd(&dims.clone(), &mut |cg, oi| {
-        let (b, oc) = (oi[0], oi[1]);
-        let grp = cg.sdiv(oc, cpg)?;
-        let init = match &bias {
-            Some(bv) => cg.load_f32(bv.ptr, oc)?,
-            None => cg.cf32(0.0),
-        };
-        cg.b.build_store(acc, init)?;
-        let mut loops = vec![cig];
-        loops.extend(&ks);
-        cg.for_nd(&loops, &mut |cg, ki| {
+    // Per group, as a GEMM: the group's input patches (im2col, zeros in the
+    // padding) as rows `(b, position)` of `cig · Π ks` values, times the
+    // group's weights `[cpg, cig · Π ks]` (transposed form: dot products
+    // along the patch), then moved to `[b, channel, position]`.
+    let npos = cg.product(&os)?;
+    let kg = cg.mul(cig, cg.product(&ks)?)?;
+    let prow = cg.mul(nb, npos)?;
+    let col = cg.alloc(DType::F32, cg.mul(prow, kg)?)?;
+    let gout = cg.alloc(DType::F32, cg.mul(prow, cpg)?)?;
+    let mut loops = vec![nb];
+    loops.extend(&os);
+    loops.push(cig);
+    loops.extend(&ks);
+    let lst = cg.strides(&loops)?;
+    cg.for_n(cg.c64(g), |cg, grp| {
+        // C order over `loops` is the patch matrix's own order.
+        cg.for_nd(&loops, &mut |cg, li| {
+            let (b, oi, ki) = (li[0], &li[1..1 + sp], &li[1 + sp..]);
             let ic = cg.add(cg.mul(grp, cig)?, ki[0])?;
             let mut inside = cg.cx.bool_type().const_int(1, false);
             let mut xo = cg.add(cg.mul(b, xst[0])?, cg.mul(ic, xst[1])?)?;
             for d in 0..sp {
                 let pos = cg.sub(
                     cg.add(
-                        cg.mul(oi[2 + d], cg.c64(strides[d]))?,
+                        cg.mul(oi[d], cg.c64(strides[d]))?,
                         cg.mul(ki[1 + d], cg.c64(dil[d]))?,
                     )?,
                     cg.c64(pads[d]),
@@ -3057,20 +3102,33 @@ fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let posc = cg.select_i(inb, pos, cg.c64(0))?;
                 xo = cg.add(xo, cg.mul(posc, xst[2 + d])?)?;
             }
-            let mut wo = cg.add(cg.mul(oc, wst[0])?, cg.mul(ki[0], wst[1])?)?;
-            for d in 0..sp {
-                wo = cg.add(wo, cg.mul(ki[1 + d], wst[2 + d])?)?;
-            }
             let xv = cg.load_f32(x.ptr, xo)?;
             let xv = cg.select_f(inside, xv, cg.cf32(0.0))?;
-            let wv = cg.load_f32(w.ptr, wo)?;
-            let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
-            cg.b.build_store(acc, cg.fadd(s, cg.fmul(xv, wv)?)?)?;
-            Ok(())
+            cg.store(DType::F32, col, cg.offset(li, &lst)?, xv.into())
         })?;
-        let s = cg.b.build_load(cg.f32t(), acc, "")?;
-        cg.store(DType::F32, y, cg.offset(oi, &yst)?, s)
+        let wg = cg.gep(DType::F32, w.ptr, cg.mul(cg.mul(grp, cpg)?, kg)?)?;
+        let shape = GemmShape {
+            rows: prow,
+            k: kg,
+            n: cpg,
+            ldy: cpg,
+            off: cg.c64(0),
+        };
+        gemm_f32(cg, col, wg, gout, shape, true, None)?;
+        cg.for_nd(&[nb, npos, cpg], &mut |cg, i| {
+            let (b, pos, oc) = (i[0], i[1], i[2]);
+            let ch = cg.add(cg.mul(grp, cpg)?, oc)?;
+            let src = cg.add(cg.mul(cg.add(cg.mul(b, npos)?, pos)?, cpg)?, oc)?;
+            let mut v = cg.load_f32(gout, src)?;
+            if let Some(bv) = &bias {
+                v = cg.fadd(v, cg.load_f32(bv.ptr, ch)?)?;
+            }
+            let dst = cg.add(cg.mul(cg.add(cg.mul(b, co)?, ch)?, npos)?, pos)?;
+            cg.store(DType::F32, y, dst, v.into())
+        })
     })?;
+    cg.release(col)?;
+    cg.release(gout)?;
     Ok(Val {
         ptr: y,
         dims,

@@ -64,31 +64,20 @@ impl<'c> Cg<'c> {
         };
         let f64t = self.f64t();
         let acc = self.slot(f64t.into(), self.cf64(0.0).into())?;
+        let v8d = f64t.vec_type(8);
+        let vacc = self.slot(v8d.into(), v8d.const_zero().into())?;
         let (xp, sp, bp) = (x.ptr, scale.ptr, bias.map(|b| b.ptr));
         self.for_n(rows, |cg, r| {
             let base = cg.mul(r, n)?;
             let nf = cg.si_to_f64(n)?;
             let mean = if center {
-                cg.b.build_store(acc, cg.cf64(0.0))?;
-                cg.for_n(n, |cg, j| {
-                    let v = cg.fext(cg.load_f32(xp, cg.add(base, j)?)?)?;
-                    let a = cg.b.build_load(f64t, acc, "")?.into_float_value();
-                    cg.b.build_store(acc, cg.fadd(a, v)?)?;
-                    Ok(())
-                })?;
-                let s = cg.b.build_load(f64t, acc, "")?.into_float_value();
+                let s = cg.sum_f64(xp, base, n, None, (acc, vacc))?;
                 cg.fdiv(s, nf)?
             } else {
                 cg.cf64(0.0)
             };
-            cg.b.build_store(acc, cg.cf64(0.0))?;
-            cg.for_n(n, |cg, j| {
-                let v = cg.fsub(cg.fext(cg.load_f32(xp, cg.add(base, j)?)?)?, mean)?;
-                let a = cg.b.build_load(f64t, acc, "")?.into_float_value();
-                cg.b.build_store(acc, cg.fadd(a, cg.fmul(v, v)?)?)?;
-                Ok(())
-            })?;
-            let var = cg.fdiv(cg.b.build_load(f64t, acc, "")?.into_float_value(), nf)?;
+            let ss2 = cg.sum_f64(xp, base, n, Some(mean), (acc, vacc))?;
+            let var = cg.fdiv(ss2, nf)?;
             let e = cg.fadd(var, cg.cf64(eps as f64))?;
             let sq = cg
                 .intrinsic("llvm.sqrt", &[f64t.into()], &[e.into()])?
@@ -379,6 +368,74 @@ impl<'c> Cg<'c> {
             )?
             .into_float_value();
         self.fext(r)
+    }
+
+    /// `Σ x[xo + t]` over `n` f32 elements in f64, or `Σ (x[xo + t] - m)²`
+    /// with `centre = Some(m)`: eight f64 lanes at a time (in the scratch
+    /// slots `(scalar, vector)`), the rest one by one, the lanes summed last.
+    fn sum_f64(
+        &mut self,
+        x: PointerValue<'c>,
+        xo: IntValue<'c>,
+        n: IntValue<'c>,
+        centre: Option<FloatValue<'c>>,
+        (sacc, vacc): (PointerValue<'c>, PointerValue<'c>),
+    ) -> R<FloatValue<'c>> {
+        let f64t = self.f64t();
+        let (v8f, v8d) = (self.f32t().vec_type(8), f64t.vec_type(8));
+        self.b.build_store(vacc, v8d.const_zero())?;
+        self.b.build_store(sacc, self.cf64(0.0))?;
+        let cv = match centre {
+            Some(m) => {
+                let ins = self.b.build_insert_element(
+                    v8d.get_undef(),
+                    m,
+                    self.i32t().const_zero(),
+                    "",
+                )?;
+                let z = inkwell::types::VectorType::const_vector(&[self.i32t().const_zero(); 8]);
+                Some(self.b.build_shuffle_vector(ins, v8d.get_undef(), z, "")?)
+            }
+            None => None,
+        };
+        let chunks = self.sdiv(n, self.c64(8))?;
+        self.for_n(chunks, |cg, c| {
+            let q = cg.gep(DType::F32, x, cg.add(xo, cg.mul(c, cg.c64(8))?)?)?;
+            let xv = cg.b.build_load(v8f, q, "")?.into_vector_value();
+            if let Some(i) = xv.as_instruction() {
+                let _ = i.set_alignment(4);
+            }
+            let mut xd = cg.b.build_float_ext(xv, v8d, "")?;
+            let a = cg.b.build_load(v8d, vacc, "")?.into_vector_value();
+            let r = match cv {
+                Some(m) => {
+                    xd = cg.b.build_float_sub(xd, m, "")?;
+                    cg.b.build_float_add(a, cg.b.build_float_mul(xd, xd, "")?, "")?
+                }
+                None => cg.b.build_float_add(a, xd, "")?,
+            };
+            cg.b.build_store(vacc, r)?;
+            Ok(())
+        })?;
+        self.for_range(self.mul(chunks, self.c64(8))?, n, |cg, t| {
+            let mut v = cg.fext(cg.load_f32(x, cg.add(xo, t)?)?)?;
+            if let Some(m) = centre {
+                v = cg.fsub(v, m)?;
+                v = cg.fmul(v, v)?;
+            }
+            let a = cg.b.build_load(f64t, sacc, "")?.into_float_value();
+            cg.b.build_store(sacc, cg.fadd(a, v)?)?;
+            Ok(())
+        })?;
+        let v = self.b.build_load(v8d, vacc, "")?;
+        let s = self.b.build_load(f64t, sacc, "")?;
+        Ok(self
+            .intrinsic(
+                "llvm.vector.reduce.fadd",
+                &[v8d.into()],
+                &[s.into(), v.into()],
+            )?
+            .into_float_value())
     }
 
     /// `acc[t] += p · x[xo + t]` over `n` elements (acc f64, x f32), eight

@@ -7,6 +7,7 @@
 
 use lpc_ir::Dim;
 use lpc_runtime::formats::{hif4, hif8, mxfp4, rowscale, AxisLayout};
+use lpc_runtime::math::silu_f32 as silu;
 use lpc_runtime::{hadamard, Format};
 use lpc_target_cpu::bench::{qgemm_graph, OpLib, QgemmSpec};
 use lpc_target_cpu::CpuTarget;
@@ -38,10 +39,6 @@ struct Case {
 fn quant_rows(f: Format, x: &[f32], rows: usize, k: usize) -> Vec<u8> {
     let l = f.layout(&[rows, k], -1, true).unwrap();
     f.quantize(x, &l).unwrap()
-}
-
-fn silu(v: f32) -> f32 {
-    v * (1.0 / (1.0 + (-v).exp()))
 }
 
 fn run_case(c: &Case, seed: u64) {
