@@ -33,6 +33,10 @@ struct Case {
     bias: bool,
     residual: bool,
     act: Option<&'static str>,
+    /// One scale level everywhere but one activation block (row 7) and
+    /// one weight block (column 50): MXFP4 then pairs nearly every block
+    /// pair, so the panel GEMM's unchecked tiles run beside checked ones.
+    uniform: bool,
 }
 
 /// The reference: activation rows packed with the runtime's codec.
@@ -49,12 +53,27 @@ fn run_case(c: &Case, seed: u64) {
     // of each other (the panel GEMM pairs those blocks) and sometimes not.
     let x: Vec<f32> = (0..m * k)
         .map(|i| {
-            let b = 2f32.powi(((i / 32) % 5) as i32 * 2 - 4);
+            let b = if !c.uniform {
+                2f32.powi(((i / 32) % 5) as i32 * 2 - 4)
+            } else if i / k == 7 && (i % k) / 32 == 1 {
+                64.0
+            } else {
+                1.0
+            };
             rng.f() * if i % 7 == 0 { 8.0 } else { 1.0 } * b
         })
         .collect();
     let w: Vec<f32> = (0..n * k)
-        .map(|i| rng.f() * 0.05 * 2f32.powi(((i / 32) % 3) as i32 * 2))
+        .map(|i| {
+            let b = if !c.uniform {
+                2f32.powi(((i / 32) % 3) as i32 * 2)
+            } else if i / k == 50 && i % k < 32 {
+                64.0
+            } else {
+                1.0
+            };
+            rng.f() * 0.05 * b
+        })
         .collect();
     let bias: Vec<f32> = (0..n).map(|_| rng.f()).collect();
     let res: Vec<f32> = (0..m * n).map(|_| rng.f()).collect();
@@ -193,6 +212,7 @@ fn qgemm_matches_the_reference_block_dot_products() {
                         bias,
                         residual,
                         act,
+                        uniform: false,
                     },
                     seed,
                 );
@@ -213,6 +233,7 @@ fn qgemm_matches_the_reference_block_dot_products() {
                     bias: true,
                     residual: false,
                     act: None,
+                    uniform: false,
                 },
                 seed,
             );
@@ -245,6 +266,27 @@ fn qgemm_matches_the_reference_block_dot_products() {
                     bias: true,
                     residual: true,
                     act: Some("silu"),
+                    uniform: false,
+                },
+                seed,
+            );
+        }
+        // Nearly every pair pairs: tiles and panels that pair all their
+        // block pairs (run unchecked) beside a tile and a panel that do not.
+        for &(m, k, n) in &[(70, 224, 100), (67, 1152, 60)] {
+            seed += 1;
+            run_case(
+                &Case {
+                    f,
+                    m,
+                    k,
+                    n,
+                    rotate: 0,
+                    scaled,
+                    bias: true,
+                    residual: false,
+                    act: None,
+                    uniform: true,
                 },
                 seed,
             );
