@@ -31,6 +31,13 @@ struct Shared {
     done: Mutex<()>,
     done_cv: Condvar,
     shutdown: AtomicU64,
+    /// Workers parked on `wake` (changed under the `job` lock): the
+    /// submitter wakes them only when there are some, so a job posted
+    /// while they spin costs no system call.
+    sleepers: AtomicU64,
+    /// The submitter is parked on `done_cv`: only then does the worker
+    /// that finishes the last chunk take the lock and notify.
+    waiting: AtomicU64,
 }
 
 /// The pool; `threads - 1` workers plus the calling thread.
@@ -60,7 +67,11 @@ fn run_chunks(s: &Shared, job: &Job) {
         // SAFETY: the generated body accepts any sub-range of [0, n), and
         // ranges handed out here are disjoint.
         unsafe { (job.body)(job.env as *mut c_void, lo, hi) };
-        if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst pairs with the submitter's store of `waiting` and load of
+        // `remaining`: one of the two sees the other's write.
+        if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1
+            && s.waiting.load(Ordering::SeqCst) != 0
+        {
             let _g = s.done.lock().unwrap_or_else(|e| e.into_inner());
             s.done_cv.notify_all();
         }
@@ -81,7 +92,9 @@ fn worker(s: Arc<Shared>) {
             let mut g = s.job.lock().unwrap_or_else(|e| e.into_inner());
             while s.epoch.load(Ordering::Acquire) == seen && s.shutdown.load(Ordering::Acquire) == 0
             {
+                s.sleepers.fetch_add(1, Ordering::Relaxed);
                 g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_sub(1, Ordering::Relaxed);
             }
         }
         if s.shutdown.load(Ordering::Acquire) != 0 {
@@ -105,6 +118,8 @@ impl Pool {
             done: Mutex::new(()),
             done_cv: Condvar::new(),
             shutdown: AtomicU64::new(0),
+            sleepers: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
         });
         let workers = (1..threads)
             .filter_map(|_| {
@@ -161,7 +176,10 @@ impl Pool {
             let mut g = s.job.lock().unwrap_or_else(|e| e.into_inner());
             *g = Some(job.clone());
             s.epoch.fetch_add(1, Ordering::AcqRel);
-            s.wake.notify_all();
+            // Sleepers count under this lock, so none is missed.
+            if s.sleepers.load(Ordering::Relaxed) > 0 {
+                s.wake.notify_all();
+            }
         }
         run_chunks(s, &job);
         // Wait for the others: spin briefly, then park.
@@ -172,12 +190,14 @@ impl Pool {
                 continue;
             }
             let g = s.done.lock().unwrap_or_else(|e| e.into_inner());
-            if job.remaining.load(Ordering::Acquire) > 0 {
+            s.waiting.store(1, Ordering::SeqCst);
+            if job.remaining.load(Ordering::SeqCst) > 0 {
                 let _ = s
                     .done_cv
                     .wait_timeout(g, Duration::from_millis(1))
                     .unwrap_or_else(|e| e.into_inner());
             }
+            s.waiting.store(0, Ordering::SeqCst);
         }
     }
 }

@@ -187,10 +187,10 @@ fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
         Hif4Variant::Consortium => 129, // 2^(2-d)
         Hif4Variant::Amct => 127,       // 2^(-d)
     };
-    let mut pw = [0f32; 64];
-    for i in 0..64 {
-        pw[i] = f32::from_bits((base - (e1_8[i / 8] + e1_16[i / 4]) as u32) << 23);
-    }
+    // Per subgroup of 4 (u32 lanes: spreading them over the elements is a
+    // permute, where u8 lanes were byte inserts).
+    let d4: [u32; 16] = std::array::from_fn(|h| (e1_8[h / 2] + e1_16[h]) as u32);
+    let pw: [f32; 64] = std::array::from_fn(|i| f32::from_bits((base - d4[i / 4]) << 23));
     let mut nib = [0u8; 64];
     match variant {
         Hif4Variant::Consortium => {
