@@ -854,11 +854,16 @@ fn gemm_f32<'c>(
             caps.push(b.into());
         }
         let has_bias = bias.is_some();
-        cg.parallel_for(nn, &caps, |cg, c, lo, hi| {
+        // Threads split whole 64-column panels (a split inside one would send
+        // its columns down the scalar tail).
+        let npan = cg.sdiv(cg.add(nn, cg.c64(63))?, cg.c64(64))?;
+        cg.parallel_for(npan, &caps, |cg, c, plo, phi| {
             let p = |i: usize| c[i].into_pointer_value();
             let i = |j: usize| c[j].into_int_value();
             let (xp, wp, yp) = (p(0), p(1), p(2));
             let (rows, k, nn, ntot, off) = (i(3), i(4), i(5), i(6), i(7));
+            let lo = cg.mul(plo, cg.c64(64))?;
+            let hi = cg.smin(cg.mul(phi, cg.c64(64))?, nn)?;
             let acc = cg.b.build_alloca(cg.f32t(), "acc")?;
             let vaccs: Vec<PointerValue> = (0..4)
                 .map(|_| cg.b.build_alloca(cg.f32t().vec_type(16), "vacc"))
