@@ -94,6 +94,8 @@ pub struct Model {
     /// Buffers of the previous run's outputs, owned until the next run.
     outputs: Vec<(*mut u8, usize)>,
     pool: Pool,
+    /// The run's live-buffer map, kept between runs for its capacity.
+    live: WordMap<usize>,
     /// Set while a run is in progress (runs on one model must not overlap).
     busy: std::sync::atomic::AtomicBool,
     /// Where the kernels of a `--target cuda` library run, and its weights
@@ -111,12 +113,36 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Hashes one word (a pointer or a size) with a multiply and a fold: the
+/// buffer maps are looked up several times per op, and the default SipHash
+/// cost more than the rest of the lookup. The fold brings high bits down,
+/// as pointers' low bits are zero.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+    fn write_usize(&mut self, x: usize) {
+        let h = (x as u64 ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+type WordMap<V> = HashMap<usize, V, std::hash::BuildHasherDefault<WordHasher>>;
+
 /// Freed buffers by size, reused by later allocations of the same size (a
 /// model's calls repeat the same sizes). With a CUDA device, buffers are
 /// managed memory.
 #[derive(Default, Debug)]
 struct Pool {
-    free: HashMap<usize, Vec<*mut u8>>,
+    free: WordMap<Vec<*mut u8>>,
     device: Option<std::sync::Arc<gpu::Device>>,
 }
 
@@ -160,7 +186,7 @@ impl Drop for Pool {
 /// The state of one `lpc_model_run` call, passed to generated code.
 #[derive(Debug)]
 pub struct RunCtx {
-    live: HashMap<usize, usize>,
+    live: WordMap<usize>,
     pool: Pool,
     workers: std::sync::Arc<pool::Pool>,
     error: Option<String>,
@@ -585,6 +611,7 @@ unsafe fn load_model(
             workers: std::sync::Arc::new(pool::Pool::new(threads_from(opts))),
             outputs: Vec::new(),
             pool: Pool::default(),
+            live: WordMap::default(),
             busy: std::sync::atomic::AtomicBool::new(false),
             device: None,
             device_weights: None,
@@ -785,7 +812,7 @@ unsafe fn run_inner(
     }
     // The previous outputs go back to the pool.
     let mut ctx = RunCtx {
-        live: HashMap::new(),
+        live: std::mem::take(&mut m.live),
         pool: std::mem::take(&mut m.pool),
         workers: m.workers.clone(),
         error: None,
@@ -857,6 +884,7 @@ unsafe fn run_inner(
         ctx.pool.put(p as *mut u8, b);
     }
     m.pool = std::mem::take(&mut ctx.pool);
+    m.live = std::mem::take(&mut ctx.live);
     result
 }
 

@@ -839,199 +839,195 @@ fn gemm_f32<'c>(
         ldy: ntot,
         off,
     } = shape;
-    {
-        let mut caps: Vec<BasicValueEnum> = vec![
-            xptr.into(),
-            wptr.into(),
-            y.into(),
-            rows.into(),
-            k.into(),
-            nn.into(),
-            ntot.into(),
-            off.into(),
-        ];
-        if let Some(b) = bias {
-            caps.push(b.into());
-        }
-        let has_bias = bias.is_some();
-        // Threads split whole 64-column panels (a split inside one would send
-        // its columns down the scalar tail).
-        let npan = cg.sdiv(cg.add(nn, cg.c64(63))?, cg.c64(64))?;
-        cg.parallel_for(npan, &caps, |cg, c, plo, phi| {
-            let p = |i: usize| c[i].into_pointer_value();
-            let i = |j: usize| c[j].into_int_value();
-            let (xp, wp, yp) = (p(0), p(1), p(2));
-            let (rows, k, nn, ntot, off) = (i(3), i(4), i(5), i(6), i(7));
-            let lo = cg.mul(plo, cg.c64(64))?;
-            let hi = cg.smin(cg.mul(phi, cg.c64(64))?, nn)?;
-            let acc = cg.b.build_alloca(cg.f32t(), "acc")?;
-            let vaccs: Vec<PointerValue> = (0..4)
-                .map(|_| cg.b.build_alloca(cg.f32t().vec_type(16), "vacc"))
-                .collect::<Result<_, _>>()?;
-            let f32x16 = cg.f32t().vec_type(16);
-            // W as [K, N]: panels of 64 columns × tiles of 4 rows, 16
-            // accumulators in registers over all of K (each W vector loaded
-            // once per tile, x broadcast): the panel's slice of W is read
-            // once per 4 rows, not once per row.
-            let panels = cg.sdiv(cg.sub(hi, lo)?, cg.c64(64))?;
-            let quads = if tr {
-                cg.c64(0)
-            } else {
-                cg.sdiv(rows, cg.c64(4))?
-            };
-            let taccs: Vec<PointerValue> = if tr {
-                Vec::new()
-            } else {
-                (0..16)
-                    .map(|_| cg.b.build_alloca(f32x16, "tacc"))
-                    .collect::<Result<_, _>>()?
-            };
-            if !tr {
-                cg.for_n(panels, |cg, pn| {
-                    let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
-                    cg.for_n(quads, |cg, q| {
-                        let r0 = cg.mul(q, cg.c64(4))?;
-                        for a in &taccs {
-                            cg.b.build_store(*a, f32x16.const_zero())?;
-                        }
-                        cg.for_n(k, |cg, t| {
-                            let wrow = cg.add(cg.mul(t, nn)?, j)?;
-                            let wv: Vec<VectorValue> = (0..4)
-                                .map(|u| {
-                                    let o = cg.mul(cg.add(wrow, cg.c64(16 * u))?, cg.c64(4))?;
-                                    cg.load_vec_f32(wp, o, 16)
-                                })
-                                .collect::<R<_>>()?;
-                            for rr in 0..4 {
-                                let xi = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, k)?, t)?;
-                                let a = cg.splat_f32(cg.load_f32(xp, xi)?, 16)?;
-                                for (u, w) in wv.iter().enumerate() {
-                                    let acc = taccs[rr as usize * 4 + u];
-                                    let s = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
-                                    cg.b.build_store(acc, cg.fma_vec(a, *w, s)?)?;
-                                }
-                            }
-                            Ok(())
-                        })?;
+    let mut caps: Vec<BasicValueEnum> = vec![
+        xptr.into(),
+        wptr.into(),
+        y.into(),
+        rows.into(),
+        k.into(),
+        nn.into(),
+        ntot.into(),
+        off.into(),
+    ];
+    if let Some(b) = bias {
+        caps.push(b.into());
+    }
+    let has_bias = bias.is_some();
+    // Threads split whole 64-column panels (a split inside one would send
+    // its columns down the scalar tail).
+    let npan = cg.sdiv(cg.add(nn, cg.c64(63))?, cg.c64(64))?;
+    cg.parallel_for(npan, &caps, |cg, c, plo, phi| {
+        let p = |i: usize| c[i].into_pointer_value();
+        let i = |j: usize| c[j].into_int_value();
+        let (xp, wp, yp) = (p(0), p(1), p(2));
+        let (rows, k, nn, ntot, off) = (i(3), i(4), i(5), i(6), i(7));
+        let lo = cg.mul(plo, cg.c64(64))?;
+        let hi = cg.smin(cg.mul(phi, cg.c64(64))?, nn)?;
+        let acc = cg.b.build_alloca(cg.f32t(), "acc")?;
+        let vaccs: Vec<PointerValue> = (0..4)
+            .map(|_| cg.b.build_alloca(cg.f32t().vec_type(16), "vacc"))
+            .collect::<Result<_, _>>()?;
+        let f32x16 = cg.f32t().vec_type(16);
+        // W as [K, N]: panels of 64 columns × tiles of 4 rows, 16
+        // accumulators in registers over all of K (each W vector loaded
+        // once per tile, x broadcast): the panel's slice of W is read
+        // once per 4 rows, not once per row.
+        let panels = cg.sdiv(cg.sub(hi, lo)?, cg.c64(64))?;
+        let quads = if tr {
+            cg.c64(0)
+        } else {
+            cg.sdiv(rows, cg.c64(4))?
+        };
+        let taccs: Vec<PointerValue> = if tr {
+            Vec::new()
+        } else {
+            (0..16)
+                .map(|_| cg.b.build_alloca(f32x16, "tacc"))
+                .collect::<Result<_, _>>()?
+        };
+        if !tr {
+            cg.for_n(panels, |cg, pn| {
+                let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
+                cg.for_n(quads, |cg, q| {
+                    let r0 = cg.mul(q, cg.c64(4))?;
+                    for a in &taccs {
+                        cg.b.build_store(*a, f32x16.const_zero())?;
+                    }
+                    cg.for_n(k, |cg, t| {
+                        let wrow = cg.add(cg.mul(t, nn)?, j)?;
+                        let wv: Vec<VectorValue> = (0..4)
+                            .map(|u| {
+                                let o = cg.mul(cg.add(wrow, cg.c64(16 * u))?, cg.c64(4))?;
+                                cg.load_vec_f32(wp, o, 16)
+                            })
+                            .collect::<R<_>>()?;
                         for rr in 0..4 {
-                            let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
-                            for u in 0..4 {
+                            let xi = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, k)?, t)?;
+                            let a = cg.splat_f32(cg.load_f32(xp, xi)?, 16)?;
+                            for (u, w) in wv.iter().enumerate() {
                                 let acc = taccs[rr as usize * 4 + u];
-                                let v = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
-                                let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
-                                cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
+                                let s = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                                cg.b.build_store(acc, cg.fma_vec(a, *w, s)?)?;
                             }
                         }
                         Ok(())
-                    })
+                    })?;
+                    for rr in 0..4 {
+                        let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
+                        for u in 0..4 {
+                            let acc = taccs[rr as usize * 4 + u];
+                            let v = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                            let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
+                            cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
+                        }
+                    }
+                    Ok(())
+                })
+            })?;
+        }
+        cg.for_n(rows, |cg, r| {
+            let xrow = cg.mul(r, k)?;
+            let yrow = cg.add(cg.mul(r, ntot)?, off)?;
+            if tr {
+                // Dot products along K: 16 lanes at a time, then the rest.
+                let f32x16 = cg.f32t().vec_type(16);
+                let kv = cg.sdiv(k, cg.c64(16))?;
+                cg.for_range(lo, hi, |cg, j| {
+                    let wrow = cg.mul(j, k)?;
+                    cg.b.build_store(vaccs[0], f32x16.const_zero())?;
+                    cg.for_n(kv, |cg, t| {
+                        let o = cg.mul(t, cg.c64(16))?;
+                        let a = cg.load_vec_f32(xp, cg.mul(cg.add(xrow, o)?, cg.c64(4))?, 16)?;
+                        let w = cg.load_vec_f32(wp, cg.mul(cg.add(wrow, o)?, cg.c64(4))?, 16)?;
+                        let s = cg.b.build_load(f32x16, vaccs[0], "")?.into_vector_value();
+                        let f = cg.intrinsic(
+                            "llvm.fma",
+                            &[f32x16.into()],
+                            &[a.into(), w.into(), s.into()],
+                        )?;
+                        cg.b.build_store(vaccs[0], f)?;
+                        Ok(())
+                    })?;
+                    let v = cg.b.build_load(f32x16, vaccs[0], "")?;
+                    let red = cg
+                        .intrinsic(
+                            "llvm.vector.reduce.fadd",
+                            &[f32x16.into()],
+                            &[cg.cf32(0.0).into(), v.into()],
+                        )?
+                        .into_float_value();
+                    cg.b.build_store(acc, red)?;
+                    cg.for_range(cg.mul(kv, cg.c64(16))?, k, |cg, t| {
+                        let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
+                        let b = cg.load_f32(wp, cg.add(wrow, t)?)?;
+                        let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
+                        cg.b.build_store(acc, cg.fadd(s, cg.fmul(a, b)?)?)?;
+                        Ok(())
+                    })?;
+                    let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
+                    cg.store(DType::F32, yp, cg.add(yrow, j)?, s.into())
                 })?;
-            }
-            cg.for_n(rows, |cg, r| {
-                let xrow = cg.mul(r, k)?;
-                let yrow = cg.add(cg.mul(r, ntot)?, off)?;
-                if tr {
-                    // Dot products along K: 16 lanes at a time, then the rest.
-                    let f32x16 = cg.f32t().vec_type(16);
-                    let kv = cg.sdiv(k, cg.c64(16))?;
-                    cg.for_range(lo, hi, |cg, j| {
-                        let wrow = cg.mul(j, k)?;
-                        cg.b.build_store(vaccs[0], f32x16.const_zero())?;
-                        cg.for_n(kv, |cg, t| {
-                            let o = cg.mul(t, cg.c64(16))?;
-                            let a =
-                                cg.load_vec_f32(xp, cg.mul(cg.add(xrow, o)?, cg.c64(4))?, 16)?;
-                            let w =
-                                cg.load_vec_f32(wp, cg.mul(cg.add(wrow, o)?, cg.c64(4))?, 16)?;
-                            let s = cg.b.build_load(f32x16, vaccs[0], "")?.into_vector_value();
+            } else {
+                // Rows the tiles did not take: panels of 64 columns, four
+                // <16 x f32> accumulators kept in registers over all of K
+                // (x[r, t] broadcast, one row of W per step), stored once.
+                let single = cg.icmp(IntPredicate::SGE, r, cg.mul(quads, cg.c64(4))?)?;
+                let np = cg.select_i(single, panels, cg.c64(0))?;
+                cg.for_n(np, |cg, pn| {
+                    let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
+                    for a in &vaccs {
+                        cg.b.build_store(*a, f32x16.const_zero())?;
+                    }
+                    cg.for_n(k, |cg, t| {
+                        let a = cg.splat_f32(cg.load_f32(xp, cg.add(xrow, t)?)?, 16)?;
+                        let wrow = cg.add(cg.mul(t, nn)?, j)?;
+                        for (u, acc) in vaccs.iter().enumerate() {
+                            let o = cg.mul(cg.add(wrow, cg.c64(16 * u as i64))?, cg.c64(4))?;
+                            let w = cg.load_vec_f32(wp, o, 16)?;
+                            let s = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
                             let f = cg.intrinsic(
                                 "llvm.fma",
                                 &[f32x16.into()],
                                 &[a.into(), w.into(), s.into()],
                             )?;
-                            cg.b.build_store(vaccs[0], f)?;
-                            Ok(())
-                        })?;
-                        let v = cg.b.build_load(f32x16, vaccs[0], "")?;
-                        let red = cg
-                            .intrinsic(
-                                "llvm.vector.reduce.fadd",
-                                &[f32x16.into()],
-                                &[cg.cf32(0.0).into(), v.into()],
-                            )?
-                            .into_float_value();
-                        cg.b.build_store(acc, red)?;
-                        cg.for_range(cg.mul(kv, cg.c64(16))?, k, |cg, t| {
-                            let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
-                            let b = cg.load_f32(wp, cg.add(wrow, t)?)?;
-                            let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
-                            cg.b.build_store(acc, cg.fadd(s, cg.fmul(a, b)?)?)?;
-                            Ok(())
-                        })?;
-                        let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
-                        cg.store(DType::F32, yp, cg.add(yrow, j)?, s.into())
-                    })?;
-                } else {
-                    // Rows the tiles did not take: panels of 64 columns, four
-                    // <16 x f32> accumulators kept in registers over all of K
-                    // (x[r, t] broadcast, one row of W per step), stored once.
-                    let single = cg.icmp(IntPredicate::SGE, r, cg.mul(quads, cg.c64(4))?)?;
-                    let np = cg.select_i(single, panels, cg.c64(0))?;
-                    cg.for_n(np, |cg, pn| {
-                        let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
-                        for a in &vaccs {
-                            cg.b.build_store(*a, f32x16.const_zero())?;
-                        }
-                        cg.for_n(k, |cg, t| {
-                            let a = cg.splat_f32(cg.load_f32(xp, cg.add(xrow, t)?)?, 16)?;
-                            let wrow = cg.add(cg.mul(t, nn)?, j)?;
-                            for (u, acc) in vaccs.iter().enumerate() {
-                                let o = cg.mul(cg.add(wrow, cg.c64(16 * u as i64))?, cg.c64(4))?;
-                                let w = cg.load_vec_f32(wp, o, 16)?;
-                                let s = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
-                                let f = cg.intrinsic(
-                                    "llvm.fma",
-                                    &[f32x16.into()],
-                                    &[a.into(), w.into(), s.into()],
-                                )?;
-                                cg.b.build_store(*acc, f)?;
-                            }
-                            Ok(())
-                        })?;
-                        for (u, acc) in vaccs.iter().enumerate() {
-                            let v = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
-                            let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
-                            cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
+                            cg.b.build_store(*acc, f)?;
                         }
                         Ok(())
                     })?;
-                    // The remaining columns, one at a time.
-                    let tail = cg.add(lo, cg.mul(panels, cg.c64(64))?)?;
-                    cg.for_range(tail, hi, |cg, j| {
-                        cg.b.build_store(acc, cg.cf32(0.0))?;
-                        cg.for_n(k, |cg, t| {
-                            let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
-                            let b = cg.load_f32(wp, cg.add(cg.mul(t, nn)?, j)?)?;
-                            let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
-                            cg.b.build_store(acc, cg.fadd(s, cg.fmul(a, b)?)?)?;
-                            Ok(())
-                        })?;
-                        let s = cg.b.build_load(cg.f32t(), acc, "")?;
-                        cg.store(DType::F32, yp, cg.add(yrow, j)?, s)
+                    for (u, acc) in vaccs.iter().enumerate() {
+                        let v = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
+                        let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
+                        cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
+                    }
+                    Ok(())
+                })?;
+                // The remaining columns, one at a time.
+                let tail = cg.add(lo, cg.mul(panels, cg.c64(64))?)?;
+                cg.for_range(tail, hi, |cg, j| {
+                    cg.b.build_store(acc, cg.cf32(0.0))?;
+                    cg.for_n(k, |cg, t| {
+                        let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
+                        let b = cg.load_f32(wp, cg.add(cg.mul(t, nn)?, j)?)?;
+                        let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
+                        cg.b.build_store(acc, cg.fadd(s, cg.fmul(a, b)?)?)?;
+                        Ok(())
                     })?;
-                }
-                if has_bias {
-                    let bp = p(8);
-                    cg.for_range(lo, hi, |cg, j| {
-                        let yi = cg.add(yrow, j)?;
-                        let o = cg.load_f32(yp, yi)?;
-                        let b = cg.load_f32(bp, cg.add(off, j)?)?;
-                        cg.store(DType::F32, yp, yi, cg.fadd(o, b)?.into())
-                    })?;
-                }
-                Ok(())
-            })
+                    let s = cg.b.build_load(cg.f32t(), acc, "")?;
+                    cg.store(DType::F32, yp, cg.add(yrow, j)?, s)
+                })?;
+            }
+            if has_bias {
+                let bp = p(8);
+                cg.for_range(lo, hi, |cg, j| {
+                    let yi = cg.add(yrow, j)?;
+                    let o = cg.load_f32(yp, yi)?;
+                    let b = cg.load_f32(bp, cg.add(off, j)?)?;
+                    cg.store(DType::F32, yp, yi, cg.fadd(o, b)?.into())
+                })?;
+            }
+            Ok(())
         })
-    }
+    })
 }
 
 /// Bytes of activation codes and scales a `qgemm` row block may take: half

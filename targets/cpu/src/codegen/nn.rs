@@ -4,7 +4,7 @@
 
 use super::arg;
 use super::core::{Cg, Val, R};
-use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
 use inkwell::{FloatPredicate, IntPredicate};
 use lpc_ir::{DType, Node};
 
@@ -370,6 +370,16 @@ impl<'c> Cg<'c> {
         self.fext(r)
     }
 
+    /// `v` (f64) in all eight lanes of a vector.
+    fn splat8_f64(&self, v: FloatValue<'c>) -> R<VectorValue<'c>> {
+        let v8d = self.f64t().vec_type(8);
+        let ins = self
+            .b
+            .build_insert_element(v8d.get_undef(), v, self.i32t().const_zero(), "")?;
+        let z = inkwell::types::VectorType::const_vector(&[self.i32t().const_zero(); 8]);
+        Ok(self.b.build_shuffle_vector(ins, v8d.get_undef(), z, "")?)
+    }
+
     /// `Σ x[xo + t]` over `n` f32 elements in f64, or `Σ (x[xo + t] - m)²`
     /// with `centre = Some(m)`: eight f64 lanes at a time (in the scratch
     /// slots `(scalar, vector)`), the rest one by one, the lanes summed last.
@@ -386,16 +396,7 @@ impl<'c> Cg<'c> {
         self.b.build_store(vacc, v8d.const_zero())?;
         self.b.build_store(sacc, self.cf64(0.0))?;
         let cv = match centre {
-            Some(m) => {
-                let ins = self.b.build_insert_element(
-                    v8d.get_undef(),
-                    m,
-                    self.i32t().const_zero(),
-                    "",
-                )?;
-                let z = inkwell::types::VectorType::const_vector(&[self.i32t().const_zero(); 8]);
-                Some(self.b.build_shuffle_vector(ins, v8d.get_undef(), z, "")?)
-            }
+            Some(m) => Some(self.splat8_f64(m)?),
             None => None,
         };
         let chunks = self.sdiv(n, self.c64(8))?;
@@ -449,11 +450,7 @@ impl<'c> Cg<'c> {
         n: IntValue<'c>,
     ) -> R<()> {
         let (v8f, v8d) = (self.f32t().vec_type(8), self.f64t().vec_type(8));
-        let ins = self
-            .b
-            .build_insert_element(v8d.get_undef(), p, self.i32t().const_zero(), "")?;
-        let z = inkwell::types::VectorType::const_vector(&[self.i32t().const_zero(); 8]);
-        let pv = self.b.build_shuffle_vector(ins, v8d.get_undef(), z, "")?;
+        let pv = self.splat8_f64(p)?;
         let chunks = self.sdiv(n, self.c64(8))?;
         self.for_n(chunks, |cg, c| {
             let o = cg.mul(c, cg.c64(8))?;
