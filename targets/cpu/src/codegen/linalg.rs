@@ -810,6 +810,10 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
     })
 }
 
+/// K per slice of the f32 GEMM's tiles: 128 × 64 columns × 4 bytes of W
+/// (32 KB) fit L1.
+const F32_K_BLOCK: i64 = 128;
+
 /// The shape of one [`gemm_f32`]: `rows × k` activations, `n` output
 /// columns written at column `off` of output rows `ldy` long.
 #[derive(Clone, Copy)]
@@ -886,42 +890,62 @@ fn gemm_f32<'c>(
                 .collect::<Result<_, _>>()?
         };
         if !tr {
+            // K in slices of F32_K_BLOCK: a panel's slice of W (32 KB)
+            // stays in L1 while every 4-row tile passes, where all of K
+            // (1.3 MB at K = 5120) streamed from L2 or L3 once per tile.
+            // The tiles' sums wait in y between slices (the same f32 sums
+            // in the same order).
+            let nkb = cg.sdiv(cg.add(k, cg.c64(F32_K_BLOCK - 1))?, cg.c64(F32_K_BLOCK))?;
             cg.for_n(panels, |cg, pn| {
                 let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
-                cg.for_n(quads, |cg, q| {
-                    let r0 = cg.mul(q, cg.c64(4))?;
-                    for a in &taccs {
-                        cg.b.build_store(*a, f32x16.const_zero())?;
-                    }
-                    cg.for_n(k, |cg, t| {
-                        let wrow = cg.add(cg.mul(t, nn)?, j)?;
-                        let wv: Vec<VectorValue> = (0..4)
-                            .map(|u| {
-                                let o = cg.mul(cg.add(wrow, cg.c64(16 * u))?, cg.c64(4))?;
-                                cg.load_vec_f32(wp, o, 16)
-                            })
-                            .collect::<R<_>>()?;
+                cg.for_n(nkb, |cg, kb| {
+                    let t0 = cg.mul(kb, cg.c64(F32_K_BLOCK))?;
+                    let kn = cg.smin(cg.c64(F32_K_BLOCK), cg.sub(k, t0)?)?;
+                    let first = cg.icmp(IntPredicate::EQ, kb, cg.c64(0))?;
+                    cg.for_n(quads, |cg, q| {
+                        let r0 = cg.mul(q, cg.c64(4))?;
                         for rr in 0..4 {
-                            let xi = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, k)?, t)?;
-                            let a = cg.splat_f32(cg.load_f32(xp, xi)?, 16)?;
-                            for (u, w) in wv.iter().enumerate() {
+                            let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
+                            for u in 0..4 {
+                                let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
+                                let v = cg.load_vec_f32(yp, cg.mul(o, cg.c64(4))?, 16)?;
+                                let v =
+                                    cg.b.build_select(first, f32x16.const_zero(), v, "")?
+                                        .into_vector_value();
+                                cg.b.build_store(taccs[rr as usize * 4 + u], v)?;
+                            }
+                        }
+                        cg.for_n(kn, |cg, t| {
+                            let t = cg.add(t0, t)?;
+                            let wrow = cg.add(cg.mul(t, nn)?, j)?;
+                            let wv: Vec<VectorValue> = (0..4)
+                                .map(|u| {
+                                    let o = cg.mul(cg.add(wrow, cg.c64(16 * u))?, cg.c64(4))?;
+                                    cg.load_vec_f32(wp, o, 16)
+                                })
+                                .collect::<R<_>>()?;
+                            for rr in 0..4 {
+                                let xi = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, k)?, t)?;
+                                let a = cg.splat_f32(cg.load_f32(xp, xi)?, 16)?;
+                                for (u, w) in wv.iter().enumerate() {
+                                    let acc = taccs[rr as usize * 4 + u];
+                                    let s = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                                    cg.b.build_store(acc, cg.fma_vec(a, *w, s)?)?;
+                                }
+                            }
+                            Ok(())
+                        })?;
+                        for rr in 0..4 {
+                            let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
+                            for u in 0..4 {
                                 let acc = taccs[rr as usize * 4 + u];
-                                let s = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
-                                cg.b.build_store(acc, cg.fma_vec(a, *w, s)?)?;
+                                let v = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                                let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
+                                cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
                             }
                         }
                         Ok(())
-                    })?;
-                    for rr in 0..4 {
-                        let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
-                        for u in 0..4 {
-                            let acc = taccs[rr as usize * 4 + u];
-                            let v = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
-                            let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
-                            cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
-                        }
-                    }
-                    Ok(())
+                    })
                 })
             })?;
         }
