@@ -29,7 +29,7 @@ fn for_row(l: &AxisLayout, r: usize, mut f: impl FnMut(usize)) {
 /// place; returns the exponents, one per row.
 pub fn scale_rows(x: &mut [f32], l: &AxisLayout) -> Vec<i32> {
     if l.inner == 1 && l.axis_len > 0 {
-        return scale_contiguous_dispatch(x, l.axis_len);
+        return scale_contiguous_dispatch(&mut x[..l.rows() * l.axis_len], l.axis_len);
     }
     (0..l.rows())
         .map(|r| {
