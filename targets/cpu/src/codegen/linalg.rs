@@ -13,6 +13,7 @@
 
 use super::arg;
 use super::core::{Cg, CgError, Val, R};
+use super::layout;
 use inkwell::module::Linkage;
 use inkwell::types::VectorType;
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
@@ -1484,6 +1485,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 lay,
                 off: poff,
                 pairs,
+                vbmi: cg.vbmi512,
                 has_b,
                 has_r,
                 act: act.clone(),
@@ -2451,6 +2453,8 @@ struct PanelSpec {
     off: u8,
     /// MXFP4 W4A4: blocks paired (see `panel_gemm`).
     pairs: bool,
+    /// AVX-512 VBMI: CPU-layout weights are packed by `pack_cpu_panel`.
+    vbmi: bool,
     has_b: bool,
     has_r: bool,
     act: Option<String>,
@@ -2639,7 +2643,15 @@ fn panel_gemm<'c>(
             }
             Ok(())
         };
-        cg.for_n(cg.c64(NR / 16), |cg, u| {
+        let packed = match s.lay {
+            WLayout::Cpu { k } if s.vbmi => {
+                let dst = PanelDst { pan, psc, pflag };
+                pack_cpu_panel(cg, s, k, wp, nn, c0, dst, pairing)?;
+                true
+            }
+            _ => false,
+        };
+        cg.for_n(cg.c64(if packed { 0 } else { NR / 16 }), |cg, u| {
             if !s.pairs {
                 return cg.for_n(cg.c64(nb), |cg, t| pack(cg, u, t, 1));
             }
@@ -2813,6 +2825,302 @@ fn panel_gemm<'c>(
     });
     r?;
     free_panel(cg, pan)
+}
+
+/// Where `pack_cpu_panel` writes: the panel's codes, its f32 block scales
+/// (`nb × NR`) and its MXFP4 pair flags (i32 per block pair, ANDed).
+struct PanelDst<'c> {
+    pan: PointerValue<'c>,
+    psc: PointerValue<'c>,
+    pflag: PointerValue<'c>,
+}
+
+/// The table index bits above the nibble in `pack_cpu_panel`, for one half
+/// of a 128-K group (64 K: 16 K-groups).
+enum IndexBits<'c> {
+    /// MXFP4: per block of the half (8 K-groups each), the lanes' pair
+    /// shifts times 16 in every byte (none: unpaired).
+    PairShifts([Option<VectorValue<'c>>; 2]),
+    /// HiF4: the unit's header dwords of the 16 columns.
+    Hif4Header(VectorValue<'c>),
+}
+
+impl<'c> IndexBits<'c> {
+    /// The bits for K-group `j` (0..16) of the half.
+    fn bits(&self, cg: &Cg<'c>, j: usize) -> R<Option<VectorValue<'c>>> {
+        let hd8 = match self {
+            IndexBits::PairShifts(sh) => return Ok(sh[j / 8]),
+            IndexBits::Hif4Header(hd8) => *hd8,
+        };
+        // Lane c's field of K-group j starts at bit 8 + 3(j/2) + j%2 of its
+        // dword (dword c%2 of the qword): moved to bits 4-6 of each byte.
+        let at = 8 + 3 * (j / 2) + j % 2;
+        let ctrl: Vec<_> = (0..64)
+            .map(|i| {
+                let c = i / 4;
+                cg.i8t().const_int((32 * (c % 2) + at - 4) as u64, false)
+            })
+            .collect();
+        let x = cg
+            .intrinsic(
+                "llvm.x86.avx512.pmultishift.qb.512",
+                &[],
+                &[VectorType::const_vector(&ctrl).into(), hd8.into()],
+            )?
+            .into_vector_value();
+        let m = if j % 2 == 0 { 0x50 } else { 0x30 };
+        Ok(Some(cg.b.build_and(x, cg.splat_i8(m, 64), "")?))
+    }
+}
+
+/// Packs panel `c0 .. c0 + NR` of 4-bit weights in the CPU layout (`k`
+/// elements per row) with AVX-512 VBMI, a group of 128 K of 16 columns at
+/// a time: the 16 columns' 64-byte groups are loaded and split into their
+/// low and high nibbles (elements 0-63 and 64-127, in natural order), each
+/// half's 4-byte words are transposed in registers (16 × 16,
+/// `shuffle_transpose`) so that every vector is one K-group of 4 across
+/// the 16 columns, and each byte, a nibble, becomes the offset code by one
+/// table lookup whose index also carries the lane's left shift in bits 4-6:
+/// MXFP4 `vpermb` (the pair shift, 0 to 3; 0 when blocks do not pair),
+/// HiF4 `vpermi2b` (the lane's 3-bit micro-exponent field of the layout's
+/// header, moved there by one `vpmultishiftqb`; the table sums its bits).
+/// The headers of the 16 columns are read as one dword each, so scales and
+/// pair decisions are vector operations too. About 8 vector operations per
+/// 64 codes (MXFP4), against about 25 for decoding one column and block at
+/// a time; it decides how fast few rows run (M = 4 to 64).
+#[allow(clippy::too_many_arguments)]
+fn pack_cpu_panel<'c>(
+    cg: &mut Cg<'c>,
+    s: &PanelSpec,
+    k: i64,
+    wp: PointerValue<'c>,
+    nn: IntValue<'c>,
+    c0: IntValue<'c>,
+    dst: PanelDst<'c>,
+    pairing: IntValue<'c>,
+) -> R<()> {
+    let PanelDst { pan, psc, pflag } = dst;
+    let mx = matches!(s.wf, Format::Mxfp4(_));
+    let i8x64 = cg.i8t().vec_type(64);
+    let i32x16 = cg.i32t().vec_type(16);
+    let f32x16 = cg.f32t().vec_type(16);
+    // Constants from the context alone (the closures below borrow no `cg`).
+    let cx = cg.cx;
+    let i32c = move |v: u64| cx.i32_type().const_int(v, false);
+    let i32v = move |f: &dyn Fn(u64) -> u64| -> VectorValue<'c> {
+        VectorType::const_vector(&(0..16).map(|l| i32c(f(l))).collect::<Vec<_>>())
+    };
+    let i8v = move |f: &dyn Fn(usize) -> u8| -> VectorValue<'c> {
+        let v: Vec<_> = (0..64)
+            .map(|i| cx.i8_type().const_int(f(i) as u64, false))
+            .collect();
+        VectorType::const_vector(&v)
+    };
+    // Decode tables, entry `16 x + code`: MXFP4 `(2·E2M1 << x) + off` for
+    // shifts x = 0..3 (64 entries); HiF4 `±((code & 7) << sum(x)) + off`
+    // for the 3-bit header fields x (128 entries in two halves).
+    let off = s.off as i32;
+    let mx_table = i8v(&|i| ((mxfp4::E2M1_X2[i % 16] as i32) << (i / 16)).wrapping_add(off) as u8);
+    let hif4_entry = |i: usize| -> u8 {
+        let (x, code) = (i / 16, i % 16);
+        let sum = [0, 1, 1, 2, 1, 2, 0, 0][x];
+        let mag = ((code & 7) << sum) as i32;
+        (if code & 8 != 0 { -mag } else { mag }).wrapping_add(off) as u8
+    };
+    let h4_lo = i8v(&|i| hif4_entry(i));
+    let h4_hi = i8v(&|i| hif4_entry(64 + i));
+    let nib = i8v(&|_| 15);
+    let labels: Vec<Vec<u32>> = (0..16u32)
+        .map(|c| (0..16u32).map(|i| c * 16 + i).collect())
+        .collect();
+    let want: Vec<Vec<u32>> = (0..16u32)
+        .map(|j| (0..16u32).map(|c| c * 16 + j).collect())
+        .collect();
+    let iota = i32v(&|l| l);
+    let body = |cg: &mut Cg<'c>, paired: bool| -> R<()> {
+        cg.for_n(cg.c64(NR / 16), |cg, u| {
+            let cu = cg.add(c0, cg.mul(u, cg.c64(16))?)?;
+            // Columns past the part read row 0 and get zero scales (their
+            // offset codes cancel with the correction exactly).
+            let rowp: Vec<PointerValue> = (0..16)
+                .map(|c| {
+                    let j = cg.add(cu, cg.c64(c))?;
+                    let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
+                    let j = cg.select_i(inside, j, cg.c64(0))?;
+                    cg.gep_bytes(wp, cg.mul(j, cg.c64(s.bpr))?)
+                })
+                .collect::<R<_>>()?;
+            let cu32 = cg.b.build_int_truncate(cu, cg.i32t(), "")?;
+            let nn32 = cg.b.build_int_truncate(nn, cg.i32t(), "")?;
+            let lanes = cg.b.build_int_add(cg.splat_i32(cu32, 16)?, iota, "")?;
+            let inside =
+                cg.b.build_int_compare(IntPredicate::SLT, lanes, cg.splat_i32(nn32, 16)?, "")?;
+            cg.for_n(cg.c64(k / layout::GROUP as i64), |cg, g| {
+                // One header dword per column at byte `at` of its row.
+                let dwords = |cg: &Cg<'c>, at: IntValue<'c>| -> R<VectorValue<'c>> {
+                    let mut v = i32x16.get_undef();
+                    for (c, &r) in rowp.iter().enumerate() {
+                        let w = cg.load_vec(r, at, cg.i32t().vec_type(1), 1)?;
+                        let w = cg.b.build_extract_element(w, i32c(0), "")?;
+                        v = cg.b.build_insert_element(v, w, i32c(c as u64), "")?;
+                    }
+                    Ok(v)
+                };
+                let store_scale = |cg: &Cg<'c>, t: IntValue<'c>, bits: VectorValue<'c>| {
+                    let f = cg.b.build_bit_cast(bits, f32x16, "")?.into_vector_value();
+                    let f =
+                        cg.b.build_select(inside, f, f32x16.const_zero(), "")?
+                            .into_vector_value();
+                    let at = cg.mul(
+                        cg.add(cg.mul(t, cg.c64(NR))?, cg.mul(u, cg.c64(16))?)?,
+                        cg.c64(4),
+                    )?;
+                    cg.store_vec_aligned(psc, at, f, 4)
+                };
+                // Per half h (units 2g+h, or blocks 4g+2h and 4g+2h+1): the
+                // index bits above the nibble, per K-group j of the half.
+                let mut extra: Vec<IndexBits> = Vec::new();
+                if mx {
+                    let d = dwords(cg, cg.add(cg.c64(k / 2), cg.mul(g, cg.c64(4))?)?)?;
+                    let e: Vec<VectorValue> = (0..4)
+                        .map(|b| {
+                            let x = cg.b.build_right_shift(d, i32v(&|_| 8 * b), false, "")?;
+                            Ok(cg.b.build_and(x, i32v(&|_| 255), "")?)
+                        })
+                        .collect::<R<_>>()?;
+                    let mut shifts: Vec<Option<VectorValue>> = vec![None; 4];
+                    let mut sc = e.clone();
+                    if paired {
+                        for h in 0..2 {
+                            let (e0, e1) = (e[2 * h], e[2 * h + 1]);
+                            let dd = cg.b.build_int_sub(e1, e0, "")?;
+                            let lo = cg.b.build_int_compare(
+                                IntPredicate::SGE,
+                                dd,
+                                i32v(&|_| (-PAIR_MAX_SHIFT) as u64),
+                                "",
+                            )?;
+                            let hi = cg.b.build_int_compare(
+                                IntPredicate::SLE,
+                                dd,
+                                i32v(&|_| PAIR_MAX_SHIFT as u64),
+                                "",
+                            )?;
+                            let ok = cg.b.build_and(lo, hi, "")?;
+                            let zero = i32x16.const_zero();
+                            let nd = cg.b.build_int_sub(zero, dd, "")?;
+                            let pos = |v: VectorValue<'c>| -> R<VectorValue<'c>> {
+                                let p = cg.b.build_int_compare(IntPredicate::SGT, v, zero, "")?;
+                                let v = cg.b.build_select(p, v, zero, "")?.into_vector_value();
+                                Ok(cg.b.build_select(ok, v, zero, "")?.into_vector_value())
+                            };
+                            let small = cg.b.build_int_compare(IntPredicate::SLT, e0, e1, "")?;
+                            let sm = cg.b.build_select(small, e0, e1, "")?.into_vector_value();
+                            for (b, sh) in [(2 * h, pos(nd)?), (2 * h + 1, pos(dd)?)] {
+                                let rep = cg.b.build_int_mul(sh, i32v(&|_| 0x1010_1010), "")?;
+                                shifts[b] =
+                                    Some(cg.b.build_bit_cast(rep, i8x64, "")?.into_vector_value());
+                                sc[b] = cg.b.build_select(ok, sm, e[b], "")?.into_vector_value();
+                            }
+                            // The pair flag: every column of the part pairs.
+                            let out = cg.b.build_not(inside, "")?;
+                            let all = cg.b.build_or(ok, out, "")?;
+                            let all = cg
+                                .intrinsic(
+                                    "llvm.vector.reduce.and",
+                                    &[all.get_type().into()],
+                                    &[all.into()],
+                                )?
+                                .into_int_value();
+                            let q = cg.add(cg.mul(g, cg.c64(2))?, cg.c64(h as i64))?;
+                            let f = cg.load(DType::I32, pflag, q)?.into_int_value();
+                            let all = cg.b.build_int_z_extend(all, cg.i32t(), "")?;
+                            cg.store(DType::I32, pflag, q, cg.b.build_and(f, all, "")?.into())?;
+                        }
+                    }
+                    for (b, e) in sc.into_iter().enumerate() {
+                        // E8M0 minus one, shifted into the exponent: 2^(s-128).
+                        let bits = cg.b.build_left_shift(e, i32v(&|_| 23), "")?;
+                        store_scale(cg, cg.add(cg.mul(g, cg.c64(4))?, cg.c64(b as i64))?, bits)?;
+                    }
+                    for h in 0..2 {
+                        extra.push(IndexBits::PairShifts([shifts[2 * h], shifts[2 * h + 1]]));
+                    }
+                } else {
+                    for h in 0..2i64 {
+                        let t = cg.add(cg.mul(g, cg.c64(2))?, cg.c64(h))?;
+                        let hd = dwords(cg, cg.add(cg.c64(k / 2), cg.mul(t, cg.c64(4))?)?)?;
+                        // E6M2 / 4 as f32 bits: exponent (S >> 2) - 50, two
+                        // mantissa bits; 0xFF is NaN.
+                        let sb = cg.b.build_and(hd, i32v(&|_| 255), "")?;
+                        let bits = cg.b.build_int_add(
+                            cg.b.build_left_shift(sb, i32v(&|_| 21), "")?,
+                            i32v(&|_| 77 << 23),
+                            "",
+                        )?;
+                        let nan =
+                            cg.b.build_int_compare(IntPredicate::EQ, sb, i32v(&|_| 255), "")?;
+                        let bits =
+                            cg.b.build_select(nan, i32v(&|_| f32::NAN.to_bits() as u64), bits, "")?
+                                .into_vector_value();
+                        store_scale(cg, t, bits)?;
+                        let hd8 = cg.b.build_bit_cast(hd, i8x64, "")?.into_vector_value();
+                        extra.push(IndexBits::Hif4Header(hd8));
+                    }
+                }
+                for (h, extra) in extra.iter().enumerate() {
+                    let xs: Vec<VectorValue> = rowp
+                        .iter()
+                        .map(|&r| {
+                            let v = cg.load_vec(r, cg.mul(g, cg.c64(64))?, i8x64, 1)?;
+                            let v = if h == 0 {
+                                v
+                            } else {
+                                cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?
+                            };
+                            let v = cg.b.build_and(v, nib, "")?;
+                            Ok(cg.b.build_bit_cast(v, i32x16, "")?.into_vector_value())
+                        })
+                        .collect::<R<_>>()?;
+                    let ts = shuffle_transpose(cg, xs, labels.clone(), &want)?;
+                    let ws: Vec<VectorValue> = ts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, t)| {
+                            let t = cg.b.build_bit_cast(t, i8x64, "")?.into_vector_value();
+                            let idx = match extra.bits(cg, j)? {
+                                Some(x) => cg.b.build_or(t, x, "")?,
+                                None => t,
+                            };
+                            let v = if mx {
+                                cg.intrinsic(
+                                    "llvm.x86.avx512.permvar.qi.512",
+                                    &[],
+                                    &[mx_table.into(), idx.into()],
+                                )?
+                            } else {
+                                cg.intrinsic(
+                                    "llvm.x86.avx512.vpermi2var.qi.512",
+                                    &[],
+                                    &[h4_lo.into(), idx.into(), h4_hi.into()],
+                                )?
+                            };
+                            Ok(v.into_vector_value())
+                        })
+                        .collect::<R<_>>()?;
+                    let row0 = cg.add(cg.mul(g, cg.c64(32))?, cg.c64(16 * h as i64))?;
+                    store_panel_rows(cg, pan, ws, row0, NR, u)?;
+                }
+                Ok(())
+            })
+        })
+    };
+    if !s.pairs {
+        return body(cg, false);
+    }
+    cg.if_then(pairing, |cg| body(cg, true))?;
+    let single = cg.b.build_not(pairing, "")?;
+    cg.if_then(single, |cg| body(cg, false))
 }
 
 /// Rearranges `xs` (vectors of 16 i32 lanes, a power of two of them, lane

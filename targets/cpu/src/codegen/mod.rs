@@ -302,6 +302,7 @@ fn generate_into<'c>(
         ctx: graph_fn.get_nth_param(0).expect("ctx").into_pointer_value(),
         fail: Some(fail),
         vnni512: o.vnni512,
+        vbmi512: o.vbmi512,
         cpu_layout: w.repacked.keys().copied().collect(),
         dev: o.device.as_ref().map(|_| device::DevState::default()),
         node: String::new(),

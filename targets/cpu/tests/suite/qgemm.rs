@@ -49,8 +49,10 @@ fn run_case(c: &Case, seed: u64) {
     let mut rng = Rng(seed);
     let (m, k, n) = (c.m, c.k, c.n);
     // Blocks of 32 at different powers of two (x: 2^-4..2^4 in steps of 4,
-    // w: 1, 4, 16), so that adjacent MXFP4 scales are sometimes within 2^3
-    // of each other (the panel GEMM pairs those blocks) and sometimes not.
+    // w: block pairs 2^(0, 1), (3, 0), (2, 4), (5, 0), (1, 1), (2, 0)), so
+    // that adjacent MXFP4 scales are sometimes within 2^3 of each other (the
+    // panel GEMM pairs those blocks, shifting codes by 0 to 3 on either
+    // side) and sometimes not.
     let x: Vec<f32> = (0..m * k)
         .map(|i| {
             let b = if !c.uniform {
@@ -66,7 +68,7 @@ fn run_case(c: &Case, seed: u64) {
     let w: Vec<f32> = (0..n * k)
         .map(|i| {
             let b = if !c.uniform {
-                2f32.powi(((i / 32) % 3) as i32 * 2)
+                2f32.powi([0, 1, 3, 0, 2, 4, 5, 0, 1, 1, 2, 0][(i / 32) % 12])
             } else if i / k == 50 && i % k < 32 {
                 64.0
             } else {
@@ -87,11 +89,20 @@ fn run_case(c: &Case, seed: u64) {
     let (g, wp, wexp) = qgemm_graph(c.f, Dim::Fixed(m), k, n, w, &spec);
     let bpr = wp.len() / n;
 
-    // Both kernel paths: the host's (AVX-512 VNNI here) and AVX2 (haswell).
+    // Both kernel paths: the host's (AVX-512 VNNI and VBMI here) and AVX2
+    // (haswell); for 4-bit weights in the CPU layout also VNNI without VBMI
+    // (cascadelake), whose panel GEMM packs one column and block at a time.
     let mut haswell = CpuTarget::host().unwrap();
     haswell.cpu = "haswell".into();
     haswell.features = String::new();
-    for target in [CpuTarget::host().unwrap(), haswell] {
+    let mut targets = vec![CpuTarget::host().unwrap(), haswell];
+    if !matches!(c.f, Format::Hif8(_)) && k % 128 == 0 {
+        let mut cascadelake = CpuTarget::host().unwrap();
+        cascadelake.cpu = "cascadelake".into();
+        cascadelake.features = "+avx512bw,+avx512vnni".into();
+        targets.push(cascadelake);
+    }
+    for target in targets {
         let got = run_lib(&g, target, &x, &res, c);
         check(c, &got, &x, &res, &bias, &wp, &wexp, bpr);
     }
