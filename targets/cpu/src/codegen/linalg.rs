@@ -14,9 +14,12 @@
 use super::arg;
 use super::core::{Cg, CgError, Val, R};
 use super::layout;
+use inkwell::intrinsics::Intrinsic;
 use inkwell::module::Linkage;
 use inkwell::types::VectorType;
-use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
+use inkwell::values::{
+    BasicMetadataValueEnum, BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue,
+};
 use inkwell::IntPredicate;
 use lpc_ir::{DType, Node};
 use lpc_runtime::formats::{hif4, hif8, mxfp4};
@@ -284,6 +287,55 @@ impl<'c> Cg<'c> {
         let st = self.b.build_store(q, v)?;
         let _ = st.set_alignment(align);
         Ok(())
+    }
+    /// `<16 x f32>` at byte `off` of `p`; with a mask, only its lanes
+    /// (the others read nothing and are zero).
+    fn load_f32x16(
+        &self,
+        p: PointerValue<'c>,
+        off: IntValue<'c>,
+        mask: Option<VectorValue<'c>>,
+    ) -> R<VectorValue<'c>> {
+        let Some(m) = mask else {
+            return self.load_vec_f32(p, off, 16);
+        };
+        let t = self.f32t().vec_type(16);
+        let q = self.gep_bytes(p, off)?;
+        let f = Intrinsic::find("llvm.masked.load")
+            .and_then(|i| i.get_declaration(&self.m, &[t.into(), self.ptrt().into()]))
+            .ok_or_else(|| CgError::Graph("LLVM has no intrinsic llvm.masked.load".into()))?;
+        // Before LLVM 22 the alignment is an argument; since, a pointer
+        // attribute whose absence means 1.
+        let mut args: Vec<BasicMetadataValueEnum> = vec![q.into()];
+        if f.count_params() == 4 {
+            args.push(self.i32t().const_int(4, false).into());
+        }
+        args.push(m.into());
+        args.push(t.const_zero().into());
+        Ok(self.call_value(f, &args)?.into_vector_value())
+    }
+    /// Stores `v` (`<16 x f32>`) at byte `off` of `p`; with a mask, only
+    /// its lanes.
+    fn store_f32x16(
+        &self,
+        p: PointerValue<'c>,
+        off: IntValue<'c>,
+        v: VectorValue<'c>,
+        mask: Option<VectorValue<'c>>,
+    ) -> R<()> {
+        let Some(m) = mask else {
+            return self.store_vec_f32(p, off, v);
+        };
+        let q = self.gep_bytes(p, off)?;
+        let f = Intrinsic::find("llvm.masked.store")
+            .and_then(|i| i.get_declaration(&self.m, &[v.get_type().into(), self.ptrt().into()]))
+            .ok_or_else(|| CgError::Graph("LLVM has no intrinsic llvm.masked.store".into()))?;
+        let mut args: Vec<BasicMetadataValueEnum> = vec![v.into(), q.into()];
+        if f.count_params() == 4 {
+            args.push(self.i32t().const_int(4, false).into());
+        }
+        args.push(m.into());
+        self.call_void(f, &args)
     }
     /// `vpdpbusd`: per i32 lane, the sum of four u8·s8 products of `a`
     /// (unsigned) and `b` (signed), 64 bytes each, added to `acc`.
@@ -890,6 +942,25 @@ fn gemm_f32<'c>(
                 .map(|_| cg.b.build_alloca(f32x16, "tacc"))
                 .collect::<Result<_, _>>()?
         };
+        // The task's last panel may be partial (`tailw` columns, 1 to 63):
+        // it runs the same code with masked lanes.
+        let tailw = cg.sub(cg.sub(hi, lo)?, cg.mul(panels, cg.c64(64))?)?;
+        let has_tail = cg.icmp(IntPredicate::SGT, tailw, cg.c64(0))?;
+        let tailw32 = cg.b.build_int_truncate(tailw, cg.i32t(), "")?;
+        let masks: Vec<VectorValue> = (0..4u64)
+            .map(|u| {
+                let iota: Vec<_> = (0..16)
+                    .map(|l| cg.i32t().const_int(16 * u + l, false))
+                    .collect();
+                Ok(cg.b.build_int_compare(
+                    IntPredicate::SLT,
+                    VectorType::const_vector(&iota),
+                    cg.splat_i32(tailw32, 16)?,
+                    "",
+                )?)
+            })
+            .collect::<R<_>>()?;
+        let mask_of = |partial: bool, u: usize| partial.then(|| masks[u]);
         if !tr {
             // K in slices of F32_K_BLOCK: a panel's slice of W (32 KB)
             // stays in L1 while every 4-row tile passes, where all of K
@@ -897,8 +968,7 @@ fn gemm_f32<'c>(
             // The tiles' sums wait in y between slices (the same f32 sums
             // in the same order).
             let nkb = cg.sdiv(cg.add(k, cg.c64(F32_K_BLOCK - 1))?, cg.c64(F32_K_BLOCK))?;
-            cg.for_n(panels, |cg, pn| {
-                let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
+            let tile_panel = |cg: &mut Cg<'c>, j: IntValue<'c>, partial: bool| -> R<()> {
                 cg.for_n(nkb, |cg, kb| {
                     let t0 = cg.mul(kb, cg.c64(F32_K_BLOCK))?;
                     let kn = cg.smin(cg.c64(F32_K_BLOCK), cg.sub(k, t0)?)?;
@@ -909,7 +979,8 @@ fn gemm_f32<'c>(
                             let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
                             for u in 0..4 {
                                 let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
-                                let v = cg.load_vec_f32(yp, cg.mul(o, cg.c64(4))?, 16)?;
+                                let v =
+                                    cg.load_f32x16(yp, cg.mul(o, cg.c64(4))?, mask_of(partial, u))?;
                                 let v =
                                     cg.b.build_select(first, f32x16.const_zero(), v, "")?
                                         .into_vector_value();
@@ -922,7 +993,7 @@ fn gemm_f32<'c>(
                             let wv: Vec<VectorValue> = (0..4)
                                 .map(|u| {
                                     let o = cg.mul(cg.add(wrow, cg.c64(16 * u))?, cg.c64(4))?;
-                                    cg.load_vec_f32(wp, o, 16)
+                                    cg.load_f32x16(wp, o, mask_of(partial, u as usize))
                                 })
                                 .collect::<R<_>>()?;
                             for rr in 0..4 {
@@ -942,13 +1013,19 @@ fn gemm_f32<'c>(
                                 let acc = taccs[rr as usize * 4 + u];
                                 let v = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
                                 let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
-                                cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
+                                cg.store_f32x16(yp, cg.mul(o, cg.c64(4))?, v, mask_of(partial, u))?;
                             }
                         }
                         Ok(())
                     })
                 })
+            };
+            cg.for_n(panels, |cg, pn| {
+                let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
+                tile_panel(cg, j, false)
             })?;
+            let j = cg.add(lo, cg.mul(panels, cg.c64(64))?)?;
+            cg.if_then(has_tail, |cg| tile_panel(cg, j, true))?;
         }
         cg.for_n(rows, |cg, r| {
             let xrow = cg.mul(r, k)?;
@@ -995,11 +1072,10 @@ fn gemm_f32<'c>(
             } else {
                 // Rows the tiles did not take: panels of 64 columns, four
                 // <16 x f32> accumulators kept in registers over all of K
-                // (x[r, t] broadcast, one row of W per step), stored once.
+                // (x[r, t] broadcast, one row of W per step), stored once;
+                // the partial panel with masked lanes.
                 let single = cg.icmp(IntPredicate::SGE, r, cg.mul(quads, cg.c64(4))?)?;
-                let np = cg.select_i(single, panels, cg.c64(0))?;
-                cg.for_n(np, |cg, pn| {
-                    let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
+                let row_panel = |cg: &mut Cg<'c>, j: IntValue<'c>, partial: bool| -> R<()> {
                     for a in &vaccs {
                         cg.b.build_store(*a, f32x16.const_zero())?;
                     }
@@ -1008,38 +1084,26 @@ fn gemm_f32<'c>(
                         let wrow = cg.add(cg.mul(t, nn)?, j)?;
                         for (u, acc) in vaccs.iter().enumerate() {
                             let o = cg.mul(cg.add(wrow, cg.c64(16 * u as i64))?, cg.c64(4))?;
-                            let w = cg.load_vec_f32(wp, o, 16)?;
+                            let w = cg.load_f32x16(wp, o, mask_of(partial, u))?;
                             let s = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
-                            let f = cg.intrinsic(
-                                "llvm.fma",
-                                &[f32x16.into()],
-                                &[a.into(), w.into(), s.into()],
-                            )?;
-                            cg.b.build_store(*acc, f)?;
+                            cg.b.build_store(*acc, cg.fma_vec(a, w, s)?)?;
                         }
                         Ok(())
                     })?;
                     for (u, acc) in vaccs.iter().enumerate() {
                         let v = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
                         let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
-                        cg.store_vec_f32(yp, cg.mul(o, cg.c64(4))?, v)?;
+                        cg.store_f32x16(yp, cg.mul(o, cg.c64(4))?, v, mask_of(partial, u))?;
                     }
                     Ok(())
+                };
+                let np = cg.select_i(single, panels, cg.c64(0))?;
+                cg.for_n(np, |cg, pn| {
+                    let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
+                    row_panel(cg, j, false)
                 })?;
-                // The remaining columns, one at a time.
-                let tail = cg.add(lo, cg.mul(panels, cg.c64(64))?)?;
-                cg.for_range(tail, hi, |cg, j| {
-                    cg.b.build_store(acc, cg.cf32(0.0))?;
-                    cg.for_n(k, |cg, t| {
-                        let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
-                        let b = cg.load_f32(wp, cg.add(cg.mul(t, nn)?, j)?)?;
-                        let s = cg.b.build_load(cg.f32t(), acc, "")?.into_float_value();
-                        cg.b.build_store(acc, cg.fadd(s, cg.fmul(a, b)?)?)?;
-                        Ok(())
-                    })?;
-                    let s = cg.b.build_load(cg.f32t(), acc, "")?;
-                    cg.store(DType::F32, yp, cg.add(yrow, j)?, s)
-                })?;
+                let j = cg.add(lo, cg.mul(panels, cg.c64(64))?)?;
+                cg.if_then(cg.and(single, has_tail)?, |cg| row_panel(cg, j, true))?;
             }
             if has_bias {
                 let bp = p(8);

@@ -4,6 +4,7 @@
 //! are hundreds of megabytes each), so the suites are modules of one binary:
 //! that keeps a cold CI build's disk use and link time down.
 
+mod linear;
 mod math;
 mod qgemm;
 mod toolchain;
