@@ -4,10 +4,13 @@
 use super::util::broadcast_index;
 use super::value::{Data, TensorValue};
 use super::{OpCtx, R};
+use lpc_runtime::math::exp_f32;
 
 /// Scaled dot-product attention on BHSD tensors. `bias(b, h, i, j)` is added
 /// to the scores (`-inf` masks); heads of q share kv heads in groups. Rows
 /// whose bias is `-inf` everywhere give zeros, as the ONNX reference does.
+/// In f32 as generated code computes it (the scores' dot products in f64,
+/// rounded), so that compiled models and the interpreter agree closely.
 #[allow(clippy::type_complexity)]
 fn sdpa(
     q: &[f32],
@@ -24,48 +27,65 @@ fn sdpa(
     }
     let grp = hq / hkv;
     let mut out = vec![0f32; b * hq * l * dv];
-    let mut scores = vec![0f64; s];
+    let mut scores = vec![0f32; s];
+    let mut acc = vec![0f32; dv];
     for bi in 0..b {
         for h in 0..hq {
             let kh = h / grp;
             for i in 0..l {
                 let qr = &q[((bi * hq + h) * l + i) * d..][..d];
-                let mut mx = f64::NEG_INFINITY;
+                let mut mx = f32::NEG_INFINITY;
                 let mut all_masked = true;
                 for (j, sc) in scores.iter_mut().enumerate() {
                     let kr = &k[((bi * hkv + kh) * s + j) * d..][..d];
-                    let mut dot = qr
+                    let dot = qr
                         .iter()
                         .zip(kr)
                         .map(|(&x, &y)| x as f64 * y as f64)
-                        .sum::<f64>()
-                        * scale as f64;
+                        .sum::<f64>() as f32;
+                    let mut t = dot * scale;
                     if softcap > 0.0 {
-                        dot = softcap as f64 * (dot / softcap as f64).tanh();
+                        t = (softcap as f64 * (t as f64 / softcap as f64).tanh()) as f32;
                     }
-                    let bb = bias(bi, h, i, j) as f64;
-                    all_masked &= bb == f64::NEG_INFINITY;
-                    *sc = dot + bb;
+                    let bb = bias(bi, h, i, j);
+                    all_masked &= bb == f32::NEG_INFINITY;
+                    *sc = t + bb;
                     mx = mx.max(*sc);
                 }
                 let o = &mut out[((bi * hq + h) * l + i) * dv..][..dv];
-                if all_masked || mx == f64::NEG_INFINITY {
+                if all_masked || mx == f32::NEG_INFINITY {
                     continue;
                 }
-                let mut sum = 0.0;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - mx).exp();
-                    sum += *sc;
+                // As generated code computes it: f32 weights from the
+                // runtime's exp (masked keys weigh 0); their sum with key j
+                // in lane j % 16 of 16 lanes summed in key order, then
+                // halves added (lane i + lane i + 8, ..., + 1); the
+                // weighted values as fused multiply-adds in key order; one
+                // division.
+                let mut lanes = [0f32; 16];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    *sc = if *sc == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        exp_f32(*sc - mx)
+                    };
+                    lanes[j % 16] += *sc;
                 }
-                let mut acc = vec![0f64; dv];
+                for w in [8, 4, 2, 1] {
+                    for i in 0..w {
+                        lanes[i] += lanes[i + w];
+                    }
+                }
+                let sum = lanes[0];
+                acc.fill(0.0);
                 for (j, &p) in scores.iter().enumerate() {
                     let vr = &v[((bi * hkv + kh) * s + j) * dv..][..dv];
                     for (a, &x) in acc.iter_mut().zip(vr) {
-                        *a += p / sum * x as f64;
+                        *a = p.mul_add(x, *a);
                     }
                 }
-                for (dst, a) in o.iter_mut().zip(acc) {
-                    *dst = a as f32;
+                for (dst, &a) in o.iter_mut().zip(&acc) {
+                    *dst = a / sum;
                 }
             }
         }

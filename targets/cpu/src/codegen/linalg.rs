@@ -253,7 +253,7 @@ impl<'c> Cg<'c> {
         self.store_vec_aligned(p, off, v, 4)
     }
     /// `v` in every one of `n` lanes.
-    fn splat_f32(&self, v: FloatValue<'c>, n: u32) -> R<VectorValue<'c>> {
+    pub(crate) fn splat_f32(&self, v: FloatValue<'c>, n: u32) -> R<VectorValue<'c>> {
         let t = self.f32t().vec_type(n);
         let ins = self
             .b
@@ -296,9 +296,23 @@ impl<'c> Cg<'c> {
         off: IntValue<'c>,
         mask: Option<VectorValue<'c>>,
     ) -> R<VectorValue<'c>> {
-        let Some(m) = mask else {
-            return self.load_vec_f32(p, off, 16);
-        };
+        match mask {
+            None => self.load_vec_f32(p, off, 16),
+            Some(m) => {
+                let zero = self.f32t().vec_type(16).const_zero();
+                self.masked_load_f32x16(p, off, m, zero)
+            }
+        }
+    }
+    /// The lanes of `mask` of the `<16 x f32>` at byte `off` of `p`, the
+    /// others from `fill` (nothing is read for them).
+    pub(crate) fn masked_load_f32x16(
+        &self,
+        p: PointerValue<'c>,
+        off: IntValue<'c>,
+        mask: VectorValue<'c>,
+        fill: VectorValue<'c>,
+    ) -> R<VectorValue<'c>> {
         let t = self.f32t().vec_type(16);
         let q = self.gep_bytes(p, off)?;
         let f = Intrinsic::find("llvm.masked.load")
@@ -310,8 +324,8 @@ impl<'c> Cg<'c> {
         if f.count_params() == 4 {
             args.push(self.i32t().const_int(4, false).into());
         }
-        args.push(m.into());
-        args.push(t.const_zero().into());
+        args.push(mask.into());
+        args.push(fill.into());
         Ok(self.call_value(f, &args)?.into_vector_value())
     }
     /// Stores `v` (`<16 x f32>`) at byte `off` of `p`; with a mask, only
@@ -419,7 +433,7 @@ impl<'c> Cg<'c> {
         Ok(())
     }
     /// `v` (i32) in every one of `n` lanes.
-    fn splat_i32(&self, v: IntValue<'c>, n: u32) -> R<VectorValue<'c>> {
+    pub(crate) fn splat_i32(&self, v: IntValue<'c>, n: u32) -> R<VectorValue<'c>> {
         let t = self.i32t().vec_type(n);
         let ins = self
             .b

@@ -1,9 +1,12 @@
 //! Normalizations, softmax, rotary embeddings and attention (with the KV
-//! cache of the decode graphs), with the interpreter's semantics: norms and
-//! attention accumulate in f64, fully masked attention rows give zeros.
+//! cache of the decode graphs), with the interpreter's semantics: norms
+//! accumulate in f64; attention computes in f32 as the interpreter does
+//! (weights from the runtime's `exp_f32`, sums in key order); fully masked
+//! attention rows give zeros.
 
 use super::arg;
 use super::core::{Cg, Val, R};
+use inkwell::types::VectorType;
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
 use inkwell::{FloatPredicate, IntPredicate};
 use lpc_ir::{DType, Node};
@@ -315,6 +318,30 @@ impl<'c> Cg<'c> {
 }
 
 impl<'c> Cg<'c> {
+    /// The `<16 x f32>` at element `i` of `p` (4-byte aligned).
+    fn load_vec_f32x16_at(&self, p: PointerValue<'c>, i: IntValue<'c>) -> R<VectorValue<'c>> {
+        let q = self.gep(DType::F32, p, i)?;
+        let v = self
+            .b
+            .build_load(self.f32t().vec_type(16), q, "")?
+            .into_vector_value();
+        if let Some(ins) = v.as_instruction() {
+            let _ = ins.set_alignment(4);
+        }
+        Ok(v)
+    }
+    /// Stores `v` (`<16 x f32>`) at element `i` of `p`.
+    fn store_vec_f32x16_at(
+        &self,
+        p: PointerValue<'c>,
+        i: IntValue<'c>,
+        v: VectorValue<'c>,
+    ) -> R<()> {
+        let q = self.gep(DType::F32, p, i)?;
+        let st = self.b.build_store(q, v)?;
+        let _ = st.set_alignment(4);
+        Ok(())
+    }
     /// `Σ a[ao + t] · b[bo + t]` over `n` f32 elements: 16 lanes at a time
     /// (f32 products summed lane-wise), then the rest; returned as f64.
     fn dot_f32(
@@ -360,6 +387,8 @@ impl<'c> Cg<'c> {
         })?;
         let v = self.b.build_load(v16, vacc, "")?;
         let s = self.b.build_load(self.f32t(), sacc, "")?;
+        // A tree over the lanes: an in-order reduction is a chain of 16
+        // dependent adds per dot product.
         let r = self
             .intrinsic(
                 "llvm.vector.reduce.fadd",
@@ -367,6 +396,9 @@ impl<'c> Cg<'c> {
                 &[s.into(), v.into()],
             )?
             .into_float_value();
+        if let Some(i) = r.as_instruction() {
+            let _ = i.set_fast_math_flags(inkwell::values::FastMathFlags::AllowReassoc);
+        }
         self.fext(r)
     }
 
@@ -438,49 +470,40 @@ impl<'c> Cg<'c> {
             )?
             .into_float_value())
     }
-
-    /// `acc[t] += p · x[xo + t]` over `n` elements (acc f64, x f32), eight
-    /// lanes at a time.
-    fn axpy_f64(
-        &mut self,
-        acc: PointerValue<'c>,
-        p: FloatValue<'c>,
-        x: PointerValue<'c>,
-        xo: IntValue<'c>,
-        n: IntValue<'c>,
-    ) -> R<()> {
-        let (v8f, v8d) = (self.f32t().vec_type(8), self.f64t().vec_type(8));
-        let pv = self.splat8_f64(p)?;
-        let chunks = self.sdiv(n, self.c64(8))?;
-        self.for_n(chunks, |cg, c| {
-            let o = cg.mul(c, cg.c64(8))?;
-            let q = cg.gep(DType::F32, x, cg.add(xo, o)?)?;
-            let xv = cg.b.build_load(v8f, q, "")?.into_vector_value();
-            if let Some(i) = xv.as_instruction() {
-                let _ = i.set_alignment(4);
-            }
-            let xd = cg.b.build_float_ext(xv, v8d, "")?;
-            let ap = cg.gep(DType::F64, acc, o)?;
-            let av = cg.b.build_load(v8d, ap, "")?.into_vector_value();
-            if let Some(i) = av.as_instruction() {
-                let _ = i.set_alignment(8);
-            }
-            let r = cg.intrinsic(
-                "llvm.fma",
-                &[v8d.into()],
-                &[pv.into(), xd.into(), av.into()],
-            )?;
-            let st = cg.b.build_store(ap, r)?;
-            let _ = st.set_alignment(8);
-            Ok(())
-        })?;
-        self.for_range(self.mul(chunks, self.c64(8))?, n, |cg, t| {
-            let xv = cg.fext(cg.load_f32(x, cg.add(xo, t)?)?)?;
-            let a = cg.load(DType::F64, acc, t)?.into_float_value();
-            cg.store(DType::F64, acc, t, cg.fadd(a, cg.fmul(p, xv)?)?.into())
-        })
-    }
 }
+
+/// Sixteen `<16 x f32>` vectors to one whose lane `k` is the sum of the
+/// lanes of vector `k`: pairs of vectors are halved and added (lane runs of
+/// 8, 4, 2, 1 per key), 15 adds and 30 shuffles for the 16 sums.
+fn reduce16<'c>(cg: &Cg<'c>, mut vs: Vec<VectorValue<'c>>) -> R<VectorValue<'c>> {
+    let mut g = 16u64;
+    while vs.len() > 1 {
+        let (h, nk) = (g / 2, 16 / g);
+        let (mut ma, mut mb) = (Vec::new(), Vec::new());
+        for src in 0..2u64 {
+            for key in 0..nk {
+                for i in 0..h {
+                    ma.push(cg.i32t().const_int(src * 16 + key * g + i, false));
+                    mb.push(cg.i32t().const_int(src * 16 + key * g + h + i, false));
+                }
+            }
+        }
+        let (ma, mb) = (VectorType::const_vector(&ma), VectorType::const_vector(&mb));
+        vs = vs
+            .chunks(2)
+            .map(|p| {
+                let a = cg.b.build_shuffle_vector(p[0], p[1], ma, "")?;
+                let b = cg.b.build_shuffle_vector(p[0], p[1], mb, "")?;
+                Ok(cg.b.build_float_add(a, b, "")?)
+            })
+            .collect::<R<_>>()?;
+        g = h;
+    }
+    Ok(vs[0])
+}
+
+/// Value widths (head dimensions) whose attention sums stay in registers.
+const REG_WIDTHS: [usize; 2] = [64, 128];
 
 /// A per-batch index function generated inline (`past length of batch b`).
 type PerBatch<'a, 'c> = Box<dyn Fn(&Cg<'c>, IntValue<'c>) -> R<IntValue<'c>> + 'a>;
@@ -815,12 +838,22 @@ impl<'c> Cg<'c> {
             let (vsb, vsh, vsi) = (i(18), i(19), i(20));
             let (ysb, ysh, ysi) = (i(21), i(22), i(23));
             let scale = c[24].into_float_value();
-            let f64t = cg.f64t();
-            let acc = cg.b.build_array_alloca(f64t, dv, "acc")?;
-            let mx = cg.b.build_alloca(f64t, "mx")?;
-            let sum = cg.b.build_alloca(f64t, "sum")?;
-            // Each row's scores, computed once (a stack buffer of the key count).
-            let scores = cg.b.build_array_alloca(f64t, total, "scores")?;
+            let (f32t, f64t) = (cg.f32t(), cg.f64t());
+            let scale32 = cg.ftrunc(scale)?;
+            let acc = cg.b.build_array_alloca(f32t, dv, "acc")?;
+            let sum = cg.b.build_alloca(f32t, "sum")?;
+            let f32x16 = f32t.vec_type(16);
+            let vmx = cg.b.build_alloca(f32x16, "vmx")?;
+            let vsum = cg.b.build_alloca(f32x16, "vsum")?;
+            let kacc: Vec<PointerValue> = (0..16)
+                .map(|_| cg.b.build_alloca(f32x16, "kacc"))
+                .collect::<Result<_, _>>()?;
+            let vacc: Vec<PointerValue> = (0..REG_WIDTHS[REG_WIDTHS.len() - 1] / 16)
+                .map(|_| cg.b.build_alloca(f32x16, "vacc"))
+                .collect::<Result<_, _>>()?;
+            // Each row's scores, then its weights (a stack buffer of the key
+            // count).
+            let scores = cg.b.build_array_alloca(f32t, total, "scores")?;
             cg.for_range(lo, hi, |cg, r| {
                 // r = (bi·hq + h)·l + qi
                 let qi = cg.srem(r, l)?;
@@ -832,22 +865,24 @@ impl<'c> Cg<'c> {
                 let qbase = cg.add(cg.add(cg.mul(bi, qsb)?, cg.mul(h, qsh)?)?, cg.mul(qi, qsi)?)?;
                 let kbase = cg.add(cg.mul(bi, ksb)?, cg.mul(kh, ksh)?)?;
                 let vbase = cg.add(cg.mul(bi, vsb)?, cg.mul(kh, vsh)?)?;
-                // score(j), -inf when masked.
+                // score(j) in f32, -inf when masked.
                 let score = |cg: &mut Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
-                    let kb = cg.add(kbase, cg.mul(j, ksi)?)?;
-                    let dot = cg.dot_f32(qp, qbase, kp, kb, d)?;
-                    let mut s = cg.fmul(dot, scale)?;
+                    let dot = cg.load(DType::F32, scores, j)?.into_float_value();
+                    let mut s = cg.fmul(dot, scale32)?;
                     if softcap > 0.0 {
                         let sc = cg.cf64(softcap as f64);
-                        let t =
-                            cg.intrinsic("llvm.tanh", &[f64t.into()], &[cg.fdiv(s, sc)?.into()]);
+                        let t = cg.intrinsic(
+                            "llvm.tanh",
+                            &[f64t.into()],
+                            &[cg.fdiv(cg.fext(s)?, sc)?.into()],
+                        );
                         let t = match t {
                             Ok(t) => t.into_float_value(),
                             Err(_) => return cg.err("tanh is not available"),
                         };
-                        s = cg.fmul(sc, t)?;
+                        s = cg.ftrunc(cg.fmul(sc, t)?)?;
                     }
-                    let ninf = cg.cf64(f64::NEG_INFINITY);
+                    let ninf = cg.cf32(f32::NEG_INFINITY);
                     let qpos = cg.add(past, qi)?;
                     // Masking rules.
                     let mut masked = cg.cx.bool_type().const_zero();
@@ -876,7 +911,7 @@ impl<'c> Cg<'c> {
                                 masked = cg.b.build_or(masked, off, "")?;
                             }
                             DType::F32 => {
-                                let add = cg.fext(cg.load_f32(mp, mi)?)?;
+                                let add = cg.load_f32(mp, mi)?;
                                 s = cg.fadd(s, add)?;
                                 let ni = cg.fcmp(FloatPredicate::OEQ, add, ninf)?;
                                 masked = cg.b.build_or(masked, ni, "")?;
@@ -886,39 +921,179 @@ impl<'c> Cg<'c> {
                     }
                     cg.select_f(masked, ninf, s)
                 };
-                cg.b.build_store(mx, cg.cf64(f64::NEG_INFINITY))?;
+                // The dot products q · k_j: sixteen keys at a time when the
+                // head width is a multiple of 16 (16 accumulators, then one
+                // transposing reduction to a vector of their sums), the
+                // remaining keys one at a time.
+                let d16 = cg.icmp(IntPredicate::EQ, cg.srem(d, cg.c64(16))?, cg.c64(0))?;
+                let blocks = cg.select_i(d16, cg.sdiv(total, cg.c64(16))?, cg.c64(0))?;
+                cg.for_n(blocks, |cg, blk| {
+                    let j0 = cg.mul(blk, cg.c64(16))?;
+                    for a in &kacc {
+                        cg.b.build_store(*a, f32x16.const_zero())?;
+                    }
+                    let kb0 = cg.add(kbase, cg.mul(j0, ksi)?)?;
+                    cg.for_n(cg.sdiv(d, cg.c64(16))?, |cg, u| {
+                        let o = cg.mul(u, cg.c64(16))?;
+                        let qv = cg.load_vec_f32x16_at(qp, cg.add(qbase, o)?)?;
+                        for (kk, a) in kacc.iter().enumerate() {
+                            let kb = cg.add(cg.add(kb0, cg.mul(cg.c64(kk as i64), ksi)?)?, o)?;
+                            let kv = cg.load_vec_f32x16_at(kp, kb)?;
+                            let s = cg.b.build_load(f32x16, *a, "")?.into_vector_value();
+                            let f = cg.intrinsic(
+                                "llvm.fma",
+                                &[f32x16.into()],
+                                &[qv.into(), kv.into(), s.into()],
+                            )?;
+                            cg.b.build_store(*a, f)?;
+                        }
+                        Ok(())
+                    })?;
+                    let vs: Vec<VectorValue> = kacc
+                        .iter()
+                        .map(|a| Ok(cg.b.build_load(f32x16, *a, "")?.into_vector_value()))
+                        .collect::<R<_>>()?;
+                    let sums = reduce16(cg, vs)?;
+                    cg.store_vec_f32x16_at(scores, j0, sums)
+                })?;
+                cg.for_range(cg.mul(blocks, cg.c64(16))?, total, |cg, j| {
+                    let kb = cg.add(kbase, cg.mul(j, ksi)?)?;
+                    let dot = cg.dot_f32(qp, qbase, kp, kb, d)?;
+                    let dot = cg.ftrunc(dot)?;
+                    cg.store(DType::F32, scores, j, dot.into())
+                })?;
                 cg.for_n(total, |cg, j| {
                     let s = score(cg, j)?;
-                    cg.store(DType::F64, scores, j, s.into())?;
-                    let m = cg.b.build_load(f64t, mx, "")?.into_float_value();
-                    let m2 = cg
-                        .intrinsic("llvm.maxnum", &[f64t.into()], &[m.into(), s.into()])?
-                        .into_float_value();
-                    cg.b.build_store(mx, m2)?;
+                    cg.store(DType::F32, scores, j, s.into())
+                })?;
+                // Sixteen keys at a time (the last chunk masked, its other
+                // lanes filled with `fill`).
+                let chunks = cg.sdiv(cg.add(total, cg.c64(15))?, cg.c64(16))?;
+                let total32 = cg.b.build_int_truncate(total, cg.i32t(), "")?;
+                let iota: Vec<_> = (0..16).map(|l| cg.i32t().const_int(l, false)).collect();
+                let iota = VectorType::const_vector(&iota);
+                let chunk = |cg: &Cg<'c>, c: IntValue<'c>, fill: f32| -> R<VectorValue<'c>> {
+                    let c32 =
+                        cg.b.build_int_truncate(cg.mul(c, cg.c64(16))?, cg.i32t(), "")?;
+                    let lanes = cg.b.build_int_add(cg.splat_i32(c32, 16)?, iota, "")?;
+                    let inside = cg.b.build_int_compare(
+                        IntPredicate::SLT,
+                        lanes,
+                        cg.splat_i32(total32, 16)?,
+                        "",
+                    )?;
+                    let fill = cg.splat_f32(cg.cf32(fill), 16)?;
+                    cg.masked_load_f32x16(scores, cg.mul(c, cg.c64(64))?, inside, fill)
+                };
+                // The largest score (any order gives the same).
+                let ninf16 = cg.splat_f32(cg.cf32(f32::NEG_INFINITY), 16)?;
+                cg.b.build_store(vmx, ninf16)?;
+                cg.for_n(chunks, |cg, c| {
+                    let v = chunk(cg, c, f32::NEG_INFINITY)?;
+                    let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
+                    let m = cg.intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), v.into()])?;
+                    cg.b.build_store(vmx, m)?;
                     Ok(())
                 })?;
-                let m = cg.b.build_load(f64t, mx, "")?.into_float_value();
-                cg.b.build_store(sum, cg.cf64(0.0))?;
-                cg.for_n(dv, |cg, t| {
-                    cg.store(DType::F64, acc, t, cg.cf64(0.0).into())
-                })?;
-                let any = cg.fcmp(FloatPredicate::ONE, m, cg.cf64(f64::NEG_INFINITY))?;
-                let m_safe = cg.select_f(any, m, cg.cf64(0.0))?;
+                let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
+                let m = cg
+                    .intrinsic("llvm.vector.reduce.fmax", &[f32x16.into()], &[m.into()])?
+                    .into_float_value();
+                let any = cg.fcmp(FloatPredicate::ONE, m, cg.cf32(f32::NEG_INFINITY))?;
+                let m_safe = cg.select_f(any, m, cg.cf32(0.0))?;
+                // Weights: exp(s - max) (the runtime's exp_f32, a loop
+                // that vectorizes); masked keys (-inf) weigh exactly 0
+                // without going through exp.
                 cg.for_n(total, |cg, j| {
-                    let s = cg.load(DType::F64, scores, j)?.into_float_value();
-                    let e = cg
-                        .intrinsic("llvm.exp", &[f64t.into()], &[cg.fsub(s, m_safe)?.into()])?
-                        .into_float_value();
-                    let su = cg.b.build_load(f64t, sum, "")?.into_float_value();
-                    cg.b.build_store(sum, cg.fadd(su, e)?)?;
-                    let vb = cg.add(vbase, cg.mul(j, vsi)?)?;
-                    cg.axpy_f64(acc, e, vp, vb, dv)
+                    let s = cg.load(DType::F32, scores, j)?.into_float_value();
+                    let masked = cg.fcmp(FloatPredicate::OEQ, s, cg.cf32(f32::NEG_INFINITY))?;
+                    let x = cg.select_f(masked, cg.cf32(0.0), cg.fsub(s, m_safe)?)?;
+                    let e = cg.select_f(masked, cg.cf32(0.0), cg.exp_fast(x)?)?;
+                    cg.store(DType::F32, scores, j, e.into())
                 })?;
-                let su = cg.b.build_load(f64t, sum, "")?.into_float_value();
+                // Their sum: key j into lane j % 16, lanes summed in key
+                // order, then halves added (lane i + lane i + 8, ..., + 1).
+                cg.b.build_store(vsum, f32x16.const_zero())?;
+                cg.for_n(chunks, |cg, c| {
+                    let v = chunk(cg, c, 0.0)?;
+                    let a = cg.b.build_load(f32x16, vsum, "")?.into_vector_value();
+                    cg.b.build_store(vsum, cg.b.build_float_add(a, v, "")?)?;
+                    Ok(())
+                })?;
+                let mut t = cg.b.build_load(f32x16, vsum, "")?.into_vector_value();
+                for w in [8u64, 4, 2, 1] {
+                    let lo: Vec<_> = (0..w).map(|l| cg.i32t().const_int(l, false)).collect();
+                    let hi: Vec<_> = (0..w).map(|l| cg.i32t().const_int(l + w, false)).collect();
+                    let a =
+                        cg.b.build_shuffle_vector(t, t, VectorType::const_vector(&lo), "")?;
+                    let b =
+                        cg.b.build_shuffle_vector(t, t, VectorType::const_vector(&hi), "")?;
+                    t = cg.b.build_float_add(a, b, "")?;
+                }
+                let su =
+                    cg.b.build_extract_element(t, cg.i32t().const_zero(), "")?
+                        .into_float_value();
+                cg.b.build_store(sum, su)?;
+                // acc = Σ_j p_j · v_j, one fused multiply-add per element
+                // and key, in key order: in registers for the common value
+                // widths (REG_WIDTHS), else in memory.
+                let reg_path = |cg: &mut Cg<'c>, nv: usize| -> R<()> {
+                    for a in &vacc[..nv] {
+                        cg.b.build_store(*a, f32x16.const_zero())?;
+                    }
+                    cg.for_n(total, |cg, j| {
+                        let e = cg.load(DType::F32, scores, j)?.into_float_value();
+                        let ev = cg.splat_f32(e, 16)?;
+                        let vb = cg.add(vbase, cg.mul(j, vsi)?)?;
+                        for (u, a) in vacc[..nv].iter().enumerate() {
+                            let o = cg.add(vb, cg.c64(16 * u as i64))?;
+                            let x = cg.load_vec_f32x16_at(vp, o)?;
+                            let s = cg.b.build_load(f32x16, *a, "")?.into_vector_value();
+                            let f = cg.intrinsic(
+                                "llvm.fma",
+                                &[f32x16.into()],
+                                &[ev.into(), x.into(), s.into()],
+                            )?;
+                            cg.b.build_store(*a, f)?;
+                        }
+                        Ok(())
+                    })?;
+                    for (u, a) in vacc[..nv].iter().enumerate() {
+                        let v = cg.b.build_load(f32x16, *a, "")?.into_vector_value();
+                        cg.store_vec_f32x16_at(acc, cg.c64(16 * u as i64), v)?;
+                    }
+                    Ok(())
+                };
+                let mut other = cg.cx.bool_type().const_int(1, false);
+                for w in REG_WIDTHS {
+                    let is = cg.icmp(IntPredicate::EQ, dv, cg.c64(w as i64))?;
+                    other = cg.and(other, cg.b.build_not(is, "")?)?;
+                    cg.if_then(is, |cg| reg_path(cg, w / 16))?;
+                }
+                cg.if_then(other, |cg| {
+                    cg.for_n(dv, |cg, t| {
+                        cg.store(DType::F32, acc, t, cg.cf32(0.0).into())
+                    })?;
+                    cg.for_n(total, |cg, j| {
+                        let e = cg.load(DType::F32, scores, j)?.into_float_value();
+                        let vb = cg.add(vbase, cg.mul(j, vsi)?)?;
+                        cg.for_n(dv, |cg, t| {
+                            let x = cg.load_f32(vp, cg.add(vb, t)?)?;
+                            let a = cg.load(DType::F32, acc, t)?.into_float_value();
+                            let f = cg.intrinsic(
+                                "llvm.fma",
+                                &[f32t.into()],
+                                &[e.into(), x.into(), a.into()],
+                            )?;
+                            cg.store(DType::F32, acc, t, f)
+                        })
+                    })
+                })?;
+                let su = cg.b.build_load(f32t, sum, "")?.into_float_value();
                 let ybase = cg.add(cg.add(cg.mul(bi, ysb)?, cg.mul(h, ysh)?)?, cg.mul(qi, ysi)?)?;
                 cg.for_n(dv, |cg, t| {
-                    let a = cg.load(DType::F64, acc, t)?.into_float_value();
-                    let o = cg.ftrunc(cg.fdiv(a, su)?)?;
+                    let a = cg.load(DType::F32, acc, t)?.into_float_value();
+                    let o = cg.fdiv(a, su)?;
                     let o = cg.select_f(any, o, cg.cf32(0.0))?;
                     cg.store(DType::F32, yp, cg.add(ybase, t)?, o.into())
                 })
