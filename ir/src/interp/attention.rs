@@ -6,6 +6,12 @@ use super::value::{Data, TensorValue};
 use super::{OpCtx, R};
 use lpc_runtime::math::exp_f32;
 
+/// A float mask value at or below this masks its key outright, as -inf
+/// does: exporters write `torch.finfo(float32).min` (-3.4e38) for masked
+/// keys, whose weights underflow to 0 anyway. Compiled attention skips such
+/// keys (and every key after the last unmasked one).
+pub const MASKED_AT_OR_BELOW: f32 = -1.0e38;
+
 /// Scaled dot-product attention on BHSD tensors. `bias(b, h, i, j)` is added
 /// to the scores (`-inf` masks); heads of q share kv heads in groups. Rows
 /// whose bias is `-inf` everywhere give zeros, as the ONNX reference does.
@@ -47,7 +53,10 @@ fn sdpa(
                     if softcap > 0.0 {
                         t = (softcap as f64 * (t as f64 / softcap as f64).tanh()) as f32;
                     }
-                    let bb = bias(bi, h, i, j);
+                    let bb = match bias(bi, h, i, j) {
+                        b if b <= MASKED_AT_OR_BELOW => f32::NEG_INFINITY,
+                        b => b,
+                    };
                     all_masked &= bb == f32::NEG_INFINITY;
                     *sc = t + bb;
                     mx = mx.max(*sc);

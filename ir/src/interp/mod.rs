@@ -14,6 +14,7 @@ mod shape;
 mod util;
 mod value;
 
+pub use attention::MASKED_AT_OR_BELOW;
 pub use value::{Data, TensorValue};
 
 use crate::{Def, Dim, Graph, Node, NodeId, ValueId};

@@ -854,6 +854,8 @@ impl<'c> Cg<'c> {
             // Each row's scores, then its weights (a stack buffer of the key
             // count).
             let scores = cg.b.build_array_alloca(f32t, total, "scores")?;
+            let biases = cg.b.build_array_alloca(f32t, total, "biases")?;
+            let kend_slot = cg.b.build_alloca(cg.i64t(), "kend")?;
             cg.for_range(lo, hi, |cg, r| {
                 // r = (bi·hq + h)·l + qi
                 let qi = cg.srem(r, l)?;
@@ -866,23 +868,11 @@ impl<'c> Cg<'c> {
                 let kbase = cg.add(cg.mul(bi, ksb)?, cg.mul(kh, ksh)?)?;
                 let vbase = cg.add(cg.mul(bi, vsb)?, cg.mul(kh, vsh)?)?;
                 // score(j) in f32, -inf when masked.
-                let score = |cg: &mut Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
-                    let dot = cg.load(DType::F32, scores, j)?.into_float_value();
-                    let mut s = cg.fmul(dot, scale32)?;
-                    if softcap > 0.0 {
-                        let sc = cg.cf64(softcap as f64);
-                        let t = cg.intrinsic(
-                            "llvm.tanh",
-                            &[f64t.into()],
-                            &[cg.fdiv(cg.fext(s)?, sc)?.into()],
-                        );
-                        let t = match t {
-                            Ok(t) => t.into_float_value(),
-                            Err(_) => return cg.err("tanh is not available"),
-                        };
-                        s = cg.ftrunc(cg.fmul(sc, t)?)?;
-                    }
+                // The additive bias of key j: -inf when masked, else the float
+                // mask's value (0 without one).
+                let bias_of = |cg: &mut Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
                     let ninf = cg.cf32(f32::NEG_INFINITY);
+                    let mut add = cg.cf32(0.0);
                     let qpos = cg.add(past, qi)?;
                     // Masking rules.
                     let mut masked = cg.cx.bool_type().const_zero();
@@ -911,22 +901,55 @@ impl<'c> Cg<'c> {
                                 masked = cg.b.build_or(masked, off, "")?;
                             }
                             DType::F32 => {
-                                let add = cg.load_f32(mp, mi)?;
-                                s = cg.fadd(s, add)?;
-                                let ni = cg.fcmp(FloatPredicate::OEQ, add, ninf)?;
+                                add = cg.load_f32(mp, mi)?;
+                                let floor = cg.cf32(lpc_ir::interp::MASKED_AT_OR_BELOW);
+                                let ni = cg.fcmp(FloatPredicate::OLE, add, floor)?;
                                 masked = cg.b.build_or(masked, ni, "")?;
                             }
                             other => return cg.err(format!("mask of type {other}")),
                         }
                     }
-                    cg.select_f(masked, ninf, s)
+                    cg.select_f(masked, ninf, add)
+                };
+                // Biases first: keys from `kend` on (one past the last
+                // unmasked key; causal masks leave half of a prefill's keys
+                // out) weigh exactly 0, so nothing is computed for them.
+                cg.b.build_store(kend_slot, cg.c64(0))?;
+                cg.for_n(total, |cg, j| {
+                    let bv = bias_of(cg, j)?;
+                    cg.store(DType::F32, biases, j, bv.into())?;
+                    let live = cg.fcmp(FloatPredicate::ONE, bv, cg.cf32(f32::NEG_INFINITY))?;
+                    let ke = cg.b.build_load(cg.i64t(), kend_slot, "")?.into_int_value();
+                    let ke = cg.select_i(live, cg.add(j, cg.c64(1))?, ke)?;
+                    cg.b.build_store(kend_slot, ke)?;
+                    Ok(())
+                })?;
+                let kend = cg.b.build_load(cg.i64t(), kend_slot, "")?.into_int_value();
+                let score = |cg: &mut Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
+                    let dot = cg.load(DType::F32, scores, j)?.into_float_value();
+                    let mut s = cg.fmul(dot, scale32)?;
+                    if softcap > 0.0 {
+                        let sc = cg.cf64(softcap as f64);
+                        let t = cg.intrinsic(
+                            "llvm.tanh",
+                            &[f64t.into()],
+                            &[cg.fdiv(cg.fext(s)?, sc)?.into()],
+                        );
+                        let t = match t {
+                            Ok(t) => t.into_float_value(),
+                            Err(_) => return cg.err("tanh is not available"),
+                        };
+                        s = cg.ftrunc(cg.fmul(sc, t)?)?;
+                    }
+                    let bv = cg.load(DType::F32, biases, j)?.into_float_value();
+                    cg.fadd(s, bv)
                 };
                 // The dot products q · k_j: sixteen keys at a time when the
                 // head width is a multiple of 16 (16 accumulators, then one
                 // transposing reduction to a vector of their sums), the
                 // remaining keys one at a time.
                 let d16 = cg.icmp(IntPredicate::EQ, cg.srem(d, cg.c64(16))?, cg.c64(0))?;
-                let blocks = cg.select_i(d16, cg.sdiv(total, cg.c64(16))?, cg.c64(0))?;
+                let blocks = cg.select_i(d16, cg.sdiv(kend, cg.c64(16))?, cg.c64(0))?;
                 cg.for_n(blocks, |cg, blk| {
                     let j0 = cg.mul(blk, cg.c64(16))?;
                     for a in &kacc {
@@ -956,20 +979,20 @@ impl<'c> Cg<'c> {
                     let sums = reduce16(cg, vs)?;
                     cg.store_vec_f32x16_at(scores, j0, sums)
                 })?;
-                cg.for_range(cg.mul(blocks, cg.c64(16))?, total, |cg, j| {
+                cg.for_range(cg.mul(blocks, cg.c64(16))?, kend, |cg, j| {
                     let kb = cg.add(kbase, cg.mul(j, ksi)?)?;
                     let dot = cg.dot_f32(qp, qbase, kp, kb, d)?;
                     let dot = cg.ftrunc(dot)?;
                     cg.store(DType::F32, scores, j, dot.into())
                 })?;
-                cg.for_n(total, |cg, j| {
+                cg.for_n(kend, |cg, j| {
                     let s = score(cg, j)?;
                     cg.store(DType::F32, scores, j, s.into())
                 })?;
                 // Sixteen keys at a time (the last chunk masked, its other
                 // lanes filled with `fill`).
-                let chunks = cg.sdiv(cg.add(total, cg.c64(15))?, cg.c64(16))?;
-                let total32 = cg.b.build_int_truncate(total, cg.i32t(), "")?;
+                let chunks = cg.sdiv(cg.add(kend, cg.c64(15))?, cg.c64(16))?;
+                let kend32 = cg.b.build_int_truncate(kend, cg.i32t(), "")?;
                 let iota: Vec<_> = (0..16).map(|l| cg.i32t().const_int(l, false)).collect();
                 let iota = VectorType::const_vector(&iota);
                 let chunk = |cg: &Cg<'c>, c: IntValue<'c>, fill: f32| -> R<VectorValue<'c>> {
@@ -979,7 +1002,7 @@ impl<'c> Cg<'c> {
                     let inside = cg.b.build_int_compare(
                         IntPredicate::SLT,
                         lanes,
-                        cg.splat_i32(total32, 16)?,
+                        cg.splat_i32(kend32, 16)?,
                         "",
                     )?;
                     let fill = cg.splat_f32(cg.cf32(fill), 16)?;
@@ -1004,7 +1027,7 @@ impl<'c> Cg<'c> {
                 // Weights: exp(s - max) (the runtime's exp_f32, a loop
                 // that vectorizes); masked keys (-inf) weigh exactly 0
                 // without going through exp.
-                cg.for_n(total, |cg, j| {
+                cg.for_n(kend, |cg, j| {
                     let s = cg.load(DType::F32, scores, j)?.into_float_value();
                     let masked = cg.fcmp(FloatPredicate::OEQ, s, cg.cf32(f32::NEG_INFINITY))?;
                     let x = cg.select_f(masked, cg.cf32(0.0), cg.fsub(s, m_safe)?)?;
@@ -1041,7 +1064,7 @@ impl<'c> Cg<'c> {
                     for a in &vacc[..nv] {
                         cg.b.build_store(*a, f32x16.const_zero())?;
                     }
-                    cg.for_n(total, |cg, j| {
+                    cg.for_n(kend, |cg, j| {
                         let e = cg.load(DType::F32, scores, j)?.into_float_value();
                         let ev = cg.splat_f32(e, 16)?;
                         let vb = cg.add(vbase, cg.mul(j, vsi)?)?;
@@ -1074,7 +1097,7 @@ impl<'c> Cg<'c> {
                     cg.for_n(dv, |cg, t| {
                         cg.store(DType::F32, acc, t, cg.cf32(0.0).into())
                     })?;
-                    cg.for_n(total, |cg, j| {
+                    cg.for_n(kend, |cg, j| {
                         let e = cg.load(DType::F32, scores, j)?.into_float_value();
                         let vb = cg.add(vbase, cg.mul(j, vsi)?)?;
                         cg.for_n(dv, |cg, t| {
