@@ -64,15 +64,37 @@ unsafe fn rotate_blocks_avx2(x: &mut [f32], b: usize) {
     // every load and store is inside `blk` (see the bounds at each one).
     unsafe {
         let scale = _mm256_set1_ps(1.0 / (b as f32).sqrt());
+        let inreg = |a: __m256| {
+            let a = stage!(a, _mm256_permute_ps::<0xB1>(a), 0xAA);
+            let a = stage!(a, _mm256_permute_ps::<0x4E>(a), 0xCC);
+            stage!(a, _mm256_permute2f128_ps::<0x01>(a, a), 0xF0)
+        };
+        if b == 32 {
+            // The common block (`--rotate 32`) whole in registers: the same
+            // operations as below without the round trips through memory.
+            for blk in x.chunks_exact_mut(32) {
+                let p = blk.as_mut_ptr();
+                // SAFETY: every offset + 8 <= 32 = blk.len().
+                let a0 = inreg(_mm256_loadu_ps(p));
+                let a1 = inreg(_mm256_loadu_ps(p.add(8)));
+                let a2 = inreg(_mm256_loadu_ps(p.add(16)));
+                let a3 = inreg(_mm256_loadu_ps(p.add(24)));
+                let (b0, b1) = (_mm256_add_ps(a0, a1), _mm256_sub_ps(a0, a1));
+                let (b2, b3) = (_mm256_add_ps(a2, a3), _mm256_sub_ps(a2, a3));
+                let (c0, c2) = (_mm256_add_ps(b0, b2), _mm256_sub_ps(b0, b2));
+                let (c1, c3) = (_mm256_add_ps(b1, b3), _mm256_sub_ps(b1, b3));
+                _mm256_storeu_ps(p, _mm256_mul_ps(c0, scale));
+                _mm256_storeu_ps(p.add(8), _mm256_mul_ps(c1, scale));
+                _mm256_storeu_ps(p.add(16), _mm256_mul_ps(c2, scale));
+                _mm256_storeu_ps(p.add(24), _mm256_mul_ps(c3, scale));
+            }
+            return;
+        }
         for blk in x.chunks_exact_mut(b) {
             let p = blk.as_mut_ptr();
             for v in (0..b).step_by(8) {
                 // SAFETY: v + 8 <= b = blk.len().
-                let mut a = _mm256_loadu_ps(p.add(v));
-                a = stage!(a, _mm256_permute_ps::<0xB1>(a), 0xAA);
-                a = stage!(a, _mm256_permute_ps::<0x4E>(a), 0xCC);
-                a = stage!(a, _mm256_permute2f128_ps::<0x01>(a, a), 0xF0);
-                _mm256_storeu_ps(p.add(v), a);
+                _mm256_storeu_ps(p.add(v), inreg(_mm256_loadu_ps(p.add(v))));
             }
             let mut h = 8;
             while h < b {
