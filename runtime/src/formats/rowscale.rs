@@ -75,30 +75,26 @@ unsafe fn scale_contiguous_avx2(x: &mut [f32], k: usize) -> Vec<i32> {
 
 /// Rows of `k` in place. The amax is the largest magnitude bit pattern
 /// that is not NaN (the order of non-negative floats; NaN is skipped, as
-/// `f32::max` skips it): integer lanes, which vectorize.
+/// `f32::max` skips it): integer lanes, which vectorize. Plain loops: a
+/// closure handed to `collect` would be compiled inside the standard
+/// library's generic `from_iter`, without the caller's target features.
 #[inline(always)]
 fn scale_contiguous(x: &mut [f32], k: usize) -> Vec<i32> {
-    x.chunks_exact_mut(k)
-        .map(|row| {
-            let amax = row
-                .iter()
-                .map(|v| {
-                    let b = v.to_bits() & 0x7FFF_FFFF;
-                    if b > 0x7F80_0000 {
-                        0
-                    } else {
-                        b
-                    }
-                })
-                .fold(0u32, u32::max);
-            let e = hif8_exponent(f32::from_bits(amax));
-            let s = pow2(e);
-            for v in row {
-                *v *= s;
-            }
-            e
-        })
-        .collect()
+    let mut exps = Vec::with_capacity(x.len() / k.max(1));
+    for row in x.chunks_exact_mut(k) {
+        let mut amax = 0u32;
+        for v in row.iter() {
+            let b = v.to_bits() & 0x7FFF_FFFF;
+            amax = amax.max(if b > 0x7F80_0000 { 0 } else { b });
+        }
+        let e = hif8_exponent(f32::from_bits(amax));
+        let s = pow2(e);
+        for v in row.iter_mut() {
+            *v *= s;
+        }
+        exps.push(e);
+    }
+    exps
 }
 
 /// Multiplies each row of `y` by `2^-e` (the inverse of [`scale_rows`]).
