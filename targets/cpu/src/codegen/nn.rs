@@ -503,7 +503,7 @@ fn reduce16<'c>(cg: &Cg<'c>, mut vs: Vec<VectorValue<'c>>) -> R<VectorValue<'c>>
 }
 
 /// Value widths (head dimensions) whose attention sums stay in registers.
-const REG_WIDTHS: [usize; 2] = [64, 128];
+const REG_WIDTHS: [usize; 3] = [32, 64, 128];
 
 /// A per-batch index function generated inline (`past length of batch b`).
 type PerBatch<'a, 'c> = Box<dyn Fn(&Cg<'c>, IntValue<'c>) -> R<IntValue<'c>> + 'a>;
