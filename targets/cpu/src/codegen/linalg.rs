@@ -262,7 +262,7 @@ impl<'c> Cg<'c> {
         Ok(self.b.build_shuffle_vector(ins, t.get_undef(), z, "")?)
     }
     /// A vector load of `t` at byte offset `off` with alignment `align`.
-    fn load_vec(
+    pub(crate) fn load_vec(
         &self,
         p: PointerValue<'c>,
         off: IntValue<'c>,
@@ -276,7 +276,7 @@ impl<'c> Cg<'c> {
         }
         Ok(v)
     }
-    fn store_vec_aligned(
+    pub(crate) fn store_vec_aligned(
         &self,
         p: PointerValue<'c>,
         off: IntValue<'c>,
@@ -369,7 +369,7 @@ impl<'c> Cg<'c> {
             .into_vector_value())
     }
     /// `a · b + c` lane-wise, fused.
-    fn fma_vec(
+    pub(crate) fn fma_vec(
         &self,
         a: VectorValue<'c>,
         b: VectorValue<'c>,

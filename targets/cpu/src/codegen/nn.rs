@@ -320,15 +320,8 @@ impl<'c> Cg<'c> {
 impl<'c> Cg<'c> {
     /// The `<16 x f32>` at element `i` of `p` (4-byte aligned).
     fn load_vec_f32x16_at(&self, p: PointerValue<'c>, i: IntValue<'c>) -> R<VectorValue<'c>> {
-        let q = self.gep(DType::F32, p, i)?;
-        let v = self
-            .b
-            .build_load(self.f32t().vec_type(16), q, "")?
-            .into_vector_value();
-        if let Some(ins) = v.as_instruction() {
-            let _ = ins.set_alignment(4);
-        }
-        Ok(v)
+        let f32x16 = self.f32t().vec_type(16);
+        self.load_vec(p, self.mul(i, self.c64(4))?, f32x16, 4)
     }
     /// Stores `v` (`<16 x f32>`) at element `i` of `p`.
     fn store_vec_f32x16_at(
@@ -337,9 +330,13 @@ impl<'c> Cg<'c> {
         i: IntValue<'c>,
         v: VectorValue<'c>,
     ) -> R<()> {
-        let q = self.gep(DType::F32, p, i)?;
-        let st = self.b.build_store(q, v)?;
-        let _ = st.set_alignment(4);
+        self.store_vec_aligned(p, self.mul(i, self.c64(4))?, v, 4)
+    }
+    /// `*acc = a · b + *acc` on `<16 x f32>` (fused).
+    fn fma_into(&self, acc: PointerValue<'c>, a: VectorValue<'c>, b: VectorValue<'c>) -> R<()> {
+        let t = self.f32t().vec_type(16);
+        let s = self.b.build_load(t, acc, "")?.into_vector_value();
+        self.b.build_store(acc, self.fma_vec(a, b, s)?)?;
         Ok(())
     }
     /// `Σ a[ao + t] · b[bo + t]` over `n` f32 elements: 16 lanes at a time
@@ -885,15 +882,13 @@ impl<'c> Cg<'c> {
                         masked = cg.b.build_or(masked, beyond, "")?;
                     }
                     if let Some(mdt) = mask_dt {
-                        let (mp, s0, s1, s2, w) = (p(25), i(26), i(27), i(28), i(29));
-                        let inside = cg.icmp(IntPredicate::SLT, j, w)?;
-                        let jc = cg.select_i(inside, j, cg.c64(0))?;
+                        // Only keys inside the mask's width come here (the
+                        // others are masked): contiguous loads.
+                        let (mp, s0, s1, s2) = (p(25), i(26), i(27), i(28));
                         let mi = cg.add(
                             cg.add(cg.add(cg.mul(bi, s0)?, cg.mul(h, s1)?)?, cg.mul(qi, s2)?)?,
-                            jc,
+                            j,
                         )?;
-                        let outside = cg.b.build_not(inside, "")?;
-                        masked = cg.b.build_or(masked, outside, "")?;
                         match mdt {
                             DType::Bool => {
                                 let mv = cg.load_u8(mp, mi)?;
@@ -914,8 +909,14 @@ impl<'c> Cg<'c> {
                 // Biases first: keys from `kend` on (one past the last
                 // unmasked key; causal masks leave half of a prefill's keys
                 // out) weigh exactly 0, so nothing is computed for them.
+                // Keys past the mask's width are masked; the loop over the
+                // others is simple enough to vectorize.
+                let wlim = match mask_dt {
+                    Some(_) => cg.smin(i(29), total)?,
+                    None => total,
+                };
                 cg.b.build_store(kend_slot, cg.c64(0))?;
-                cg.for_n(total, |cg, j| {
+                cg.for_n(wlim, |cg, j| {
                     let bv = bias_of(cg, j)?;
                     cg.store(DType::F32, biases, j, bv.into())?;
                     let live = cg.fcmp(FloatPredicate::ONE, bv, cg.cf32(f32::NEG_INFINITY))?;
@@ -923,6 +924,10 @@ impl<'c> Cg<'c> {
                     let ke = cg.select_i(live, cg.add(j, cg.c64(1))?, ke)?;
                     cg.b.build_store(kend_slot, ke)?;
                     Ok(())
+                })?;
+                cg.for_range(wlim, total, |cg, j| {
+                    let ninf = cg.cf32(f32::NEG_INFINITY);
+                    cg.store(DType::F32, biases, j, ninf.into())
                 })?;
                 let kend = cg.b.build_load(cg.i64t(), kend_slot, "")?.into_int_value();
                 let score = |cg: &mut Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
@@ -962,13 +967,7 @@ impl<'c> Cg<'c> {
                         for (kk, a) in kacc.iter().enumerate() {
                             let kb = cg.add(cg.add(kb0, cg.mul(cg.c64(kk as i64), ksi)?)?, o)?;
                             let kv = cg.load_vec_f32x16_at(kp, kb)?;
-                            let s = cg.b.build_load(f32x16, *a, "")?.into_vector_value();
-                            let f = cg.intrinsic(
-                                "llvm.fma",
-                                &[f32x16.into()],
-                                &[qv.into(), kv.into(), s.into()],
-                            )?;
-                            cg.b.build_store(*a, f)?;
+                            cg.fma_into(*a, qv, kv)?;
                         }
                         Ok(())
                     })?;
@@ -1071,13 +1070,7 @@ impl<'c> Cg<'c> {
                         for (u, a) in vacc[..nv].iter().enumerate() {
                             let o = cg.add(vb, cg.c64(16 * u as i64))?;
                             let x = cg.load_vec_f32x16_at(vp, o)?;
-                            let s = cg.b.build_load(f32x16, *a, "")?.into_vector_value();
-                            let f = cg.intrinsic(
-                                "llvm.fma",
-                                &[f32x16.into()],
-                                &[ev.into(), x.into(), s.into()],
-                            )?;
-                            cg.b.build_store(*a, f)?;
+                            cg.fma_into(*a, ev, x)?;
                         }
                         Ok(())
                     })?;
