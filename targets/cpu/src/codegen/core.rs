@@ -148,6 +148,12 @@ impl<'c> Cg<'c> {
         // SAFETY: as above.
         Ok(unsafe { self.b.build_in_bounds_gep(self.i8t(), p, &[i], "")? })
     }
+    /// `p + i` bytes for an address that may lie past the object (a
+    /// prefetch ahead): a plain GEP, where an in-bounds one would be poison.
+    pub fn gep_bytes_ahead(&self, p: PointerValue<'c>, i: IntValue<'c>) -> R<PointerValue<'c>> {
+        // SAFETY: the address is only prefetched, never dereferenced.
+        Ok(unsafe { self.b.build_gep(self.i8t(), p, &[i], "")? })
+    }
     pub fn load(&self, dt: DType, p: PointerValue<'c>, i: IntValue<'c>) -> R<BasicValueEnum<'c>> {
         let q = self.gep(dt, p, i)?;
         Ok(self.b.build_load(self.ty(dt)?, q, "")?)

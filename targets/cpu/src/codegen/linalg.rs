@@ -2012,7 +2012,7 @@ fn prefetch_next_call<'c>(
     let nc = wrows.len() as i64;
     for c in 0..nc {
         let ahead = cg.add(cg.mul(g, cg.c64(64 * nc))?, cg.c64(nc * bpr + 64 * c))?;
-        cg.prefetch(cg.gep_bytes(wrows[0], ahead)?, nc * bpr <= 16 << 10)?;
+        cg.prefetch(cg.gep_bytes_ahead(wrows[0], ahead)?, nc * bpr <= 16 << 10)?;
     }
     Ok(())
 }
@@ -3033,14 +3033,14 @@ fn pack_cpu_panel<'c>(
             let lanes = cg.b.build_int_add(cg.splat_i32(cu32, 16)?, iota, "")?;
             let inside =
                 cg.b.build_int_compare(IntPredicate::SLT, lanes, cg.splat_i32(nn32, 16)?, "")?;
-            let strip = cg.gep_bytes(wp, cg.mul(cu, cg.c64(s.bpr))?)?;
+            let strip = cg.gep_bytes_ahead(wp, cg.mul(cu, cg.c64(s.bpr))?)?;
             cg.for_n(cg.c64(k / layout::GROUP as i64), |cg, g| {
                 // The next strip's rows (contiguous) are requested while this
                 // one is packed, 16 lines per step: 16 rows read side by side
                 // keep too few misses in flight for DRAM bandwidth.
                 for c in 0..16 {
                     let ahead = cg.add(cg.mul(g, cg.c64(64 * 16))?, cg.c64(16 * s.bpr + 64 * c))?;
-                    cg.prefetch(cg.gep_bytes(strip, ahead)?, false)?;
+                    cg.prefetch(cg.gep_bytes_ahead(strip, ahead)?, false)?;
                 }
                 // One header dword per column at byte `at` of its row.
                 let dwords = |cg: &Cg<'c>, at: IntValue<'c>| -> R<VectorValue<'c>> {

@@ -864,7 +864,6 @@ impl<'c> Cg<'c> {
                 let qbase = cg.add(cg.add(cg.mul(bi, qsb)?, cg.mul(h, qsh)?)?, cg.mul(qi, qsi)?)?;
                 let kbase = cg.add(cg.mul(bi, ksb)?, cg.mul(kh, ksh)?)?;
                 let vbase = cg.add(cg.mul(bi, vsb)?, cg.mul(kh, vsh)?)?;
-                // score(j) in f32, -inf when masked.
                 // The additive bias of key j: -inf when masked, else the float
                 // mask's value (0 without one).
                 let bias_of = |cg: &mut Cg<'c>, j: IntValue<'c>| -> R<FloatValue<'c>> {
