@@ -91,12 +91,15 @@ fn run_case(c: &Case, seed: u64) {
 
     // Both kernel paths: the host's (AVX-512 VNNI and VBMI here) and AVX2
     // (haswell); for 4-bit weights in the CPU layout also VNNI without VBMI
-    // (cascadelake), whose panel GEMM packs one column and block at a time.
+    // (cascadelake, when this CPU can run it), whose panel GEMM packs one
+    // column and block at a time.
     let mut haswell = CpuTarget::host().unwrap();
     haswell.cpu = "haswell".into();
     haswell.features = String::new();
-    let mut targets = vec![CpuTarget::host().unwrap(), haswell];
-    if !matches!(c.f, Format::Hif8(_)) && k % 128 == 0 {
+    let host = CpuTarget::host().unwrap();
+    let host_vnni = host.features.contains("+avx512vnni") && host.features.contains("+avx512bw");
+    let mut targets = vec![host, haswell];
+    if host_vnni && !matches!(c.f, Format::Hif8(_)) && k % 128 == 0 {
         let mut cascadelake = CpuTarget::host().unwrap();
         cascadelake.cpu = "cascadelake".into();
         cascadelake.features = "+avx512bw,+avx512vnni".into();
