@@ -265,7 +265,7 @@ fn layer_inputs(
     for ops in operands {
         let x = ops.first().copied().flatten().ok_or("no input")?;
         let mut x: Vec<f32> = x.to_f64().into_iter().map(|v| v as f32).collect();
-        if k == 0 || x.len() % k != 0 {
+        if k == 0 || !x.len().is_multiple_of(k) {
             return Err(format!("`{}`: the input is not rows of {k}", node.name));
         }
         if rot > 0 {

@@ -10,7 +10,7 @@
 /// results: only additions, subtractions and one scaling per element).
 pub fn rotate_blocks(x: &mut [f32], b: usize) {
     assert!(
-        b.is_power_of_two() && x.len() % b == 0,
+        b.is_power_of_two() && x.len().is_multiple_of(b),
         "hadamard: length {} is not a multiple of block {b}",
         x.len()
     );
@@ -38,13 +38,71 @@ unsafe fn rotate_blocks_avx512(x: &mut [f32], b: usize) {
     unsafe { rotate_blocks_avx2(x, b) }
 }
 
+/// One in-register stage on 8-lane registers: lanes whose bit is set in the
+/// blend mask `UPPER` take `p - a`, the others `a + p` (the same two
+/// operands, in the same order, as the scalar loop's `u + v` and `u - v`).
+/// (`unsafe` only for the target feature, on the workspace's minimum Rust.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn stage<const UPPER: i32>(
+    a: std::arch::x86_64::__m256,
+    p: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    _mm256_blend_ps::<UPPER>(_mm256_add_ps(a, p), _mm256_sub_ps(p, a))
+}
+
+/// Strides 1, 2 and 4 inside one 8-lane register (a lane permutation, then
+/// [`stage`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn in_register(a: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 as this function.
+    unsafe {
+        let a = stage::<0xAA>(a, _mm256_permute_ps::<0xB1>(a));
+        let a = stage::<0xCC>(a, _mm256_permute_ps::<0x4E>(a));
+        stage::<0xF0>(a, _mm256_permute2f128_ps::<0x01>(a, a))
+    }
+}
+
+/// The 32 values at `p` rotated as one block (`--rotate 32`, the common
+/// block) whole in registers: the operations of the general loop of
+/// [`rotate_blocks_avx2`] without the round trips through memory.
+///
+/// # Safety
+/// `p` points to 32 readable floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn rotate32_avx2(p: *const f32) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: every offset + 8 <= 32 (the contract); AVX2 as this function.
+    unsafe {
+        let a0 = in_register(_mm256_loadu_ps(p));
+        let a1 = in_register(_mm256_loadu_ps(p.add(8)));
+        let a2 = in_register(_mm256_loadu_ps(p.add(16)));
+        let a3 = in_register(_mm256_loadu_ps(p.add(24)));
+        let scale = _mm256_set1_ps(1.0 / 32f32.sqrt());
+        let (b0, b1) = (_mm256_add_ps(a0, a1), _mm256_sub_ps(a0, a1));
+        let (b2, b3) = (_mm256_add_ps(a2, a3), _mm256_sub_ps(a2, a3));
+        let (c0, c2) = (_mm256_add_ps(b0, b2), _mm256_sub_ps(b0, b2));
+        let (c1, c3) = (_mm256_add_ps(b1, b3), _mm256_sub_ps(b1, b3));
+        [
+            _mm256_mul_ps(c0, scale),
+            _mm256_mul_ps(c1, scale),
+            _mm256_mul_ps(c2, scale),
+            _mm256_mul_ps(c3, scale),
+        ]
+    }
+}
+
 /// The butterflies on 8-lane registers: strides 1, 2 and 4 inside each
-/// vector (a lane permutation `p`, then `a + p` in the lower lane of each
-/// pair and `p - a` in the upper one: the same two operands, in the same
-/// order, as the scalar loop's `u + v` and `u - v`), strides of 8 and more
-/// between vectors, then the scaling. Blocks shorter than 8 take the
-/// generic loop. (AVX2 intrinsics: the AVX-512 ones are newer than the
-/// workspace's minimum Rust.)
+/// vector ([`in_register`]), strides of 8 and more between vectors, then the
+/// scaling. Blocks shorter than 8 take the generic loop. (AVX2 intrinsics:
+/// the AVX-512 ones are newer than the workspace's minimum Rust.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn rotate_blocks_avx2(x: &mut [f32], b: usize) {
@@ -52,49 +110,26 @@ unsafe fn rotate_blocks_avx2(x: &mut [f32], b: usize) {
     if b < 8 {
         return rotate_blocks_impl(x, b);
     }
-    // One in-register stage: lanes whose bit is set in the blend mask take
-    // p - a, the others a + p.
-    macro_rules! stage {
-        ($a:expr, $p:expr, $upper:literal) => {{
-            let (a, p) = ($a, $p);
-            _mm256_blend_ps::<$upper>(_mm256_add_ps(a, p), _mm256_sub_ps(p, a))
-        }};
-    }
     // SAFETY: the caller runs on a CPU with AVX2 (the target feature);
     // every load and store is inside `blk` (see the bounds at each one).
     unsafe {
-        let scale = _mm256_set1_ps(1.0 / (b as f32).sqrt());
-        let inreg = |a: __m256| {
-            let a = stage!(a, _mm256_permute_ps::<0xB1>(a), 0xAA);
-            let a = stage!(a, _mm256_permute_ps::<0x4E>(a), 0xCC);
-            stage!(a, _mm256_permute2f128_ps::<0x01>(a, a), 0xF0)
-        };
         if b == 32 {
-            // The common block (`--rotate 32`) whole in registers: the same
-            // operations as below without the round trips through memory.
             for blk in x.chunks_exact_mut(32) {
                 let p = blk.as_mut_ptr();
-                // SAFETY: every offset + 8 <= 32 = blk.len().
-                let a0 = inreg(_mm256_loadu_ps(p));
-                let a1 = inreg(_mm256_loadu_ps(p.add(8)));
-                let a2 = inreg(_mm256_loadu_ps(p.add(16)));
-                let a3 = inreg(_mm256_loadu_ps(p.add(24)));
-                let (b0, b1) = (_mm256_add_ps(a0, a1), _mm256_sub_ps(a0, a1));
-                let (b2, b3) = (_mm256_add_ps(a2, a3), _mm256_sub_ps(a2, a3));
-                let (c0, c2) = (_mm256_add_ps(b0, b2), _mm256_sub_ps(b0, b2));
-                let (c1, c3) = (_mm256_add_ps(b1, b3), _mm256_sub_ps(b1, b3));
-                _mm256_storeu_ps(p, _mm256_mul_ps(c0, scale));
-                _mm256_storeu_ps(p.add(8), _mm256_mul_ps(c1, scale));
-                _mm256_storeu_ps(p.add(16), _mm256_mul_ps(c2, scale));
-                _mm256_storeu_ps(p.add(24), _mm256_mul_ps(c3, scale));
+                // SAFETY: blk holds 32 floats; every offset + 8 <= 32.
+                let r = rotate32_avx2(p);
+                for (i, v) in r.into_iter().enumerate() {
+                    _mm256_storeu_ps(p.add(8 * i), v);
+                }
             }
             return;
         }
+        let scale = _mm256_set1_ps(1.0 / (b as f32).sqrt());
         for blk in x.chunks_exact_mut(b) {
             let p = blk.as_mut_ptr();
             for v in (0..b).step_by(8) {
                 // SAFETY: v + 8 <= b = blk.len().
-                _mm256_storeu_ps(p.add(v), inreg(_mm256_loadu_ps(p.add(v))));
+                _mm256_storeu_ps(p.add(v), in_register(_mm256_loadu_ps(p.add(v))));
             }
             let mut h = 8;
             while h < b {
@@ -147,7 +182,7 @@ pub fn rotate_rows(x: &mut [f32], k: usize, b: usize) {
 
 /// Rotates a `[k, n]` row-major matrix along k (its columns), i.e. `H · W`.
 pub fn rotate_columns(w: &mut [f32], k: usize, n: usize, b: usize) {
-    assert!(w.len() == k * n && k % b == 0);
+    assert!(w.len() == k * n && k.is_multiple_of(b));
     let mut col = vec![0f32; k];
     for j in 0..n {
         for i in 0..k {
@@ -199,7 +234,7 @@ mod tests {
 
     /// Entry (i, j) of the unnormalized Sylvester matrix: (-1)^popcount(i & j).
     fn h(i: usize, j: usize) -> f64 {
-        if (i & j).count_ones() % 2 == 0 {
+        if (i & j).count_ones().is_multiple_of(2) {
             1.0
         } else {
             -1.0

@@ -267,13 +267,13 @@ pub fn qgemm_activations(node: &Node, x: &[f32]) -> R<Vec<f32>> {
     let k = node.int("k").ok_or("`k` attribute is required")? as usize;
     let af = node_format(node, "aformat", "amode")?;
     let rot = node.int("rotate").unwrap_or(0) as usize;
-    if k == 0 || x.len() % k != 0 {
+    if k == 0 || !x.len().is_multiple_of(k) {
         return Err(format!("{} values are not rows of {k}", x.len()));
     }
     let rows = x.len() / k;
     let mut x = x.to_vec();
     if rot > 0 {
-        if k % rot != 0 {
+        if !k.is_multiple_of(rot) {
             return Err(format!(
                 "{k} features are not a multiple of the rotation block {rot}"
             ));

@@ -433,6 +433,58 @@ pub unsafe extern "C" fn lpc_rt_quantize_rows(
     let _ = f.quantize_into(rows_in, &l, out);
 }
 
+/// Quantizes `rows` activation rows of length `k` (row stride `k`), each
+/// first rotated by the block Hadamard transform when `rotate > 0`, to the
+/// 4-bit formats' integer block codes (`lpc_runtime::formats::codes`): row
+/// `r`'s i8 codes at `codes + r·stride` (zeros after the last block), its
+/// f64 block factors at `factors + r·ceil(k / block)`. Returns 0, or 1 when
+/// the format has no block codes or the sizes do not fit it (nothing
+/// written).
+///
+/// # Safety
+/// `x` holds `rows · k` floats, `codes` `rows · stride` bytes (`stride` at
+/// least the padded row), `factors` `rows · ceil(k / block)` doubles.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_quantize_codes(
+    fmt: i32,
+    mode: i32,
+    x: *const f32,
+    rows: i64,
+    k: i64,
+    rotate: i64,
+    codes: *mut i8,
+    stride: i64,
+    factors: *mut f64,
+) -> i32 {
+    let (rows, k, stride) = (
+        rows.max(0) as usize,
+        k.max(0) as usize,
+        stride.max(0) as usize,
+    );
+    let Some(f) = format_from_codes(fmt, mode) else {
+        return 1;
+    };
+    let nb = k.div_ceil(f.block_len());
+    // SAFETY: in bounds by the contract above.
+    let (x, codes, factors) = unsafe {
+        (
+            std::slice::from_raw_parts(x, rows * k),
+            std::slice::from_raw_parts_mut(codes, rows * stride),
+            std::slice::from_raw_parts_mut(factors, rows * nb),
+        )
+    };
+    let r = lpc_runtime::formats::codes::quantize_codes(
+        f,
+        x,
+        k,
+        rotate.max(0) as usize,
+        codes,
+        stride,
+        factors,
+    );
+    r.is_err() as i32
+}
+
 // ---------------------------------------------------------------------------
 // The C API, called through the generated library's exported wrappers.
 

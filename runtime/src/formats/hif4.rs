@@ -143,6 +143,29 @@ impl BlockFormat for Hif4 {
     }
 }
 
+/// Steps 4 to 6 of §3.4 for a unit whose largest magnitude is `vmax`: the
+/// E6M2 scale byte and the bf16 reciprocal of its value.
+#[inline(always)]
+pub(crate) fn unit_scale(vmax: f32) -> (u8, f32) {
+    // Step 4: scale seed sf = bf16(fl32(vmax · D7)), clamped.
+    let sf = bf16_round(vmax * D7).clamp(S_MIN, S_MAX);
+    // Step 5: E6M2 rounding, RNE on y = sf·2^(2-e) = 4 + t/32 in [4, 8).
+    let mut e = lg(sf);
+    let n = 128 + ((sf.to_bits() >> 16) & 0x7F);
+    let (mut q, rem) = (n >> 5, n & 31);
+    if rem > 16 || (rem == 16 && q & 1 == 1) {
+        q += 1;
+    }
+    if q == 8 {
+        q = 4;
+        e += 1;
+    }
+    let scale_byte = (4 * (e + 48) + (q as i32 - 4)) as u8;
+    let s = q as f32 * pow2(e - 2);
+    // Step 6: reciprocal rounded to bf16.
+    (scale_byte, bf16_round(1.0 / s))
+}
+
 /// Steps 2 to 9 of §3.4 for a unit of finite values.
 #[inline(always)]
 fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
@@ -160,23 +183,7 @@ fn encode_finite(v: &[f32; 64], variant: Hif4Variant) -> Hif4Unit {
     let m8: [u32; 8] = std::array::from_fn(|g| m4[2 * g].max(m4[2 * g + 1]));
     let (v4, v8) = (m4.map(f32::from_bits), m8.map(f32::from_bits));
     let vmax = f32::from_bits(m8.iter().fold(0u32, |m, &v| m.max(v)));
-    // Step 4: scale seed sf = bf16(fl32(vmax · D7)), clamped.
-    let sf = bf16_round(vmax * D7).clamp(S_MIN, S_MAX);
-    // Step 5: E6M2 rounding, RNE on y = sf·2^(2-e) = 4 + t/32 in [4, 8).
-    let mut e = lg(sf);
-    let n = 128 + ((sf.to_bits() >> 16) & 0x7F);
-    let (mut q, rem) = (n >> 5, n & 31);
-    if rem > 16 || (rem == 16 && q & 1 == 1) {
-        q += 1;
-    }
-    if q == 8 {
-        q = 4;
-        e += 1;
-    }
-    let scale_byte = (4 * (e + 48) + (q as i32 - 4)) as u8;
-    let s = q as f32 * pow2(e - 2);
-    // Step 6: reciprocal rounded to bf16.
-    let rec = bf16_round(1.0 / s);
+    let (scale_byte, rec) = unit_scale(vmax);
     // Step 7: micro-exponents.
     let e1_8: [u8; 8] = std::array::from_fn(|g| (v8[g] * rec >= 4.0) as u8);
     let e1_16: [u8; 16] =

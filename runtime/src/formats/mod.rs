@@ -10,6 +10,7 @@
 
 pub mod bits;
 mod bulk;
+pub mod codes;
 pub mod hif4;
 pub mod hif8;
 pub mod mxfp4;
@@ -248,7 +249,7 @@ impl Format {
         }
         let a = a as usize;
         let len = shape[a];
-        if !pad && len % self.block_len() != 0 {
+        if !pad && !len.is_multiple_of(self.block_len()) {
             return Err(FormatError::NotBlockMultiple {
                 format: self.name(),
                 axis: a,

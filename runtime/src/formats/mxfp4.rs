@@ -147,9 +147,10 @@ impl BlockFormat for Mxfp4 {
     }
 }
 
-/// Steps 3 and 4 of §2.2 for a block of finite values with the given amax bits.
+/// Steps 3 and 4 of §2.2 for a block of finite values with the given amax
+/// bits: the scale byte and the 32 element codes (sign in bit 3).
 #[inline(always)]
-fn encode_finite(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> Mxfp4Block {
+pub(crate) fn finite_codes(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> (u8, [u8; 32]) {
     // Step 3: E = max(e_f(amax) - 2, 0), se = E - 127.
     let e = (amax_bits >> 23).saturating_sub(2);
     let inv = pow2(127 - e as i32);
@@ -161,8 +162,14 @@ fn encode_finite(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> Mxfp4Blo
         let r = f32::from_bits(b & 0x7FFF_FFFF) * inv;
         *c = ((b >> 31) as u8) << 3 | magnitude_code(r, mode);
     }
+    (e as u8, codes)
+}
+
+#[inline(always)]
+fn encode_finite(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> Mxfp4Block {
+    let (scale, codes) = finite_codes(v, amax_bits, mode);
     Mxfp4Block {
-        scale: e as u8,
+        scale,
         data: pack_nibbles(&codes),
     }
 }

@@ -368,6 +368,20 @@ impl<'c> Cg<'c> {
                 ],
                 false,
             ),
+            "lpc_rt_quantize_codes" => i32t.fn_type(
+                &[
+                    i32t.into(),
+                    i32t.into(),
+                    p.into(),
+                    i64t.into(),
+                    i64t.into(),
+                    i64t.into(),
+                    p.into(),
+                    i64t.into(),
+                    p.into(),
+                ],
+                false,
+            ),
             other => panic!("unknown runtime function {other}"),
         };
         self.m.add_function(name, ty, Some(Linkage::External))

@@ -60,7 +60,7 @@ pub fn cpu_layout_format(n: &Node, vnni: bool, vbmi: bool) -> Option<Format> {
         return None;
     }
     let k = n.int("k")?;
-    if k <= 0 || k as usize % GROUP != 0 {
+    if k <= 0 || !(k as usize).is_multiple_of(GROUP) {
         return None;
     }
     let f = match name {
@@ -147,11 +147,11 @@ fn hif4_header(h: &[u8]) -> u32 {
 /// block with nonzero codes and a scale outside `2..=254`, a HiF8 NaN) or
 /// the shape does not fit.
 pub fn repack(f: Format, data: &[u8], k: usize) -> Option<Vec<u8>> {
-    if k == 0 || k % GROUP != 0 {
+    if k == 0 || !k.is_multiple_of(GROUP) {
         return None;
     }
     if let Format::Hif8(_) = f {
-        if data.is_empty() || data.len() % k != 0 || data.contains(&0x80) {
+        if data.is_empty() || !data.len().is_multiple_of(k) || data.contains(&0x80) {
             return None;
         }
         let mut out = vec![0u8; data.len()];
@@ -165,7 +165,7 @@ pub fn repack(f: Format, data: &[u8], k: usize) -> Option<Vec<u8>> {
     let (bl, bb) = (f.block_len(), f.block_bytes());
     let nb = k / bl;
     let bpr = nb * bb;
-    if data.is_empty() || data.len() % bpr != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(bpr) {
         return None;
     }
     let codes = k / 2;
@@ -218,7 +218,7 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 let b = (s >> 33) as u8;
                 // Valid MXFP4 scales away from the edges.
-                if matches!(f, Format::Mxfp4(_)) && (i % bpr) % 17 == 0 {
+                if matches!(f, Format::Mxfp4(_)) && (i % bpr).is_multiple_of(17) {
                     100 + b % 40
                 } else {
                     b

@@ -1266,6 +1266,14 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     } else {
         cg.ptrt().const_null()
     };
+    // VNNI without row scales: the runtime writes the activation codes and
+    // block factors directly (`lpc_rt_quantize_codes`); no packed rows.
+    let direct = vnni && !ascaled;
+    let afac = if direct {
+        cg.alloc(DType::F64, cg.mul(cg.smax(rows, cg.c64(1))?, cg.c64(nb_i))?)?
+    } else {
+        cg.ptrt().const_null()
+    };
     // Rows shift their codes for pairs only when the panel GEMM pairs.
     let pair_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
     let pair_rows = cg.b.build_int_z_extend(pair_rows, cg.i64t(), "")?;
@@ -1282,6 +1290,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         acl.into(),
         apf.into(),
         pair_rows.into(),
+        afac.into(),
     ];
     cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
         let p = |i: usize| c[i].into_pointer_value();
@@ -1291,20 +1300,38 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         let xs = cg.gep(DType::F32, xp, cg.mul(lo, cg.c64(kk))?)?;
         let ps = cg.gep_bytes(pap, cg.mul(lo, cg.c64(abpr))?)?;
         let es = cg.gep(DType::I32, eap, lo)?;
-        cg.call_void(
-            cg.rt("lpc_rt_quantize_rows"),
-            &[
-                i32c(fc).into(),
-                i32c(mc).into(),
-                xs.into(),
-                cnt.into(),
-                cg.c64(kk).into(),
-                cg.c64(rot).into(),
-                i32c(ascaled as i32).into(),
-                ps.into(),
-                es.into(),
-            ],
-        )?;
+        if direct {
+            // Sizes consistent by construction: the status is always 0.
+            cg.call_value(
+                cg.rt("lpc_rt_quantize_codes"),
+                &[
+                    i32c(fc).into(),
+                    i32c(mc).into(),
+                    xs.into(),
+                    cnt.into(),
+                    cg.c64(kk).into(),
+                    cg.c64(rot).into(),
+                    cg.gep_bytes(acp, cg.mul(lo, cg.c64(kc))?)?.into(),
+                    cg.c64(kc).into(),
+                    cg.gep(DType::F64, p(12), cg.mul(lo, cg.c64(nb_i))?)?.into(),
+                ],
+            )?;
+        } else {
+            cg.call_void(
+                cg.rt("lpc_rt_quantize_rows"),
+                &[
+                    i32c(fc).into(),
+                    i32c(mc).into(),
+                    xs.into(),
+                    cnt.into(),
+                    cg.c64(kk).into(),
+                    cg.c64(rot).into(),
+                    i32c(ascaled as i32).into(),
+                    ps.into(),
+                    es.into(),
+                ],
+            )?;
+        }
         if let (true, Some(af), false) = (blocks, af, vnni) {
             cg.for_range(lo, hi, |cg, r| {
                 let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
@@ -1330,9 +1357,14 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
                 let crow = cg.gep_bytes(acp, cg.mul(r, cg.c64(kc))?)?;
                 let srow = cg.gep(DType::F32, asp, cg.mul(r, cg.c64(lanes))?)?;
-                cg.for_n(cg.c64(nb_i), |cg, t| {
-                    cg.decode_block(af, WLayout::Spec, prow, t, crow, s64)
-                })?;
+                let s64 = if direct {
+                    cg.gep(DType::F64, p(12), cg.mul(r, cg.c64(nb_i))?)?
+                } else {
+                    cg.for_n(cg.c64(nb_i), |cg, t| {
+                        cg.decode_block(af, WLayout::Spec, prow, t, crow, s64)
+                    })?;
+                    s64
+                };
                 cg.replicate_scales(s64, nb_i, bl, lanes, srow)?;
                 // For the panel GEMM: the s8 codes, f32 block scales and
                 // per-block sums times the weights' offset.
@@ -1948,6 +1980,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     }
     cg.release(pa)?;
     cg.release(ea)?;
+    if direct {
+        cg.release(afac)?;
+    }
     if blocks {
         cg.release(acodes)?;
         cg.release(ascales)?;
@@ -2946,7 +2981,7 @@ impl<'c> IndexBits<'c> {
                 &[VectorType::const_vector(&ctrl).into(), hd8.into()],
             )?
             .into_vector_value();
-        let m = if j % 2 == 0 { 0x50 } else { 0x30 };
+        let m = if j.is_multiple_of(2) { 0x50 } else { 0x30 };
         Ok(Some(cg.b.build_and(x, cg.splat_i8(m, 64), "")?))
     }
 }
