@@ -281,11 +281,16 @@ mod avx512 {
                 &buf[..]
             };
             let body = &mut crow[..nb * bl];
-            match ch {
+            // Four MXFP4 blocks or two HiF4 units at a time where the row
+            // allows, so that their scales' latencies overlap.
+            let wide = direct && k.is_multiple_of(128);
+            match (wide, ch) {
                 // SAFETY: AVX-512 as this function.
-                32 => unsafe { chunks::<2>(f, src, rot, body, frow) },
+                (true, _) => unsafe { chunks::<8>(f, src, rot, body, frow) },
                 // SAFETY: as above.
-                _ => unsafe { chunks::<4>(f, src, rot, body, frow) },
+                (false, 32) => unsafe { chunks::<2>(f, src, rot, body, frow) },
+                // SAFETY: as above.
+                (false, _) => unsafe { chunks::<4>(f, src, rot, body, frow) },
             }
             crow[nb * bl..].fill(0);
         }
@@ -318,13 +323,33 @@ mod avx512 {
                     hadamard(&mut v, rot);
                 }
                 match f {
+                    Format::Mxfp4(mode) if N == 8 => {
+                        let mut v8 = [v[0]; 8];
+                        v8[..N].copy_from_slice(&v);
+                        mxfp4x4(v8, mode, o, fo);
+                    }
                     Format::Mxfp4(mode) => {
                         for q in 0..N / 2 {
                             fo[q] = mxfp4([v[2 * q], v[2 * q + 1]], mode, &mut o[32 * q..]);
                         }
                     }
                     Format::Hif4(variant) => {
-                        fo[0] = hif4([v[0], v[1 % N], v[2 % N], v[3 % N]], variant, o);
+                        // Both units' scales first: two independent chains
+                        // of scalar work side by side.
+                        let mut units = [[v[0]; 4]; 2];
+                        for (i, x) in v.iter().enumerate() {
+                            units[i / 4][i % 4] = *x;
+                        }
+                        let prep = [hif4_scale(&units[0]), hif4_scale(&units[1])];
+                        for q in 0..N / 4 {
+                            let o = &mut o[64 * q..][..64];
+                            fo[q] = match prep[q] {
+                                Some((scale_byte, rec)) => {
+                                    hif4_encode(&units[q], scale_byte, rec, variant, o)
+                                }
+                                None => hif4_unit(&spill::<4, 64>(&units[q]), variant, o),
+                            };
+                        }
                     }
                     Format::Hif8(_) => unreachable!("checked by quantize_codes"),
                 }
@@ -426,55 +451,162 @@ mod avx512 {
             }
             let e = (amax_bits >> 23).saturating_sub(2);
             let inv = _mm512_set1_ps(f32::from_bits((254 - e) << 23));
-            let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_epi32(1));
-            let (lo, hi) = (_mm512_set1_epi32(128), _mm512_set1_epi32(130));
             for i in 0..2 {
-                let r = _mm512_mul_ps(_mm512_castsi512_ps(a[i]), inv);
-                let v2 = _mm512_add_ps(r, r);
-                let se = _mm512_srli_epi32::<23>(_mm512_castps_si512(v2));
-                let se = _mm512_sub_epi32(_mm512_min_epu32(_mm512_max_epu32(se, lo), hi), lo);
-                let ps = _mm512_slli_epi32::<23>(_mm512_sub_epi32(_mm512_set1_epi32(127), se));
-                let y = _mm512_mul_ps(v2, _mm512_castsi512_ps(ps));
-                let q = match mode {
-                    // `x2_code`'s rounding by the fraction is round-to-nearest-
-                    // even of y: one conversion with that rounding.
-                    Mxfp4Rounding::Rne => _mm512_cvt_roundps_epi32::<
-                        { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-                    >(y),
-                    Mxfp4Rounding::TiesAway => {
-                        let f = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
-                            y,
-                        );
-                        let t = _mm512_cvttps_epi32(f);
-                        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_sub_ps(y, f), half);
-                        _mm512_mask_add_epi32(t, up, t, one)
-                    }
-                };
-                let q = _mm512_sllv_epi32(q, se);
-                let q = _mm512_min_epi32(q, _mm512_set1_epi32(12));
-                store_signed(q, bits[i], &mut out[16 * i..]);
+                mxfp4_vec(a[i], bits[i], inv, mode, &mut out[16 * i..]);
             }
             f64::from_bits(((e as u64) + 1023 - 128) << 52)
         }
     }
 
-    /// `hif4::encode_finite`'s steps 2, 3, 7 and 8 (`unit_scale` for 4 to
-    /// 6) on one unit, to the codes of `Hif4Unit::int_codes`: register `j`
-    /// holds groups `2j` and `2j + 1`, each 128-bit lane one subgroup.
+    /// The 16 codes of one register of an MXFP4 block (magnitude bits `a`,
+    /// sign bits from `bits`) with the block's `2^-se` in every lane of
+    /// `inv`: `super::x2_code`, signed.
     #[inline(always)]
-    unsafe fn hif4(v: [__m512; 4], variant: Hif4Variant, out: &mut [i8]) -> f64 {
+    unsafe fn mxfp4_vec(
+        a: __m512i,
+        bits: __m512i,
+        inv: __m512,
+        mode: Mxfp4Rounding,
+        out: &mut [i8],
+    ) {
+        // SAFETY: inlined into `codes_rows` (AVX-512), as are the
+        // intrinsics.
+        unsafe {
+            let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_epi32(1));
+            let (lo, hi) = (_mm512_set1_epi32(128), _mm512_set1_epi32(130));
+            let r = _mm512_mul_ps(_mm512_castsi512_ps(a), inv);
+            let v2 = _mm512_add_ps(r, r);
+            let se = _mm512_srli_epi32::<23>(_mm512_castps_si512(v2));
+            let se = _mm512_sub_epi32(_mm512_min_epu32(_mm512_max_epu32(se, lo), hi), lo);
+            let ps = _mm512_slli_epi32::<23>(_mm512_sub_epi32(_mm512_set1_epi32(127), se));
+            let y = _mm512_mul_ps(v2, _mm512_castsi512_ps(ps));
+            let q = match mode {
+                // `x2_code`'s rounding by the fraction is round-to-nearest-
+                // even of y: one conversion with that rounding.
+                Mxfp4Rounding::Rne => {
+                    _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y)
+                }
+                Mxfp4Rounding::TiesAway => {
+                    let f =
+                        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(y);
+                    let t = _mm512_cvttps_epi32(f);
+                    let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_sub_ps(y, f), half);
+                    _mm512_mask_add_epi32(t, up, t, one)
+                }
+            };
+            let q = _mm512_sllv_epi32(q, se);
+            let q = _mm512_min_epi32(q, _mm512_set1_epi32(12));
+            store_signed(q, bits, out);
+        }
+    }
+
+    /// Four MXFP4 blocks (registers `2q`, `2q + 1` block `q`) at once: their
+    /// maxima reduced together (block `q`'s in 128-bit lane `q`), their
+    /// scales as one vector. A batch with a NaN or an infinity takes
+    /// [`mxfp4`] block by block.
+    #[inline(always)]
+    unsafe fn mxfp4x4(v: [__m512; 8], mode: Mxfp4Rounding, out: &mut [i8], fo: &mut [f64]) {
+        // SAFETY: inlined into `codes_rows` (AVX-512), as are the
+        // intrinsics.
+        unsafe {
+            let absm = _mm512_set1_epi32(0x7FFF_FFFF);
+            let (mut bits, mut a) = ([absm; 8], [absm; 8]);
+            for i in 0..8 {
+                bits[i] = _mm512_castps_si512(v[i]);
+                a[i] = _mm512_and_si512(bits[i], absm);
+            }
+            let mut m = [absm; 4];
+            for q in 0..4 {
+                m[q] = _mm512_max_epu32(a[2 * q], a[2 * q + 1]);
+            }
+            let t01 = _mm512_max_epu32(
+                _mm512_shuffle_i32x4::<0x44>(m[0], m[1]),
+                _mm512_shuffle_i32x4::<0xEE>(m[0], m[1]),
+            );
+            let t23 = _mm512_max_epu32(
+                _mm512_shuffle_i32x4::<0x44>(m[2], m[3]),
+                _mm512_shuffle_i32x4::<0xEE>(m[2], m[3]),
+            );
+            let u = _mm512_max_epu32(
+                _mm512_shuffle_i32x4::<0x88>(t01, t23),
+                _mm512_shuffle_i32x4::<0xDD>(t01, t23),
+            );
+            let u = _mm512_max_epu32(u, _mm512_shuffle_epi32::<0x4E>(u));
+            let u = _mm512_max_epu32(u, _mm512_shuffle_epi32::<0xB1>(u));
+            if _mm512_cmpge_epu32_mask(u, _mm512_set1_epi32(0x7F80_0000)) != 0 {
+                for q in 0..4 {
+                    fo[q] = mxfp4([v[2 * q], v[2 * q + 1]], mode, &mut out[32 * q..]);
+                }
+                return;
+            }
+            let two = _mm512_set1_epi32(2);
+            let e = _mm512_sub_epi32(_mm512_max_epu32(_mm512_srli_epi32::<23>(u), two), two);
+            let inv = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_sub_epi32(
+                _mm512_set1_epi32(254),
+                e,
+            )));
+            let invq = [
+                _mm512_shuffle_f32x4::<0x00>(inv, inv),
+                _mm512_shuffle_f32x4::<0x55>(inv, inv),
+                _mm512_shuffle_f32x4::<0xAA>(inv, inv),
+                _mm512_shuffle_f32x4::<0xFF>(inv, inv),
+            ];
+            for i in 0..8 {
+                mxfp4_vec(a[i], bits[i], invq[i / 2], mode, &mut out[16 * i..]);
+            }
+            // Factors 2^(e - 128) from lanes 0, 4, 8, 12.
+            let e4 = _mm512_castsi512_si128(_mm512_maskz_compress_epi32(0x1111, e));
+            let fb = _mm256_slli_epi64::<52>(_mm256_add_epi64(
+                _mm256_cvtepu32_epi64(e4),
+                _mm256_set1_epi64x(1023 - 128),
+            ));
+            let fo: &mut [f64; 4] = (&mut fo[..4]).try_into().expect("4 factors");
+            _mm256_storeu_pd(fo.as_mut_ptr(), _mm256_castsi256_pd(fb));
+        }
+    }
+
+    /// `hif4::encode_finite`'s steps 2 to 6 for one unit: its scale byte
+    /// and bf16 reciprocal, or `None` when a NaN or an infinity poisons it.
+    #[inline(always)]
+    unsafe fn hif4_scale(v: &[__m512; 4]) -> Option<(u8, f32)> {
+        // SAFETY: inlined into `codes_rows` (AVX-512), as are the
+        // intrinsics.
+        unsafe {
+            let absm = _mm512_set1_epi32(0x7FFF_FFFF);
+            let mut amax = _mm512_setzero_si512();
+            for x in v {
+                amax = _mm512_max_epu32(amax, _mm512_and_si512(_mm512_castps_si512(*x), absm));
+            }
+            let amax_bits = _mm512_reduce_max_epu32(amax);
+            if amax_bits < 0x7F80_0000 {
+                Some(hif4::unit_scale(f32::from_bits(amax_bits)))
+            } else {
+                None
+            }
+        }
+    }
+
+    /// `hif4::encode_finite`'s steps 2, 3, 7 and 8 on one unit with its
+    /// scale from [`hif4_scale`], to the codes of `Hif4Unit::int_codes`:
+    /// register `j` holds groups `2j` and `2j + 1`, each 128-bit lane one
+    /// subgroup.
+    #[inline(always)]
+    unsafe fn hif4_encode(
+        v: &[__m512; 4],
+        scale_byte: u8,
+        rec: f32,
+        variant: Hif4Variant,
+        out: &mut [i8],
+    ) -> f64 {
         // SAFETY: inlined into `codes_rows` (AVX-512), as are the
         // intrinsics; memory accesses as commented.
         unsafe {
             let absm = _mm512_set1_epi32(0x7FFF_FFFF);
-            let bits = v.map(|x| _mm512_castps_si512(x));
-            let a = bits.map(|b| _mm512_and_si512(b, absm));
-            let amax = _mm512_max_epu32(_mm512_max_epu32(a[0], a[1]), _mm512_max_epu32(a[2], a[3]));
-            let amax_bits = _mm512_reduce_max_epu32(amax);
-            if amax_bits >= 0x7F80_0000 {
-                return hif4_unit(&spill::<4, 64>(&v), variant, out);
+            let (mut bits, mut a) = ([absm; 4], [absm; 4]);
+            for i in 0..4 {
+                bits[i] = _mm512_castps_si512(v[i]);
+                a[i] = _mm512_and_si512(bits[i], absm);
             }
-            let (scale_byte, rec) = hif4::unit_scale(f32::from_bits(amax_bits));
             let recv = _mm512_set1_ps(rec);
             let (two, four, seven) = (
                 _mm512_set1_ps(2.0),

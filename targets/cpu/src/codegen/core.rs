@@ -438,6 +438,33 @@ impl<'c> Cg<'c> {
         self.call_void(self.rt("lpc_rt_release"), &[self.ctx.into(), p.into()])
     }
 
+    /// Several scratch buffers of one op from a single runtime allocation
+    /// (one `lpc_rt_alloc` and one release instead of one each): `sizes`
+    /// are element counts, each buffer starts 64-byte aligned. Returns the
+    /// allocation (to [`Self::release`]) and the buffers' pointers.
+    pub fn alloc_scratch(
+        &mut self,
+        sizes: &[(DType, IntValue<'c>)],
+    ) -> R<(PointerValue<'c>, Vec<PointerValue<'c>>)> {
+        let mut offs = Vec::with_capacity(sizes.len());
+        let mut total = self.c64(0);
+        for &(dt, n) in sizes {
+            offs.push(total);
+            let bytes = self.mul(n, self.c64(dt.size() as i64))?;
+            let padded = self.mul(
+                self.sdiv(self.add(bytes, self.c64(63))?, self.c64(64))?,
+                self.c64(64),
+            )?;
+            total = self.add(total, padded)?;
+        }
+        let base = self.alloc(DType::U8, self.smax(total, self.c64(64))?)?;
+        let ptrs = offs
+            .into_iter()
+            .map(|o| self.gep_bytes(base, o))
+            .collect::<R<Vec<_>>>()?;
+        Ok((base, ptrs))
+    }
+
     /// A stack slot in the function's entry block.
     pub fn entry_alloca(&self, t: BasicTypeEnum<'c>, n: u32) -> R<PointerValue<'c>> {
         let cur = self.b.get_insert_block();

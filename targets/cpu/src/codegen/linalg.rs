@@ -1175,8 +1175,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     // Prologue: every activation row rotated and quantized once (packed
     // rows), or only rotated (f32 rows) for weight-only quantization.
     let abpr = if af.is_some() { bpr } else { 4 * kk };
-    let pa = cg.alloc(DType::U8, cg.mul(rows, cg.c64(abpr))?)?;
-    let ea = cg.alloc(DType::I32, cg.smax(rows, cg.c64(1))?)?;
     let (fc, mc) = af.map_or((-1, 0), lpc_rt::format_codes);
     // 4-bit formats: both operands as i8 block codes and per-block scales;
     // activations decoded here, once per row.
@@ -1217,63 +1215,68 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let hif8 = af.is_some() && bl == 1;
     // Padded to 64 lanes: four independent 16-lane accumulators.
     let k16 = (kk + 63) / 64 * 64;
-    let adec = if hif8 {
-        cg.alloc(DType::F32, cg.smax(cg.mul(rows, cg.c64(k16))?, cg.c64(1))?)?
-    } else {
-        cg.ptrt().const_null()
-    };
-    let (acodes, ascales) = if blocks {
-        let (sdt, per_row) = if vnni {
-            (DType::F32, lanes)
-        } else {
-            (DType::F64, nb_i)
-        };
-        (
-            cg.alloc(DType::U8, cg.smax(cg.mul(rows, cg.c64(kc))?, cg.c64(1))?)?,
-            cg.alloc(sdt, cg.smax(cg.mul(rows, cg.c64(per_row))?, cg.c64(1))?)?,
-        )
-    } else {
-        (cg.ptrt().const_null(), cg.ptrt().const_null())
-    };
-    // Panel GEMM (VNNI, several rows): activation codes as s8 (the
-    // broadcast operand), one f32 scale per block, and per block the
-    // correction `off · Σ a` of the weights' unsigned offset.
-    let (as8, asb, acs) = if vnni {
-        let r1 = cg.smax(rows, cg.c64(1))?;
-        (
-            cg.alloc(DType::I8, cg.mul(r1, cg.c64(kc))?)?,
-            cg.alloc(DType::F32, cg.mul(r1, cg.c64(nb_i))?)?,
-            cg.alloc(DType::I32, cg.mul(r1, cg.c64(nb_i))?)?,
-        )
-    } else {
-        let null = cg.ptrt().const_null();
-        (null, null, null)
-    };
-    let acl = if acl_used {
-        cg.alloc(
-            DType::I32,
-            cg.mul(cg.smax(rows, cg.c64(1))?, cg.c64(lanes))?,
-        )?
-    } else {
-        cg.ptrt().const_null()
-    };
-    // Per row and block pair: do the two blocks share a scale (panel GEMM)?
-    let apf = if pairs {
-        cg.alloc(
-            DType::U8,
-            cg.mul(cg.smax(rows, cg.c64(1))?, cg.c64(npairs.max(1)))?,
-        )?
-    } else {
-        cg.ptrt().const_null()
-    };
     // VNNI without row scales: the runtime writes the activation codes and
     // block factors directly (`lpc_rt_quantize_codes`); no packed rows.
     let direct = vnni && !ascaled;
-    let afac = if direct {
-        cg.alloc(DType::F64, cg.mul(cg.smax(rows, cg.c64(1))?, cg.c64(nb_i))?)?
-    } else {
-        cg.ptrt().const_null()
+    // The scratch buffers, one allocation (absent ones: null):
+    // - pa: packed (or, weight-only, rotated f32) rows; ea: row exponents;
+    // - adec (HiF8): exact activation decodes;
+    // - acodes, ascales (4-bit): codes (u8 offset with VNNI) and scales
+    //   (VNNI: f32 per i32 lane, else f64 per block);
+    // - as8, asb, acs (panel GEMM, VNNI): s8 codes (the broadcast operand),
+    //   f32 block scales, per block the correction `-off · Σ a`;
+    // - acl: per-lane corrections for `cpu_row_dot`;
+    // - apf: per row and block pair, do the two share a scale;
+    // - afac: the runtime's f64 block factors (`direct`);
+    // - tpf: per full row tile and pair, do all its rows pair it.
+    let r1 = cg.smax(rows, cg.c64(1))?;
+    let per_row = |cg: &Cg<'c>, n: i64| cg.mul(r1, cg.c64(n));
+    let tiles = cg.sdiv(rows, cg.c64(MR))?;
+    let mut sizes = vec![
+        (
+            DType::U8,
+            if direct {
+                cg.c64(1)
+            } else {
+                per_row(cg, abpr)?
+            },
+        ),
+        (DType::I32, r1),
+    ];
+    let ask = |on: bool, sizes: &mut Vec<(DType, IntValue<'c>)>, dt: DType, n: IntValue<'c>| {
+        sizes.push((dt, if on { n } else { cg.c64(0) }));
+        sizes.len() - 1
     };
+    let i_adec = ask(hif8, &mut sizes, DType::F32, per_row(cg, k16)?);
+    let i_acodes = ask(blocks, &mut sizes, DType::U8, per_row(cg, kc)?);
+    let i_ascales = if vnni {
+        ask(blocks, &mut sizes, DType::F32, per_row(cg, lanes)?)
+    } else {
+        ask(blocks, &mut sizes, DType::F64, per_row(cg, nb_i)?)
+    };
+    let i_as8 = ask(vnni, &mut sizes, DType::I8, per_row(cg, kc)?);
+    let i_asb = ask(vnni, &mut sizes, DType::F32, per_row(cg, nb_i)?);
+    let i_acs = ask(vnni, &mut sizes, DType::I32, per_row(cg, nb_i)?);
+    let i_acl = ask(acl_used, &mut sizes, DType::I32, per_row(cg, lanes)?);
+    let i_apf = ask(pairs, &mut sizes, DType::U8, per_row(cg, npairs.max(1))?);
+    let i_afac = ask(direct, &mut sizes, DType::F64, per_row(cg, nb_i)?);
+    let i_tpf = ask(
+        pairs,
+        &mut sizes,
+        DType::U8,
+        cg.mul(cg.smax(tiles, cg.c64(1))?, cg.c64(npairs + 1))?,
+    );
+    let (scratch, bufs) = cg.alloc_scratch(&sizes)?;
+    let null = cg.ptrt().const_null();
+    let pick = |i: usize, on: bool| if on { bufs[i] } else { null };
+    let (pa, ea) = (bufs[0], bufs[1]);
+    let adec = pick(i_adec, hif8);
+    let (acodes, ascales) = (pick(i_acodes, blocks), pick(i_ascales, blocks));
+    let (as8, asb, acs) = (pick(i_as8, vnni), pick(i_asb, vnni), pick(i_acs, vnni));
+    let acl = pick(i_acl, acl_used);
+    let apf = pick(i_apf, pairs);
+    let afac = pick(i_afac, direct);
+    let tpf_buf = pick(i_tpf, pairs);
     // Rows shift their codes for pairs only when the panel GEMM pairs.
     let pair_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
     let pair_rows = cg.b.build_int_z_extend(pair_rows, cg.i64t(), "")?;
@@ -1436,11 +1439,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     // its rows pair it? Column `npairs` holds the AND over every pair (the
     // tile then runs its pairs without checks).
     let tpf = if pairs {
-        let tiles = cg.sdiv(rows, cg.c64(MR))?;
-        let tpf = cg.alloc(
-            DType::U8,
-            cg.mul(cg.smax(tiles, cg.c64(1))?, cg.c64(npairs + 1))?,
-        )?;
+        let tpf = tpf_buf;
         let all = cg.slot(cg.i8t().into(), cg.i8t().const_int(1, false).into())?;
         cg.for_n(tiles, |cg, ti| {
             let trow = cg.gep_bytes(tpf, cg.mul(ti, cg.c64(npairs + 1))?)?;
@@ -1978,30 +1977,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             })
         })?;
     }
-    cg.release(pa)?;
-    cg.release(ea)?;
-    if direct {
-        cg.release(afac)?;
-    }
-    if blocks {
-        cg.release(acodes)?;
-        cg.release(ascales)?;
-    }
-    if vnni {
-        cg.release(as8)?;
-        cg.release(asb)?;
-        cg.release(acs)?;
-    }
-    if acl_used {
-        cg.release(acl)?;
-    }
-    if pairs {
-        cg.release(apf)?;
-        cg.release(tpf)?;
-    }
-    if hif8 {
-        cg.release(adec)?;
-    }
+    cg.release(scratch)?;
     let mut dims = x.dims.clone();
     *dims.last_mut().expect("rank >= 1") = ntot;
     Ok(Val {
