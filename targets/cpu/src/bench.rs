@@ -205,6 +205,17 @@ impl OpLib {
 
     /// Runs on f32 inputs given as (data, shape); returns the first output.
     pub fn run(&self, inputs: &[(&[f32], &[usize])]) -> Result<Vec<f32>, String> {
+        let (p, n) = self.run_in_place(inputs)?;
+        // SAFETY: the library filled the output with `n` f32 values.
+        Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
+    }
+
+    /// [`Self::run`] without copying the output out (for timing): its data
+    /// pointer and length, valid until the next run.
+    pub fn run_in_place(
+        &self,
+        inputs: &[(&[f32], &[usize])],
+    ) -> Result<(*const f32, usize), String> {
         let desc = |dims: &[usize], p: *const f32| {
             let mut d = [0i64; MAX_RANK];
             for (a, &b) in d.iter_mut().zip(dims) {
@@ -225,8 +236,7 @@ impl OpLib {
             return Err(format!("lpc_model_run returned {rc}"));
         }
         let n: usize = out[0].dims[..out[0].rank as usize].iter().product::<i64>() as usize;
-        // SAFETY: the library filled the output with `n` f32 values.
-        Ok(unsafe { std::slice::from_raw_parts(out[0].data as *const f32, n) }.to_vec())
+        Ok((out[0].data as *const f32, n))
     }
 }
 
