@@ -500,6 +500,29 @@ impl<'c> Cg<'c> {
         Ok(())
     }
 
+    /// `if cond { then } else { other }`.
+    pub fn if_else(
+        &mut self,
+        cond: IntValue<'c>,
+        then: impl FnOnce(&mut Self) -> R<()>,
+        other: impl FnOnce(&mut Self) -> R<()>,
+    ) -> R<()> {
+        let (t, e) = (
+            self.cx.append_basic_block(self.f, "then"),
+            self.cx.append_basic_block(self.f, "else"),
+        );
+        let cont = self.cx.append_basic_block(self.f, "endif");
+        self.b.build_conditional_branch(cond, t, e)?;
+        self.b.position_at_end(t);
+        then(self)?;
+        self.b.build_unconditional_branch(cont)?;
+        self.b.position_at_end(e);
+        other(self)?;
+        self.b.build_unconditional_branch(cont)?;
+        self.b.position_at_end(cont);
+        Ok(())
+    }
+
     /// `for i in lo..hi { body(i) }`.
     pub fn for_range(
         &mut self,

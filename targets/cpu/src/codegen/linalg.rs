@@ -1280,6 +1280,10 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     // Rows shift their codes for pairs only when the panel GEMM pairs.
     let pair_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
     let pair_rows = cg.b.build_int_z_extend(pair_rows, cg.i64t(), "")?;
+    // The panel GEMM (VNNI, from PANEL_MIN_ROWS rows) and the row path
+    // read different forms of the activations: only one is built.
+    let panel_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
+    let panel_rows = cg.b.build_int_z_extend(panel_rows, cg.i64t(), "")?;
     let caps: Vec<BasicValueEnum> = vec![
         x.ptr.into(),
         pa.into(),
@@ -1294,6 +1298,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         apf.into(),
         pair_rows.into(),
         afac.into(),
+        panel_rows.into(),
     ];
     cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
         let p = |i: usize| c[i].into_pointer_value();
@@ -1314,7 +1319,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     cnt.into(),
                     cg.c64(kk).into(),
                     cg.c64(rot).into(),
-                    cg.gep_bytes(acp, cg.mul(lo, cg.c64(kc))?)?.into(),
+                    cg.gep_bytes(p(6), cg.mul(lo, cg.c64(kc))?)?.into(),
                     cg.c64(kc).into(),
                     cg.gep(DType::F64, p(12), cg.mul(lo, cg.c64(nb_i))?)?.into(),
                 ],
@@ -1356,81 +1361,93 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         if let (true, Some(af)) = (vnni, af) {
             let s64 =
                 cg.b.build_array_alloca(cg.f64t(), cg.i32t().const_int(nb_i as u64, false), "s64")?;
+            let panel = cg.icmp(IntPredicate::NE, c[13].into_int_value(), cg.c64(0))?;
             cg.for_range(lo, hi, |cg, r| {
                 let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
                 let crow = cg.gep_bytes(acp, cg.mul(r, cg.c64(kc))?)?;
                 let srow = cg.gep(DType::F32, asp, cg.mul(r, cg.c64(lanes))?)?;
+                // The s8 codes: from the runtime (`direct`) or decoded here.
+                let (s8p, sbp, csp) = (p(6), p(7), p(8));
+                let s8row = cg.gep_bytes(s8p, cg.mul(r, cg.c64(kc))?)?;
                 let s64 = if direct {
                     cg.gep(DType::F64, p(12), cg.mul(r, cg.c64(nb_i))?)?
                 } else {
+                    cg.b.build_memset(s8row, 1, cg.i8t().const_zero(), cg.c64(kc))?;
                     cg.for_n(cg.c64(nb_i), |cg, t| {
-                        cg.decode_block(af, WLayout::Spec, prow, t, crow, s64)
+                        cg.decode_block(af, WLayout::Spec, prow, t, s8row, s64)
                     })?;
                     s64
                 };
-                cg.replicate_scales(s64, nb_i, bl, lanes, srow)?;
-                // For the panel GEMM: the s8 codes, f32 block scales and
-                // per-block sums times the weights' offset.
-                let (s8p, sbp, csp) = (p(6), p(7), p(8));
-                let s8row = cg.gep_bytes(s8p, cg.mul(r, cg.c64(kc))?)?;
-                cg.b.build_memcpy(s8row, 1, crow, 1, cg.c64(kc))?;
-                if acl_used {
-                    let clrow = cg.gep_bytes(p(9), cg.mul(r, cg.c64(4 * lanes))?)?;
-                    cg.for_n(cg.c64(kc / 64), |cg, c| {
-                        let o = cg.mul(c, cg.c64(64))?;
-                        let v = cg.load_i8xn(crow, o, 64)?;
-                        cg.store_vec_aligned(clrow, o, cg.lane_corrections(woff, v)?, 4)
-                    })?;
-                }
-                if pairs {
-                    // When the panel GEMM pairs (from PAIR_MIN_ROWS rows;
-                    // with fewer, the row path may read these s8 codes and
-                    // needs them as they are): blocks 2q and 2q+1 whose
-                    // scales are at most 2^PAIR_MAX_SHIFT apart share the
-                    // smaller one, the other's codes shifted left (exact,
-                    // |code| <= 96); the pair's flag says so.
-                    let pfrow = cg.gep_bytes(p(10), cg.mul(r, cg.c64(npairs))?)?;
-                    let on = cg.icmp(IntPredicate::NE, c[11].into_int_value(), cg.c64(0))?;
-                    cg.for_n(cg.c64(npairs), |cg, q| {
-                        let t0 = cg.mul(q, cg.c64(2))?;
-                        let t1 = cg.add(t0, cg.c64(1))?;
-                        let s0 = cg.load(DType::F64, s64, t0)?.into_float_value();
-                        let s1 = cg.load(DType::F64, s64, t1)?.into_float_value();
-                        let (ok, sh, eff) = cg.pair_shifts(s0, s1, on)?;
-                        for (i, t) in [t0, t1].into_iter().enumerate() {
-                            let o = cg.mul(t, cg.c64(bl))?;
-                            let v = cg.load_i8xn(s8row, o, bl as u32)?;
-                            cg.store_vec(s8row, o, cg.shl_i8(v, sh[i])?)?;
-                            cg.store(DType::F64, s64, t, eff[i].into())?;
+                cg.if_else(
+                    panel,
+                    |cg| {
+                        // The panel GEMM: the s8 codes, f32 block scales and
+                        // per-block sums times the weights' offset.
+                        if pairs {
+                            // From PAIR_MIN_ROWS rows: blocks 2q and 2q+1
+                            // whose scales are at most 2^PAIR_MAX_SHIFT apart
+                            // share the smaller one, the other's codes
+                            // shifted left (exact, |code| <= 96); the pair's
+                            // flag says so.
+                            let pfrow = cg.gep_bytes(p(10), cg.mul(r, cg.c64(npairs))?)?;
+                            let on =
+                                cg.icmp(IntPredicate::NE, c[11].into_int_value(), cg.c64(0))?;
+                            cg.for_n(cg.c64(npairs), |cg, q| {
+                                let t0 = cg.mul(q, cg.c64(2))?;
+                                let t1 = cg.add(t0, cg.c64(1))?;
+                                let s0 = cg.load(DType::F64, s64, t0)?.into_float_value();
+                                let s1 = cg.load(DType::F64, s64, t1)?.into_float_value();
+                                let (ok, sh, eff) = cg.pair_shifts(s0, s1, on)?;
+                                for (i, t) in [t0, t1].into_iter().enumerate() {
+                                    let o = cg.mul(t, cg.c64(bl))?;
+                                    let v = cg.load_i8xn(s8row, o, bl as u32)?;
+                                    cg.store_vec(s8row, o, cg.shl_i8(v, sh[i])?)?;
+                                    cg.store(DType::F64, s64, t, eff[i].into())?;
+                                }
+                                let flag = cg.b.build_int_z_extend(ok, cg.i8t(), "")?;
+                                cg.store(DType::U8, pfrow, q, flag.into())
+                            })?;
                         }
-                        let flag = cg.b.build_int_z_extend(ok, cg.i8t(), "")?;
-                        cg.store(DType::U8, pfrow, q, flag.into())
-                    })?;
-                }
-                let sbrow = cg.gep(DType::F32, sbp, cg.mul(r, cg.c64(nb_i))?)?;
-                let csrow = cg.gep(DType::I32, csp, cg.mul(r, cg.c64(nb_i))?)?;
-                let i32v = cg.i32t().vec_type(bl as u32);
-                cg.for_n(cg.c64(nb_i), |cg, t| {
-                    let sc = cg.load(DType::F64, s64, t)?.into_float_value();
-                    cg.store(DType::F32, sbrow, t, cg.ftrunc(sc)?.into())?;
-                    let v = cg.load_i8xn(s8row, cg.mul(t, cg.c64(bl))?, bl as u32)?;
-                    let w = cg.b.build_int_s_extend(v, i32v, "")?;
-                    let sum = cg
-                        .intrinsic("llvm.vector.reduce.add", &[i32v.into()], &[w.into()])?
-                        .into_int_value();
-                    // Negated: the panel GEMM starts its accumulators there.
-                    let m = cg.i32t().const_int((-(poff as i64)) as u64, true);
-                    let corr = cg.b.build_int_mul(sum, m, "")?;
-                    cg.store(DType::I32, csrow, t, corr.into())
-                })?;
-                // Offset to unsigned, chunk by chunk (padding too: harmless,
-                // its weights are zero).
-                cg.for_n(cg.c64(kc / 64), |cg, c| {
-                    let o = cg.mul(c, cg.c64(64))?;
-                    let v = cg.load_i8xn(crow, o, 64)?;
-                    let v = cg.b.build_int_add(v, cg.splat_i8(aoff, 64), "")?;
-                    cg.store_vec(crow, o, v)
-                })
+                        let sbrow = cg.gep(DType::F32, sbp, cg.mul(r, cg.c64(nb_i))?)?;
+                        let csrow = cg.gep(DType::I32, csp, cg.mul(r, cg.c64(nb_i))?)?;
+                        let i32v = cg.i32t().vec_type(bl as u32);
+                        cg.for_n(cg.c64(nb_i), |cg, t| {
+                            let sc = cg.load(DType::F64, s64, t)?.into_float_value();
+                            cg.store(DType::F32, sbrow, t, cg.ftrunc(sc)?.into())?;
+                            let v = cg.load_i8xn(s8row, cg.mul(t, cg.c64(bl))?, bl as u32)?;
+                            let w = cg.b.build_int_s_extend(v, i32v, "")?;
+                            let sum = cg
+                                .intrinsic("llvm.vector.reduce.add", &[i32v.into()], &[w.into()])?
+                                .into_int_value();
+                            // Negated: the panel GEMM starts its accumulators
+                            // there.
+                            let m = cg.i32t().const_int((-(poff as i64)) as u64, true);
+                            let corr = cg.b.build_int_mul(sum, m, "")?;
+                            cg.store(DType::I32, csrow, t, corr.into())
+                        })
+                    },
+                    |cg| {
+                        // The row path: scales per i32 lane, the codes
+                        // offset to unsigned (padding too: harmless, its
+                        // weights are zero) and, for CPU-layout weights,
+                        // the per-lane corrections.
+                        cg.replicate_scales(s64, nb_i, bl, lanes, srow)?;
+                        if acl_used {
+                            let clrow = cg.gep_bytes(p(9), cg.mul(r, cg.c64(4 * lanes))?)?;
+                            cg.for_n(cg.c64(kc / 64), |cg, c| {
+                                let o = cg.mul(c, cg.c64(64))?;
+                                let v = cg.load_i8xn(s8row, o, 64)?;
+                                cg.store_vec_aligned(clrow, o, cg.lane_corrections(woff, v)?, 4)
+                            })?;
+                        }
+                        cg.for_n(cg.c64(kc / 64), |cg, c| {
+                            let o = cg.mul(c, cg.c64(64))?;
+                            let v = cg.load_i8xn(s8row, o, 64)?;
+                            let v = cg.b.build_int_add(v, cg.splat_i8(aoff, 64), "")?;
+                            cg.store_vec(crow, o, v)
+                        })
+                    },
+                )
             })?;
         }
         Ok(())
