@@ -5,7 +5,8 @@
 
 use super::arg;
 use super::core::{Cg, Val, R};
-use inkwell::values::{FloatValue, IntValue};
+use inkwell::types::VectorType;
+use inkwell::values::{FloatValue, IntValue, VectorValue};
 use inkwell::{FloatPredicate, IntPredicate};
 use lpc_ir::{DType, Node};
 
@@ -261,6 +262,46 @@ impl<'c> Cg<'c> {
         let y = self.fmul(self.fmul(p, pow2(n1)?)?, pow2(n2)?)?;
         let nan = self.fcmp(FloatPredicate::UNO, x, x)?;
         self.select_f(nan, x, y)
+    }
+    /// [`Self::exp_fast`] on 16 lanes at once: the same operations, lane
+    /// by lane.
+    pub fn exp_fast_x16(&self, x: VectorValue<'c>) -> R<VectorValue<'c>> {
+        use lpc_runtime::math::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO};
+        let vt = self.f32t().vec_type(16);
+        let it = self.i32t().vec_type(16);
+        let k = |c: f32| self.splat_f32(self.cf32(c), 16);
+        let ki = |c: u64| VectorType::const_vector(&[self.i32t().const_int(c, false); 16]);
+        let call = |name: &str, args: &[VectorValue<'c>]| -> R<VectorValue<'c>> {
+            let args: Vec<_> = args.iter().map(|a| (*a).into()).collect();
+            Ok(self
+                .intrinsic(name, &[vt.into()], &args)?
+                .into_vector_value())
+        };
+        let lo = call("llvm.maxnum", &[x, k(EXP_MIN)?])?;
+        let c = call("llvm.minnum", &[lo, k(EXP_MAX)?])?;
+        let t = self
+            .b
+            .build_float_mul(c, k(std::f32::consts::LOG2_E)?, "")?;
+        let n = call("llvm.roundeven", &[t])?;
+        let r = call("llvm.fma", &[n, k(-LN2_HI)?, c])?;
+        let r = call("llvm.fma", &[n, k(-LN2_LO)?, r])?;
+        let mut p = k(EXP_POLY[0])?;
+        for &e in &EXP_POLY[1..] {
+            p = call("llvm.fma", &[p, r, k(e)?])?;
+        }
+        let ni = self.b.build_float_to_signed_int(n, it, "")?;
+        let n1 = self.b.build_right_shift(ni, ki(1), true, "")?;
+        let n2 = self.b.build_int_sub(ni, n1, "")?;
+        let pow2 = |e: VectorValue<'c>| -> R<VectorValue<'c>> {
+            let biased = self.b.build_int_add(e, ki(127), "")?;
+            let bits = self.b.build_left_shift(biased, ki(23), "")?;
+            Ok(self.b.build_bit_cast(bits, vt, "")?.into_vector_value())
+        };
+        let y = self
+            .b
+            .build_float_mul(self.b.build_float_mul(p, pow2(n1)?, "")?, pow2(n2)?, "")?;
+        let nan = self.b.build_float_compare(FloatPredicate::UNO, x, x, "")?;
+        Ok(self.b.build_select(nan, x, y, "")?.into_vector_value())
     }
     /// `lpc_runtime::math::tanh_f32`, operation for operation.
     pub fn tanh_fast(&self, x: FloatValue<'c>) -> R<FloatValue<'c>> {

@@ -330,7 +330,7 @@ impl<'c> Cg<'c> {
     }
     /// Stores `v` (`<16 x f32>`) at byte `off` of `p`; with a mask, only
     /// its lanes.
-    fn store_f32x16(
+    pub(crate) fn store_f32x16(
         &self,
         p: PointerValue<'c>,
         off: IntValue<'c>,

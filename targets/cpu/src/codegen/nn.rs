@@ -983,29 +983,50 @@ impl<'c> Cg<'c> {
                     let dot = cg.ftrunc(dot)?;
                     cg.store(DType::F32, scores, j, dot.into())
                 })?;
-                cg.for_n(kend, |cg, j| {
-                    let s = score(cg, j)?;
-                    cg.store(DType::F32, scores, j, s.into())
-                })?;
-                // Sixteen keys at a time (the last chunk masked, its other
-                // lanes filled with `fill`).
+                // Sixteen keys at a time (the last chunk masked: `inside`,
+                // its other lanes filled with `fill`).
                 let chunks = cg.sdiv(cg.add(kend, cg.c64(15))?, cg.c64(16))?;
                 let kend32 = cg.b.build_int_truncate(kend, cg.i32t(), "")?;
                 let iota: Vec<_> = (0..16).map(|l| cg.i32t().const_int(l, false)).collect();
                 let iota = VectorType::const_vector(&iota);
-                let chunk = |cg: &Cg<'c>, c: IntValue<'c>, fill: f32| -> R<VectorValue<'c>> {
+                let inside = |cg: &Cg<'c>, c: IntValue<'c>| -> R<VectorValue<'c>> {
                     let c32 =
                         cg.b.build_int_truncate(cg.mul(c, cg.c64(16))?, cg.i32t(), "")?;
                     let lanes = cg.b.build_int_add(cg.splat_i32(c32, 16)?, iota, "")?;
-                    let inside = cg.b.build_int_compare(
+                    Ok(cg.b.build_int_compare(
                         IntPredicate::SLT,
                         lanes,
                         cg.splat_i32(kend32, 16)?,
                         "",
-                    )?;
-                    let fill = cg.splat_f32(cg.cf32(fill), 16)?;
-                    cg.masked_load_f32x16(scores, cg.mul(c, cg.c64(64))?, inside, fill)
+                    )?)
                 };
+                let load16 = |cg: &Cg<'c>,
+                              p: PointerValue<'c>,
+                              c: IntValue<'c>,
+                              fill: f32|
+                 -> R<VectorValue<'c>> {
+                    let fill = cg.splat_f32(cg.cf32(fill), 16)?;
+                    cg.masked_load_f32x16(p, cg.mul(c, cg.c64(64))?, inside(cg, c)?, fill)
+                };
+                let chunk = |cg: &Cg<'c>, c: IntValue<'c>, fill: f32| load16(cg, scores, c, fill);
+                let store16 = |cg: &Cg<'c>, c: IntValue<'c>, v: VectorValue<'c>| -> R<()> {
+                    cg.store_f32x16(scores, cg.mul(c, cg.c64(64))?, v, Some(inside(cg, c)?))
+                };
+                // Scores: dot · scale + bias (with a soft cap, key by key).
+                if softcap > 0.0 {
+                    cg.for_n(kend, |cg, j| {
+                        let s = score(cg, j)?;
+                        cg.store(DType::F32, scores, j, s.into())
+                    })?;
+                } else {
+                    let sc16 = cg.splat_f32(scale32, 16)?;
+                    cg.for_n(chunks, |cg, c| {
+                        let d = chunk(cg, c, 0.0)?;
+                        let bv = load16(cg, biases, c, 0.0)?;
+                        let s = cg.b.build_float_mul(d, sc16, "")?;
+                        store16(cg, c, cg.b.build_float_add(s, bv, "")?)
+                    })?;
+                }
                 // The largest score (any order gives the same).
                 let ninf16 = cg.splat_f32(cg.cf32(f32::NEG_INFINITY), 16)?;
                 cg.b.build_store(vmx, ninf16)?;
@@ -1025,12 +1046,21 @@ impl<'c> Cg<'c> {
                 // Weights: exp(s - max) (the runtime's exp_f32, a loop
                 // that vectorizes); masked keys (-inf) weigh exactly 0
                 // without going through exp.
-                cg.for_n(kend, |cg, j| {
-                    let s = cg.load(DType::F32, scores, j)?.into_float_value();
-                    let masked = cg.fcmp(FloatPredicate::OEQ, s, cg.cf32(f32::NEG_INFINITY))?;
-                    let x = cg.select_f(masked, cg.cf32(0.0), cg.fsub(s, m_safe)?)?;
-                    let e = cg.select_f(masked, cg.cf32(0.0), cg.exp_fast(x)?)?;
-                    cg.store(DType::F32, scores, j, e.into())
+                let m16 = cg.splat_f32(m_safe, 16)?;
+                let zero16 = f32x16.const_zero();
+                cg.for_n(chunks, |cg, c| {
+                    let s = chunk(cg, c, f32::NEG_INFINITY)?;
+                    let masked =
+                        cg.b.build_float_compare(FloatPredicate::OEQ, s, ninf16, "")?;
+                    let x = cg.b.build_float_sub(s, m16, "")?;
+                    let x =
+                        cg.b.build_select(masked, zero16, x, "")?
+                            .into_vector_value();
+                    let e = cg.exp_fast_x16(x)?;
+                    let e =
+                        cg.b.build_select(masked, zero16, e, "")?
+                            .into_vector_value();
+                    store16(cg, c, e)
                 })?;
                 // Their sum: key j into lane j % 16, lanes summed in key
                 // order, then halves added (lane i + lane i + 8, ..., + 1).
