@@ -1065,6 +1065,8 @@ fn gemm_f32<'c>(
                         Ok(())
                     })?;
                     let v = cg.b.build_load(f32x16, vaccs[0], "")?;
+                    // A tree over the lanes (an in-order reduction is a
+                    // chain of 16 dependent adds per output).
                     let red = cg
                         .intrinsic(
                             "llvm.vector.reduce.fadd",
@@ -1072,6 +1074,9 @@ fn gemm_f32<'c>(
                             &[cg.cf32(0.0).into(), v.into()],
                         )?
                         .into_float_value();
+                    if let Some(i) = red.as_instruction() {
+                        let _ = i.set_fast_math_flags(inkwell::values::FastMathFlags::AllowReassoc);
+                    }
                     cg.b.build_store(acc, red)?;
                     cg.for_range(cg.mul(kv, cg.c64(16))?, k, |cg, t| {
                         let a = cg.load_f32(xp, cg.add(xrow, t)?)?;
