@@ -240,6 +240,58 @@ pub unsafe extern "C" fn lpc_rt_release(ctx: *mut RunCtx, p: *mut u8) {
     unsafe { &mut *ctx }.release(p);
 }
 
+/// A thread's scratch buffer (see [`lpc_rt_scratch`]).
+struct Scratch {
+    ptr: *mut u8,
+    cap: usize,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated by `lpc_rt_scratch` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, layout(self.cap)) };
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<[Scratch; 2]> = const {
+        std::cell::RefCell::new([
+            Scratch { ptr: std::ptr::null_mut(), cap: 0 },
+            Scratch { ptr: std::ptr::null_mut(), cap: 0 },
+        ])
+    };
+}
+
+/// Scratch memory for parallel bodies (the GEMMs' panels): buffer `slot`
+/// (0 or 1) of the calling thread, at least `bytes` long and 64-byte
+/// aligned. It stays the thread's for its next calls (grown when too
+/// small, freed when the thread ends), so a body that runs again finds it
+/// without a trip through `malloc`; its contents are unspecified. A body
+/// uses each slot once at a time. Null when memory runs out (or `slot` is
+/// not 0 or 1).
+#[no_mangle]
+pub extern "C" fn lpc_rt_scratch(slot: i32, bytes: i64) -> *mut u8 {
+    let bytes = (bytes.max(1) as usize).next_multiple_of(64);
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let Some(b) = s.get_mut(slot as usize) else {
+            return std::ptr::null_mut();
+        };
+        if b.cap < bytes {
+            if !b.ptr.is_null() {
+                // SAFETY: allocated below with this layout.
+                unsafe { std::alloc::dealloc(b.ptr, layout(b.cap)) };
+            }
+            // SAFETY: the layout has a non-zero size.
+            let p = unsafe { std::alloc::alloc(layout(bytes)) };
+            (b.ptr, b.cap) = if p.is_null() { (p, 0) } else { (p, bytes) };
+        }
+        b.ptr
+    })
+}
+
 /// Records a run-time error of node `node` (a NUL-terminated name).
 ///
 /// # Safety
@@ -1061,4 +1113,33 @@ pub unsafe extern "C" fn lpc_model_input_dim(m: *const Model, i: i64, k: i32) ->
             }
         })
         .unwrap_or(-1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lpc_rt_scratch;
+
+    #[test]
+    fn scratch_slots_are_aligned_kept_and_grown_per_thread() {
+        let a = lpc_rt_scratch(0, 100);
+        let b = lpc_rt_scratch(1, 100);
+        assert!(!a.is_null() && !b.is_null() && a != b);
+        assert!((a as usize).is_multiple_of(64));
+        // SAFETY: slot 0 holds at least 100 bytes.
+        unsafe { a.write_bytes(7, 100) };
+        // Kept: the same buffer for a size that fits.
+        assert_eq!(lpc_rt_scratch(0, 64), a);
+        // Grown: a larger request still gets a usable, aligned buffer.
+        let c = lpc_rt_scratch(0, 1 << 20);
+        assert!(!c.is_null() && (c as usize).is_multiple_of(64));
+        // SAFETY: slot 0 now holds at least 1 MiB.
+        unsafe { c.add((1 << 20) - 1).write(1) };
+        // Another thread has its own slots.
+        let other = std::thread::spawn(|| lpc_rt_scratch(0, 100) as usize)
+            .join()
+            .expect("thread");
+        assert_ne!(other, c as usize);
+        assert!(lpc_rt_scratch(2, 8).is_null());
+        assert!(lpc_rt_scratch(-1, 8).is_null());
+    }
 }

@@ -368,6 +368,7 @@ impl<'c> Cg<'c> {
                 ],
                 false,
             ),
+            "lpc_rt_scratch" => p.fn_type(&[i32t.into(), i64t.into()], false),
             "lpc_rt_quantize_codes" => i32t.fn_type(
                 &[
                     i32t.into(),

@@ -2362,29 +2362,23 @@ fn cpu_row_dot_hif8<'c>(
         .collect()
 }
 
-/// A 64-byte aligned heap buffer of `bytes` bytes for a panel (up to a few
-/// MB: kept off the stack, since a parallel body's first chunk runs on the
-/// caller's thread, whose stack may be small). Out of memory aborts, as
-/// Rust's allocator does (a parallel body cannot return an error); free it
-/// with [`free_panel`].
-fn panel_buffer<'c>(cg: &Cg<'c>, bytes: i64) -> R<PointerValue<'c>> {
-    panel_buffer_n(cg, cg.c64(bytes))
+/// A 64-byte aligned buffer of `bytes` bytes for a panel (up to a few MB:
+/// kept off the stack, since a parallel body's first chunk runs on the
+/// caller's thread, whose stack may be small): the calling thread's
+/// scratch slot `slot` (`lpc_rt_scratch`, kept between calls, nothing to
+/// free). Out of memory aborts, as Rust's allocator does (a parallel body
+/// cannot return an error).
+fn panel_buffer<'c>(cg: &Cg<'c>, slot: i32, bytes: i64) -> R<PointerValue<'c>> {
+    panel_buffer_n(cg, slot, cg.c64(bytes))
 }
 
 /// [`panel_buffer`] of a run-time size.
-fn panel_buffer_n<'c>(cg: &Cg<'c>, bytes: IntValue<'c>) -> R<PointerValue<'c>> {
-    let (p, i64t) = (cg.ptrt(), cg.i64t());
-    let alloc = cg.m.get_function("aligned_alloc").unwrap_or_else(|| {
-        cg.m.add_function(
-            "aligned_alloc",
-            p.fn_type(&[i64t.into(), i64t.into()], false),
-            Some(Linkage::External),
-        )
-    });
-    let size = cg.mul(cg.sdiv(cg.add(bytes, cg.c64(63))?, cg.c64(64))?, cg.c64(64))?;
-    let size = cg.smax(size, cg.c64(64))?;
+fn panel_buffer_n<'c>(cg: &Cg<'c>, slot: i32, bytes: IntValue<'c>) -> R<PointerValue<'c>> {
     let buf = cg
-        .call_value(alloc, &[cg.c64(64).into(), size.into()])?
+        .call_value(
+            cg.rt("lpc_rt_scratch"),
+            &[cg.i32t().const_int(slot as u64, false).into(), bytes.into()],
+        )?
         .into_pointer_value();
     let null = cg.b.build_is_null(buf, "")?;
     let abort = cg.m.get_function("abort").unwrap_or_else(|| {
@@ -2402,18 +2396,6 @@ fn panel_buffer_n<'c>(cg: &Cg<'c>, bytes: IntValue<'c>) -> R<PointerValue<'c>> {
     cg.b.build_unreachable()?;
     cg.b.position_at_end(good);
     Ok(buf)
-}
-
-/// Frees a buffer from [`panel_buffer`].
-fn free_panel<'c>(cg: &Cg<'c>, buf: PointerValue<'c>) -> R<()> {
-    let free = cg.m.get_function("free").unwrap_or_else(|| {
-        cg.m.add_function(
-            "free",
-            cg.cx.void_type().fn_type(&[cg.ptrt().into()], false),
-            Some(Linkage::External),
-        )
-    });
-    cg.call_void(free, &[buf.into()])
 }
 
 /// Where a panel GEMM's results go and what happens on the way.
@@ -2622,7 +2604,7 @@ fn panel_gemm<'c>(
     let i8x64 = cg.i8t().vec_type(64);
     let nv = (NR / 16) as usize;
     // The panel: (kpad/4) groups × NR columns × 4 bytes; scales nb × NR.
-    let pan = panel_buffer(cg, kpad * NR)?;
+    let pan = panel_buffer(cg, 0, kpad * NR)?;
     let psc = cg.b.build_array_alloca(
         cg.f32t(),
         cg.i32t().const_int((nb * NR) as u64, false),
@@ -2934,8 +2916,7 @@ fn panel_gemm<'c>(
         };
         for_row_tiles(cg, rows, mr_max, run)
     });
-    r?;
-    free_panel(cg, pan)
+    r
 }
 
 /// Where `pack_cpu_panel` writes: the panel's codes, its f32 block scales
@@ -3373,10 +3354,10 @@ fn f32_panel_gemm<'c>(
     let k16 = s.k16;
     let f32x16 = cg.f32t().vec_type(16);
     let nv = (NR_F32 / 16) as usize;
-    let pan = panel_buffer(cg, k16 * NR_F32 * 4)?;
+    let pan = panel_buffer(cg, 0, k16 * NR_F32 * 4)?;
     let nkb = (k16 + F32_K_SLICE - 1) / F32_K_SLICE;
     let pacc = if nkb > 1 {
-        panel_buffer_n(cg, cg.mul(rows, cg.c64(NR_F32 * 4))?)?
+        panel_buffer_n(cg, 1, cg.mul(rows, cg.c64(NR_F32 * 4))?)?
     } else {
         cg.ptrt().const_null()
     };
@@ -3538,11 +3519,7 @@ fn f32_panel_gemm<'c>(
             for_row_tiles(cg, rows, MR_F32, |cg, r0, mr| run(cg, r0, mr, kb))
         })
     });
-    r?;
-    if nkb > 1 {
-        free_panel(cg, pacc)?;
-    }
-    free_panel(cg, pan)
+    r
 }
 
 fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
