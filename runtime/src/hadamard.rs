@@ -41,7 +41,6 @@ unsafe fn rotate_blocks_avx512(x: &mut [f32], b: usize) {
 /// One in-register stage on 8-lane registers: lanes whose bit is set in the
 /// blend mask `UPPER` take `p - a`, the others `a + p` (the same two
 /// operands, in the same order, as the scalar loop's `u + v` and `u - v`).
-/// (`unsafe` only for the target feature, on the workspace's minimum Rust.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -101,8 +100,9 @@ unsafe fn rotate32_avx2(p: *const f32) -> [std::arch::x86_64::__m256; 4] {
 
 /// The butterflies on 8-lane registers: strides 1, 2 and 4 inside each
 /// vector ([`in_register`]), strides of 8 and more between vectors, then the
-/// scaling. Blocks shorter than 8 take the generic loop. (AVX2 intrinsics:
-/// the AVX-512 ones are newer than the workspace's minimum Rust.)
+/// scaling. Blocks shorter than 8 take the generic loop. (AVX2, for every
+/// CPU that has it; the activation encoders of `formats::codes` rotate in
+/// AVX-512 registers themselves.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn rotate_blocks_avx2(x: &mut [f32], b: usize) {

@@ -130,62 +130,77 @@ pub fn quantize_codes(
             block: rotate,
         });
     }
-    quantize_codes_dispatch(f, x, k, rotate, codes, stride, factors);
-    Ok(())
-}
-
-fn quantize_codes_dispatch(
-    f: Format,
-    x: &[f32],
-    k: usize,
-    rotate: usize,
-    codes: &mut [i8],
-    stride: usize,
-    factors: &mut [f64],
-) {
+    let rows = Rows {
+        f,
+        x,
+        k,
+        rotate,
+        codes,
+        stride,
+        factors,
+    };
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
             // SAFETY: the CPU has every feature the function is compiled for.
-            unsafe { avx512::codes_rows(f, x, k, rotate, codes, stride, factors) };
-            return;
+            unsafe { avx512::codes_rows(rows) };
+            return Ok(());
         }
         if has!("avx2") && has!("fma") {
             // SAFETY: as above.
-            unsafe { codes_avx2(f, x, k, rotate, codes, stride, factors) };
-            return;
+            unsafe { codes_avx2(rows) };
+            return Ok(());
         }
     }
-    codes_rows(f, x, k, rotate, codes, stride, factors)
+    codes_rows(rows);
+    Ok(())
+}
+
+/// The operands of [`quantize_codes`], checked.
+struct Rows<'a> {
+    f: Format,
+    x: &'a [f32],
+    k: usize,
+    rotate: usize,
+    codes: &'a mut [i8],
+    stride: usize,
+    factors: &'a mut [f64],
 }
 
 /// The portable path compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn codes_avx2(
-    f: Format,
-    x: &[f32],
-    k: usize,
-    rotate: usize,
-    codes: &mut [i8],
-    stride: usize,
-    factors: &mut [f64],
-) {
-    codes_rows(f, x, k, rotate, codes, stride, factors)
+unsafe fn codes_avx2(rows: Rows) {
+    codes_rows(rows)
+}
+
+/// A row's values ready to encode: the row itself (`in_place`), or its copy
+/// in `buf` (zero-padded to whole blocks), rotated when `rotate > 0`.
+#[inline(always)]
+fn row_values<'a>(row: &'a [f32], buf: &'a mut [f32], rotate: usize, in_place: bool) -> &'a [f32] {
+    if in_place {
+        return row;
+    }
+    buf[..row.len()].copy_from_slice(row);
+    if rotate > 0 {
+        crate::hadamard::rotate_blocks(&mut buf[..row.len()], rotate);
+    }
+    buf
 }
 
 /// The portable path: the reference encoders block by block.
 #[inline(always)]
-fn codes_rows(
-    f: Format,
-    x: &[f32],
-    k: usize,
-    rotate: usize,
-    codes: &mut [i8],
-    stride: usize,
-    factors: &mut [f64],
-) {
+fn codes_rows(rows: Rows) {
+    let Rows {
+        f,
+        x,
+        k,
+        rotate,
+        codes,
+        stride,
+        factors,
+    } = rows;
     let bl = f.block_len();
     let nb = k.div_ceil(bl);
     // One row at a time through a zero-padded copy (rotated in place).
@@ -195,10 +210,7 @@ fn codes_rows(
         .zip(codes.chunks_exact_mut(stride))
         .zip(factors.chunks_exact_mut(nb))
     {
-        buf[..k].copy_from_slice(row);
-        if rotate > 0 {
-            crate::hadamard::rotate_blocks(&mut buf[..k], rotate);
-        }
+        let buf = row_values(row, &mut buf, rotate, false);
         match f {
             Format::Mxfp4(mode) => {
                 for ((v, c), fo) in buf
@@ -247,15 +259,16 @@ mod avx512 {
     /// The CPU has AVX-512 F, BW, DQ and VL; sizes as checked by
     /// `quantize_codes`.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-    pub(super) unsafe fn codes_rows(
-        f: Format,
-        x: &[f32],
-        k: usize,
-        rotate: usize,
-        codes: &mut [i8],
-        stride: usize,
-        factors: &mut [f64],
-    ) {
+    pub(super) unsafe fn codes_rows(rows: super::Rows) {
+        let super::Rows {
+            f,
+            x,
+            k,
+            rotate,
+            codes,
+            stride,
+            factors,
+        } = rows;
         let bl = f.block_len();
         let nb = k.div_ceil(bl);
         let ch = bl.max(rotate);
@@ -271,15 +284,7 @@ mod avx512 {
             .zip(codes.chunks_exact_mut(stride))
             .zip(factors.chunks_exact_mut(nb))
         {
-            let src = if direct {
-                row
-            } else {
-                buf[..k].copy_from_slice(row);
-                if rotate > 0 {
-                    crate::hadamard::rotate_blocks(&mut buf[..k], rotate);
-                }
-                &buf[..]
-            };
+            let src = super::row_values(row, &mut buf, rotate, direct);
             let body = &mut crow[..nb * bl];
             // Four MXFP4 blocks or two HiF4 units at a time where the row
             // allows, so that their scales' latencies overlap.
@@ -696,7 +701,10 @@ mod tests {
         (0..rows * k)
             .map(|i| {
                 let r = next();
-                match (i % 397, r % 23) {
+                // Non-finite values in the first two rows only: the others
+                // keep whole batches of blocks clean.
+                let special = if i < 2 * k { i % 397 } else { 0 };
+                match (special, r % 23) {
                     (5, _) => f32::NAN,
                     (200, _) => f32::INFINITY,
                     (301, _) => f32::NEG_INFINITY,
@@ -707,7 +715,10 @@ mod tests {
                     }
                     _ => {
                         let m = ((r >> 11) as u32 % (1 << 23)) as f32 / (1 << 23) as f32 - 0.5;
-                        m * f32::from_bits((((r >> 40) % 60 + 97) as u32) << 23)
+                        // Neighbouring 32-blocks scaled apart (2^-2..2^2),
+                        // so that each block's own scale matters.
+                        let blk = ((i % k) / 32 % 5) as u32;
+                        m * f32::from_bits((((r >> 40) % 60 + 95) as u32 + blk) << 23)
                     }
                 }
             })
@@ -769,29 +780,45 @@ mod tests {
                 let x = rows(n, k, 0x5EED ^ k as u64 ^ rotate as u64);
                 let nb = k.div_ceil(bl);
                 let stride = (nb * bl).div_ceil(64) * 64 + 64;
-                let mut codes = vec![99i8; n * stride];
-                let mut factors = vec![0f64; n * nb];
-                quantize_codes(f, &x, k, rotate, &mut codes, stride, &mut factors)
-                    .expect("quantize_codes");
-                let (rc, rf) = reference(f, &x, k, rotate);
-                let mut poisoned = 0;
-                for r in 0..n {
-                    let got = &codes[r * stride..][..nb * bl];
-                    assert_eq!(got, &rc[r * nb * bl..][..nb * bl], "{f:?} k={k} row {r}");
-                    assert!(codes[r * stride + nb * bl..(r + 1) * stride]
-                        .iter()
-                        .all(|&c| c == 0));
-                    for t in 0..nb {
-                        let (g, w) = (factors[r * nb + t], rf[r * nb + t]);
-                        poisoned += g.is_nan() as usize;
-                        assert!(
-                            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                            "{f:?} k={k} row {r} block {t}: {g} vs {w}"
-                        );
+                // The dispatched path (AVX-512 where the CPU has it), then
+                // the portable one.
+                for portable in [false, true] {
+                    let mut codes = vec![99i8; n * stride];
+                    let mut factors = vec![0f64; n * nb];
+                    if portable {
+                        codes_rows(Rows {
+                            f,
+                            x: &x,
+                            k,
+                            rotate,
+                            codes: &mut codes,
+                            stride,
+                            factors: &mut factors,
+                        });
+                    } else {
+                        quantize_codes(f, &x, k, rotate, &mut codes, stride, &mut factors)
+                            .expect("quantize_codes");
                     }
-                }
-                if rotate == 0 && k == 256 {
-                    assert!(poisoned > 0, "the data poisons some blocks");
+                    let (rc, rf) = reference(f, &x, k, rotate);
+                    let mut poisoned = 0;
+                    for r in 0..n {
+                        let got = &codes[r * stride..][..nb * bl];
+                        assert_eq!(got, &rc[r * nb * bl..][..nb * bl], "{f:?} k={k} row {r}");
+                        assert!(codes[r * stride + nb * bl..(r + 1) * stride]
+                            .iter()
+                            .all(|&c| c == 0));
+                        for t in 0..nb {
+                            let (g, w) = (factors[r * nb + t], rf[r * nb + t]);
+                            poisoned += g.is_nan() as usize;
+                            assert!(
+                                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                                "{f:?} k={k} row {r} block {t}: {g} vs {w}"
+                            );
+                        }
+                    }
+                    if rotate == 0 && k == 256 {
+                        assert!(poisoned > 0, "the data poisons some blocks");
+                    }
                 }
             }
         }

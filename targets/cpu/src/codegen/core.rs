@@ -7,7 +7,7 @@ use inkwell::builder::{Builder, BuilderError};
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::types::{BasicTypeEnum, FloatType, IntType, PointerType};
+use inkwell::types::{BasicMetadataTypeEnum, BasicTypeEnum, FloatType, IntType, PointerType};
 use inkwell::values::{
     BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
 };
@@ -354,35 +354,27 @@ impl<'c> Cg<'c> {
             "lpc_rt_parallel_for" => {
                 void.fn_type(&[p.into(), i64t.into(), p.into(), p.into()], false)
             }
-            "lpc_rt_quantize_rows" => void.fn_type(
-                &[
+            // Both quantizers start (format, mode, x, rows, k, rotate).
+            "lpc_rt_quantize_rows" | "lpc_rt_quantize_codes" => {
+                let mut args: Vec<BasicMetadataTypeEnum> = vec![
                     i32t.into(),
                     i32t.into(),
                     p.into(),
                     i64t.into(),
                     i64t.into(),
                     i64t.into(),
-                    i32t.into(),
-                    p.into(),
-                    p.into(),
-                ],
-                false,
-            ),
+                ];
+                if name == "lpc_rt_quantize_rows" {
+                    // pow2, out, exps
+                    args.extend::<[BasicMetadataTypeEnum; 3]>([i32t.into(), p.into(), p.into()]);
+                    void.fn_type(&args, false)
+                } else {
+                    // codes, stride, factors
+                    args.extend::<[BasicMetadataTypeEnum; 3]>([p.into(), i64t.into(), p.into()]);
+                    i32t.fn_type(&args, false)
+                }
+            }
             "lpc_rt_scratch" => p.fn_type(&[i32t.into(), i64t.into()], false),
-            "lpc_rt_quantize_codes" => i32t.fn_type(
-                &[
-                    i32t.into(),
-                    i32t.into(),
-                    p.into(),
-                    i64t.into(),
-                    i64t.into(),
-                    i64t.into(),
-                    p.into(),
-                    i64t.into(),
-                    p.into(),
-                ],
-                false,
-            ),
             other => panic!("unknown runtime function {other}"),
         };
         self.m.add_function(name, ty, Some(Linkage::External))

@@ -1313,37 +1313,29 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         let xs = cg.gep(DType::F32, xp, cg.mul(lo, cg.c64(kk))?)?;
         let ps = cg.gep_bytes(pap, cg.mul(lo, cg.c64(abpr))?)?;
         let es = cg.gep(DType::I32, eap, lo)?;
+        let mut args: Vec<BasicMetadataValueEnum> = vec![
+            i32c(fc).into(),
+            i32c(mc).into(),
+            xs.into(),
+            cnt.into(),
+            cg.c64(kk).into(),
+            cg.c64(rot).into(),
+        ];
         if direct {
+            args.extend::<[BasicMetadataValueEnum; 3]>([
+                cg.gep_bytes(p(6), cg.mul(lo, cg.c64(kc))?)?.into(),
+                cg.c64(kc).into(),
+                cg.gep(DType::F64, p(12), cg.mul(lo, cg.c64(nb_i))?)?.into(),
+            ]);
             // Sizes consistent by construction: the status is always 0.
-            cg.call_value(
-                cg.rt("lpc_rt_quantize_codes"),
-                &[
-                    i32c(fc).into(),
-                    i32c(mc).into(),
-                    xs.into(),
-                    cnt.into(),
-                    cg.c64(kk).into(),
-                    cg.c64(rot).into(),
-                    cg.gep_bytes(p(6), cg.mul(lo, cg.c64(kc))?)?.into(),
-                    cg.c64(kc).into(),
-                    cg.gep(DType::F64, p(12), cg.mul(lo, cg.c64(nb_i))?)?.into(),
-                ],
-            )?;
+            cg.call_value(cg.rt("lpc_rt_quantize_codes"), &args)?;
         } else {
-            cg.call_void(
-                cg.rt("lpc_rt_quantize_rows"),
-                &[
-                    i32c(fc).into(),
-                    i32c(mc).into(),
-                    xs.into(),
-                    cnt.into(),
-                    cg.c64(kk).into(),
-                    cg.c64(rot).into(),
-                    i32c(ascaled as i32).into(),
-                    ps.into(),
-                    es.into(),
-                ],
-            )?;
+            args.extend::<[BasicMetadataValueEnum; 3]>([
+                i32c(ascaled as i32).into(),
+                ps.into(),
+                es.into(),
+            ]);
+            cg.call_void(cg.rt("lpc_rt_quantize_rows"), &args)?;
         }
         if let (true, Some(af), false) = (blocks, af, vnni) {
             cg.for_range(lo, hi, |cg, r| {
