@@ -44,7 +44,7 @@ fn mxfp4_block(v: &[f32; 32], mode: Mxfp4Rounding, out: &mut [i8]) -> f64 {
     if amax_bits >= 0x7F80_0000 {
         return mxfp4_poisoned(v, mode, out);
     }
-    // Steps 3 and 4 of §2.2 as in `mxfp4::finite_codes`.
+    // Steps 3 and 4 of §2.2 as in `mxfp4`'s `encode_finite`.
     let e = (amax_bits >> 23).saturating_sub(2);
     let inv = f32::from_bits((254 - e) << 23);
     for (o, x) in out.iter_mut().zip(v) {
@@ -775,7 +775,17 @@ mod tests {
         ];
         for f in formats {
             let bl = f.block_len();
-            for (k, rotate) in [(256, 0), (256, 32), (128, 64), (100, 0), (64 * 5, 16)] {
+            // In place with rotations 0 to 64 (four-block batches where K
+            // is a multiple of 128), through the rotated copy (K = 100, or
+            // a rotation past 64).
+            for (k, rotate) in [
+                (256, 0),
+                (256, 32),
+                (128, 64),
+                (100, 0),
+                (64 * 5, 16),
+                (256, 128),
+            ] {
                 let n = 7;
                 let x = rows(n, k, 0x5EED ^ k as u64 ^ rotate as u64);
                 let nb = k.div_ceil(bl);

@@ -147,10 +147,9 @@ impl BlockFormat for Mxfp4 {
     }
 }
 
-/// Steps 3 and 4 of §2.2 for a block of finite values with the given amax
-/// bits: the scale byte and the 32 element codes (sign in bit 3).
+/// Steps 3 and 4 of §2.2 for a block of finite values with the given amax bits.
 #[inline(always)]
-pub(crate) fn finite_codes(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> (u8, [u8; 32]) {
+fn encode_finite(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> Mxfp4Block {
     // Step 3: E = max(e_f(amax) - 2, 0), se = E - 127.
     let e = (amax_bits >> 23).saturating_sub(2);
     let inv = pow2(127 - e as i32);
@@ -162,14 +161,8 @@ pub(crate) fn finite_codes(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -
         let r = f32::from_bits(b & 0x7FFF_FFFF) * inv;
         *c = ((b >> 31) as u8) << 3 | magnitude_code(r, mode);
     }
-    (e as u8, codes)
-}
-
-#[inline(always)]
-fn encode_finite(v: &[f32; 32], amax_bits: u32, mode: Mxfp4Rounding) -> Mxfp4Block {
-    let (scale, codes) = finite_codes(v, amax_bits, mode);
     Mxfp4Block {
-        scale,
+        scale: e as u8,
         data: pack_nibbles(&codes),
     }
 }
