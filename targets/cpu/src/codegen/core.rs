@@ -483,14 +483,7 @@ impl<'c> Cg<'c> {
         if cond.get_zero_extended_constant() == Some(1) {
             return body(self);
         }
-        let then = self.cx.append_basic_block(self.f, "then");
-        let cont = self.cx.append_basic_block(self.f, "endif");
-        self.b.build_conditional_branch(cond, then, cont)?;
-        self.b.position_at_end(then);
-        body(self)?;
-        self.b.build_unconditional_branch(cont)?;
-        self.b.position_at_end(cont);
-        Ok(())
+        self.if_else(cond, body, |_| Ok(()))
     }
 
     /// `if cond { then } else { other }`.

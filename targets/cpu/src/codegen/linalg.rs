@@ -1252,24 +1252,65 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         sizes.push((dt, if on { n } else { cg.c64(0) }));
         sizes.len() - 1
     };
+    // With VNNI the panel GEMM (from PANEL_MIN_ROWS rows) and the row path
+    // read different arrays: only the running path's get room.
+    let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
+    let row_only = |cg: &Cg<'c>, n: IntValue<'c>| -> R<IntValue<'c>> {
+        if vnni {
+            cg.select_i(big, cg.c64(0), n)
+        } else {
+            Ok(n)
+        }
+    };
+    let panel_only = |cg: &Cg<'c>, n: IntValue<'c>| cg.select_i(big, n, cg.c64(0));
     let i_adec = ask(hif8, &mut sizes, DType::F32, per_row(cg, k16)?);
-    let i_acodes = ask(blocks, &mut sizes, DType::U8, per_row(cg, kc)?);
+    let i_acodes = ask(
+        blocks,
+        &mut sizes,
+        DType::U8,
+        row_only(cg, per_row(cg, kc)?)?,
+    );
     let i_ascales = if vnni {
-        ask(blocks, &mut sizes, DType::F32, per_row(cg, lanes)?)
+        ask(
+            blocks,
+            &mut sizes,
+            DType::F32,
+            row_only(cg, per_row(cg, lanes)?)?,
+        )
     } else {
         ask(blocks, &mut sizes, DType::F64, per_row(cg, nb_i)?)
     };
     let i_as8 = ask(vnni, &mut sizes, DType::I8, per_row(cg, kc)?);
-    let i_asb = ask(vnni, &mut sizes, DType::F32, per_row(cg, nb_i)?);
-    let i_acs = ask(vnni, &mut sizes, DType::I32, per_row(cg, nb_i)?);
-    let i_acl = ask(acl_used, &mut sizes, DType::I32, per_row(cg, lanes)?);
-    let i_apf = ask(pairs, &mut sizes, DType::U8, per_row(cg, npairs.max(1))?);
+    let i_asb = ask(
+        vnni,
+        &mut sizes,
+        DType::F32,
+        panel_only(cg, per_row(cg, nb_i)?)?,
+    );
+    let i_acs = ask(
+        vnni,
+        &mut sizes,
+        DType::I32,
+        panel_only(cg, per_row(cg, nb_i)?)?,
+    );
+    let i_acl = ask(
+        acl_used,
+        &mut sizes,
+        DType::I32,
+        row_only(cg, per_row(cg, lanes)?)?,
+    );
+    let i_apf = ask(
+        pairs,
+        &mut sizes,
+        DType::U8,
+        panel_only(cg, per_row(cg, npairs.max(1))?)?,
+    );
     let i_afac = ask(direct, &mut sizes, DType::F64, per_row(cg, nb_i)?);
     let i_tpf = ask(
         pairs,
         &mut sizes,
         DType::U8,
-        cg.mul(cg.smax(tiles, cg.c64(1))?, cg.c64(npairs + 1))?,
+        panel_only(cg, cg.mul(cg.smax(tiles, cg.c64(1))?, cg.c64(npairs + 1))?)?,
     );
     let (scratch, bufs) = cg.alloc_scratch(&sizes)?;
     let null = cg.ptrt().const_null();
@@ -1285,10 +1326,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     // Rows shift their codes for pairs only when the panel GEMM pairs.
     let pair_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PAIR_MIN_ROWS))?;
     let pair_rows = cg.b.build_int_z_extend(pair_rows, cg.i64t(), "")?;
-    // The panel GEMM (VNNI, from PANEL_MIN_ROWS rows) and the row path
-    // read different forms of the activations: only one is built.
-    let panel_rows = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
-    let panel_rows = cg.b.build_int_z_extend(panel_rows, cg.i64t(), "")?;
+    // ... and the prologue builds only the running path's form.
+    let panel_rows = cg.b.build_int_z_extend(big, cg.i64t(), "")?;
     let caps: Vec<BasicValueEnum> = vec![
         x.ptr.into(),
         pa.into(),
