@@ -6,9 +6,10 @@
 //!   LPC_BENCH_SHAPES=5120x25600,25600x5120 LPC_BENCH_M=1,16,512 LPC_BENCH_THREADS=1,2 ...
 //!
 //! Every timed run starts from cold caches (a buffer twice the L3 is
-//! written first: this machine's 260 MB L3 would otherwise hold a
+//! read through first: this machine's 260 MB L3 would otherwise hold a
 //! 5120 x 25600 weight between runs, where a 32B model's weights always
-//! come from DRAM).
+//! come from DRAM). `LPC_BENCH_WARM=1` skips the flush, for the small
+//! shapes of the fixture models, whose weights stay cached.
 //!
 //! Prints time (median of LPC_BENCH_RUNS, default 5, with min-max), GOP/s
 //! (2·M·N·K), weight GB/s, the fraction of the measured read bandwidth
@@ -117,7 +118,8 @@ fn prefetch_line<T>(p: *const T) {
 }
 
 /// Median, min and max seconds of `runs` calls on `x [m, k]` (after one),
-/// each from cold caches.
+/// each from cold caches (warm with `LPC_BENCH_WARM=1`: as a small layer
+/// runs inside a model, its weights still cached from the last run).
 fn time(
     lib: &OpLib,
     x: &[f32],
@@ -127,8 +129,11 @@ fn time(
     ev: &mut CacheFlush,
 ) -> (f64, f64, f64) {
     let mut t = Vec::with_capacity(runs);
+    let warm = std::env::var("LPC_BENCH_WARM").is_ok_and(|v| v == "1");
     for i in 0..runs + 1 {
-        ev.run();
+        if !warm {
+            ev.run();
+        }
         let s = Instant::now();
         // The output stays where the library wrote it: copying it out is
         // no part of the kernel.

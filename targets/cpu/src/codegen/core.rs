@@ -58,9 +58,6 @@ pub struct Cg<'c> {
     pub fail: Option<BasicBlock<'c>>,
     /// Code paths the target allows (see `Options`).
     pub vnni512: bool,
-    /// AVX-512 VBMI: the panel GEMM packs CPU-layout weights with byte
-    /// permutes (`vpermb`, `vpermi2b`, `vpmultishiftqb`).
-    pub vbmi512: bool,
     /// `qgemm` weights stored in the CPU layout (see `layout.rs`).
     pub cpu_layout: std::collections::HashSet<lpc_ir::ValueId>,
     /// Set for `--target cuda`: the kernels launched so far.

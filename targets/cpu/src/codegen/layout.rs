@@ -2,23 +2,27 @@
 //!
 //! A 4-bit `lpc.qgemm` weight in the formats' own layout interleaves block
 //! headers and nibbles (17-byte MXFP4 blocks, 36-byte HiF4 units), and puts
-//! elements `2i` and `2i+1` in one byte. For AVX-512 VNNI targets the
-//! compiler rewrites such weights, row by row and byte count unchanged, into
-//! the *CPU layout*, chosen for the kernel:
+//! elements `2i` and `2i+1` in one byte. For AVX-512 VNNI + VBMI targets
+//! the compiler rewrites such weights, byte count unchanged, into the *CPU
+//! layout*, chosen for the kernels: *strips* of [`STRIP`] output columns
+//! (rows of the weight), each `16 · bpr` bytes where its rows were:
 //!
-//! - the row's codes first, in groups of 128 elements (64 bytes, one zmm):
-//!   byte `i` of group `g` holds element `128g + i` in its low nibble and
-//!   element `128g + 64 + i` in its high nibble, so one AND and one shift
-//!   give two vectors of 64 codes in natural order (MXFP4: blocks `4g,
-//!   4g+1` and `4g+2, 4g+3`; HiF4: units `2g` and `2g+1`);
-//! - then the headers: MXFP4 one byte per block, the E8M0 scale minus one
-//!   (shifted left by 23 it is the f32 bit pattern of `2^(s-128)`, the
-//!   block's factor for codes `2·E2M1`); HiF4 4 bytes per unit, a
-//!   little-endian dword: the E6M2 scale in bits 0-7 and, for each pair of
-//!   i32 lanes `p` (elements `8p..8p+8`), bits `8+3p..` = (e16 of lane
-//!   `2p`, e16 of lane `2p+1`, e8 of the pair): the same 24 micro-exponent
-//!   bits, arranged so that two vector ops and a table give each lane's
-//!   shift.
+//! - the codes first, per group `g` of 128 K, 16 vectors of 64 bytes:
+//!   vector `q` holds, in its 4-byte lane `c`, column `c`'s elements
+//!   `128g + 4q .. + 4` in the low nibbles and `128g + 64 + 4q .. + 4` in
+//!   the high nibbles. One AND (or shift) gives a K-group of 4 across the 16
+//!   columns, the `vpdpbusd` operand of a broadcast activation dword:
+//!   the panel GEMM packs with no transposes, and one row runs over the
+//!   strip with no horizontal sums;
+//! - then the headers, one 64-byte vector per group (MXFP4) or unit
+//!   (HiF4), lane `c` for column `c`: MXFP4 the four blocks' E8M0 scales
+//!   minus one (byte `b` for block `4g + b`; shifted left by 23 it is the
+//!   f32 bit pattern of `2^(s-128)`, the block's factor for codes
+//!   `2·E2M1`); HiF4 the unit's header as a little-endian dword: the E6M2
+//!   scale in bits 0-7 and, for each pair of K-groups `p` (elements
+//!   `8p..8p+8`), bits `8+3p..` = (e16 of K-group `2p`, e16 of K-group
+//!   `2p+1`, e8 of the pair): the same 24 micro-exponent bits, arranged so
+//!   that one `vpmultishiftqb` and a table give each K-group's shift.
 //!
 //! W8A8 HiF8 weights keep one byte per element, permuted within each
 //! 64-byte chunk so that the kernel's exact decode (two `vpermi2b` tables
@@ -29,7 +33,8 @@
 //! layout.
 //!
 //! Only weights whose rows are whole groups (K a multiple of 128) are
-//! rewritten, and for MXFP4 only when every block's scale is in `2..=254`
+//! rewritten, 4-bit ones only in whole strips (N a multiple of 16), and for
+//! MXFP4 only when every block's scale is in `2..=254`
 //! (blocks whose codes are all zero get an arbitrary valid scale: their
 //! products are zero either way); anything else keeps the formats' layout
 //! and the kernels that read it. The interpreter and the GPU path never see
@@ -42,17 +47,20 @@ use std::collections::{HashMap, HashSet};
 /// Elements per group of the CPU layout.
 pub const GROUP: usize = 128;
 
+/// Output columns per strip of a 4-bit weight in the CPU layout.
+pub const STRIP: usize = 16;
+
 /// The format of an `lpc.qgemm` whose weights may use the CPU layout:
 /// weights and activations in the same format, W4A4 MXFP4/HiF4 on a target
-/// with AVX-512 VNNI (`vnni`) or W8A8 HiF8 with AVX-512 VBMI (`vbmi`), K a
-/// multiple of [`GROUP`].
+/// with AVX-512 VNNI (`vnni`) and VBMI (`vbmi`: the strip kernels' table
+/// lookups) or W8A8 HiF8 with VBMI, K a multiple of [`GROUP`].
 pub fn cpu_layout_format(n: &Node, vnni: bool, vbmi: bool) -> Option<Format> {
     if n.op != "lpc.qgemm" {
         return None;
     }
     let name = n.string("wformat")?;
     let target = match name {
-        "mxfp4" | "hif4" => vnni,
+        "mxfp4" | "hif4" => vnni && vbmi,
         "hif8" => vbmi,
         _ => false,
     };
@@ -145,7 +153,7 @@ fn hif4_header(h: &[u8]) -> u32 {
 /// `data` (rows of a weight in the formats' layout, `k` elements per row)
 /// in the CPU layout, or `None` when the data does not allow it (an MXFP4
 /// block with nonzero codes and a scale outside `2..=254`, a HiF8 NaN) or
-/// the shape does not fit.
+/// the shape does not fit (4-bit: rows not whole strips).
 pub fn repack(f: Format, data: &[u8], k: usize) -> Option<Vec<u8>> {
     if k == 0 || !k.is_multiple_of(GROUP) {
         return None;
@@ -168,31 +176,39 @@ pub fn repack(f: Format, data: &[u8], k: usize) -> Option<Vec<u8>> {
     if data.is_empty() || !data.len().is_multiple_of(bpr) {
         return None;
     }
+    if !(data.len() / bpr).is_multiple_of(STRIP) {
+        return None;
+    }
     let codes = k / 2;
     let mut out = vec![0u8; data.len()];
-    for (src, dst) in data.chunks_exact(bpr).zip(out.chunks_exact_mut(bpr)) {
-        for g in 0..k / GROUP {
-            for i in 0..GROUP / 2 {
-                let e = g * GROUP + i;
-                dst[g * 64 + i] = nibble(f, src, e) | (nibble(f, src, e + GROUP / 2) << 4);
-            }
-        }
-        match f {
-            Format::Mxfp4(_) => {
-                for t in 0..nb {
-                    let s = src[t * bb];
-                    let zero = src[t * bb + 1..(t + 1) * bb].iter().all(|&b| b & 0x77 == 0);
-                    dst[codes + t] = match s {
-                        2..=254 => s - 1,
-                        _ if zero => 126,
-                        _ => return None,
-                    };
+    for (src, dst) in data
+        .chunks_exact(STRIP * bpr)
+        .zip(out.chunks_exact_mut(STRIP * bpr))
+    {
+        let (body, heads) = dst.split_at_mut(STRIP * codes);
+        for (c, row) in src.chunks_exact(bpr).enumerate() {
+            for g in 0..k / GROUP {
+                for i in 0..GROUP / 2 {
+                    let e = g * GROUP + i;
+                    body[(g * 16 + i / 4) * 64 + 4 * c + i % 4] =
+                        nibble(f, row, e) | (nibble(f, row, e + GROUP / 2) << 4);
                 }
             }
-            _ => {
-                for t in 0..nb {
-                    let h = hif4_header(&src[t * bb..t * bb + 4]);
-                    dst[codes + 4 * t..codes + 4 * t + 4].copy_from_slice(&h.to_le_bytes());
+            for t in 0..nb {
+                match f {
+                    Format::Mxfp4(_) => {
+                        let s = row[t * bb];
+                        let zero = row[t * bb + 1..(t + 1) * bb].iter().all(|&b| b & 0x77 == 0);
+                        heads[(t / 4) * 64 + 4 * c + t % 4] = match s {
+                            2..=254 => s - 1,
+                            _ if zero => 126,
+                            _ => return None,
+                        };
+                    }
+                    _ => {
+                        let h = hif4_header(&row[t * bb..t * bb + 4]);
+                        heads[t * 64 + 4 * c..][..4].copy_from_slice(&h.to_le_bytes());
+                    }
                 }
             }
         }
@@ -231,25 +247,32 @@ mod tests {
     fn every_element_and_header_lands_where_the_kernels_read_it() {
         for (name, k) in [("mxfp4", 128), ("mxfp4", 384), ("hif4", 256)] {
             let f = fmt(name);
-            let data = rows(f, k, 3, k as u64);
+            let n = 2 * STRIP;
+            let data = rows(f, k, n, k as u64);
             let out = repack(f, &data, k).unwrap();
-            let bpr = data.len() / 3;
-            for r in 0..3 {
-                let (src, dst) = (&data[r * bpr..][..bpr], &out[r * bpr..][..bpr]);
+            let bpr = data.len() / n;
+            for r in 0..n {
+                let src = &data[r * bpr..][..bpr];
+                let strip = &out[r / STRIP * STRIP * bpr..][..STRIP * bpr];
+                let c = r % STRIP;
                 for e in 0..k {
                     let (g, i) = (e / GROUP, e % GROUP);
-                    let b = dst[g * 64 + i % 64];
+                    let b = strip[(g * 16 + (i % 64) / 4) * 64 + 4 * c + i % 4];
                     let got = if i < 64 { b & 15 } else { b >> 4 };
                     assert_eq!(got, nibble(f, src, e), "{name} k={k} row {r} element {e}");
                 }
+                let heads = &strip[STRIP * k / 2..];
                 let bb = f.block_bytes();
                 for t in 0..k / f.block_len() {
                     match f {
-                        Format::Mxfp4(_) => assert_eq!(dst[k / 2 + t] + 1, src[t * bb]),
+                        Format::Mxfp4(_) => {
+                            assert_eq!(heads[t / 4 * 64 + 4 * c + t % 4] + 1, src[t * bb])
+                        }
                         _ => {
-                            // Each i32 lane's shift, as the kernels compute it.
-                            let h =
-                                u32::from_le_bytes(dst[k / 2 + 4 * t..][..4].try_into().unwrap());
+                            // Each K-group's shift, as the kernels compute it.
+                            let h = u32::from_le_bytes(
+                                heads[t * 64 + 4 * c..][..4].try_into().unwrap(),
+                            );
                             let s = &src[t * bb..][..4];
                             assert_eq!(h & 255, s[0] as u32);
                             for l in 0..16u32 {
@@ -271,9 +294,13 @@ mod tests {
     #[test]
     fn unusable_data_and_shapes_keep_the_formats_layout() {
         let f = fmt("mxfp4");
-        let mut data = rows(f, 128, 2, 7);
+        let mut data = rows(f, 128, STRIP, 7);
         assert!(repack(f, &data, 128).is_some());
         assert!(repack(f, &data, 64).is_none(), "K not a whole group");
+        assert!(
+            repack(f, &data[..data.len() / 2], 128).is_none(),
+            "N not whole strips"
+        );
         let h8: Vec<u8> = (0..256u32)
             .map(|i| match (i * 7 % 255) as u8 ^ 0x11 {
                 0x80 => 0x81,
@@ -295,6 +322,6 @@ mod tests {
         // The same scale on an all-zero block (±0 codes): rewritten.
         data[18..34].fill(0x88);
         let out = repack(f, &data, 128).unwrap();
-        assert_eq!(out[64 + 1], 126);
+        assert_eq!(out[STRIP * 64 + 1], 126);
     }
 }

@@ -500,13 +500,6 @@ impl<'c> Cg<'c> {
         let sp = self.b.build_shuffle_vector(ins, t.get_undef(), z, "")?;
         Ok(self.b.build_left_shift(v, sp, "")?)
     }
-    /// Per i32 lane of 64 s8 codes `a`, `-woff · Σ a` over its four codes:
-    /// where `cpu_row_dot` starts its sums (the weights' unsigned offset).
-    fn lane_corrections(&self, woff: u8, a: VectorValue<'c>) -> R<VectorValue<'c>> {
-        let z = self.i32t().vec_type(16).const_zero();
-        let sum = self.vpdpbusd(z, self.splat_i8(woff, 64), a)?;
-        Ok(self.b.build_int_sub(z, sum, "")?)
-    }
     fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'c> {
         let c = self.i8t().const_int(x as u64, false);
         VectorType::const_vector(&vec![c; n as usize])
@@ -537,13 +530,12 @@ impl<'c> Cg<'c> {
     fn decode_block(
         &mut self,
         f: Format,
-        lay: WLayout,
         p: PointerValue<'c>,
         t: IntValue<'c>,
         codes: PointerValue<'c>,
         scales: PointerValue<'c>,
     ) -> R<()> {
-        let (v, sc) = self.decode_codes(f, lay, p, t, None)?;
+        let (v, sc) = self.decode_codes(f, p, t, None)?;
         self.store_vec(codes, self.mul(t, self.c64(f.block_len() as i64))?, v)?;
         self.store(DType::F64, scales, t, sc.into())
     }
@@ -568,19 +560,10 @@ impl<'c> Cg<'c> {
             .build_shuffle_vector(lo, hi, VectorType::const_vector(&mask), "")?)
     }
 
-    /// The biased E8M0 scale byte of MXFP4 block `t` (255: poisoned).
-    fn mxfp4_scale_byte(
-        &self,
-        lay: WLayout,
-        p: PointerValue<'c>,
-        t: IntValue<'c>,
-    ) -> R<IntValue<'c>> {
-        if let WLayout::Cpu { k } = lay {
-            let at = self.add(self.c64(k / 2), t)?;
-            self.add(self.zext64(self.load_u8(p, at)?)?, self.c64(1))
-        } else {
-            self.zext64(self.load_u8(p, self.mul(t, self.c64(17))?)?)
-        }
+    /// The biased E8M0 scale byte of MXFP4 block `t` of a row in the
+    /// formats' layout (255: poisoned).
+    fn mxfp4_scale_byte(&self, p: PointerValue<'c>, t: IntValue<'c>) -> R<IntValue<'c>> {
+        self.zext64(self.load_u8(p, self.mul(t, self.c64(17))?)?)
     }
     /// Block `t` of a packed row as a vector of i8 codes (block length
     /// lanes) and its f64 scale factor (see [`Self::decode_block`]); MXFP4
@@ -588,7 +571,6 @@ impl<'c> Cg<'c> {
     fn decode_codes(
         &mut self,
         f: Format,
-        lay: WLayout,
         p: PointerValue<'c>,
         t: IntValue<'c>,
         shift: Option<IntValue<'c>>,
@@ -596,46 +578,15 @@ impl<'c> Cg<'c> {
         if shift.is_some() && !matches!(f, Format::Mxfp4(_)) {
             return self.err("shifted codes are MXFP4 only");
         }
-        // CPU layout: the nibbles of block `t` are one half (low or high
-        // nibbles) of `n` bytes of its 64-byte group, in natural order.
-        let cpu_nibbles = |cg: &Cg<'c>, per_group: i64, n: u32| -> R<VectorValue<'c>> {
-            let g = cg.sdiv(t, cg.c64(per_group))?;
-            let r = cg.sub(t, cg.mul(g, cg.c64(per_group))?)?;
-            let half = cg.sdiv(r, cg.c64(per_group / 2))?;
-            let at = cg.add(
-                cg.mul(g, cg.c64(64))?,
-                cg.mul(
-                    cg.sub(r, cg.mul(half, cg.c64(per_group / 2))?)?,
-                    cg.c64(n as i64),
-                )?,
-            )?;
-            let bytes = cg.load_i8xn(p, at, n)?;
-            let sh =
-                cg.b.build_int_truncate(cg.mul(half, cg.c64(4))?, cg.i8t(), "")?;
-            let shv = cg.b.build_insert_element(
-                cg.i8t().vec_type(n).get_undef(),
-                sh,
-                cg.i32t().const_zero(),
-                "",
-            )?;
-            let z = VectorType::const_vector(&vec![cg.i32t().const_zero(); n as usize]);
-            let shv = cg.b.build_shuffle_vector(shv, shv, z, "")?;
-            let v = cg.b.build_right_shift(bytes, shv, false, "")?;
-            Ok(cg.b.build_and(v, cg.splat_i8(15, n), "")?)
-        };
         match f {
             Format::Mxfp4(_) => {
                 let lutv: Vec<_> = mxfp4::E2M1_X2
                     .iter()
                     .map(|&x| self.i8t().const_int(x as u8 as u64, false))
                     .collect();
-                let sb = self.mxfp4_scale_byte(lay, p, t)?;
-                let nib = if let WLayout::Cpu { .. } = lay {
-                    cpu_nibbles(self, 4, 32)?
-                } else {
-                    let base = self.mul(t, self.c64(17))?;
-                    self.spec_nibbles(p, self.add(base, self.c64(1))?, 16)?
-                };
+                let sb = self.mxfp4_scale_byte(p, t)?;
+                let base = self.mul(t, self.c64(17))?;
+                let nib = self.spec_nibbles(p, self.add(base, self.c64(1))?, 16)?;
                 // 2·E2M1 codes from a table in each 128-bit lane (shifted
                 // left by `shift`: the table `shift` rows down).
                 let lut = match shift {
@@ -668,16 +619,8 @@ impl<'c> Cg<'c> {
             }
             Format::Hif4(_) => {
                 // Vector form of hif4_code for the 64 elements at once.
-                let (base, nib) = if let WLayout::Cpu { k } = lay {
-                    let base = self.add(self.c64(k / 2), self.mul(t, self.c64(4))?)?;
-                    (base, cpu_nibbles(self, 2, 64)?)
-                } else {
-                    let base = self.mul(t, self.c64(36))?;
-                    (
-                        base,
-                        self.spec_nibbles(p, self.add(base, self.c64(4))?, 32)?,
-                    )
-                };
+                let base = self.mul(t, self.c64(36))?;
+                let nib = self.spec_nibbles(p, self.add(base, self.c64(4))?, 32)?;
                 let splat_byte = |cg: &Cg<'c>, at: i64| -> R<VectorValue<'c>> {
                     let v = cg.load_u8(p, cg.add(base, cg.c64(at))?)?;
                     let t = cg.i8t().vec_type(64);
@@ -692,21 +635,7 @@ impl<'c> Cg<'c> {
                         .collect();
                     VectorType::const_vector(&v)
                 };
-                let sh = if matches!(lay, WLayout::Cpu { .. }) {
-                    // Per i32 lane from the repacked header, repeated over
-                    // the lane's four bytes.
-                    let hd = self.load_vec(p, base, self.i32t().vec_type(1), 1)?;
-                    let z = VectorType::const_vector(&[self.i32t().const_zero(); 16]);
-                    let hd = self.b.build_shuffle_vector(hd, hd, z, "")?;
-                    let sh = self.hif4_lane_shifts(hd)?;
-                    let rep = self.i32t().const_int(0x0101_0101, false);
-                    let sh = self
-                        .b
-                        .build_int_mul(sh, VectorType::const_vector(&[rep; 16]), "")?;
-                    self.b
-                        .build_bit_cast(sh, self.i8t().vec_type(64), "")?
-                        .into_vector_value()
-                } else {
+                let sh = {
                     let one = self.splat_i8(1, 64);
                     let m1 = splat_byte(self, 1)?;
                     let e8 = self
@@ -751,42 +680,6 @@ impl<'c> Cg<'c> {
             }
             Format::Hif8(_) => self.err("HiF8 has no block codes"),
         }
-    }
-
-    /// HiF4 in the CPU layout: from a unit's header dword (in all 16
-    /// lanes), each i32 lane's micro-exponent shift `e8 + e16` (0 to 2, in
-    /// the lane's low byte). Lane `l` reads the 3-bit field of its pair
-    /// `l/2` from bit `8 + 3(l/2) + l%2`: its own `e16` lands in bit 0 and
-    /// the pair's `e8` in bit 2 (even lanes) or 1 (odd lanes); masked with
-    /// 0b101 or 0b011, a `vpshufb` table turns the two bits into their sum.
-    fn hif4_lane_shifts(&self, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
-        let i32c = |v: u64| self.i32t().const_int(v, false);
-        let at: Vec<_> = (0..16).map(|l| i32c(8 + 3 * (l / 2) + l % 2)).collect();
-        let x = self
-            .b
-            .build_right_shift(hd, VectorType::const_vector(&at), false, "")?;
-        let mask: Vec<_> = (0..16)
-            .map(|l| i32c(if l % 2 == 0 { 5 } else { 3 }))
-            .collect();
-        let x = self.b.build_and(x, VectorType::const_vector(&mask), "")?;
-        let sum: Vec<_> = (0..64u64)
-            .map(|i| {
-                let v = [0u64, 1, 1, 2, 1, 2, 0, 0][(i % 16).min(7) as usize];
-                self.i8t().const_int(v, false)
-            })
-            .collect();
-        let x = self.b.build_bit_cast(x, self.i8t().vec_type(64), "")?;
-        let sh = self
-            .intrinsic(
-                "llvm.x86.avx512.pshuf.b.512",
-                &[],
-                &[VectorType::const_vector(&sum).into(), x.into()],
-            )?
-            .into_vector_value();
-        Ok(self
-            .b
-            .build_bit_cast(sh, self.i32t().vec_type(16), "")?
-            .into_vector_value())
     }
 
     fn epilogue(&self, v: FloatValue<'c>, act: Option<&str>) -> R<FloatValue<'c>> {
@@ -1202,19 +1095,19 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let npairs = if pairs { nb_i / 2 } else { 0 };
     let kc = if vnni { (kpad + 63) / 64 * 64 } else { kpad };
     let lanes = kc / 4;
-    // Weights in the CPU layout (some part): single rows run `cpu_row_dot`,
-    // which reads per-lane corrections of the activations (HiF4; MXFP4
-    // computes them in registers).
-    let any_cpu = vnni
-        && (0..parts).any(|p| {
-            n.inputs
-                .get(1 + p)
-                .copied()
-                .flatten()
-                .is_some_and(|v| cg.cpu_layout.contains(&v))
-        });
-    let woff = cpu_weight_offset(wf);
-    let acl_used = any_cpu && cpu_row_loads_corrections(wf);
+    // 4-bit weights in the CPU layout (strips): fewer than PANEL_MIN_ROWS
+    // rows run the strip kernel, which reads the panel GEMM's activation
+    // arrays; when every part is in strips, the row path's are never read.
+    let in_strips = |p: usize| {
+        vnni && n
+            .inputs
+            .get(1 + p)
+            .copied()
+            .flatten()
+            .is_some_and(|v| cg.cpu_layout.contains(&v))
+    };
+    let any_strip = (0..parts).any(in_strips);
+    let all_strip = (0..parts).all(in_strips);
     // HiF8 (W8A8): both operands decoded once to exact f32 values (rows
     // padded to 16 lanes), multiplied and summed lane-wise in f32.
     let hif8 = af.is_some() && bl == 1;
@@ -1230,7 +1123,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     //   (VNNI: f32 per i32 lane, else f64 per block);
     // - as8, asb, acs (panel GEMM, VNNI): s8 codes (the broadcast operand),
     //   f32 block scales, per block the correction `-off · Σ a`;
-    // - acl: per-lane corrections for `cpu_row_dot`;
     // - apf: per row and block pair, do the two share a scale;
     // - afac: the runtime's f64 block factors (`direct`);
     // - tpf: per full row tile and pair, do all its rows pair it.
@@ -1256,10 +1148,20 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     // read different arrays: only the running path's get room.
     let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
     let row_only = |cg: &Cg<'c>, n: IntValue<'c>| -> R<IntValue<'c>> {
-        if vnni {
+        if all_strip {
+            Ok(cg.c64(0))
+        } else if vnni {
             cg.select_i(big, cg.c64(0), n)
         } else {
             Ok(n)
+        }
+    };
+    // (The strip kernel reads them too.)
+    let panel_acts = |cg: &Cg<'c>, n: IntValue<'c>| -> R<IntValue<'c>> {
+        if any_strip {
+            Ok(n)
+        } else {
+            cg.select_i(big, n, cg.c64(0))
         }
     };
     let panel_only = |cg: &Cg<'c>, n: IntValue<'c>| cg.select_i(big, n, cg.c64(0));
@@ -1285,19 +1187,13 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         vnni,
         &mut sizes,
         DType::F32,
-        panel_only(cg, per_row(cg, nb_i)?)?,
+        panel_acts(cg, per_row(cg, nb_i)?)?,
     );
     let i_acs = ask(
         vnni,
         &mut sizes,
         DType::I32,
-        panel_only(cg, per_row(cg, nb_i)?)?,
-    );
-    let i_acl = ask(
-        acl_used,
-        &mut sizes,
-        DType::I32,
-        row_only(cg, per_row(cg, lanes)?)?,
+        panel_acts(cg, per_row(cg, nb_i)?)?,
     );
     let i_apf = ask(
         pairs,
@@ -1319,7 +1215,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let adec = pick(i_adec, hif8);
     let (acodes, ascales) = (pick(i_acodes, blocks), pick(i_ascales, blocks));
     let (as8, asb, acs) = (pick(i_as8, vnni), pick(i_asb, vnni), pick(i_acs, vnni));
-    let acl = pick(i_acl, acl_used);
     let apf = pick(i_apf, pairs);
     let afac = pick(i_afac, direct);
     let tpf_buf = pick(i_tpf, pairs);
@@ -1338,7 +1233,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         as8.into(),
         asb.into(),
         acs.into(),
-        acl.into(),
         apf.into(),
         pair_rows.into(),
         afac.into(),
@@ -1364,7 +1258,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             args.extend::<[BasicMetadataValueEnum; 3]>([
                 cg.gep_bytes(p(6), cg.mul(lo, cg.c64(kc))?)?.into(),
                 cg.c64(kc).into(),
-                cg.gep(DType::F64, p(12), cg.mul(lo, cg.c64(nb_i))?)?.into(),
+                cg.gep(DType::F64, p(11), cg.mul(lo, cg.c64(nb_i))?)?.into(),
             ]);
             // Sizes consistent by construction: the status is always 0.
             cg.call_value(cg.rt("lpc_rt_quantize_codes"), &args)?;
@@ -1382,7 +1276,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let crow = cg.gep_bytes(acp, cg.mul(r, cg.c64(kpad))?)?;
                 let srow = cg.gep(DType::F64, asp, cg.mul(r, cg.c64(nb_i))?)?;
                 cg.for_n(cg.c64(nb_i), |cg, t| {
-                    cg.decode_block(af, WLayout::Spec, prow, t, crow, srow)
+                    cg.decode_block(af, prow, t, crow, srow)
                 })
             })?;
         }
@@ -1397,7 +1291,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         if let (true, Some(af)) = (vnni, af) {
             let s64 =
                 cg.b.build_array_alloca(cg.f64t(), cg.i32t().const_int(nb_i as u64, false), "s64")?;
-            let panel = cg.icmp(IntPredicate::NE, c[13].into_int_value(), cg.c64(0))?;
+            let panel = cg.icmp(IntPredicate::NE, c[12].into_int_value(), cg.c64(0))?;
             cg.for_range(lo, hi, |cg, r| {
                 let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
                 let crow = cg.gep_bytes(acp, cg.mul(r, cg.c64(kc))?)?;
@@ -1406,84 +1300,82 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 let (s8p, sbp, csp) = (p(6), p(7), p(8));
                 let s8row = cg.gep_bytes(s8p, cg.mul(r, cg.c64(kc))?)?;
                 let s64 = if direct {
-                    cg.gep(DType::F64, p(12), cg.mul(r, cg.c64(nb_i))?)?
+                    cg.gep(DType::F64, p(11), cg.mul(r, cg.c64(nb_i))?)?
                 } else {
                     cg.b.build_memset(s8row, 1, cg.i8t().const_zero(), cg.c64(kc))?;
                     cg.for_n(cg.c64(nb_i), |cg, t| {
-                        cg.decode_block(af, WLayout::Spec, prow, t, s8row, s64)
+                        cg.decode_block(af, prow, t, s8row, s64)
                     })?;
                     s64
                 };
-                cg.if_else(
-                    panel,
-                    |cg| {
-                        // The panel GEMM: the s8 codes, f32 block scales and
-                        // per-block sums times the weights' offset.
-                        if pairs {
-                            // From PAIR_MIN_ROWS rows: blocks 2q and 2q+1
-                            // whose scales are at most 2^PAIR_MAX_SHIFT apart
-                            // share the smaller one, the other's codes
-                            // shifted left (exact, |code| <= 96); the pair's
-                            // flag says so.
-                            let pfrow = cg.gep_bytes(p(10), cg.mul(r, cg.c64(npairs))?)?;
-                            let on =
-                                cg.icmp(IntPredicate::NE, c[11].into_int_value(), cg.c64(0))?;
-                            cg.for_n(cg.c64(npairs), |cg, q| {
-                                let t0 = cg.mul(q, cg.c64(2))?;
-                                let t1 = cg.add(t0, cg.c64(1))?;
-                                let s0 = cg.load(DType::F64, s64, t0)?.into_float_value();
-                                let s1 = cg.load(DType::F64, s64, t1)?.into_float_value();
-                                let (ok, sh, eff) = cg.pair_shifts(s0, s1, on)?;
-                                for (i, t) in [t0, t1].into_iter().enumerate() {
-                                    let o = cg.mul(t, cg.c64(bl))?;
-                                    let v = cg.load_i8xn(s8row, o, bl as u32)?;
-                                    cg.store_vec(s8row, o, cg.shl_i8(v, sh[i])?)?;
-                                    cg.store(DType::F64, s64, t, eff[i].into())?;
-                                }
-                                let flag = cg.b.build_int_z_extend(ok, cg.i8t(), "")?;
-                                cg.store(DType::U8, pfrow, q, flag.into())
-                            })?;
-                        }
-                        let sbrow = cg.gep(DType::F32, sbp, cg.mul(r, cg.c64(nb_i))?)?;
-                        let csrow = cg.gep(DType::I32, csp, cg.mul(r, cg.c64(nb_i))?)?;
-                        let i32v = cg.i32t().vec_type(bl as u32);
-                        cg.for_n(cg.c64(nb_i), |cg, t| {
-                            let sc = cg.load(DType::F64, s64, t)?.into_float_value();
-                            cg.store(DType::F32, sbrow, t, cg.ftrunc(sc)?.into())?;
-                            let v = cg.load_i8xn(s8row, cg.mul(t, cg.c64(bl))?, bl as u32)?;
-                            let w = cg.b.build_int_s_extend(v, i32v, "")?;
-                            let sum = cg
-                                .intrinsic("llvm.vector.reduce.add", &[i32v.into()], &[w.into()])?
-                                .into_int_value();
-                            // Negated: the panel GEMM starts its accumulators
-                            // there.
-                            let m = cg.i32t().const_int((-(poff as i64)) as u64, true);
-                            let corr = cg.b.build_int_mul(sum, m, "")?;
-                            cg.store(DType::I32, csrow, t, corr.into())
-                        })
-                    },
-                    |cg| {
-                        // The row path: scales per i32 lane, the codes
-                        // offset to unsigned (padding too: harmless, its
-                        // weights are zero) and, for CPU-layout weights,
-                        // the per-lane corrections.
-                        cg.replicate_scales(s64, nb_i, bl, lanes, srow)?;
-                        if acl_used {
-                            let clrow = cg.gep_bytes(p(9), cg.mul(r, cg.c64(4 * lanes))?)?;
-                            cg.for_n(cg.c64(kc / 64), |cg, c| {
-                                let o = cg.mul(c, cg.c64(64))?;
-                                let v = cg.load_i8xn(s8row, o, 64)?;
-                                cg.store_vec_aligned(clrow, o, cg.lane_corrections(woff, v)?, 4)
-                            })?;
-                        }
-                        cg.for_n(cg.c64(kc / 64), |cg, c| {
-                            let o = cg.mul(c, cg.c64(64))?;
-                            let v = cg.load_i8xn(s8row, o, 64)?;
-                            let v = cg.b.build_int_add(v, cg.splat_i8(aoff, 64), "")?;
-                            cg.store_vec(crow, o, v)
-                        })
-                    },
-                )
+                let panel_data = |cg: &mut Cg<'c>| -> R<()> {
+                    // The panel GEMM (and the strip kernel): the s8
+                    // codes, f32 block scales and per-block sums times
+                    // the weights' offset.
+                    if pairs {
+                        // From PAIR_MIN_ROWS rows: blocks 2q and 2q+1
+                        // whose scales are at most 2^PAIR_MAX_SHIFT apart
+                        // share the smaller one, the other's codes
+                        // shifted left (exact, |code| <= 96); the pair's
+                        // flag says so.
+                        let pfrow = cg.gep_bytes(p(9), cg.mul(r, cg.c64(npairs))?)?;
+                        let on = cg.icmp(IntPredicate::NE, c[10].into_int_value(), cg.c64(0))?;
+                        cg.for_n(cg.c64(npairs), |cg, q| {
+                            let t0 = cg.mul(q, cg.c64(2))?;
+                            let t1 = cg.add(t0, cg.c64(1))?;
+                            let s0 = cg.load(DType::F64, s64, t0)?.into_float_value();
+                            let s1 = cg.load(DType::F64, s64, t1)?.into_float_value();
+                            let (ok, sh, eff) = cg.pair_shifts(s0, s1, on)?;
+                            for (i, t) in [t0, t1].into_iter().enumerate() {
+                                let o = cg.mul(t, cg.c64(bl))?;
+                                let v = cg.load_i8xn(s8row, o, bl as u32)?;
+                                cg.store_vec(s8row, o, cg.shl_i8(v, sh[i])?)?;
+                                cg.store(DType::F64, s64, t, eff[i].into())?;
+                            }
+                            let flag = cg.b.build_int_z_extend(ok, cg.i8t(), "")?;
+                            cg.store(DType::U8, pfrow, q, flag.into())
+                        })?;
+                    }
+                    let sbrow = cg.gep(DType::F32, sbp, cg.mul(r, cg.c64(nb_i))?)?;
+                    let csrow = cg.gep(DType::I32, csp, cg.mul(r, cg.c64(nb_i))?)?;
+                    let i32v = cg.i32t().vec_type(bl as u32);
+                    cg.for_n(cg.c64(nb_i), |cg, t| {
+                        let sc = cg.load(DType::F64, s64, t)?.into_float_value();
+                        cg.store(DType::F32, sbrow, t, cg.ftrunc(sc)?.into())?;
+                        let v = cg.load_i8xn(s8row, cg.mul(t, cg.c64(bl))?, bl as u32)?;
+                        let w = cg.b.build_int_s_extend(v, i32v, "")?;
+                        let sum = cg
+                            .intrinsic("llvm.vector.reduce.add", &[i32v.into()], &[w.into()])?
+                            .into_int_value();
+                        // Negated: the panel GEMM starts its accumulators
+                        // there.
+                        let m = cg.i32t().const_int((-(poff as i64)) as u64, true);
+                        let corr = cg.b.build_int_mul(sum, m, "")?;
+                        cg.store(DType::I32, csrow, t, corr.into())
+                    })
+                };
+                let row_data = |cg: &mut Cg<'c>| -> R<()> {
+                    // The row path: scales per i32 lane, the codes
+                    // offset to unsigned (padding too: harmless, its
+                    // weights are zero).
+                    cg.replicate_scales(s64, nb_i, bl, lanes, srow)?;
+                    cg.for_n(cg.c64(kc / 64), |cg, c| {
+                        let o = cg.mul(c, cg.c64(64))?;
+                        let v = cg.load_i8xn(s8row, o, 64)?;
+                        let v = cg.b.build_int_add(v, cg.splat_i8(aoff, 64), "")?;
+                        cg.store_vec(crow, o, v)
+                    })
+                };
+                if any_strip {
+                    panel_data(cg)?;
+                } else {
+                    cg.if_then(panel, panel_data)?;
+                }
+                if !all_strip {
+                    let rows_path = cg.b.build_not(panel, "")?;
+                    cg.if_then(rows_path, row_data)?;
+                }
+                Ok(())
             })?;
         }
         Ok(())
@@ -1578,8 +1470,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             acodes.into(),
             ascales.into(),
             adec.into(),
-            as8.into(),
-            acl.into(),
         ];
         let (has_e, has_b, has_r) = (e.is_some(), bias.is_some(), residual.is_some());
         let weight_only = af.is_none();
@@ -1647,7 +1537,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 lay,
                 off: poff,
                 pairs,
-                vbmi: cg.vbmi512,
                 has_b,
                 has_r,
                 act: act.clone(),
@@ -1655,6 +1544,14 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             cg.parallel_for(cg.select_i(big, np, cg.c64(0))?, &pcaps, |cg, c, lo, hi| {
                 panel_gemm(cg, &spec, c, lo, hi)
             })?;
+            if let WLayout::Cpu { .. } = lay {
+                // Fewer rows: the strip kernel, threads splitting the strips.
+                let ns = cg.sdiv(nn, cg.c64(layout::STRIP as i64))?;
+                cg.parallel_for(cg.select_i(big, cg.c64(0), ns)?, &pcaps, |cg, c, lo, hi| {
+                    strip_gemm(cg, &spec, c, lo, hi)
+                })?;
+                continue;
+            }
             big
         } else {
             cg.cx.bool_type().const_zero()
@@ -1776,7 +1673,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     if blocks {
                         cg.if_then(predecode, |cg| {
                             cg.for_n(cg.c64(nb_i), |cg, t| {
-                                cg.decode_block(wf, lay, wrow, t, wcodes, wsc)
+                                cg.decode_block(wf, wrow, t, wcodes, wsc)
                             })
                         })?;
                     }
@@ -1817,18 +1714,11 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                              -> R<()> {
                                 let t0 = cg.mul(c, cg.c64(per))?;
                                 let (codes, swv) = if per == 2 {
-                                    let (c0, s0) =
-                                        cg.decode_codes(wf, WLayout::Spec, wrow, t0, None)?;
+                                    let (c0, s0) = cg.decode_codes(wf, wrow, t0, None)?;
                                     let (c1, s1) = if last_half {
                                         (cg.i8t().vec_type(32).const_zero(), cg.cf64(0.0))
                                     } else {
-                                        cg.decode_codes(
-                                            wf,
-                                            WLayout::Spec,
-                                            wrow,
-                                            cg.add(t0, cg.c64(1))?,
-                                            None,
-                                        )?
+                                        cg.decode_codes(wf, wrow, cg.add(t0, cg.c64(1))?, None)?
                                     };
                                     let m: Vec<_> =
                                         (0..64u64).map(|i| cg.i32t().const_int(i, false)).collect();
@@ -1858,8 +1748,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                                         )?,
                                     )
                                 } else {
-                                    let (c0, s0) =
-                                        cg.decode_codes(wf, WLayout::Spec, wrow, t0, None)?;
+                                    let (c0, s0) = cg.decode_codes(wf, wrow, t0, None)?;
                                     (c0, cg.splat_f32(cg.ftrunc(s0)?, 16)?)
                                 };
                                 let o = cg.mul(c, cg.c64(64))?;
@@ -1981,23 +1870,13 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         finish(cg, r, j, v)
                     })
                 })?;
+                // HiF8 weights in the CPU layout: every row here (4-bit
+                // ones run the strip kernel instead).
                 let WLayout::Cpu { k } = lay else {
                     return Ok(());
                 };
-                let acts = RowActs {
-                    s8: p(14),
-                    corr: p(15),
-                    scales: p(12),
-                };
-                // Rows the column loop's four-row groups did not take (all,
-                // for HiF8).
-                let first = if vnni {
-                    cg.add(rlo, cg.mul(cg.sdiv(rcount, cg.c64(4))?, cg.c64(4))?)?
-                } else {
-                    rlo
-                };
                 let wrow = |cg: &Cg<'c>, j: IntValue<'c>| cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?);
-                cg.for_range(first, rhi, |cg, r| {
+                cg.for_range(rlo, rhi, |cg, r| {
                     let nc = CPU_COLS;
                     let groups = cg.sdiv(cg.sub(hi, lo)?, cg.c64(nc))?;
                     cg.for_n(groups, |cg, q| {
@@ -2006,11 +1885,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                             (0..nc).map(|c| cg.add(j0, cg.c64(c))).collect::<R<_>>()?;
                         let ws: Vec<PointerValue> =
                             js.iter().map(|&j| wrow(cg, j)).collect::<R<_>>()?;
-                        let v = if hif8 {
-                            cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13))?
-                        } else {
-                            cpu_row_dot(cg, wf, k, &ws, r, &acts)?
-                        };
+                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13))?;
                         for (&j, v) in js.iter().zip(v) {
                             finish(cg, r, j, v)?;
                         }
@@ -2019,11 +1894,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     let last = cg.add(lo, cg.mul(groups, cg.c64(nc))?)?;
                     cg.for_range(last, hi, |cg, j| {
                         let ws = [wrow(cg, j)?];
-                        let v = if hif8 {
-                            cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13))?
-                        } else {
-                            cpu_row_dot(cg, wf, k, &ws, r, &acts)?
-                        };
+                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13))?;
                         finish(cg, r, j, v[0])
                     })
                 })
@@ -2043,21 +1914,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
 /// Columns per `cpu_row_dot` call of the single-row path: they share every
 /// activation load.
 const CPU_COLS: i64 = 4;
-
-/// Does `cpu_row_dot` read the activations' per-lane corrections (HiF4),
-/// or compute them from the codes in registers (MXFP4)?
-fn cpu_row_loads_corrections(f: Format) -> bool {
-    !matches!(f, Format::Mxfp4(_))
-}
-
-/// The unsigned offset of CPU-layout weight codes in `cpu_row_dot` (their
-/// largest magnitude before the HiF4 micro-exponent shifts).
-fn cpu_weight_offset(f: Format) -> u8 {
-    match f {
-        Format::Mxfp4(_) => 12,
-        _ => 8,
-    }
-}
 
 /// In step `g` of a single-row kernel over the adjacent weight rows
 /// `wrows` (`bpr` bytes each, 64 bytes of each read per step): weight rows
@@ -2081,173 +1937,300 @@ fn prefetch_next_call<'c>(
     Ok(())
 }
 
-/// One row's activations as `cpu_row_dot` reads them: s8 codes (`kc` per
-/// row), per-i32-lane corrections `-woff · Σ a` and per-lane f32 scales
-/// (`kc / 4` per row each).
-struct RowActs<'c> {
-    s8: PointerValue<'c>,
-    corr: PointerValue<'c>,
-    scales: PointerValue<'c>,
+/// The decode tables of 4-bit CPU-layout nibbles (see [`pack_cpu_panel`]
+/// and [`strip_row_dot`]): entry `16 x + code` is the offset code of
+/// nibble `code` shifted left by `x`. MXFP4: `(2·E2M1 << x) + off` for x =
+/// 0..3, one `vpermb`; HiF4: `±((code & 7) << sum(x)) + off` for the 3-bit
+/// header field x, 128 entries in two halves, one `vpermi2b`.
+struct NibbleTables<'c> {
+    mx: bool,
+    lo: VectorValue<'c>,
+    hi: VectorValue<'c>,
 }
 
-/// The dot products of activation row `r` with one or two weight rows in
-/// the CPU layout (`layout.rs`; K = `k`, a multiple of 128), as f64: per
-/// 64-byte group, one AND and one shift split the nibbles into two vectors
-/// of 64 codes, an in-register table (`vpshufb`) maps them to offset
-/// unsigned codes, `vpdpbusd` with the s8 activation codes starts from the
-/// row's per-lane corrections (MXFP4: computed from the codes in registers,
-/// measured 2-6% faster at K = 25600 where the activations live in L2;
-/// HiF4: loaded, as it has less slack per column); HiF4 shifts each i32 lane by its
-/// micro-exponents (one per four elements: exactly a lane), and each lane
-/// is scaled in f32 by the product of the two block scales (MXFP4: `byte
-/// << 23` is the bit pattern of `2^(s-128)`). The columns of one call
-/// (`CPU_COLS`) share every activation load (K = 25600 rows live in L2, not
-/// L1). Two f32 accumulators per column, one reduction.
-fn cpu_row_dot<'c>(
+impl<'c> NibbleTables<'c> {
+    fn new(cg: &Cg<'c>, f: Format, off: u8) -> Self {
+        let i8v = |f: &dyn Fn(usize) -> u8| -> VectorValue<'c> {
+            let v: Vec<_> = (0..64)
+                .map(|i| cg.i8t().const_int(f(i) as u64, false))
+                .collect();
+            VectorType::const_vector(&v)
+        };
+        let off = off as i32;
+        let mx = matches!(f, Format::Mxfp4(_));
+        let hif4_entry = |i: usize| -> u8 {
+            let (x, code) = (i / 16, i % 16);
+            let sum = [0, 1, 1, 2, 1, 2, 0, 0][x];
+            let mag = ((code & 7) << sum) as i32;
+            (if code & 8 != 0 { -mag } else { mag }).wrapping_add(off) as u8
+        };
+        if mx {
+            let t = i8v(&|i| ((mxfp4::E2M1_X2[i % 16] as i32) << (i / 16)).wrapping_add(off) as u8);
+            NibbleTables { mx, lo: t, hi: t }
+        } else {
+            NibbleTables {
+                mx,
+                lo: i8v(&|i| hif4_entry(i)),
+                hi: i8v(&|i| hif4_entry(64 + i)),
+            }
+        }
+    }
+
+    /// The offset codes of `idx` (i8 × 64: nibble | shift field << 4).
+    fn lookup(&self, cg: &Cg<'c>, idx: VectorValue<'c>) -> R<VectorValue<'c>> {
+        let v = if self.mx {
+            cg.intrinsic(
+                "llvm.x86.avx512.permvar.qi.512",
+                &[],
+                &[self.lo.into(), idx.into()],
+            )?
+        } else {
+            cg.intrinsic(
+                "llvm.x86.avx512.vpermi2var.qi.512",
+                &[],
+                &[self.lo.into(), idx.into(), self.hi.into()],
+            )?
+        };
+        Ok(v.into_vector_value())
+    }
+}
+
+/// HiF4: the f32 factors `E6M2 / 4` of 16 columns' unit header dwords
+/// (CPU layout): exponent `(S >> 2) - 50`, two mantissa bits; 0xFF is NaN.
+fn hif4_scales<'c>(cg: &Cg<'c>, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
+    let i32v = |v: u64| cg.splat_i32(cg.i32t().const_int(v, false), 16);
+    let sb = cg.b.build_and(hd, i32v(255)?, "")?;
+    let bits = cg.b.build_int_add(
+        cg.b.build_left_shift(sb, i32v(21)?, "")?,
+        i32v(77 << 23)?,
+        "",
+    )?;
+    let nan =
+        cg.b.build_int_compare(IntPredicate::EQ, sb, i32v(255)?, "")?;
+    let bits =
+        cg.b.build_select(nan, i32v(f32::NAN.to_bits() as u64)?, bits, "")?
+            .into_vector_value();
+    Ok(cg
+        .b
+        .build_bit_cast(bits, cg.f32t().vec_type(16), "")?
+        .into_vector_value())
+}
+
+/// Bytes ahead of the codes being read at which the strip kernel requests
+/// the weights into L1. Its strips are read in order, one stream per
+/// thread, which the hardware prefetchers follow: at M = 1 (5120x25600,
+/// 25600x5120) distances of 0 to 2 KB measured alike within the noise,
+/// 4 KB and more slower (up to 20% for HiF4 at 16 KB).
+const STRIP_PREFETCH: i64 = 512;
+
+/// Rows below `PANEL_MIN_ROWS` against 4-bit weights in the CPU layout:
+/// strips `lo..hi` of the part, each strip once for all rows (it stays in
+/// L2 between them), [`strip_row_dot`] per row and strip, the panel GEMM's
+/// epilogue. Captures as [`panel_gemm`]'s (the activations' s8 codes, f32
+/// block scales and corrections `-off · Σ a` are the panel GEMM's).
+fn strip_gemm<'c>(
     cg: &mut Cg<'c>,
-    f: Format,
+    s: &PanelSpec,
+    c: &[BasicValueEnum<'c>],
+    lo: IntValue<'c>,
+    hi: IntValue<'c>,
+) -> R<()> {
+    let p = |i: usize| c[i].into_pointer_value();
+    let iv = |i: usize| c[i].into_int_value();
+    let (wp, yp) = (p(0), p(1));
+    let (rows, ntot, coff) = (iv(2), iv(4), iv(5));
+    let (bp, rp) = (p(6), p(7));
+    let acts = (p(8), p(9), p(10));
+    let WLayout::Cpu { k } = s.lay else {
+        return cg.err("the strip kernel reads the CPU layout only");
+    };
+    let strip = layout::STRIP as i64;
+    let facc = cg.b.build_alloca(cg.f32t().vec_type(16), "sacc")?;
+    let tile =
+        cg.b.build_array_alloca(cg.f32t(), cg.i32t().const_int(strip as u64, false), "stile")?;
+    let tabs = NibbleTables::new(cg, s.wf, s.off);
+    let epi = Epilogue {
+        y: yp,
+        ntot,
+        coff,
+        bias: s.has_b.then_some(bp),
+        residual: s.has_r.then_some(rp),
+        act: s.act.as_deref(),
+        exps: None,
+    };
+    cg.for_range(lo, hi, |cg, st| {
+        let sp = cg.gep_bytes(wp, cg.mul(st, cg.c64(strip * s.bpr))?)?;
+        let c0 = cg.mul(st, cg.c64(strip))?;
+        cg.for_n(rows, |cg, r| {
+            let v = strip_row_dot(cg, s, k, &tabs, sp, r, acts)?;
+            cg.b.build_store(facc, v)?;
+            write_tile(cg, &epi, &[facc], tile, strip, (r, c0, cg.c64(strip)))
+        })
+    })
+}
+
+/// Activation row `r` times the 16 columns of the strip at `sp` (K = `k`,
+/// 4-bit CPU layout), as 16 f32 sums. Per 64-byte vector of a group: one
+/// AND (or shift and AND) gives a K-group of 4 across the 16 columns, one
+/// table lookup (`vpermb`; HiF4 `vpermi2b` with each K-group's
+/// micro-exponent shift from the unit's header vector) the offset codes,
+/// and `vpdpbusd` with the row's 4 codes of that K-group broadcast adds
+/// them to the block's i32 sums, started at the block's correction; per
+/// block one f32 multiply-add with the scale products (the column's from
+/// the header vector, the row's broadcast). No horizontal sums: each lane
+/// is a column.
+#[allow(clippy::too_many_arguments)]
+fn strip_row_dot<'c>(
+    cg: &mut Cg<'c>,
+    s: &PanelSpec,
     k: i64,
-    wrows: &[PointerValue<'c>],
+    tabs: &NibbleTables<'c>,
+    sp: PointerValue<'c>,
     r: IntValue<'c>,
-    a: &RowActs<'c>,
-) -> R<Vec<FloatValue<'c>>> {
+    (as8, asb, acs): (PointerValue<'c>, PointerValue<'c>, PointerValue<'c>),
+) -> R<VectorValue<'c>> {
+    let mx = matches!(s.wf, Format::Mxfp4(_));
     let i32x16 = cg.i32t().vec_type(16);
     let f32x16 = cg.f32t().vec_type(16);
-    let i8c = |cg: &Cg<'c>, v: u64| cg.i8t().const_int(v, false);
-    let i32c = |cg: &Cg<'c>, v: u64| cg.i32t().const_int(v, false);
-    let woff = cpu_weight_offset(f) as i64;
-    let bpr = (k / f.block_len() as i64) * f.block_bytes() as i64;
-    let lut16: Vec<i64> = match f {
-        Format::Mxfp4(_) => mxfp4::E2M1_X2.iter().map(|&x| x as i64 + woff).collect(),
-        _ => (0..16i64)
-            .map(|n| if n & 8 != 0 { -(n & 7) } else { n & 7 } + woff)
-            .collect(),
-    };
-    let lut: Vec<_> = (0..64).map(|i| i8c(cg, lut16[i % 16] as u64)).collect();
-    let lut = VectorType::const_vector(&lut);
-    // accs[2c + h]: column c, half h of each group.
-    let accs: Vec<PointerValue> = (0..2 * wrows.len())
+    let i8x64 = cg.i8t().vec_type(64);
+    let strip = layout::STRIP as i64;
+    let a8 = cg.gep_bytes(as8, cg.mul(r, cg.c64(s.kc))?)?;
+    let sbr = cg.gep(DType::F32, asb, cg.mul(r, cg.c64(s.nb))?)?;
+    let csr = cg.gep(DType::I32, acs, cg.mul(r, cg.c64(s.nb))?)?;
+    let hdr = cg.gep_bytes(sp, cg.c64(strip * k / 2))?;
+    // Header bytes per group: MXFP4 one vector, HiF4 two (one per unit).
+    let hpg: i64 = if mx { 64 } else { 128 };
+    let accs: Vec<PointerValue> = (0..2)
         .map(|_| cg.entry_alloca(f32x16.into(), 1))
         .collect::<R<_>>()?;
     for acc in &accs {
         cg.b.build_store(*acc, f32x16.const_zero())?;
     }
-    let abase = cg.mul(r, cg.c64(k))?;
-    let hdrs: Vec<PointerValue> = wrows
-        .iter()
-        .map(|w| cg.gep_bytes(*w, cg.c64(k / 2)))
-        .collect::<R<_>>()?;
-    let e6m2 = if matches!(f, Format::Hif4(_)) {
-        let t: Vec<f32> = (0..=255u8).map(|c| hif4::e6m2_to_f32(c) / 4.0).collect();
-        cg.table_f32("lpc.e6m2_q", &t)
-    } else {
-        cg.ptrt().const_null()
-    };
-    let splat_dword = |cg: &Cg<'c>, p: PointerValue<'c>, at: IntValue<'c>| -> R<VectorValue<'c>> {
-        let d = cg.load_vec(p, at, cg.i32t().vec_type(1), 1)?;
-        let z = VectorType::const_vector(&[cg.i32t().const_zero(); 16]);
-        Ok(cg.b.build_shuffle_vector(d, d, z, "")?)
-    };
-    // MXFP4: per half h, lanes 0-7 take scale byte 2h of the group's four,
-    // lanes 8-15 byte 2h+1, zero-extended (a `vpshufb` of the broadcast).
-    let mx_ctl = |cg: &Cg<'c>, h: u64| -> VectorValue<'c> {
-        let ctl: Vec<_> = (0..64u64)
-            .map(|i| {
-                if i % 4 == 0 {
-                    i8c(cg, 2 * h + ((i / 4) % 16 >= 8) as u64)
-                } else {
-                    i8c(cg, 0x80)
-                }
-            })
-            .collect();
-        VectorType::const_vector(&ctl)
-    };
-    cg.for_n(cg.c64(k / 128), |cg, g| {
-        prefetch_next_call(cg, wrows, g, bpr)?;
-        let at = cg.mul(g, cg.c64(64))?;
-        let mut halves = Vec::with_capacity(wrows.len());
-        for w in wrows {
-            let v = cg.load_i8xn(*w, at, 64)?;
-            let lo = cg.b.build_and(v, cg.splat_i8(15, 64), "")?;
-            let hi = cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?;
-            halves.push([lo, hi]);
+    let zeros = VectorType::const_vector(&[cg.i32t().const_zero(); 16]);
+    cg.for_n(cg.c64(k / layout::GROUP as i64), |cg, g| {
+        let ahead = cg.add(cg.mul(g, cg.c64(16 * 64))?, cg.c64(STRIP_PREFETCH))?;
+        for l in 0..16 {
+            cg.prefetch(
+                cg.gep_bytes_ahead(sp, cg.add(ahead, cg.c64(64 * l))?)?,
+                true,
+            )?;
         }
-        for h in 0..2 {
-            let e0 = cg.add(cg.mul(g, cg.c64(128))?, cg.c64(64 * h as i64))?;
-            let av = cg.load_i8xn(a.s8, cg.add(abase, e0)?, 64)?;
-            // Lane l covers elements e0 + 4l..: its byte offset in the
-            // per-lane arrays is e0 + 4l as well.
-            let lb = cg.add(abase, e0)?;
-            // MXFP4: the lanes' corrections `-woff · Σ a` from the codes in
-            // registers (one `vpdpbusd` shared by the call's columns)
-            // instead of another 64 bytes from L2. HiF4, busier per column
-            // (micro-exponent shifts, scale lookups), loads them.
-            let cv = if cpu_row_loads_corrections(f) {
-                cg.load_vec(a.corr, lb, i32x16, 4)?
+        let hat = cg.mul(g, cg.c64(hpg))?;
+        cg.prefetch(
+            cg.gep_bytes_ahead(hdr, cg.add(hat, cg.c64(STRIP_PREFETCH * hpg / 1024))?)?,
+            true,
+        )?;
+        // Block (MXFP4) or unit (HiF4) index of half h, chain b.
+        let t_of = |cg: &Cg<'c>, h: i64, b: i64| -> R<IntValue<'c>> {
+            if mx {
+                cg.add(cg.mul(g, cg.c64(4))?, cg.c64(2 * h + b))
             } else {
-                cg.lane_corrections(woff as u8, av)?
+                cg.add(cg.mul(g, cg.c64(2))?, cg.c64(h))
+            }
+        };
+        let splat_i32_at = |cg: &Cg<'c>, p: PointerValue<'c>, at: IntValue<'c>| {
+            let d = cg.load_vec(p, at, cg.i32t().vec_type(1), 4)?;
+            Ok::<_, CgError>(cg.b.build_shuffle_vector(d, d, zeros, "")?)
+        };
+        // i32 chains: MXFP4 per half the two blocks (K-groups 0-7, 8-15),
+        // each started at its correction; HiF4 per half its unit in two
+        // chains (even and odd K-groups), the first started at it.
+        let mut iacc: Vec<[VectorValue<'c>; 2]> = Vec::with_capacity(2);
+        let mut bits: Vec<Option<IndexBits<'c>>> = Vec::with_capacity(2);
+        for h in 0..2 {
+            let c0 = splat_i32_at(cg, csr, cg.mul(t_of(cg, h, 0)?, cg.c64(4))?)?;
+            let c1 = if mx {
+                splat_i32_at(cg, csr, cg.mul(t_of(cg, h, 1)?, cg.c64(4))?)?
+            } else {
+                i32x16.const_zero()
             };
-            let sa = cg.load_vec(a.scales, lb, f32x16, 4)?;
-            for (c, hv) in halves.iter().enumerate() {
-                let w = cg
-                    .intrinsic(
-                        "llvm.x86.avx512.pshuf.b.512",
-                        &[],
-                        &[lut.into(), hv[h].into()],
-                    )?
-                    .into_vector_value();
-                let mut d = cg.vpdpbusd(cv, w, av)?;
-                let sc = match f {
-                    Format::Mxfp4(_) => {
-                        let sd = splat_dword(cg, hdrs[c], cg.mul(g, cg.c64(4))?)?;
-                        let sb = cg.b.build_bit_cast(sd, cg.i8t().vec_type(64), "")?;
-                        let e = cg
-                            .intrinsic(
-                                "llvm.x86.avx512.pshuf.b.512",
-                                &[],
-                                &[sb.into(), mx_ctl(cg, h as u64).into()],
-                            )?
-                            .into_vector_value();
-                        let e = cg.b.build_bit_cast(e, i32x16, "")?.into_vector_value();
-                        let bits = cg.b.build_left_shift(
+            iacc.push([c0, c1]);
+            bits.push(if mx {
+                None
+            } else {
+                let hd = cg.load_vec(hdr, cg.add(hat, cg.c64(64 * h))?, i8x64, 1)?;
+                Some(IndexBits::Hif4Header(hd))
+            });
+        }
+        for q in 0..16usize {
+            let v = cg.load_vec(
+                sp,
+                cg.add(cg.mul(g, cg.c64(1024))?, cg.c64(64 * q as i64))?,
+                i8x64,
+                1,
+            )?;
+            for h in 0..2usize {
+                let nib = if h == 0 {
+                    v
+                } else {
+                    cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?
+                };
+                let mut idx = cg.b.build_and(nib, cg.splat_i8(15, 64), "")?;
+                if let Some(Some(x)) = bits[h].as_ref().map(|b| b.bits(cg, q)).transpose()? {
+                    idx = cg.b.build_or(idx, x, "")?;
+                }
+                let w = tabs.lookup(cg, idx)?;
+                let at = cg.add(
+                    cg.mul(g, cg.c64(128))?,
+                    cg.c64(64 * h as i64 + 4 * q as i64),
+                )?;
+                let a = splat_i32_at(cg, a8, at)?;
+                let a = cg.b.build_bit_cast(a, i8x64, "")?.into_vector_value();
+                let b = if mx { q / 8 } else { q % 2 };
+                iacc[h][b] = cg.vpdpbusd(iacc[h][b], w, a)?;
+            }
+        }
+        let mxh = if mx {
+            Some(cg.load_vec(hdr, hat, i32x16, 1)?)
+        } else {
+            None
+        };
+        for (h, acc) in accs.iter().enumerate() {
+            let h = h as i64;
+            let chains: Vec<(IntValue<'c>, VectorValue<'c>, VectorValue<'c>)> = if let Some(hd) =
+                mxh
+            {
+                (0..2)
+                    .map(|b| {
+                        // Byte 2h + b of each lane: the block's E8M0 minus
+                        // one, shifted into the exponent: 2^(s-128).
+                        let sh =
+                            cg.splat_i32(cg.i32t().const_int(8 * (2 * h + b) as u64, false), 16)?;
+                        let e = cg.b.build_right_shift(hd, sh, false, "")?;
+                        let e = cg.b.build_and(
                             e,
-                            VectorType::const_vector(&[i32c(cg, 23); 16]),
+                            cg.splat_i32(cg.i32t().const_int(255, false), 16)?,
                             "",
                         )?;
-                        let sw = cg.b.build_bit_cast(bits, f32x16, "")?.into_vector_value();
-                        cg.b.build_float_mul(sw, sa, "")?
-                    }
-                    _ => {
-                        // Unit 2g + h: its header dword.
-                        let u = cg.add(cg.mul(g, cg.c64(2))?, cg.c64(h as i64))?;
-                        let at = cg.mul(u, cg.c64(4))?;
-                        let hd = splat_dword(cg, hdrs[c], at)?;
-                        d = cg.b.build_left_shift(d, cg.hif4_lane_shifts(hd)?, "")?;
-                        let code = cg.zext64(cg.load_u8(hdrs[c], at)?)?;
-                        let sw = cg.load_f32(e6m2, code)?;
-                        cg.b.build_float_mul(cg.splat_f32(sw, 16)?, sa, "")?
-                    }
-                };
+                        let e = cg.b.build_left_shift(
+                            e,
+                            cg.splat_i32(cg.i32t().const_int(23, false), 16)?,
+                            "",
+                        )?;
+                        let ws = cg.b.build_bit_cast(e, f32x16, "")?.into_vector_value();
+                        Ok((t_of(cg, h, b)?, iacc[h as usize][b as usize], ws))
+                    })
+                    .collect::<R<_>>()?
+            } else {
+                let hd = cg.load_vec(hdr, cg.add(hat, cg.c64(64 * h))?, i32x16, 1)?;
+                let sum =
+                    cg.b.build_int_add(iacc[h as usize][0], iacc[h as usize][1], "")?;
+                vec![(t_of(cg, h, 0)?, sum, hif4_scales(cg, hd)?)]
+            };
+            let mut a = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
+            for (t, d, ws) in chains {
+                let sa = cg.splat_f32(cg.load_f32(sbr, t)?, 16)?;
+                let sc = cg.b.build_float_mul(ws, sa, "")?;
                 let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
-                let acc = accs[2 * c + h];
-                let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
-                cg.b.build_store(acc, cg.fma_vec(fd, sc, old)?)?;
+                a = cg.fma_vec(fd, sc, a)?;
             }
+            cg.b.build_store(*acc, a)?;
         }
         Ok(())
     })?;
-    (0..wrows.len())
-        .map(|c| {
-            let a0 =
-                cg.b.build_load(f32x16, accs[2 * c], "")?
-                    .into_vector_value();
-            let a1 =
-                cg.b.build_load(f32x16, accs[2 * c + 1], "")?
-                    .into_vector_value();
-            let sum = cg.b.build_float_add(a0, a1, "")?;
-            cg.fext(cg.reduce_fadd(sum)?)
-        })
-        .collect()
+    let a0 = cg.b.build_load(f32x16, accs[0], "")?.into_vector_value();
+    let a1 = cg.b.build_load(f32x16, accs[1], "")?.into_vector_value();
+    Ok(cg.b.build_float_add(a0, a1, "")?)
 }
 
 /// The in-register HiF8 decode of the CPU layout: two `vpermi2b` tables
@@ -2577,8 +2560,6 @@ struct PanelSpec {
     off: u8,
     /// MXFP4 W4A4: blocks paired (see `panel_gemm`).
     pairs: bool,
-    /// AVX-512 VBMI: CPU-layout weights are packed by `pack_cpu_panel`.
-    vbmi: bool,
     has_b: bool,
     has_r: bool,
     act: Option<String>,
@@ -2698,8 +2679,8 @@ fn panel_gemm<'c>(
                     // bytes are close (never a poisoned one: 255), the
                     // codes shifted by the decode table; columns past the
                     // part do not count.
-                    let sb0 = cg.mxfp4_scale_byte(s.lay, wrow, t)?;
-                    let sb1 = cg.mxfp4_scale_byte(s.lay, wrow, cg.add(t, cg.c64(1))?)?;
+                    let sb0 = cg.mxfp4_scale_byte(wrow, t)?;
+                    let sb1 = cg.mxfp4_scale_byte(wrow, cg.add(t, cg.c64(1))?)?;
                     let clean = cg.and(
                         cg.icmp(IntPredicate::NE, sb0, cg.c64(255))?,
                         cg.icmp(IntPredicate::NE, sb1, cg.c64(255))?,
@@ -2708,7 +2689,7 @@ fn panel_gemm<'c>(
                     let small = cg.pow2_f64(cg.sub(cg.smin(sb0, sb1)?, cg.c64(128))?)?;
                     for (b, &shift) in sh.iter().enumerate() {
                         let tb = cg.add(t, cg.c64(b as i64))?;
-                        let (v, sc) = cg.decode_codes(s.wf, s.lay, wrow, tb, Some(shift))?;
+                        let (v, sc) = cg.decode_codes(s.wf, wrow, tb, Some(shift))?;
                         dec.push((v, cg.select_f(ok, small, sc)?));
                     }
                     let ok = cg.b.build_or(ok, cg.b.build_not(inside, "")?, "")?;
@@ -2717,7 +2698,7 @@ fn panel_gemm<'c>(
                     let okw = cg.b.build_int_z_extend(ok, cg.i32t(), "")?;
                     cg.store(DType::I32, pflag, fq, cg.b.build_and(f, okw, "")?.into())?;
                 } else {
-                    dec.push(cg.decode_codes(s.wf, s.lay, wrow, t, None)?);
+                    dec.push(cg.decode_codes(s.wf, wrow, t, None)?);
                 }
                 for (b, (v, sc)) in dec.into_iter().enumerate() {
                     let v = cg.b.build_int_add(v, offv, "")?;
@@ -2768,7 +2749,7 @@ fn panel_gemm<'c>(
             Ok(())
         };
         let packed = match s.lay {
-            WLayout::Cpu { k } if s.vbmi => {
+            WLayout::Cpu { k } => {
                 let dst = PanelDst { pan, psc, pflag };
                 pack_cpu_panel(cg, s, k, wp, nn, c0, dst, pairing)?;
                 true
@@ -2997,21 +2978,20 @@ impl<'c> IndexBits<'c> {
 }
 
 /// Packs panel `c0 .. c0 + NR` of 4-bit weights in the CPU layout (`k`
-/// elements per row) with AVX-512 VBMI, a group of 128 K of 16 columns at
-/// a time: the 16 columns' 64-byte groups are loaded and split into their
-/// low and high nibbles (elements 0-63 and 64-127, in natural order), each
-/// half's 4-byte words are transposed in registers (16 × 16,
-/// `shuffle_transpose`) so that every vector is one K-group of 4 across
-/// the 16 columns, and each byte, a nibble, becomes the offset code by one
-/// table lookup whose index also carries the lane's left shift in bits 4-6:
-/// MXFP4 `vpermb` (the pair shift, 0 to 3; 0 when blocks do not pair),
-/// HiF4 `vpermi2b` (the lane's 3-bit micro-exponent field of the layout's
-/// header, moved there by one `vpmultishiftqb`; the table sums its bits).
-/// The headers of the 16 columns are read as one dword each, so scales and
-/// pair decisions are vector operations too. About 8 vector operations per
-/// 64 codes (MXFP4; about 9 cycles measured), against about 25 for decoding
-/// one column and block at a time; it decides how fast few rows run (M = 4
-/// to 64: 5120x5120, 1 thread, M = 4 4.9 -> 2.3 ms).
+/// elements per row, strips of 16 columns), a group of 128 K of a strip at
+/// a time: its 16 vectors are each a K-group of 4 across the 16 columns in
+/// the low nibbles (elements 0-63 of the group) and in the high ones
+/// (64-127), so one AND or shift and one table lookup per vector give the
+/// panel's offset codes, the lookup's index also carrying the lane's left
+/// shift in bits 4-6: MXFP4 `vpermb` (the pair shift, 0 to 3; 0 when
+/// blocks do not pair), HiF4 `vpermi2b` (the K-group's 3-bit
+/// micro-exponent field of the unit's header, moved there by one
+/// `vpmultishiftqb`; the table sums its bits). The 16 columns' headers are
+/// one vector, so scales and pair decisions are vector operations too.
+/// About 3 vector operations per 64 codes (the row-major layout before it
+/// needed a 16 × 16 transpose: about 8), against about 25 for decoding one
+/// column and block at a time; it decides how fast few rows run (M = 4 to
+/// 64).
 #[allow(clippy::too_many_arguments)]
 fn pack_cpu_panel<'c>(
     cg: &mut Cg<'c>,
@@ -3034,72 +3014,38 @@ fn pack_cpu_panel<'c>(
     let i32v = move |f: &dyn Fn(u64) -> u64| -> VectorValue<'c> {
         VectorType::const_vector(&(0..16).map(|l| i32c(f(l))).collect::<Vec<_>>())
     };
-    let i8v = move |f: &dyn Fn(usize) -> u8| -> VectorValue<'c> {
-        let v: Vec<_> = (0..64)
-            .map(|i| cx.i8_type().const_int(f(i) as u64, false))
-            .collect();
-        VectorType::const_vector(&v)
-    };
-    // Decode tables, entry `16 x + code`: MXFP4 `(2·E2M1 << x) + off` for
-    // shifts x = 0..3 (64 entries); HiF4 `±((code & 7) << sum(x)) + off`
-    // for the 3-bit header fields x (128 entries in two halves).
-    let off = s.off as i32;
-    let mx_table = i8v(&|i| ((mxfp4::E2M1_X2[i % 16] as i32) << (i / 16)).wrapping_add(off) as u8);
-    let hif4_entry = |i: usize| -> u8 {
-        let (x, code) = (i / 16, i % 16);
-        let sum = [0, 1, 1, 2, 1, 2, 0, 0][x];
-        let mag = ((code & 7) << sum) as i32;
-        (if code & 8 != 0 { -mag } else { mag }).wrapping_add(off) as u8
-    };
-    let h4_lo = i8v(&|i| hif4_entry(i));
-    let h4_hi = i8v(&|i| hif4_entry(64 + i));
-    let nib = i8v(&|_| 15);
-    let labels: Vec<Vec<u32>> = (0..16u32)
-        .map(|c| (0..16u32).map(|i| c * 16 + i).collect())
-        .collect();
-    let want: Vec<Vec<u32>> = (0..16u32)
-        .map(|j| (0..16u32).map(|c| c * 16 + j).collect())
-        .collect();
+    let tabs = NibbleTables::new(cg, s.wf, s.off);
+    let strip = layout::STRIP as i64;
+    let nstrips = cg.sdiv(nn, cg.c64(strip))?;
     let iota = i32v(&|l| l);
     let body = |cg: &mut Cg<'c>, paired: bool| -> R<()> {
         cg.for_n(cg.c64(NR / 16), |cg, u| {
             let cu = cg.add(c0, cg.mul(u, cg.c64(16))?)?;
-            // Columns past the part read row 0 and get zero scales (their
+            // Strips past the part read strip 0 and get zero scales (their
             // offset codes cancel with the correction exactly).
-            let rowp: Vec<PointerValue> = (0..16)
-                .map(|c| {
-                    let j = cg.add(cu, cg.c64(c))?;
-                    let inside = cg.icmp(IntPredicate::SLT, j, nn)?;
-                    let j = cg.select_i(inside, j, cg.c64(0))?;
-                    cg.gep_bytes(wp, cg.mul(j, cg.c64(s.bpr))?)
-                })
-                .collect::<R<_>>()?;
+            let si = cg.add(cg.sdiv(c0, cg.c64(strip))?, u)?;
+            let si = cg.select_i(cg.icmp(IntPredicate::SLT, si, nstrips)?, si, cg.c64(0))?;
+            let sp = cg.gep_bytes(wp, cg.mul(si, cg.c64(strip * s.bpr))?)?;
+            let hdr = cg.gep_bytes(sp, cg.c64(strip * k / 2))?;
             let cu32 = cg.b.build_int_truncate(cu, cg.i32t(), "")?;
             let nn32 = cg.b.build_int_truncate(nn, cg.i32t(), "")?;
             let lanes = cg.b.build_int_add(cg.splat_i32(cu32, 16)?, iota, "")?;
             let inside =
                 cg.b.build_int_compare(IntPredicate::SLT, lanes, cg.splat_i32(nn32, 16)?, "")?;
-            let strip = cg.gep_bytes_ahead(wp, cg.mul(cu, cg.c64(s.bpr))?)?;
             cg.for_n(cg.c64(k / layout::GROUP as i64), |cg, g| {
-                // The next strip's rows (contiguous) are requested while this
-                // one is packed, 16 lines per step: 16 rows read side by side
-                // keep too few misses in flight for DRAM bandwidth.
+                // The next strip (contiguous) is requested while this one
+                // is packed, 17 lines per step.
+                let ahead = cg.add(cg.mul(g, cg.c64(64 * 16))?, cg.c64(strip * s.bpr))?;
                 for c in 0..16 {
-                    let ahead = cg.add(cg.mul(g, cg.c64(64 * 16))?, cg.c64(16 * s.bpr + 64 * c))?;
-                    cg.prefetch(cg.gep_bytes_ahead(strip, ahead)?, false)?;
+                    cg.prefetch(
+                        cg.gep_bytes_ahead(sp, cg.add(ahead, cg.c64(64 * c))?)?,
+                        false,
+                    )?;
                 }
-                // One header dword per column at byte `at` of its row.
-                let dwords = |cg: &Cg<'c>, at: IntValue<'c>| -> R<VectorValue<'c>> {
-                    let mut v = i32x16.get_undef();
-                    for (c, &r) in rowp.iter().enumerate() {
-                        let w = cg.load_vec(r, at, cg.i32t().vec_type(1), 1)?;
-                        let w = cg.b.build_extract_element(w, i32c(0), "")?;
-                        v = cg.b.build_insert_element(v, w, i32c(c as u64), "")?;
-                    }
-                    Ok(v)
-                };
-                let store_scale = |cg: &Cg<'c>, t: IntValue<'c>, bits: VectorValue<'c>| {
-                    let f = cg.b.build_bit_cast(bits, f32x16, "")?.into_vector_value();
+                let hpg = if mx { 64 } else { 128 };
+                let hat = cg.add(cg.mul(g, cg.c64(hpg))?, cg.c64(strip * s.bpr))?;
+                cg.prefetch(cg.gep_bytes_ahead(hdr, hat)?, false)?;
+                let store_scale = |cg: &Cg<'c>, t: IntValue<'c>, f: VectorValue<'c>| {
                     let f =
                         cg.b.build_select(inside, f, f32x16.const_zero(), "")?
                             .into_vector_value();
@@ -3113,7 +3059,7 @@ fn pack_cpu_panel<'c>(
                 // index bits above the nibble, per K-group j of the half.
                 let mut extra: Vec<IndexBits> = Vec::new();
                 if mx {
-                    let d = dwords(cg, cg.add(cg.c64(k / 2), cg.mul(g, cg.c64(4))?)?)?;
+                    let d = cg.load_vec(hdr, cg.mul(g, cg.c64(64))?, i32x16, 1)?;
                     let e: Vec<VectorValue> = (0..4)
                         .map(|b| {
                             let x = cg.b.build_right_shift(d, i32v(&|_| 8 * b), false, "")?;
@@ -3173,7 +3119,8 @@ fn pack_cpu_panel<'c>(
                     for (b, e) in sc.into_iter().enumerate() {
                         // E8M0 minus one, shifted into the exponent: 2^(s-128).
                         let bits = cg.b.build_left_shift(e, i32v(&|_| 23), "")?;
-                        store_scale(cg, cg.add(cg.mul(g, cg.c64(4))?, cg.c64(b as i64))?, bits)?;
+                        let f = cg.b.build_bit_cast(bits, f32x16, "")?.into_vector_value();
+                        store_scale(cg, cg.add(cg.mul(g, cg.c64(4))?, cg.c64(b as i64))?, f)?;
                     }
                     for h in 0..2 {
                         extra.push(IndexBits::PairShifts([shifts[2 * h], shifts[2 * h + 1]]));
@@ -3181,63 +3128,29 @@ fn pack_cpu_panel<'c>(
                 } else {
                     for h in 0..2i64 {
                         let t = cg.add(cg.mul(g, cg.c64(2))?, cg.c64(h))?;
-                        let hd = dwords(cg, cg.add(cg.c64(k / 2), cg.mul(t, cg.c64(4))?)?)?;
-                        // E6M2 / 4 as f32 bits: exponent (S >> 2) - 50, two
-                        // mantissa bits; 0xFF is NaN.
-                        let sb = cg.b.build_and(hd, i32v(&|_| 255), "")?;
-                        let bits = cg.b.build_int_add(
-                            cg.b.build_left_shift(sb, i32v(&|_| 21), "")?,
-                            i32v(&|_| 77 << 23),
-                            "",
-                        )?;
-                        let nan =
-                            cg.b.build_int_compare(IntPredicate::EQ, sb, i32v(&|_| 255), "")?;
-                        let bits =
-                            cg.b.build_select(nan, i32v(&|_| f32::NAN.to_bits() as u64), bits, "")?
-                                .into_vector_value();
-                        store_scale(cg, t, bits)?;
+                        let hd = cg.load_vec(hdr, cg.mul(t, cg.c64(64))?, i32x16, 1)?;
+                        store_scale(cg, t, hif4_scales(cg, hd)?)?;
                         let hd8 = cg.b.build_bit_cast(hd, i8x64, "")?.into_vector_value();
                         extra.push(IndexBits::Hif4Header(hd8));
                     }
                 }
                 for (h, extra) in extra.iter().enumerate() {
-                    let xs: Vec<VectorValue> = rowp
-                        .iter()
-                        .map(|&r| {
-                            let v = cg.load_vec(r, cg.mul(g, cg.c64(64))?, i8x64, 1)?;
+                    let ws: Vec<VectorValue> = (0..16)
+                        .map(|j| {
+                            let at = cg.add(cg.mul(g, cg.c64(1024))?, cg.c64(64 * j as i64))?;
+                            let v = cg.load_vec(sp, at, i8x64, 1)?;
                             let v = if h == 0 {
                                 v
                             } else {
                                 cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?
                             };
-                            let v = cg.b.build_and(v, nib, "")?;
-                            Ok(cg.b.build_bit_cast(v, i32x16, "")?.into_vector_value())
-                        })
-                        .collect::<R<_>>()?;
-                    let ts = shuffle_transpose(cg, xs, labels.clone(), &want)?;
-                    let ws: Vec<VectorValue> = ts
-                        .into_iter()
-                        .enumerate()
-                        .map(|(j, t)| {
-                            let t = cg.b.build_bit_cast(t, i8x64, "")?.into_vector_value();
+                            let t = cg.b.build_and(v, cg.splat_i8(15, 64), "")?;
                             let idx = match extra.bits(cg, j)? {
                                 Some(x) => cg.b.build_or(t, x, "")?,
                                 None => t,
                             };
-                            let v = if mx {
-                                cg.intrinsic(
-                                    "llvm.x86.avx512.permvar.qi.512",
-                                    &[],
-                                    &[mx_table.into(), idx.into()],
-                                )?
-                            } else {
-                                cg.intrinsic(
-                                    "llvm.x86.avx512.vpermi2var.qi.512",
-                                    &[],
-                                    &[h4_lo.into(), idx.into(), h4_hi.into()],
-                                )?
-                            };
-                            Ok(v.into_vector_value())
+                            let w = tabs.lookup(cg, idx)?;
+                            Ok(cg.b.build_bit_cast(w, i32x16, "")?.into_vector_value())
                         })
                         .collect::<R<_>>()?;
                     let row0 = cg.add(cg.mul(g, cg.c64(32))?, cg.c64(16 * h as i64))?;

@@ -40,8 +40,8 @@ pub struct Options {
     pub max_dim: u64,
     /// The target has AVX-512 VNNI and BW: 4-bit `qgemm` uses `vpdpbusd`.
     pub vnni512: bool,
-    /// The target has AVX-512 VBMI and BW: W8A8 HiF8 `qgemm` decodes with
-    /// `vpermi2b`.
+    /// The target has AVX-512 VBMI and BW: weights in the CPU layout (W8A8
+    /// HiF8 decodes with `vpermi2b`, 4-bit strips with `vpermb`/`vpermi2b`).
     pub vbmi512: bool,
     /// Generate a GPU library (`--target cuda`): ops with kernels become
     /// launches (see `device.rs`).
@@ -302,7 +302,6 @@ fn generate_into<'c>(
         ctx: graph_fn.get_nth_param(0).expect("ctx").into_pointer_value(),
         fail: Some(fail),
         vnni512: o.vnni512,
-        vbmi512: o.vbmi512,
         cpu_layout: w.repacked.keys().copied().collect(),
         dev: o.device.as_ref().map(|_| device::DevState::default()),
         node: String::new(),
