@@ -378,7 +378,9 @@ pub unsafe extern "C" fn lpc_rt_host(ctx: *mut RunCtx) -> i32 {
 }
 
 /// Runs `body(env, lo, hi)` over `[0, n)` split into contiguous chunks, one
-/// per worker thread (the calling thread takes the first).
+/// per worker thread (the calling thread takes the first), as many threads
+/// as the estimated work `n · cost` allows (`cost`: about cycles per index,
+/// 0 when unknown; see [`pool::MIN_TASK_COST`]).
 ///
 /// # Safety
 /// `ctx` as for [`lpc_rt_alloc`]; `body` may be called concurrently on
@@ -387,11 +389,12 @@ pub unsafe extern "C" fn lpc_rt_host(ctx: *mut RunCtx) -> i32 {
 pub unsafe extern "C" fn lpc_rt_parallel_for(
     ctx: *mut RunCtx,
     n: i64,
+    cost: i64,
     body: BodyFn,
     env: *mut c_void,
 ) {
     // SAFETY: see the contract above.
-    unsafe { (*ctx).workers.run(n, body, env) };
+    unsafe { (*ctx).workers.run(n, cost, body, env) };
 }
 
 /// The `(format, mode)` codes generated code passes for a format.

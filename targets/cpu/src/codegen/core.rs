@@ -348,9 +348,10 @@ impl<'c> Cg<'c> {
             "lpc_rt_launch" => i32t.fn_type(&[p.into(), i32t.into(), i64t.into(), p.into()], false),
             "lpc_rt_host" => i32t.fn_type(&[p.into()], false),
             "lpc_rt_error" => void.fn_type(&[p.into(), p.into(), p.into()], false),
-            "lpc_rt_parallel_for" => {
-                void.fn_type(&[p.into(), i64t.into(), p.into(), p.into()], false)
-            }
+            "lpc_rt_parallel_for" => void.fn_type(
+                &[p.into(), i64t.into(), i64t.into(), p.into(), p.into()],
+                false,
+            ),
             // Both quantizers start (format, mode, x, rows, k, rotate).
             "lpc_rt_quantize_rows" | "lpc_rt_quantize_codes" => {
                 let mut args: Vec<BasicMetadataTypeEnum> = vec![
@@ -576,12 +577,15 @@ impl<'c> Cg<'c> {
         Ok(p)
     }
 
-    /// Runs `body(lo, hi)` over `[0, n)` split across the runtime's threads.
+    /// Runs `body(lo, hi)` over `[0, n)` split across the runtime's threads,
+    /// as many as `cost` (the estimated cycles per index) makes worth it:
+    /// small loops run on the calling thread alone (`lpc_rt_parallel_for`).
     /// `caps` are the values the body uses (pointers and i64s), passed
     /// through an environment; the body gets them back in order.
     pub fn parallel_for(
         &mut self,
         n: IntValue<'c>,
+        cost: IntValue<'c>,
         caps: &[BasicValueEnum<'c>],
         body: impl FnOnce(&mut Self, &[BasicValueEnum<'c>], IntValue<'c>, IntValue<'c>) -> R<()>,
     ) -> R<()> {
@@ -603,7 +607,13 @@ impl<'c> Cg<'c> {
         let fnp = func.as_global_value().as_pointer_value();
         self.call_void(
             self.rt("lpc_rt_parallel_for"),
-            &[self.ctx.into(), n.into(), fnp.into(), env.into()],
+            &[
+                self.ctx.into(),
+                n.into(),
+                cost.into(),
+                fnp.into(),
+                env.into(),
+            ],
         )?;
         // The body, generated in its own function.
         let saved = (self.f, self.fail, self.b.get_insert_block());

@@ -820,7 +820,9 @@ fn gemm_f32<'c>(
     // Threads split whole 64-column panels (a split inside one would send
     // its columns down the scalar tail).
     let npan = cg.sdiv(cg.add(nn, cg.c64(63))?, cg.c64(64))?;
-    cg.parallel_for(npan, &caps, |cg, c, plo, phi| {
+    // Per panel: rows · k · 64 multiply-adds at 32 per cycle.
+    let cost = cg.mul(cg.mul(rows, k)?, cg.c64(2))?;
+    cg.parallel_for(npan, cost, &caps, |cg, c, plo, phi| {
         let p = |i: usize| c[i].into_pointer_value();
         let i = |j: usize| c[j].into_int_value();
         let (xp, wp, yp) = (p(0), p(1), p(2));
@@ -1156,7 +1158,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             Ok(n)
         }
     };
-    // (The strip kernel reads them too.)
+    // The prologue builds the panel GEMM's activation arrays for the strip
+    // kernel too (the pair flags included, though only panels read them).
     let panel_acts = |cg: &Cg<'c>, n: IntValue<'c>| -> R<IntValue<'c>> {
         if any_strip {
             Ok(n)
@@ -1199,7 +1202,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         pairs,
         &mut sizes,
         DType::U8,
-        panel_only(cg, per_row(cg, npairs.max(1))?)?,
+        panel_acts(cg, per_row(cg, npairs.max(1))?)?,
     );
     let i_afac = ask(direct, &mut sizes, DType::F64, per_row(cg, nb_i)?);
     let i_tpf = ask(
@@ -1238,7 +1241,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         afac.into(),
         panel_rows.into(),
     ];
-    cg.parallel_for(rows, &caps, |cg, c, lo, hi| {
+    // Per row: about 2 cycles per element (quantization, rotation and the
+    // path's activation arrays).
+    cg.parallel_for(rows, cg.c64(2 * kk), &caps, |cg, c, lo, hi| {
         let p = |i: usize| c[i].into_pointer_value();
         let (xp, pap, eap, acp, asp) = (p(0), p(1), p(2), p(3), p(4));
         let i32c = |v: i32| cg.i32t().const_int(v as u64, true);
@@ -1506,9 +1511,15 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 has_r,
                 act: act.clone(),
             };
-            cg.parallel_for(cg.select_i(big, np, cg.c64(0))?, &pcaps, |cg, c, lo, hi| {
-                f32_panel_gemm(cg, &spec, c, lo, hi)
-            })?;
+            // Per panel: decoding it, then rows · k · NR_F32 f32
+            // multiply-adds at 32 per cycle.
+            let cost = cg.mul(cg.add(rows, cg.c64(4))?, cg.c64(k16 * NR_F32 / 32))?;
+            cg.parallel_for(
+                cg.select_i(big, np, cg.c64(0))?,
+                cost,
+                &pcaps,
+                |cg, c, lo, hi| f32_panel_gemm(cg, &spec, c, lo, hi),
+            )?;
             big
         } else if vnni {
             let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
@@ -1541,13 +1552,23 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 has_r,
                 act: act.clone(),
             };
-            cg.parallel_for(cg.select_i(big, np, cg.c64(0))?, &pcaps, |cg, c, lo, hi| {
-                panel_gemm(cg, &spec, c, lo, hi)
-            })?;
+            // Per panel: packing it (about 2 cycles per 64 codes), then
+            // rows · k · NR 8-bit products at 128 per cycle.
+            let cost = cg.mul(cg.add(cg.sdiv(rows, cg.c64(2))?, cg.c64(2))?, cg.c64(kpad))?;
+            cg.parallel_for(
+                cg.select_i(big, np, cg.c64(0))?,
+                cost,
+                &pcaps,
+                |cg, c, lo, hi| panel_gemm(cg, &spec, c, lo, hi),
+            )?;
             if let WLayout::Cpu { .. } = lay {
                 // Fewer rows: the strip kernel, threads splitting the strips.
+                // Per strip: 16 · bpr bytes read (from DRAM, a few bytes
+                // per cycle) and rows · k · 16 products at 128 per cycle.
                 let ns = cg.sdiv(nn, cg.c64(layout::STRIP as i64))?;
-                cg.parallel_for(cg.select_i(big, cg.c64(0), ns)?, &pcaps, |cg, c, lo, hi| {
+                let cost = cg.mul(cg.add(cg.sdiv(rows, cg.c64(8))?, cg.c64(2))?, cg.c64(kpad))?;
+                let n = cg.select_i(big, cg.c64(0), ns)?;
+                cg.parallel_for(n, cost, &pcaps, |cg, c, lo, hi| {
                     strip_gemm(cg, &spec, c, lo, hi)
                 })?;
                 continue;
@@ -1557,7 +1578,10 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             cg.cx.bool_type().const_zero()
         };
         let n_rows_path = cg.select_i(panels, cg.c64(0), nn)?;
-        cg.parallel_for(n_rows_path, &caps, |cg, c, lo, hi| {
+        // Per column: decoding its weights, then about a cycle per element
+        // and row.
+        let cost = cg.mul(cg.add(rows, cg.c64(1))?, cg.c64(kpad.max(k16)))?;
+        cg.parallel_for(n_rows_path, cost, &caps, |cg, c, lo, hi| {
             let p = |i: usize| c[i].into_pointer_value();
             let i = |j: usize| c[j].into_int_value();
             let (ap, wp, yp) = (p(0), p(1), p(2));

@@ -825,7 +825,10 @@ impl<'c> Cg<'c> {
             ]);
         }
         let mask_dt = mask_info.as_ref().map(|m| m.1);
-        self.parallel_for(rows, &caps, |cg, c, lo, hi| {
+        // Per query row: its keys (at most `total`) times the head widths,
+        // 16 lanes at a time, scores and weighted values.
+        let cost = self.sdiv(self.mul(total, self.add(d, dv)?)?, self.c64(8))?;
+        self.parallel_for(rows, cost, &caps, |cg, c, lo, hi| {
             let p = |k: usize| c[k].into_pointer_value();
             let i = |k: usize| c[k].into_int_value();
             let (qp, kp, vp, yp, pp) = (p(0), p(1), p(2), p(3), p(4));

@@ -106,8 +106,9 @@ fn run_case(c: &Case, seed: u64) {
         targets.push(cascadelake);
     }
     for target in targets {
+        let cpu = target.cpu.clone();
         let got = run_lib(&g, target, &x, &res, c);
-        check(c, &got, &x, &res, &bias, &wp, &wexp, bpr);
+        check(c, &cpu, &got, &x, &res, &bias, &wp, &wexp, bpr);
     }
 }
 
@@ -133,6 +134,7 @@ fn run_lib(g: &lpc_ir::Graph, target: CpuTarget, x: &[f32], res: &[f32], c: &Cas
 #[allow(clippy::too_many_arguments)]
 fn check(
     c: &Case,
+    cpu: &str,
     got: &[f32],
     x: &[f32],
     res: &[f32],
@@ -185,7 +187,7 @@ fn check(
     }
     assert!(
         worst <= 1e-5 * scale.max(1e-6),
-        "{} m={m} k={k} n={n} rot={} scaled={}: max diff {worst:e} (scale {scale:e})",
+        "{} on {cpu}: m={m} k={k} n={n} rot={} scaled={}: max diff {worst:e} (scale {scale:e})",
         c.f.name(),
         c.rotate,
         c.scaled
@@ -215,6 +217,9 @@ fn qgemm_matches_the_reference_block_dot_products() {
             (1, 256, 32),
             (3, 384, 16),
             (6, 384, 80),
+            // Enough work per strip for the library's two threads to split
+            // the strips (`lpc_rt_parallel_for`'s cost estimate).
+            (1, 2048, 160),
         ] {
             for (bias, residual, act) in [(false, false, None), (true, true, Some("silu"))] {
                 seed += 1;
