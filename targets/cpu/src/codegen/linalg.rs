@@ -1935,7 +1935,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     })
 }
 
-/// Columns per `cpu_row_dot` call of the single-row path: they share every
+/// Columns per `cpu_row_dot_hif8` call of the single-row path: they share every
 /// activation load.
 const CPU_COLS: i64 = 4;
 

@@ -1040,10 +1040,23 @@ impl<'c> Cg<'c> {
                     cg.b.build_store(vmx, m)?;
                     Ok(())
                 })?;
-                let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
-                let m = cg
-                    .intrinsic("llvm.vector.reduce.fmax", &[f32x16.into()], &[m.into()])?
-                    .into_float_value();
+                // Lanes folded in halves with vector maxima (as the sum
+                // below): `llvm.vector.reduce.fmax` became a chain of
+                // scalar NaN checks. A NaN score makes the row NaN either way.
+                let mut m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
+                for w in [8u64, 4, 2, 1] {
+                    let hi: Vec<_> = (0..16)
+                        .map(|l| cg.i32t().const_int((l + w) % 16, false))
+                        .collect();
+                    let b =
+                        cg.b.build_shuffle_vector(m, m, VectorType::const_vector(&hi), "")?;
+                    m = cg
+                        .intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), b.into()])?
+                        .into_vector_value();
+                }
+                let m =
+                    cg.b.build_extract_element(m, cg.i32t().const_zero(), "")?
+                        .into_float_value();
                 let any = cg.fcmp(FloatPredicate::ONE, m, cg.cf32(f32::NEG_INFINITY))?;
                 let m_safe = cg.select_f(any, m, cg.cf32(0.0))?;
                 // Weights: exp(s - max) (the runtime's exp_f32, a loop
