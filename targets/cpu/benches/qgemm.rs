@@ -105,16 +105,21 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-/// A read prefetch of the line at `p` into all cache levels.
-fn prefetch_line<T>(p: *const T) {
+/// A read prefetch of the line at `p`: into all cache levels (`l1`), or
+/// into L2 and below.
+fn prefetch_line<T>(p: *const T, l1: bool) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults, whatever the address.
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        if l1 {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+        } else {
+            _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    let _ = (p, l1);
 }
 
 /// Median, min and max seconds of `runs` calls on `x [m, k]` (after one),
@@ -147,15 +152,16 @@ fn time(
 }
 
 /// Read bandwidth (GB/s) over a buffer larger than the caches, `threads`
-/// readers, best of 3 rounds of two loops: plain sums, and the same with a
-/// software prefetch 4 KiB ahead (what the M = 1 kernels do), whichever
-/// reads faster.
+/// readers, best of 3 rounds of three loops: plain sums, the same with a
+/// software prefetch into L1 4 KiB ahead, and with one into L2 128 KiB
+/// ahead (what the M = 1 strip kernel does), whichever reads fastest.
 fn read_bandwidth(threads: usize) -> f64 {
     let n: usize = 256 << 20; // 1 GiB of u32
     let buf: Vec<u32> = (0..n as u32).collect();
     let mut best = 0f64;
-    for round in 0..6 {
-        let prefetch = round % 2 == 1;
+    for round in 0..9 {
+        // In u32 elements ahead, and into which level.
+        let prefetch = [None, Some((1024, true)), Some((32 << 10, false))][round % 3];
         let s = Instant::now();
         let sum: u64 = std::thread::scope(|sc| {
             let chunk = n.div_ceil(threads);
@@ -166,8 +172,8 @@ fn read_bandwidth(threads: usize) -> f64 {
                         // Eight independent sums: the loads, not an add chain, limit it.
                         let mut acc = [0u32; 8];
                         for (i, w) in c.chunks_exact(8).enumerate() {
-                            if prefetch && i % 2 == 0 {
-                                prefetch_line(w.as_ptr().wrapping_add(1024));
+                            if let (Some((ahead, l1)), true) = (prefetch, i % 2 == 0) {
+                                prefetch_line(w.as_ptr().wrapping_add(ahead), l1);
                             }
                             for (a, &x) in acc.iter_mut().zip(w) {
                                 *a = a.wrapping_add(x);

@@ -2000,6 +2000,24 @@ impl<'c> NibbleTables<'c> {
         }
     }
 
+    /// MXFP4 without shifts: entry `i` is the offset code of nibble `i % 16`,
+    /// so the lookup ignores index bits 4-5 and a byte's high nibble (or
+    /// the neighbour's bits a 16-bit shift moves in) need not be masked.
+    fn mxfp4_unshifted(cg: &Cg<'c>, off: u8) -> Self {
+        let v: Vec<_> = (0..64)
+            .map(|i| {
+                let c = (mxfp4::E2M1_X2[i % 16] as i32).wrapping_add(off as i32) as u8;
+                cg.i8t().const_int(c as u64, false)
+            })
+            .collect();
+        let t = VectorType::const_vector(&v);
+        NibbleTables {
+            mx: true,
+            lo: t,
+            hi: t,
+        }
+    }
+
     /// The offset codes of `idx` (i8 × 64: nibble | shift field << 4).
     fn lookup(&self, cg: &Cg<'c>, idx: VectorValue<'c>) -> R<VectorValue<'c>> {
         let v = if self.mx {
@@ -2041,11 +2059,13 @@ fn hif4_scales<'c>(cg: &Cg<'c>, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
 }
 
 /// Bytes ahead of the codes being read at which the strip kernel requests
-/// the weights into L1. Its strips are read in order, one stream per
-/// thread, which the hardware prefetchers follow: at M = 1 (5120x25600,
-/// 25600x5120) distances of 0 to 2 KB measured alike within the noise,
-/// 4 KB and more slower (up to 20% for HiF4 at 16 KB).
-const STRIP_PREFETCH: i64 = 512;
+/// the weights into L2 (a few strips ahead; its strips are read in order,
+/// one stream per thread). Measured at M = 1, 5120x25600, 1 thread, on a
+/// 32 MB-L3 host: into L1 512 B ahead (the hardware prefetchers doing the
+/// rest) 4.7 ms (MXFP4) / 5.3 ms (HiF4); into L1 4-16 KB ahead slower
+/// still; into L2 4 KB ahead 3.8 / 3.8 ms, 64 KB 3.3 / 3.1, 128 KB
+/// 3.1 / 3.0, 256 KB 3.3 / 3.2 (L1 requests 1 KB ahead on top: no gain).
+const STRIP_PREFETCH: i64 = 128 << 10;
 
 /// Rows below `PANEL_MIN_ROWS` against 4-bit weights in the CPU layout:
 /// strips `lo..hi` of the part, each strip once for all rows (it stays in
@@ -2072,7 +2092,11 @@ fn strip_gemm<'c>(
     let facc = cg.b.build_alloca(cg.f32t().vec_type(16), "sacc")?;
     let tile =
         cg.b.build_array_alloca(cg.f32t(), cg.i32t().const_int(strip as u64, false), "stile")?;
-    let tabs = NibbleTables::new(cg, s.wf, s.off);
+    // MXFP4 strips run unpaired: the table that needs no masks.
+    let tabs = match s.wf {
+        Format::Mxfp4(_) => NibbleTables::mxfp4_unshifted(cg, s.off),
+        _ => NibbleTables::new(cg, s.wf, s.off),
+    };
     let epi = Epilogue {
         y: yp,
         ntot,
@@ -2132,18 +2156,19 @@ fn strip_row_dot<'c>(
     }
     let zeros = VectorType::const_vector(&[cg.i32t().const_zero(); 16]);
     cg.for_n(cg.c64(k / layout::GROUP as i64), |cg, g| {
-        let ahead = cg.add(cg.mul(g, cg.c64(16 * 64))?, cg.c64(STRIP_PREFETCH))?;
-        for l in 0..16 {
+        // The strip is one stream of `1024 + hpg` bytes per group (its
+        // codes, then its headers): each group requests its share of it,
+        // STRIP_PREFETCH bytes ahead, so that the strips further on
+        // arrive headers included.
+        let share = 1024 + hpg;
+        let ahead = cg.add(cg.mul(g, cg.c64(share))?, cg.c64(STRIP_PREFETCH))?;
+        for l in 0..share / 64 {
             cg.prefetch(
                 cg.gep_bytes_ahead(sp, cg.add(ahead, cg.c64(64 * l))?)?,
-                true,
+                false,
             )?;
         }
         let hat = cg.mul(g, cg.c64(hpg))?;
-        cg.prefetch(
-            cg.gep_bytes_ahead(hdr, cg.add(hat, cg.c64(STRIP_PREFETCH * hpg / 1024))?)?,
-            true,
-        )?;
         // Block (MXFP4) or unit (HiF4) index of half h, chain b.
         let t_of = |cg: &Cg<'c>, h: i64, b: i64| -> R<IntValue<'c>> {
             if mx {
@@ -2176,7 +2201,11 @@ fn strip_row_dot<'c>(
                 Some(IndexBits::Hif4Header(hd))
             });
         }
-        for q in 0..16usize {
+        // MXFP4's chains are its blocks (K-groups 0-7 and 8-15): taken
+        // alternately, so that four chains, not two, are in flight (as
+        // HiF4's even and odd K-groups are).
+        for qq in 0..16usize {
+            let q = if mx { qq % 2 * 8 + qq / 2 } else { qq };
             let v = cg.load_vec(
                 sp,
                 cg.add(cg.mul(g, cg.c64(1024))?, cg.c64(64 * q as i64))?,
@@ -2184,15 +2213,31 @@ fn strip_row_dot<'c>(
                 1,
             )?;
             for h in 0..2usize {
-                let nib = if h == 0 {
-                    v
+                let idx = if mx {
+                    // The unshifted table reads bits 0-3 only: the high
+                    // nibbles by one 16-bit shift, no masks.
+                    if h == 0 {
+                        v
+                    } else {
+                        let i16x32 = cg.cx.i16_type().vec_type(32);
+                        let w = cg.b.build_bit_cast(v, i16x32, "")?.into_vector_value();
+                        let four =
+                            VectorType::const_vector(&[cg.cx.i16_type().const_int(4, false); 32]);
+                        let w = cg.b.build_right_shift(w, four, false, "")?;
+                        cg.b.build_bit_cast(w, i8x64, "")?.into_vector_value()
+                    }
                 } else {
-                    cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?
+                    let nib = if h == 0 {
+                        v
+                    } else {
+                        cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?
+                    };
+                    let mut idx = cg.b.build_and(nib, cg.splat_i8(15, 64), "")?;
+                    if let Some(Some(x)) = bits[h].as_ref().map(|b| b.bits(cg, q)).transpose()? {
+                        idx = cg.b.build_or(idx, x, "")?;
+                    }
+                    idx
                 };
-                let mut idx = cg.b.build_and(nib, cg.splat_i8(15, 64), "")?;
-                if let Some(Some(x)) = bits[h].as_ref().map(|b| b.bits(cg, q)).transpose()? {
-                    idx = cg.b.build_or(idx, x, "")?;
-                }
                 let w = tabs.lookup(cg, idx)?;
                 let at = cg.add(
                     cg.mul(g, cg.c64(128))?,
