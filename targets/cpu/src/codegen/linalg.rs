@@ -1973,7 +1973,10 @@ struct NibbleTables<'c> {
 }
 
 impl<'c> NibbleTables<'c> {
-    fn new(cg: &Cg<'c>, f: Format, off: u8) -> Self {
+    /// `shifts: false` (MXFP4 unpaired): entry `i` is the offset code of
+    /// nibble `i % 16`, so the lookup ignores index bits 4-5 and a byte's
+    /// high nibble (or the bits a 16-bit shift moves in) need no mask.
+    fn new(cg: &Cg<'c>, f: Format, off: u8, shifts: bool) -> Self {
         let i8v = |f: &dyn Fn(usize) -> u8| -> VectorValue<'c> {
             let v: Vec<_> = (0..64)
                 .map(|i| cg.i8t().const_int(f(i) as u64, false))
@@ -1989,7 +1992,10 @@ impl<'c> NibbleTables<'c> {
             (if code & 8 != 0 { -mag } else { mag }).wrapping_add(off) as u8
         };
         if mx {
-            let t = i8v(&|i| ((mxfp4::E2M1_X2[i % 16] as i32) << (i / 16)).wrapping_add(off) as u8);
+            let t = i8v(&|i| {
+                ((mxfp4::E2M1_X2[i % 16] as i32) << (if shifts { i / 16 } else { 0 }))
+                    .wrapping_add(off) as u8
+            });
             NibbleTables { mx, lo: t, hi: t }
         } else {
             NibbleTables {
@@ -1997,24 +2003,6 @@ impl<'c> NibbleTables<'c> {
                 lo: i8v(&|i| hif4_entry(i)),
                 hi: i8v(&|i| hif4_entry(64 + i)),
             }
-        }
-    }
-
-    /// MXFP4 without shifts: entry `i` is the offset code of nibble `i % 16`,
-    /// so the lookup ignores index bits 4-5 and a byte's high nibble (or
-    /// the neighbour's bits a 16-bit shift moves in) need not be masked.
-    fn mxfp4_unshifted(cg: &Cg<'c>, off: u8) -> Self {
-        let v: Vec<_> = (0..64)
-            .map(|i| {
-                let c = (mxfp4::E2M1_X2[i % 16] as i32).wrapping_add(off as i32) as u8;
-                cg.i8t().const_int(c as u64, false)
-            })
-            .collect();
-        let t = VectorType::const_vector(&v);
-        NibbleTables {
-            mx: true,
-            lo: t,
-            hi: t,
         }
     }
 
@@ -2058,7 +2046,7 @@ fn hif4_scales<'c>(cg: &Cg<'c>, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
         .into_vector_value())
 }
 
-/// Bytes ahead of the codes being read at which the strip kernel requests
+/// Bytes ahead in a strip's stream (codes, then headers) at which the strip kernel requests
 /// the weights into L2 (a few strips ahead; its strips are read in order,
 /// one stream per thread). Measured at M = 1, 5120x25600, 1 thread, on a
 /// 32 MB-L3 host: into L1 512 B ahead (the hardware prefetchers doing the
@@ -2093,10 +2081,7 @@ fn strip_gemm<'c>(
     let tile =
         cg.b.build_array_alloca(cg.f32t(), cg.i32t().const_int(strip as u64, false), "stile")?;
     // MXFP4 strips run unpaired: the table that needs no masks.
-    let tabs = match s.wf {
-        Format::Mxfp4(_) => NibbleTables::mxfp4_unshifted(cg, s.off),
-        _ => NibbleTables::new(cg, s.wf, s.off),
-    };
+    let tabs = NibbleTables::new(cg, s.wf, s.off, false);
     let epi = Epilogue {
         y: yp,
         ntot,
@@ -3083,7 +3068,7 @@ fn pack_cpu_panel<'c>(
     let i32v = move |f: &dyn Fn(u64) -> u64| -> VectorValue<'c> {
         VectorType::const_vector(&(0..16).map(|l| i32c(f(l))).collect::<Vec<_>>())
     };
-    let tabs = NibbleTables::new(cg, s.wf, s.off);
+    let tabs = NibbleTables::new(cg, s.wf, s.off, true);
     let strip = layout::STRIP as i64;
     let nstrips = cg.sdiv(nn, cg.c64(strip))?;
     let iota = i32v(&|l| l);
