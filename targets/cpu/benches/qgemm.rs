@@ -4,6 +4,7 @@
 //!
 //!   cargo bench -p lpc-target-cpu --bench qgemm
 //!   LPC_BENCH_SHAPES=5120x25600,25600x5120 LPC_BENCH_M=1,16,512 LPC_BENCH_THREADS=1,2 ...
+//!   LPC_BENCH_KEEP=/tmp/libs (keep the compiled libraries, for profiling)
 //!
 //! Every timed run starts from cold caches (a buffer twice the L3 is
 //! read through first: this machine's 260 MB L3 would otherwise hold a
@@ -211,7 +212,14 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let dir = tempfile::tempdir().unwrap();
+    // LPC_BENCH_KEEP=DIR keeps the libraries there (for perf annotate and
+    // objdump); by default they go to a temporary directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = std::env::var_os("LPC_BENCH_KEEP").map(std::path::PathBuf::from);
+    if let Some(d) = &keep {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let dir = keep.as_deref().unwrap_or(tmp.path());
     let mut json = Vec::new();
     let mut ev = CacheFlush::new();
     let bw: Vec<(usize, f64)> = threads.iter().map(|&t| (t, read_bandwidth(t))).collect();
@@ -265,7 +273,7 @@ fn main() {
             let base = OpLib::build(
                 &linear_graph(Dim::Sym("m".into()), k, n, &wt),
                 CpuTarget::host().unwrap(),
-                dir.path(),
+                dir,
                 &format!("f32_{tag}"),
                 th as i32,
             )
@@ -286,7 +294,7 @@ fn main() {
                 let lib = OpLib::build(
                     &g,
                     CpuTarget::host().unwrap(),
-                    dir.path(),
+                    dir,
                     &format!("{fname}_{tag}"),
                     th as i32,
                 )
