@@ -35,6 +35,7 @@ fn cpu_backend(
             max_dim: o.max_dim,
             vnni512: false,
             vbmi512: false,
+            bf16_512: false,
             device: o.gpu.as_ref().map(|arch| codegen::DeviceOptions {
                 arch: arch.clone(),
                 lower: lower_kernels,

@@ -161,6 +161,7 @@ pub fn build(g: &Graph, o: &BuildOptions, out: &Path) -> Result<BuildReport, Cpu
     let f = &o.target.features;
     cgo.vnni512 = f.contains("+avx512vnni") && f.contains("+avx512bw");
     cgo.vbmi512 = f.contains("+avx512vbmi") && f.contains("+avx512bw");
+    cgo.bf16_512 = f.contains("+avx512bf16") && f.contains("+avx512bw");
     let Generated {
         module,
         desc,

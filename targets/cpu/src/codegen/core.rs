@@ -58,6 +58,7 @@ pub struct Cg<'c> {
     pub fail: Option<BasicBlock<'c>>,
     /// Code paths the target allows (see `Options`).
     pub vnni512: bool,
+    pub bf16_512: bool,
     /// `qgemm` weights stored in the CPU layout (see `layout.rs`).
     pub cpu_layout: std::collections::HashSet<lpc_ir::ValueId>,
     /// Set for `--target cuda`: the kernels launched so far.

@@ -368,6 +368,31 @@ impl<'c> Cg<'c> {
             )?
             .into_vector_value())
     }
+    /// `vdpbf16ps`: per f32 lane, the two products of the bf16 pairs in the
+    /// lanes of `a` and `b` (`<16 x i32>`, low half first) added to `acc`.
+    fn vdpbf16ps(
+        &self,
+        acc: VectorValue<'c>,
+        a: VectorValue<'c>,
+        b: VectorValue<'c>,
+    ) -> R<VectorValue<'c>> {
+        let name = "llvm.x86.avx512bf16.dpbf16ps.512";
+        let f = Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(&self.m, &[]))
+            .ok_or_else(|| CgError::Graph(format!("LLVM has no intrinsic {name}")))?;
+        // LLVM 17 and later type the pairs as <32 x bfloat>, earlier as
+        // <16 x i32>: the operands take the declaration's type.
+        let Some(inkwell::types::BasicMetadataTypeEnum::VectorType(t)) =
+            f.get_type().get_param_types().get(1).copied()
+        else {
+            return Err(CgError::Graph(format!("{name} takes no vector pairs")));
+        };
+        let a = self.b.build_bit_cast(a, t, "")?;
+        let b = self.b.build_bit_cast(b, t, "")?;
+        Ok(self
+            .call_value(f, &[acc.into(), a.into(), b.into()])?
+            .into_vector_value())
+    }
     /// `a · b + c` lane-wise, fused.
     pub(crate) fn fma_vec(
         &self,
@@ -502,6 +527,11 @@ impl<'c> Cg<'c> {
     }
     fn splat_i8(&self, x: u8, n: u32) -> VectorValue<'c> {
         let c = self.i8t().const_int(x as u64, false);
+        VectorType::const_vector(&vec![c; n as usize])
+    }
+    /// The constant `x` in `n` i32 lanes.
+    fn splat_i32c(&self, x: u32, n: u32) -> VectorValue<'c> {
+        let c = self.i32t().const_int(x as u64, false);
         VectorType::const_vector(&vec![c; n as usize])
     }
 
@@ -1115,12 +1145,17 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let hif8 = af.is_some() && bl == 1;
     // Padded to 64 lanes: four independent 16-lane accumulators.
     let k16 = (kk + 63) / 64 * 64;
+    // HiF8 (W8A8): a panel GEMM over the exact decodes when the panel fits
+    // the stack comfortably; in bf16 pairs with AVX-512 BF16, else in f32.
+    let f32_panels = hif8 && k16 * NR_F32 * 4 <= F32_PANEL_MAX_BYTES;
+    let bf16_panels = f32_panels && cg.bf16_512;
     // VNNI without row scales: the runtime writes the activation codes and
     // block factors directly (`lpc_rt_quantize_codes`); no packed rows.
     let direct = vnni && !ascaled;
     // The scratch buffers, one allocation (absent ones: null):
     // - pa: packed (or, weight-only, rotated f32) rows; ea: row exponents;
-    // - adec (HiF8): exact activation decodes;
+    // - adec (HiF8): exact activation decodes; abf: the same in bf16 (the
+    //   bf16 panel GEMM);
     // - acodes, ascales (4-bit): codes (u8 offset with VNNI) and scales
     //   (VNNI: f32 per i32 lane, else f64 per block);
     // - as8, asb, acs (panel GEMM, VNNI): s8 codes (the broadcast operand),
@@ -1169,6 +1204,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     };
     let panel_only = |cg: &Cg<'c>, n: IntValue<'c>| cg.select_i(big, n, cg.c64(0));
     let i_adec = ask(hif8, &mut sizes, DType::F32, per_row(cg, k16)?);
+    let i_abf = ask(bf16_panels, &mut sizes, DType::Bf16, per_row(cg, k16)?);
     let i_acodes = ask(
         blocks,
         &mut sizes,
@@ -1216,6 +1252,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let pick = |i: usize, on: bool| if on { bufs[i] } else { null };
     let (pa, ea) = (bufs[0], bufs[1]);
     let adec = pick(i_adec, hif8);
+    let abf = pick(i_abf, bf16_panels);
     let (acodes, ascales) = (pick(i_acodes, blocks), pick(i_ascales, blocks));
     let (as8, asb, acs) = (pick(i_as8, vnni), pick(i_asb, vnni), pick(i_acs, vnni));
     let apf = pick(i_apf, pairs);
@@ -1240,6 +1277,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         pair_rows.into(),
         afac.into(),
         panel_rows.into(),
+        abf.into(),
     ];
     // Per row: about 2 cycles per element (quantization, rotation and the
     // path's activation arrays).
@@ -1290,7 +1328,21 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             cg.for_range(lo, hi, |cg, r| {
                 let prow = cg.gep_bytes(pap, cg.mul(r, cg.c64(bpr))?)?;
                 let drow = cg.gep(DType::F32, adp, cg.mul(r, cg.c64(k16))?)?;
-                cg.hif8_decode_row(prow, WLayout::Spec, kk, k16, drow)
+                cg.hif8_decode_row(prow, WLayout::Spec, kk, k16, drow)?;
+                if bf16_panels {
+                    // The top halves of the exact f32 values.
+                    let brow = cg.gep(DType::Bf16, p(13), cg.mul(r, cg.c64(k16))?)?;
+                    let i32x16 = cg.i32t().vec_type(16);
+                    let i16x16 = cg.cx.i16_type().vec_type(16);
+                    cg.for_n(cg.c64(k16 / 16), |cg, i| {
+                        let v = cg.load_vec(drow, cg.mul(i, cg.c64(64))?, i32x16, 4)?;
+                        let hi =
+                            cg.b.build_right_shift(v, cg.splat_i32c(16, 16), false, "")?;
+                        let h = cg.b.build_int_truncate(hi, i16x16, "")?;
+                        cg.store_vec_aligned(brow, cg.mul(i, cg.c64(32))?, h, 2)
+                    })?;
+                }
+                Ok(())
             })?;
         }
         if let (true, Some(af)) = (vnni, af) {
@@ -1481,9 +1533,6 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         let act = act.clone();
         // PANEL_MIN_ROWS rows or more with VNNI: the panel GEMM; else the
         // row path.
-        // HiF8 (W8A8): an f32 panel GEMM over the exact decodes, when the
-        // panel fits the stack comfortably.
-        let f32_panels = hif8 && k16 * NR_F32 * 4 <= F32_PANEL_MAX_BYTES;
         let panels = if f32_panels {
             let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(F32_PANEL_MIN_ROWS))?;
             let np = cg.sdiv(cg.add(nn, cg.c64(NR_F32 - 1))?, cg.c64(NR_F32))?;
@@ -1496,7 +1545,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 off.into(),
                 bias.as_ref().map_or(null, |b| b.ptr).into(),
                 residual.as_ref().map_or(null, |r| r.ptr).into(),
-                adec.into(),
+                if bf16_panels { abf } else { adec }.into(),
                 ea.into(),
                 e.as_ref().map_or(null, |e| e.ptr).into(),
             ];
@@ -1505,6 +1554,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 lay,
                 k16,
                 bpr,
+                bf16: bf16_panels,
                 ascaled,
                 wscaled: has_e,
                 has_b,
@@ -1512,8 +1562,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 act: act.clone(),
             };
             // Per panel: decoding it, then rows · k · NR_F32 f32
-            // multiply-adds at 32 per cycle.
-            let cost = cg.mul(cg.add(rows, cg.c64(4))?, cg.c64(k16 * NR_F32 / 32))?;
+            // multiply-adds at 32 per cycle (bf16: 64).
+            let per = if bf16_panels { 64 } else { 32 };
+            let cost = cg.mul(cg.add(rows, cg.c64(4))?, cg.c64(k16 * NR_F32 / per))?;
             cg.parallel_for(
                 cg.select_i(big, np, cg.c64(0))?,
                 cost,
@@ -3302,8 +3353,9 @@ fn shuffle_transpose<'c>(
 
 /// Columns per panel of the f32 panel GEMM (two 16-lane vectors) and rows
 /// per tile (12 × 2 accumulators, 2 weight vectors, broadcasts: 27 zmm;
-/// M = 512, 5120x25600 / 25600x5120: 6 rows 902 / 1037 ms, 8 rows 881 /
-/// 1027, 12 rows 869 / 1008).
+/// M = 512, 5120x25600 / 25600x5120, f32 FMAs: 6 rows 902 / 1037 ms, 8 rows
+/// 881 / 1027, 12 rows 869 / 1008; bf16 pairs, 12 rows: 652 / 715 ms, 88 /
+/// 80% of the `vdpbf16ps` peak).
 const NR_F32: i64 = 32;
 const MR_F32: i64 = 12;
 /// K elements per slice of the f32 panel GEMM (a multiple of 64): 1 MB of
@@ -3323,6 +3375,8 @@ struct F32PanelSpec {
     /// K padded to 64 (the rows of the decoded activations).
     k16: i64,
     bpr: i64,
+    /// Panel and activations in bf16 pairs, multiplied with `vdpbf16ps`.
+    bf16: bool,
     ascaled: bool,
     wscaled: bool,
     has_b: bool,
@@ -3335,8 +3389,12 @@ struct F32PanelSpec {
 /// row of `NR_F32` columns per K), then every tile of `MR_F32` rows runs
 /// f32 multiply-adds of broadcast activations (exact decodes) with the
 /// weight vectors; the rows' powers of two (scaled HiF8), bias, activation
-/// and residual in the epilogue. Captures: weights, y, rows, n, ntot, off,
-/// bias, residual, decoded activations, activation and weight exponents.
+/// and residual in the epilogue. With `bf16` (AVX-512 BF16) the panel's rows
+/// hold pairs of K (each lane two bf16, the even K low) and every tile runs
+/// `vdpbf16ps` of broadcast activation pairs: HiF8 values are exact in bf16
+/// and their products in f32, so only the order of the f32 sums changes.
+/// Captures: weights, y, rows, n, ntot, off, bias, residual, decoded
+/// activations (f32, or bf16 with `bf16`), activation and weight exponents.
 fn f32_panel_gemm<'c>(
     cg: &mut Cg<'c>,
     s: &F32PanelSpec,
@@ -3352,7 +3410,7 @@ fn f32_panel_gemm<'c>(
     let k16 = s.k16;
     let f32x16 = cg.f32t().vec_type(16);
     let nv = (NR_F32 / 16) as usize;
-    let pan = panel_buffer(cg, 0, k16 * NR_F32 * 4)?;
+    let pan = panel_buffer(cg, 0, k16 * NR_F32 * if s.bf16 { 2 } else { 4 })?;
     let nkb = (k16 + F32_K_SLICE - 1) / F32_K_SLICE;
     let pacc = if nkb > 1 {
         panel_buffer_n(cg, 1, cg.mul(rows, cg.c64(NR_F32 * 4))?)?
@@ -3415,7 +3473,28 @@ fn f32_panel_gemm<'c>(
                             .collect();
                         let ws = shuffle_transpose(cg, xs, labels, &want)?;
                         let row0 = cg.add(cg.mul(g, cg.c64(64))?, cg.c64(16 * q))?;
-                        store_panel_rows(cg, pan, ws, row0, NR_F32, u)?;
+                        if s.bf16 {
+                            // Rows 2i and 2i + 1 into one row of pairs: the
+                            // top halves (the exact bf16), the even K low.
+                            let i32x16 = cg.i32t().vec_type(16);
+                            let (sh, top) = (cg.splat_i32c(16, 16), cg.splat_i32c(0xffff_0000, 16));
+                            let ps = ws
+                                .chunks(2)
+                                .map(|w2| -> R<VectorValue<'c>> {
+                                    let e =
+                                        cg.b.build_bit_cast(w2[0], i32x16, "")?.into_vector_value();
+                                    let o =
+                                        cg.b.build_bit_cast(w2[1], i32x16, "")?.into_vector_value();
+                                    let e = cg.b.build_right_shift(e, sh, false, "")?;
+                                    let o = cg.b.build_and(o, top, "")?;
+                                    Ok(cg.b.build_or(e, o, "")?)
+                                })
+                                .collect::<R<Vec<_>>>()?;
+                            let prow0 = cg.add(cg.mul(g, cg.c64(32))?, cg.c64(8 * q))?;
+                            store_panel_rows(cg, pan, ps, prow0, NR_F32, u)?;
+                        } else {
+                            store_panel_rows(cg, pan, ws, row0, NR_F32, u)?;
+                        }
                     }
                     Ok(())
                 })
@@ -3431,8 +3510,22 @@ fn f32_panel_gemm<'c>(
                 cg.for_n(cg.c64(k16), |cg, kq| {
                     let v = cg.load_f32(col, kq)?;
                     let v = cg.select_f(inside, v, cg.cf32(0.0))?;
-                    let at = cg.add(cg.mul(kq, cg.c64(NR_F32))?, cc)?;
-                    cg.store(DType::F32, pan, at, v.into())
+                    if !s.bf16 {
+                        let at = cg.add(cg.mul(kq, cg.c64(NR_F32))?, cc)?;
+                        return cg.store(DType::F32, pan, at, v.into());
+                    }
+                    // Pair row kq / 2, the even K in the low half.
+                    let bits = cg.b.build_bit_cast(v, cg.i32t(), "")?.into_int_value();
+                    let hi =
+                        cg.b.build_right_shift(bits, cg.i32t().const_int(16, false), false, "")?;
+                    let h = cg.b.build_int_truncate(hi, cg.cx.i16_type(), "")?;
+                    let pr = cg.b.build_right_shift(kq, cg.c64(1), false, "")?;
+                    let lane = cg.add(cg.mul(pr, cg.c64(NR_F32))?, cc)?;
+                    let half = cg.b.build_and(kq, cg.c64(1), "")?;
+                    let at = cg.add(cg.mul(lane, cg.c64(4))?, cg.mul(half, cg.c64(2))?)?;
+                    let q = cg.gep_bytes(pan, at)?;
+                    cg.b.build_store(q, h)?;
+                    Ok(())
                 })
             })?;
         }
@@ -3465,8 +3558,35 @@ fn f32_panel_gemm<'c>(
             // K in fours, unrolled.
             let q0 = cg.mul(kb, cg.c64(F32_K_SLICE / 4))?;
             let qn = cg.smin(cg.c64(F32_K_SLICE / 4), cg.sub(cg.c64(k16 / 4), q0)?)?;
+            let i32x16 = cg.i32t().vec_type(16);
             cg.for_n(qn, |cg, q| {
                 let q = cg.add(q0, q)?;
+                if s.bf16 {
+                    // Two pairs of K per four.
+                    for u2 in 0..2 {
+                        let kp = cg.add(cg.mul(q, cg.c64(2))?, cg.c64(u2))?;
+                        let base = cg.mul(kp, cg.c64(NR_F32 * 4))?;
+                        let wv: Vec<VectorValue> = (0..nv)
+                            .map(|u| {
+                                cg.load_vec(pan, cg.add(base, cg.c64(64 * u as i64))?, i32x16, 64)
+                            })
+                            .collect::<R<_>>()?;
+                        for r in 0..mr {
+                            let ri = cg.add(r0, cg.c64(r as i64))?;
+                            // The row's pair at K 2·kp (bf16: 2 bytes each).
+                            let at =
+                                cg.mul(cg.add(cg.mul(ri, cg.c64(k16 / 2))?, kp)?, cg.c64(4))?;
+                            let a = cg.b.build_load(cg.i32t(), cg.gep_bytes(adec, at)?, "")?;
+                            let av = cg.splat_i32(a.into_int_value(), 16)?;
+                            for (u, w) in wv.iter().enumerate() {
+                                let fa = facc[r * nv + u];
+                                let acc = cg.b.build_load(f32x16, fa, "")?.into_vector_value();
+                                cg.b.build_store(fa, cg.vdpbf16ps(acc, av, *w)?)?;
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
                 for u4 in 0..4 {
                     let kq = cg.add(cg.mul(q, cg.c64(4))?, cg.c64(u4))?;
                     let base = cg.mul(kq, cg.c64(NR_F32 * 4))?;

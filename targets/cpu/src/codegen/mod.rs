@@ -43,6 +43,9 @@ pub struct Options {
     /// The target has AVX-512 VBMI and BW: weights in the CPU layout (W8A8
     /// HiF8 decodes with `vpermi2b`, 4-bit strips with `vpermb`/`vpermi2b`).
     pub vbmi512: bool,
+    /// The target has AVX-512 BF16: the W8A8 HiF8 panel GEMM multiplies
+    /// bf16 pairs with `vdpbf16ps` (every HiF8 value is exact in bf16).
+    pub bf16_512: bool,
     /// Generate a GPU library (`--target cuda`): ops with kernels become
     /// launches (see `device.rs`).
     pub device: Option<DeviceOptions>,
@@ -56,6 +59,7 @@ impl Default for Options {
             max_dim: 1 << 24,
             vnni512: false,
             vbmi512: false,
+            bf16_512: false,
             device: None,
         }
     }
@@ -302,6 +306,7 @@ fn generate_into<'c>(
         ctx: graph_fn.get_nth_param(0).expect("ctx").into_pointer_value(),
         fail: Some(fail),
         vnni512: o.vnni512,
+        bf16_512: o.bf16_512,
         cpu_layout: w.repacked.keys().copied().collect(),
         dev: o.device.as_ref().map(|_| device::DevState::default()),
         node: String::new(),

@@ -1,6 +1,7 @@
 //! The generated `lpc.qgemm` on random shapes (K not a multiple of the
 //! block, M = 1, odd N, rotation, scaled HiF8, bias, residual, epilogue
-//! activations; M >= 24 for the panel GEMMs: VNNI for 4-bit, f32 for HiF8;
+//! activations; M >= 24 for the panel GEMMs: VNNI for 4-bit, bf16 pairs
+//! (AVX-512 BF16) or f32 (haswell) for HiF8;
 //! K a multiple of 128 and N of 16 for 4-bit weights in the CPU layout) against the
 //! runtime's reference codecs and block dot products. Blocks must be identical (the activation codec is the
 //! reference), so results agree to f64 summation order.
@@ -217,6 +218,9 @@ fn qgemm_matches_the_reference_block_dot_products() {
             (1, 256, 32),
             (3, 384, 16),
             (6, 384, 80),
+            // The panel GEMMs on the CPU layout (HiF8: bf16 pairs with
+            // AVX-512 BF16), a partial row tile and a partial panel.
+            (29, 256, 48),
             // Enough work per strip for the library's two threads to split
             // the strips (`lpc_rt_parallel_for`'s cost estimate).
             (1, 2048, 160),
