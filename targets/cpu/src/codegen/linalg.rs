@@ -1149,13 +1149,24 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     // the stack comfortably; in bf16 pairs with AVX-512 BF16, else in f32.
     let f32_panels = hif8 && k16 * NR_F32 * 4 <= F32_PANEL_MAX_BYTES;
     let bf16_panels = f32_panels && cg.bf16_512;
+    // ... and fewer rows against CPU-layout weights (`cpu_row_dot_hif8`)
+    // take bf16 activations in its decode's order.
+    let bf16_rows = hif8
+        && cg.bf16_512
+        && (0..parts).any(|p| {
+            n.inputs
+                .get(1 + p)
+                .copied()
+                .flatten()
+                .is_some_and(|v| cg.cpu_layout.contains(&v))
+        });
     // VNNI without row scales: the runtime writes the activation codes and
     // block factors directly (`lpc_rt_quantize_codes`); no packed rows.
     let direct = vnni && !ascaled;
     // The scratch buffers, one allocation (absent ones: null):
     // - pa: packed (or, weight-only, rotated f32) rows; ea: row exponents;
     // - adec (HiF8): exact activation decodes; abf: the same in bf16 (the
-    //   bf16 panel GEMM);
+    //   bf16 panel GEMM); abr: in bf16, permuted per 64 for the row kernel;
     // - acodes, ascales (4-bit): codes (u8 offset with VNNI) and scales
     //   (VNNI: f32 per i32 lane, else f64 per block);
     // - as8, asb, acs (panel GEMM, VNNI): s8 codes (the broadcast operand),
@@ -1205,6 +1216,14 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let panel_only = |cg: &Cg<'c>, n: IntValue<'c>| cg.select_i(big, n, cg.c64(0));
     let i_adec = ask(hif8, &mut sizes, DType::F32, per_row(cg, k16)?);
     let i_abf = ask(bf16_panels, &mut sizes, DType::Bf16, per_row(cg, k16)?);
+    // Whether HiF8 rows take the row path (else the panel GEMM).
+    let few = if f32_panels {
+        cg.icmp(IntPredicate::SLT, rows, cg.c64(F32_PANEL_MIN_ROWS))?
+    } else {
+        cg.cx.bool_type().const_int(1, false)
+    };
+    let n_abr = cg.select_i(few, per_row(cg, k16)?, cg.c64(0))?;
+    let i_abr = ask(bf16_rows, &mut sizes, DType::Bf16, n_abr);
     let i_acodes = ask(
         blocks,
         &mut sizes,
@@ -1253,6 +1272,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let (pa, ea) = (bufs[0], bufs[1]);
     let adec = pick(i_adec, hif8);
     let abf = pick(i_abf, bf16_panels);
+    let abr = pick(i_abr, bf16_rows);
     let (acodes, ascales) = (pick(i_acodes, blocks), pick(i_ascales, blocks));
     let (as8, asb, acs) = (pick(i_as8, vnni), pick(i_asb, vnni), pick(i_acs, vnni));
     let apf = pick(i_apf, pairs);
@@ -1278,6 +1298,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         afac.into(),
         panel_rows.into(),
         abf.into(),
+        abr.into(),
+        cg.b.build_int_z_extend(few, cg.i64t(), "")?.into(),
     ];
     // Per row: about 2 cycles per element (quantization, rotation and the
     // path's activation arrays).
@@ -1341,6 +1363,11 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         let h = cg.b.build_int_truncate(hi, i16x16, "")?;
                         cg.store_vec_aligned(brow, cg.mul(i, cg.c64(32))?, h, 2)
                     })?;
+                }
+                if bf16_rows {
+                    // Only the row path reads them.
+                    let few = cg.icmp(IntPredicate::NE, c[15].into_int_value(), cg.c64(0))?;
+                    cg.if_then(few, |cg| hif8_row_bf16(cg, drow, k16, p(14), r))?;
                 }
                 Ok(())
             })?;
@@ -1527,6 +1554,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             acodes.into(),
             ascales.into(),
             adec.into(),
+            abr.into(),
         ];
         let (has_e, has_b, has_r) = (e.is_some(), bias.is_some(), residual.is_some());
         let weight_only = af.is_none();
@@ -1639,6 +1667,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             let (rows, ntot, off) = (i(3), i(5), i(6));
             let (eap, ewp, bp, rp) = (p(7), p(8), p(9), p(10));
             let (acp, asp) = (p(11), p(12));
+            // HiF8 rows against CPU-layout weights in bf16 pairs.
+            let abr = bf16_rows.then(|| p(14));
             let acc = cg.b.build_alloca(cg.f64t(), "acc")?;
             // The weight row being used, as block codes and scales.
             let wcodes = cg.b.build_array_alloca(
@@ -1960,7 +1990,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                             (0..nc).map(|c| cg.add(j0, cg.c64(c))).collect::<R<_>>()?;
                         let ws: Vec<PointerValue> =
                             js.iter().map(|&j| wrow(cg, j)).collect::<R<_>>()?;
-                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13))?;
+                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13), abr)?;
                         for (&j, v) in js.iter().zip(v) {
                             finish(cg, r, j, v)?;
                         }
@@ -1969,7 +1999,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     let last = cg.add(lo, cg.mul(groups, cg.c64(nc))?)?;
                     cg.for_range(last, hi, |cg, j| {
                         let ws = [wrow(cg, j)?];
-                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13))?;
+                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13), abr)?;
                         finish(cg, r, j, v[0])
                     })
                 })
@@ -2338,6 +2368,68 @@ fn strip_row_dot<'c>(
     Ok(cg.b.build_float_add(a0, a1, "")?)
 }
 
+/// `vpunpck{l,h}{bw,wd}`: per 128-bit lane, interleave the low (or high)
+/// halves of `a` and `b`, elements of `elem` bytes.
+fn unpack<'c>(
+    cg: &Cg<'c>,
+    a: VectorValue<'c>,
+    b: VectorValue<'c>,
+    elem: u32,
+    hi: bool,
+) -> R<VectorValue<'c>> {
+    let per = 16 / elem; // elements per 128-bit lane
+    let n = 64 / elem;
+    let m: Vec<_> = (0..n)
+        .map(|x| {
+            let (lane, j) = (x / per, x % per);
+            let src = lane * per + j / 2 + if hi { per / 2 } else { 0 };
+            let at = src + if j % 2 == 1 { n } else { 0 };
+            cg.i32t().const_int(at as u64, false)
+        })
+        .collect();
+    Ok(cg
+        .b
+        .build_shuffle_vector(a, b, VectorType::const_vector(&m), "")?)
+}
+
+/// The element of a 64-code CPU-layout chunk at each position of
+/// `Hif8Decoder::decode_bf16`'s two vectors (positions 0-31 the first).
+fn hif8_bf16_order() -> [u8; 64] {
+    let mut t = [0u8; 64];
+    for (i, e) in t.iter_mut().enumerate() {
+        let (half, j) = (i / 32, i % 32);
+        let byte = 16 * (j / 8) + 8 * half + j % 8;
+        *e = layout::hif8_element(byte) as u8;
+    }
+    t
+}
+
+/// Activation row `r` of the row kernel's bf16 form: per 64 elements, the
+/// top halves of the exact f32 decodes `drow` in `hif8_bf16_order`, so that
+/// `vdpbf16ps` pairs each with its weight.
+fn hif8_row_bf16<'c>(
+    cg: &mut Cg<'c>,
+    drow: PointerValue<'c>,
+    k16: i64,
+    abr: PointerValue<'c>,
+    r: IntValue<'c>,
+) -> R<()> {
+    let order: Vec<i8> = hif8_bf16_order().iter().map(|&e| e as i8).collect();
+    let tab = cg.table_i8("lpc.hif8.bf16order", &order);
+    let brow = cg.gep(DType::Bf16, abr, cg.mul(r, cg.c64(k16))?)?;
+    cg.for_n(cg.c64(k16), |cg, i| {
+        let t = cg.b.build_and(i, cg.c64(63), "")?;
+        let src = cg.add(cg.sub(i, t)?, cg.zext64(cg.load_u8(tab, t)?)?)?;
+        let v = cg.load_f32(drow, src)?;
+        let bits = cg.b.build_bit_cast(v, cg.i32t(), "")?.into_int_value();
+        let hi =
+            cg.b.build_right_shift(bits, cg.i32t().const_int(16, false), false, "")?;
+        let h = cg.b.build_int_truncate(hi, cg.cx.i16_type(), "")?;
+        cg.b.build_store(cg.gep_bytes(brow, cg.mul(i, cg.c64(2))?)?, h)?;
+        Ok(())
+    })
+}
+
 /// The in-register HiF8 decode of the CPU layout: two `vpermi2b` tables
 /// give the high and low bytes of each code's exact f32 value (every HiF8
 /// value fits the top 16 bits), the sign is the code's top bit, byte and
@@ -2367,24 +2459,11 @@ impl<'c> Hif8Decoder<'c> {
         }
     }
 
-    fn decode(&self, cg: &Cg<'c>, code: VectorValue<'c>) -> R<[VectorValue<'c>; 4]> {
-        let f32x16 = cg.f32t().vec_type(16);
-        let i8x64 = cg.i8t().vec_type(64);
-        let i32c = |v: u64| cg.i32t().const_int(v, false);
-        let unpack = |a: VectorValue<'c>, b: VectorValue<'c>, elem: u32, hi: bool| {
-            // vpunpck{l,h}{bw,wd}: per 128-bit lane, interleave the low (or
-            // high) halves of a and b, elements of `elem` bytes.
-            let per = 16 / elem; // elements per 128-bit lane
-            let n = 64 / elem;
-            let m: Vec<_> = (0..n)
-                .map(|x| {
-                    let (lane, j) = (x / per, x % per);
-                    let src = lane * per + j / 2 + if hi { per / 2 } else { 0 };
-                    i32c((src + if j % 2 == 1 { n } else { 0 }) as u64)
-                })
-                .collect();
-            cg.b.build_shuffle_vector(a, b, VectorType::const_vector(&m), "")
-        };
+    /// The 64 codes' bf16 values (the top halves of their exact f32
+    /// values) as 2 × 32 i16: byte positions 16L + i of the chunk (i < 8)
+    /// in the first, 16L + 8 + i in the second, L the 128-bit lane
+    /// (`hif8_bf16_order`).
+    fn decode_bf16(&self, cg: &Cg<'c>, code: VectorValue<'c>) -> R<[VectorValue<'c>; 2]> {
         let look = |t0: VectorValue<'c>, t1: VectorValue<'c>| -> R<VectorValue<'c>> {
             Ok(cg
                 .intrinsic(
@@ -2399,8 +2478,13 @@ impl<'c> Hif8Decoder<'c> {
         let lo = look(lo0, lo1)?;
         let sign = cg.b.build_and(code, cg.splat_i8(0x80, 64), "")?;
         let hi = cg.b.build_or(hi, sign, "")?;
-        let w0 = unpack(lo, hi, 1, false)?;
-        let w1 = unpack(lo, hi, 1, true)?;
+        Ok([unpack(cg, lo, hi, 1, false)?, unpack(cg, lo, hi, 1, true)?])
+    }
+
+    fn decode(&self, cg: &Cg<'c>, code: VectorValue<'c>) -> R<[VectorValue<'c>; 4]> {
+        let f32x16 = cg.f32t().vec_type(16);
+        let i8x64 = cg.i8t().vec_type(64);
+        let [w0, w1] = self.decode_bf16(cg, code)?;
         let i16x32 = cg.cx.i16_type().vec_type(32);
         let as16 = |v: VectorValue<'c>| -> R<VectorValue<'c>> {
             Ok(cg.b.build_bit_cast(v, i16x32, "")?.into_vector_value())
@@ -2408,10 +2492,10 @@ impl<'c> Hif8Decoder<'c> {
         let z16 = as16(i8x64.const_zero())?;
         let (w0, w1) = (as16(w0)?, as16(w1)?);
         let fs = [
-            unpack(z16, w0, 2, false)?,
-            unpack(z16, w0, 2, true)?,
-            unpack(z16, w1, 2, false)?,
-            unpack(z16, w1, 2, true)?,
+            unpack(cg, z16, w0, 2, false)?,
+            unpack(cg, z16, w0, 2, true)?,
+            unpack(cg, z16, w1, 2, false)?,
+            unpack(cg, z16, w1, 2, true)?,
         ];
         let f = |v: VectorValue<'c>| -> R<VectorValue<'c>> {
             Ok(cg.b.build_bit_cast(v, f32x16, "")?.into_vector_value())
@@ -2426,7 +2510,10 @@ impl<'c> Hif8Decoder<'c> {
 /// low bytes of each code's f32 value (every HiF8 value is exact in the top
 /// 16 bits; the tables hold the magnitudes, the sign is OR-ed in), byte
 /// and word unpacks place them as 4 × 16 f32 in natural order (the layout
-/// permuted the codes for that), 4 FMAs into per-column accumulators.
+/// permuted the codes for that), 4 FMAs into per-column accumulators. With
+/// `abr` (AVX-512 BF16: row `r` of bf16 decodes in `hif8_bf16_order`) the
+/// byte unpacks' 2 × 32 bf16 go straight into 2 `vdpbf16ps` (5120x25600,
+/// M = 1, 1 thread: 77 -> 95% of the read bandwidth).
 fn cpu_row_dot_hif8<'c>(
     cg: &mut Cg<'c>,
     k: i64,
@@ -2434,16 +2521,76 @@ fn cpu_row_dot_hif8<'c>(
     wrows: &[PointerValue<'c>],
     r: IntValue<'c>,
     adec: PointerValue<'c>,
+    abr: Option<PointerValue<'c>>,
 ) -> R<Vec<FloatValue<'c>>> {
     let f32x16 = cg.f32t().vec_type(16);
     let dec = Hif8Decoder::new(cg);
     let nc = wrows.len();
-    let accs: Vec<PointerValue> = (0..4 * nc)
+    // Accumulators per column: 4 (f32 FMAs) or 2 (bf16 pairs).
+    let na = if abr.is_some() { 2 } else { 4 };
+    let accs: Vec<PointerValue> = (0..na * nc)
         .map(|_| cg.entry_alloca(f32x16.into(), 1))
         .collect::<R<_>>()?;
     for acc in &accs {
         cg.b.build_store(*acc, f32x16.const_zero())?;
     }
+    let bpr = k;
+    if let Some(abr) = abr {
+        let i32x16 = cg.i32t().vec_type(16);
+        let abase = cg.mul(r, cg.c64(2 * k16))?;
+        cg.for_n(cg.c64(k / 64), |cg, g| {
+            prefetch_next_call(cg, wrows, g, bpr)?;
+            let at = cg.mul(g, cg.c64(64))?;
+            let av: Vec<VectorValue> = (0..2)
+                .map(|q| {
+                    let o = cg.add(abase, cg.add(cg.mul(at, cg.c64(2))?, cg.c64(64 * q))?)?;
+                    cg.load_vec(abr, o, i32x16, 2)
+                })
+                .collect::<R<_>>()?;
+            for (ci, w) in wrows.iter().enumerate() {
+                let code = cg.load_i8xn(*w, at, 64)?;
+                for (q, wv) in dec.decode_bf16(cg, code)?.into_iter().enumerate() {
+                    let acc = accs[2 * ci + q];
+                    let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                    let wv = cg.b.build_bit_cast(wv, i32x16, "")?.into_vector_value();
+                    cg.b.build_store(acc, cg.vdpbf16ps(old, av[q], wv)?)?;
+                }
+            }
+            Ok(())
+        })?;
+    } else {
+        cpu_row_dot_hif8_f32(cg, k, k16, wrows, r, adec, &dec, &accs)?;
+    }
+    (0..nc)
+        .map(|c| {
+            let mut sum =
+                cg.b.build_load(f32x16, accs[na * c], "")?
+                    .into_vector_value();
+            for q in 1..na {
+                let a =
+                    cg.b.build_load(f32x16, accs[na * c + q], "")?
+                        .into_vector_value();
+                sum = cg.b.build_float_add(sum, a, "")?;
+            }
+            cg.fext(cg.reduce_fadd(sum)?)
+        })
+        .collect()
+}
+
+/// `cpu_row_dot_hif8`'s loop in f32: per 64 codes 4 × 16 exact decodes,
+/// FMAs with the exact activation decodes into 4 accumulators per column.
+#[allow(clippy::too_many_arguments)]
+fn cpu_row_dot_hif8_f32<'c>(
+    cg: &mut Cg<'c>,
+    k: i64,
+    k16: i64,
+    wrows: &[PointerValue<'c>],
+    r: IntValue<'c>,
+    adec: PointerValue<'c>,
+    dec: &Hif8Decoder<'c>,
+    accs: &[PointerValue<'c>],
+) -> R<()> {
+    let f32x16 = cg.f32t().vec_type(16);
     let abase = cg.mul(r, cg.c64(4 * k16))?;
     let bpr = k;
     cg.for_n(cg.c64(k / 64), |cg, g| {
@@ -2464,21 +2611,7 @@ fn cpu_row_dot_hif8<'c>(
             }
         }
         Ok(())
-    })?;
-    (0..nc)
-        .map(|c| {
-            let mut sum =
-                cg.b.build_load(f32x16, accs[4 * c], "")?
-                    .into_vector_value();
-            for q in 1..4 {
-                let a =
-                    cg.b.build_load(f32x16, accs[4 * c + q], "")?
-                        .into_vector_value();
-                sum = cg.b.build_float_add(sum, a, "")?;
-            }
-            cg.fext(cg.reduce_fadd(sum)?)
-        })
-        .collect()
+    })
 }
 
 /// A 64-byte aligned buffer of `bytes` bytes for a panel (up to a few MB:
