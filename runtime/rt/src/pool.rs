@@ -62,6 +62,9 @@ impl std::fmt::Debug for Pool {
 }
 
 const SPIN: Duration = Duration::from_micros(200);
+/// Chunks per thread of a loop posted to parked workers (see `Pool::run`);
+/// otherwise one contiguous chunk per thread.
+const SLEEPER_SPLIT: i64 = 8;
 
 fn run_chunks(s: &Shared, job: &Job) {
     let chunks = (job.n + job.chunk - 1) / job.chunk;
@@ -153,8 +156,8 @@ impl Pool {
         self.threads
     }
 
-    /// Runs `body` over `[0, n)` in contiguous chunks, one per thread, and
-    /// returns when all are done. `cost` estimates the work per index
+    /// Runs `body` over `[0, n)` in contiguous chunks, one per thread (more
+    /// when workers are parked), and returns when all are done. `cost` estimates the work per index
     /// (about cycles; 0: unknown): a loop gets at most one thread per
     /// [`MIN_TASK_COST`] of work.
     ///
@@ -176,25 +179,35 @@ impl Pool {
             unsafe { body(env, 0, n) };
             return;
         }
-        let chunks = (n + chunk - 1) / chunk;
-        let job = Job {
-            body,
-            env: env as usize,
-            n,
-            chunk,
-            next: Arc::new(AtomicI64::new(0)),
-            remaining: Arc::new(AtomicI64::new(chunks)),
-        };
         let s = &self.shared;
-        {
+        let job = {
             let mut g = s.job.lock().unwrap_or_else(|e| e.into_inner());
+            // Parked workers start late (a wake-up is tens of microseconds
+            // on a busy host): the loop then goes out in SLEEPER_SPLIT
+            // chunks per thread, so that the caller takes on what they
+            // have not started instead of waiting for their share.
+            let chunk = if s.sleepers.load(Ordering::Relaxed) > 0 {
+                (n + t * SLEEPER_SPLIT - 1) / (t * SLEEPER_SPLIT)
+            } else {
+                chunk
+            };
+            let chunks = (n + chunk - 1) / chunk;
+            let job = Job {
+                body,
+                env: env as usize,
+                n,
+                chunk,
+                next: Arc::new(AtomicI64::new(0)),
+                remaining: Arc::new(AtomicI64::new(chunks)),
+            };
             *g = Some(job.clone());
             s.epoch.fetch_add(1, Ordering::AcqRel);
             // Sleepers count under this lock, so none is missed.
             if s.sleepers.load(Ordering::Relaxed) > 0 {
                 s.wake.notify_all();
             }
-        }
+            job
+        };
         run_chunks(s, &job);
         // Wait for the others: spin briefly, then park.
         let t0 = Instant::now();
@@ -248,6 +261,26 @@ mod tests {
             let p = Pool::new(threads);
             for n in [0usize, 1, 2, 5, 64, 1000] {
                 for _ in 0..20 {
+                    let v: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+                    // SAFETY: `mark` touches each index of `v` once.
+                    unsafe { p.run(n as i64, 0, mark, &v as *const _ as *mut c_void) };
+                    assert!(
+                        v.iter().all(|x| x.load(Ordering::Relaxed) == 1),
+                        "threads {threads} n {n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn jobs_posted_to_parked_workers_run_every_index_once() {
+        // Past SPIN the workers park: the job goes out in finer chunks.
+        for threads in [2, 3] {
+            let p = Pool::new(threads);
+            for n in [1usize, 7, 1000] {
+                for _ in 0..3 {
+                    std::thread::sleep(SPIN * 3);
                     let v: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
                     // SAFETY: `mark` touches each index of `v` once.
                     unsafe { p.run(n as i64, 0, mark, &v as *const _ as *mut c_void) };
