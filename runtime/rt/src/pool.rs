@@ -29,6 +29,9 @@ struct Job {
     /// Chunks handed out, and chunks not finished.
     next: Arc<AtomicI64>,
     remaining: Arc<AtomicI64>,
+    /// Workers that may still join: a loop runs on at most the threads
+    /// its cost asks for, however finely it is chunked.
+    seats: Arc<AtomicI64>,
 }
 
 struct Shared {
@@ -66,6 +69,21 @@ const SPIN: Duration = Duration::from_micros(200);
 /// otherwise one contiguous chunk per thread.
 const SLEEPER_SPLIT: i64 = 8;
 
+/// Runs chunk `c` of `job` and counts it done.
+fn run_chunk(s: &Shared, job: &Job, c: i64) {
+    let lo = c * job.chunk;
+    let hi = (lo + job.chunk).min(job.n);
+    // SAFETY: the generated body accepts any sub-range of [0, n), and
+    // ranges handed out here are disjoint.
+    unsafe { (job.body)(job.env as *mut c_void, lo, hi) };
+    // SeqCst pairs with the submitter's store of `waiting` and load of
+    // `remaining`: one of the two sees the other's write.
+    if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1 && s.waiting.load(Ordering::SeqCst) != 0 {
+        let _g = s.done.lock().unwrap_or_else(|e| e.into_inner());
+        s.done_cv.notify_all();
+    }
+}
+
 fn run_chunks(s: &Shared, job: &Job) {
     let chunks = (job.n + job.chunk - 1) / job.chunk;
     loop {
@@ -73,19 +91,7 @@ fn run_chunks(s: &Shared, job: &Job) {
         if c >= chunks {
             break;
         }
-        let lo = c * job.chunk;
-        let hi = (lo + job.chunk).min(job.n);
-        // SAFETY: the generated body accepts any sub-range of [0, n), and
-        // ranges handed out here are disjoint.
-        unsafe { (job.body)(job.env as *mut c_void, lo, hi) };
-        // SeqCst pairs with the submitter's store of `waiting` and load of
-        // `remaining`: one of the two sees the other's write.
-        if job.remaining.fetch_sub(1, Ordering::SeqCst) == 1
-            && s.waiting.load(Ordering::SeqCst) != 0
-        {
-            let _g = s.done.lock().unwrap_or_else(|e| e.into_inner());
-            s.done_cv.notify_all();
-        }
+        run_chunk(s, job, c);
     }
 }
 
@@ -114,7 +120,9 @@ fn worker(s: Arc<Shared>) {
         seen = s.epoch.load(Ordering::Acquire);
         let job = s.job.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(job) = job {
-            run_chunks(&s, &job);
+            if job.seats.fetch_sub(1, Ordering::AcqRel) > 0 {
+                run_chunks(&s, &job);
+            }
         }
     }
 }
@@ -157,8 +165,9 @@ impl Pool {
     }
 
     /// Runs `body` over `[0, n)` in contiguous chunks, one per thread (more
-    /// when workers are parked), and returns when all are done. `cost` estimates the work per index
-    /// (about cycles; 0: unknown): a loop gets at most one thread per
+    /// when workers are parked), and returns when all are done; the caller
+    /// runs the first chunk. `cost` estimates the work per index (about
+    /// cycles; 0: unknown): a loop gets at most one thread per
     /// [`MIN_TASK_COST`] of work.
     ///
     /// # Safety
@@ -197,8 +206,10 @@ impl Pool {
                 env: env as usize,
                 n,
                 chunk,
-                next: Arc::new(AtomicI64::new(0)),
+                // Chunk 0 is the caller's.
+                next: Arc::new(AtomicI64::new(1)),
                 remaining: Arc::new(AtomicI64::new(chunks)),
+                seats: Arc::new(AtomicI64::new(t - 1)),
             };
             *g = Some(job.clone());
             s.epoch.fetch_add(1, Ordering::AcqRel);
@@ -208,6 +219,7 @@ impl Pool {
             }
             job
         };
+        run_chunk(s, &job, 0);
         run_chunks(s, &job);
         // Wait for the others: spin briefly, then park.
         let t0 = Instant::now();
@@ -298,6 +310,9 @@ mod tests {
         let v = unsafe { &*(env as *const Vec<Mutex<Option<std::thread::ThreadId>>>) };
         for i in lo..hi {
             *v[i as usize].lock().unwrap() = Some(std::thread::current().id());
+            // Slow enough that woken workers arrive before the caller is
+            // done, so a loop that lets too many threads in is seen.
+            std::thread::sleep(Duration::from_micros(20));
         }
     }
 
@@ -313,7 +328,11 @@ mod tests {
             (8, MIN_TASK_COST, 4),
             (8, 0, 4),
         ] {
-            for _ in 0..20 {
+            // Every other run finds the workers parked (finer chunks).
+            for i in 0..20 {
+                if i % 2 == 1 {
+                    std::thread::sleep(SPIN * 3);
+                }
                 let v: Vec<Mutex<Option<std::thread::ThreadId>>> =
                     (0..n).map(|_| Mutex::new(None)).collect();
                 // SAFETY: `record_thread` touches each index of `v` once.
