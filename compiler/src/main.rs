@@ -36,6 +36,7 @@ fn cpu_backend(
             vnni512: false,
             vbmi512: false,
             bf16_512: false,
+            pace_strips: false,
             device: o.gpu.as_ref().map(|arch| codegen::DeviceOptions {
                 arch: arch.clone(),
                 lower: lower_kernels,

@@ -162,6 +162,7 @@ pub fn build(g: &Graph, o: &BuildOptions, out: &Path) -> Result<BuildReport, Cpu
     cgo.vnni512 = f.contains("+avx512vnni") && f.contains("+avx512bw");
     cgo.vbmi512 = f.contains("+avx512vbmi") && f.contains("+avx512bw");
     cgo.bf16_512 = f.contains("+avx512bf16") && f.contains("+avx512bw");
+    cgo.pace_strips = o.target.cpu.starts_with("znver");
     let Generated {
         module,
         desc,

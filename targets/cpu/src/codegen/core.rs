@@ -59,6 +59,7 @@ pub struct Cg<'c> {
     /// Code paths the target allows (see `Options`).
     pub vnni512: bool,
     pub bf16_512: bool,
+    pub pace_strips: bool,
     /// `qgemm` weights stored in the CPU layout (see `layout.rs`).
     pub cpu_layout: std::collections::HashSet<lpc_ir::ValueId>,
     /// Set for `--target cuda`: the kernels launched so far.
@@ -319,6 +320,17 @@ impl<'c> Cg<'c> {
 
     /// A read prefetch of the cache line at `p`: into L1 (`l1`) or into L2
     /// only (for lines needed later than L1 would keep them).
+    /// The x86 `pause` instruction (a spin-wait hint: the core dispatches
+    /// nothing for a while), as inline assembly.
+    pub fn pause(&self) -> R<()> {
+        let ft = self.cx.void_type().fn_type(&[], false);
+        let asm =
+            self.cx
+                .create_inline_asm(ft, "pause".into(), String::new(), true, false, None, false);
+        self.b.build_indirect_call(ft, asm, &[], "")?;
+        Ok(())
+    }
+
     pub fn prefetch(&self, p: PointerValue<'c>, l1: bool) -> R<()> {
         let f = Intrinsic::find("llvm.prefetch")
             .and_then(|i| i.get_declaration(&self.m, &[self.ptrt().into()]))

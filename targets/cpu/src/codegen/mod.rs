@@ -46,6 +46,9 @@ pub struct Options {
     /// The target has AVX-512 BF16: the W8A8 HiF8 panel GEMM multiplies
     /// bf16 pairs with `vdpbf16ps` (every HiF8 value is exact in bf16).
     pub bf16_512: bool,
+    /// The target is an AMD Zen: MXFP4 strips over large weights pause once
+    /// per group (see `PACE_MIN_BYTES` in `linalg.rs`).
+    pub pace_strips: bool,
     /// Generate a GPU library (`--target cuda`): ops with kernels become
     /// launches (see `device.rs`).
     pub device: Option<DeviceOptions>,
@@ -60,6 +63,7 @@ impl Default for Options {
             vnni512: false,
             vbmi512: false,
             bf16_512: false,
+            pace_strips: false,
             device: None,
         }
     }
@@ -307,6 +311,7 @@ fn generate_into<'c>(
         fail: Some(fail),
         vnni512: o.vnni512,
         bf16_512: o.bf16_512,
+        pace_strips: o.pace_strips,
         cpu_layout: w.repacked.keys().copied().collect(),
         dev: o.device.as_ref().map(|_| device::DevState::default()),
         node: String::new(),
