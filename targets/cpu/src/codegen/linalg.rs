@@ -2557,33 +2557,41 @@ fn cpu_row_dot_hif8<'c>(
     for acc in &accs {
         cg.b.build_store(*acc, f32x16.const_zero())?;
     }
-    let bpr = k;
-    if let Some(abr) = abr {
-        let i32x16 = cg.i32t().vec_type(16);
-        let abase = cg.mul(r, cg.c64(2 * k16))?;
-        cg.for_n(cg.c64(k / 64), |cg, g| {
-            prefetch_next_call(cg, wrows, g, bpr)?;
-            let at = cg.mul(g, cg.c64(64))?;
-            let av: Vec<VectorValue> = (0..2)
-                .map(|q| {
-                    let o = cg.add(abase, cg.add(cg.mul(at, cg.c64(2))?, cg.c64(64 * q))?)?;
-                    cg.load_vec(abr, o, i32x16, 2)
-                })
-                .collect::<R<_>>()?;
-            for (ci, w) in wrows.iter().enumerate() {
-                let code = cg.load_i8xn(*w, at, 64)?;
-                for (q, wv) in dec.decode_bf16(cg, code)?.into_iter().enumerate() {
-                    let acc = accs[2 * ci + q];
-                    let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+    let (ap, bf16) = abr.map_or((adec, false), |a| (a, true));
+    let i32x16 = cg.i32t().vec_type(16);
+    // Bytes per activation element.
+    let eb: i64 = if bf16 { 2 } else { 4 };
+    let abase = cg.mul(r, cg.c64(eb * k16))?;
+    cg.for_n(cg.c64(k / 64), |cg, g| {
+        prefetch_next_call(cg, wrows, g, k)?;
+        let at = cg.mul(g, cg.c64(64))?;
+        let av: Vec<VectorValue> = (0..na as i64)
+            .map(|q| {
+                let o = cg.add(abase, cg.add(cg.mul(at, cg.c64(eb))?, cg.c64(64 * q))?)?;
+                cg.load_vec(ap, o, if bf16 { i32x16 } else { f32x16 }, eb as u32)
+            })
+            .collect::<R<_>>()?;
+        for (ci, w) in wrows.iter().enumerate() {
+            let code = cg.load_i8xn(*w, at, 64)?;
+            let wvs: Vec<VectorValue> = if bf16 {
+                dec.decode_bf16(cg, code)?.to_vec()
+            } else {
+                dec.decode(cg, code)?.to_vec()
+            };
+            for (q, wv) in wvs.into_iter().enumerate() {
+                let acc = accs[na * ci + q];
+                let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                let new = if bf16 {
                     let wv = cg.b.build_bit_cast(wv, i32x16, "")?.into_vector_value();
-                    cg.b.build_store(acc, cg.vdpbf16ps(old, av[q], wv)?)?;
-                }
+                    cg.vdpbf16ps(old, av[q], wv)?
+                } else {
+                    cg.fma_vec(av[q], wv, old)?
+                };
+                cg.b.build_store(acc, new)?;
             }
-            Ok(())
-        })?;
-    } else {
-        cpu_row_dot_hif8_f32(cg, k, k16, wrows, r, adec, &dec, &accs)?;
-    }
+        }
+        Ok(())
+    })?;
     (0..nc)
         .map(|c| {
             let mut sum =
@@ -2598,43 +2606,6 @@ fn cpu_row_dot_hif8<'c>(
             cg.fext(cg.reduce_fadd(sum)?)
         })
         .collect()
-}
-
-/// `cpu_row_dot_hif8`'s loop in f32: per 64 codes 4 × 16 exact decodes,
-/// FMAs with the exact activation decodes into 4 accumulators per column.
-#[allow(clippy::too_many_arguments)]
-fn cpu_row_dot_hif8_f32<'c>(
-    cg: &mut Cg<'c>,
-    k: i64,
-    k16: i64,
-    wrows: &[PointerValue<'c>],
-    r: IntValue<'c>,
-    adec: PointerValue<'c>,
-    dec: &Hif8Decoder<'c>,
-    accs: &[PointerValue<'c>],
-) -> R<()> {
-    let f32x16 = cg.f32t().vec_type(16);
-    let abase = cg.mul(r, cg.c64(4 * k16))?;
-    let bpr = k;
-    cg.for_n(cg.c64(k / 64), |cg, g| {
-        prefetch_next_call(cg, wrows, g, bpr)?;
-        let at = cg.mul(g, cg.c64(64))?;
-        let av: Vec<VectorValue> = (0..4)
-            .map(|q| {
-                let o = cg.add(abase, cg.add(cg.mul(at, cg.c64(4))?, cg.c64(64 * q))?)?;
-                cg.load_vec(adec, o, f32x16, 4)
-            })
-            .collect::<R<_>>()?;
-        for (ci, w) in wrows.iter().enumerate() {
-            let code = cg.load_i8xn(*w, at, 64)?;
-            for (q, wv) in dec.decode(cg, code)?.into_iter().enumerate() {
-                let acc = accs[4 * ci + q];
-                let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
-                cg.b.build_store(acc, cg.fma_vec(av[q], wv, old)?)?;
-            }
-        }
-        Ok(())
-    })
 }
 
 /// A 64-byte aligned buffer of `bytes` bytes for a panel (up to a few MB:
