@@ -318,8 +318,6 @@ impl<'c> Cg<'c> {
         Ok(())
     }
 
-    /// A read prefetch of the cache line at `p`: into L1 (`l1`) or into L2
-    /// only (for lines needed later than L1 would keep them).
     /// The x86 `pause` instruction (a spin-wait hint: the core dispatches
     /// nothing for a while), as inline assembly.
     pub fn pause(&self) -> R<()> {
@@ -331,6 +329,8 @@ impl<'c> Cg<'c> {
         Ok(())
     }
 
+    /// A read prefetch of the cache line at `p`: into L1 (`l1`) or into L2
+    /// only (for lines needed later than L1 would keep them).
     pub fn prefetch(&self, p: PointerValue<'c>, l1: bool) -> R<()> {
         let f = Intrinsic::find("llvm.prefetch")
             .and_then(|i| i.get_declaration(&self.m, &[self.ptrt().into()]))

@@ -2145,7 +2145,7 @@ const STRIP_PREFETCH: i64 = 128 << 10;
 /// MXFP4 weights of at least this many bytes (in a model this size or
 /// larger they stream from DRAM) run the strip kernel with one `pause` per
 /// group on AMD Zen targets. Its groups then take about 80 cycles longer,
-/// which caps the kernel near 30 GB/s from cache (60 GB/s without), yet a
+/// which caps the kernel near 27 GB/s from cache (60 GB/s without), yet a
 /// single thread reads DRAM faster: the unpaced kernel, running ahead of
 /// its prefetches, held ~20 GB/s. Measured on Zen 4, M = 1, 1 thread, cold
 /// caches, 4 alternating runs each: 5120x25600 3.4-3.9 -> 2.7-3.3 ms,
