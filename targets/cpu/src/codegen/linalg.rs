@@ -1127,7 +1127,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let npairs = if pairs { nb_i / 2 } else { 0 };
     let kc = if vnni { (kpad + 63) / 64 * 64 } else { kpad };
     let lanes = kc / 4;
-    // 4-bit weights in the CPU layout (strips): fewer than PANEL_MIN_ROWS
+    // 4-bit weights in the CPU layout (strips): fewer than strip_max_rows
     // rows run the strip kernel, which reads the panel GEMM's activation
     // arrays; when every part is in strips, the row path's are never read.
     let in_strips = |p: usize| {
@@ -1606,7 +1606,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             )?;
             big
         } else if vnni {
-            let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(PANEL_MIN_ROWS))?;
+            let min_rows = if matches!(lay, WLayout::Cpu { .. }) {
+                strip_max_rows(wf)
+            } else {
+                PANEL_MIN_ROWS
+            };
+            let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(min_rows))?;
             let np = cg.sdiv(cg.add(nn, cg.c64(NR - 1))?, cg.c64(NR))?;
             let pcaps: Vec<BasicValueEnum> = vec![
                 w.ptr.into(),
@@ -2049,7 +2054,7 @@ fn prefetch_next_call<'c>(
 }
 
 /// The decode tables of 4-bit CPU-layout nibbles (see [`pack_cpu_panel`]
-/// and [`strip_row_dot`]): entry `16 x + code` is the offset code of
+/// and [`strip_rows_dot`]): entry `16 x + code` is the offset code of
 /// nibble `code` shifted left by `x`. MXFP4: `(2·E2M1 << x) + off` for x =
 /// 0..3, one `vpermb`; HiF4: `±((code & 7) << sum(x)) + off` for the 3-bit
 /// header field x, 128 entries in two halves, one `vpermi2b`.
@@ -2143,8 +2148,10 @@ fn hif4_scales<'c>(cg: &Cg<'c>, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
 const STRIP_PREFETCH: i64 = 128 << 10;
 
 /// MXFP4 weights of at least this many bytes (in a model this size or
-/// larger they stream from DRAM) run the strip kernel with one `pause` per
-/// group on AMD Zen targets. Its groups then take about 80 cycles longer,
+/// larger they stream from DRAM) run the strip kernel for a single row
+/// with one `pause` per group on AMD Zen targets (more rows are slower per
+/// byte: 2 rows paced or not measured the same; a 1-row pass after others,
+/// its strip in L2, paced cost 5120x5120 M = 5 1.18 ms against 0.87). Its groups then take about 80 cycles longer,
 /// which caps the kernel near 27 GB/s from cache (60 GB/s without), yet a
 /// single thread reads DRAM faster: the unpaced kernel, running ahead of
 /// its prefetches, held ~20 GB/s. Measured on Zen 4, M = 1, 1 thread, cold
@@ -2156,10 +2163,10 @@ const STRIP_PREFETCH: i64 = 128 << 10;
 /// heavier decode paces itself (30-35 GB/s from cache).
 const PACE_MIN_BYTES: i64 = 1 << 20;
 
-/// Rows below `PANEL_MIN_ROWS` against 4-bit weights in the CPU layout:
+/// Rows below [`strip_max_rows`] against 4-bit weights in the CPU layout:
 /// strips `lo..hi` of the part, each strip once for all rows (it stays in
-/// L2 between them), [`strip_row_dot`] per row and strip, the panel GEMM's
-/// epilogue. Captures as [`panel_gemm`]'s (the activations' s8 codes, f32
+/// L2 between its passes), [`strip_rows_dot`] per pass of up to
+/// [`STRIP_ROWS`] rows, the panel GEMM's epilogue. Captures as [`panel_gemm`]'s (the activations' s8 codes, f32
 /// block scales and corrections `-off · Σ a` are the panel GEMM's).
 fn strip_gemm<'c>(
     cg: &mut Cg<'c>,
@@ -2192,57 +2199,124 @@ fn strip_gemm<'c>(
         act: s.act.as_deref(),
         exps: None,
     };
+    let rb = STRIP_ROWS;
     cg.for_range(lo, hi, |cg, st| {
         let sp = cg.gep_bytes(wp, cg.mul(st, cg.c64(strip * s.bpr))?)?;
         let c0 = cg.mul(st, cg.c64(strip))?;
-        cg.for_n(rows, |cg, r| {
-            let v = strip_row_dot(cg, s, k, &tabs, sp, r, acts)?;
-            cg.b.build_store(facc, v)?;
-            write_tile(cg, &epi, &[facc], tile, strip, (r, c0, cg.c64(strip)))
-        })
+        let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, nr: usize, pace: bool| -> R<()> {
+            let vs = strip_rows_dot(cg, s, k, &tabs, sp, r0, nr, pace, acts)?;
+            for (i, v) in vs.into_iter().enumerate() {
+                cg.b.build_store(facc, v)?;
+                let r = cg.add(r0, cg.c64(i as i64))?;
+                write_tile(cg, &epi, &[facc], tile, strip, (r, c0, cg.c64(strip)))?;
+            }
+            Ok(())
+        };
+        // Passes of `rb` rows, then the rows left over in one pass; a
+        // single row alone paces itself (see PACE_MIN_BYTES), the passes
+        // after the first read the strip from L2.
+        let one = cg.icmp(IntPredicate::EQ, rows, cg.c64(1))?;
+        let many = |cg: &mut Cg<'c>| -> R<()> {
+            let full = cg.sdiv(rows, cg.c64(rb))?;
+            cg.for_n(full, |cg, q| {
+                run(cg, cg.mul(q, cg.c64(rb))?, rb as usize, false)
+            })?;
+            let r0 = cg.mul(full, cg.c64(rb))?;
+            let left = cg.sub(rows, r0)?;
+            for nr in 1..rb {
+                let is = cg.icmp(IntPredicate::EQ, left, cg.c64(nr))?;
+                cg.if_then(is, |cg| run(cg, r0, nr as usize, false))?;
+            }
+            Ok(())
+        };
+        if s.paced {
+            cg.if_else(one, |cg| run(cg, cg.c64(0), 1, true), many)
+        } else {
+            many(cg)
+        }
     })
 }
 
-/// Activation row `r` times the 16 columns of the strip at `sp` (K = `k`,
-/// 4-bit CPU layout), as 16 f32 sums. Per 64-byte vector of a group: one
-/// AND (or shift and AND) gives a K-group of 4 across the 16 columns, one
-/// table lookup (`vpermb`; HiF4 `vpermi2b` with each K-group's
-/// micro-exponent shift from the unit's header vector) the offset codes,
-/// and `vpdpbusd` with the row's 4 codes of that K-group broadcast adds
-/// them to the block's i32 sums, started at the block's correction; per
-/// block one f32 multiply-add with the scale products (the column's from
-/// the header vector, the row's broadcast). No horizontal sums: each lane
-/// is a column.
+/// Rows below which 4-bit weights in the CPU layout run the strip kernel
+/// (from there the panel GEMM). Measured on 5120x5120, 1 thread, cold
+/// caches (ms, strips / panels): MXFP4 M = 4 0.60 / 2.33, 8 1.17 / 2.97,
+/// 16 2.72 / 4.62, 32 5.46 / 7.98, 48 8.04 / 11.04, 64 10.79 / 10.41 (the
+/// panels pair blocks from there); HiF4, whose strips decode more per
+/// vector, 4 1.05 / 2.17, 8 2.02 / 2.76, 12 2.65 / 3.26, 16 3.98 / 3.82.
+/// MXFP4 strips must stay below `PAIR_MIN_ROWS`: from there the prologue
+/// shifts the activations' codes for the panels' block pairs.
+fn strip_max_rows(wf: Format) -> i64 {
+    if matches!(wf, Format::Mxfp4(_)) {
+        PAIR_MIN_ROWS
+    } else {
+        16
+    }
+}
+
+/// Rows per pass of the strip kernel: each 64-byte vector of the strip is
+/// decoded once for all of them (per row 6 vectors of sums stay in
+/// registers). Measured on 5120x5120 MXFP4, M = 8, 1 thread: 2 rows per
+/// pass 1.71 ms, 3 1.25, 4 1.17, 6 1.42.
+const STRIP_ROWS: i64 = 4;
+
+/// Activation rows `r0..r0 + nr` times the 16 columns of the strip at `sp`
+/// (K = `k`, 4-bit CPU layout), per row 16 f32 sums. Per 64-byte vector of
+/// a group: one AND (or shift and AND) gives a K-group of 4 across the 16
+/// columns, one table lookup (`vpermb`; HiF4 `vpermi2b` with each
+/// K-group's micro-exponent shift from the unit's header vector) the
+/// offset codes, once for all the rows; per row, `vpdpbusd` with its 4
+/// codes of that K-group broadcast adds them to the block's i32 sums,
+/// started at the block's correction, and per block one f32 multiply-add
+/// with the scale products (the column's from the header vector, the row's
+/// broadcast). No horizontal sums: each lane is a column. `pace`: one
+/// `pause` per group (see [`PACE_MIN_BYTES`]).
 #[allow(clippy::too_many_arguments)]
-fn strip_row_dot<'c>(
+fn strip_rows_dot<'c>(
     cg: &mut Cg<'c>,
     s: &PanelSpec,
     k: i64,
     tabs: &NibbleTables<'c>,
     sp: PointerValue<'c>,
-    r: IntValue<'c>,
+    r0: IntValue<'c>,
+    nr: usize,
+    pace: bool,
     (as8, asb, acs): (PointerValue<'c>, PointerValue<'c>, PointerValue<'c>),
-) -> R<VectorValue<'c>> {
+) -> R<Vec<VectorValue<'c>>> {
     let mx = matches!(s.wf, Format::Mxfp4(_));
     let i32x16 = cg.i32t().vec_type(16);
     let f32x16 = cg.f32t().vec_type(16);
     let i8x64 = cg.i8t().vec_type(64);
     let strip = layout::STRIP as i64;
-    let a8 = cg.gep_bytes(as8, cg.mul(r, cg.c64(s.kc))?)?;
-    let sbr = cg.gep(DType::F32, asb, cg.mul(r, cg.c64(s.nb))?)?;
-    let csr = cg.gep(DType::I32, acs, cg.mul(r, cg.c64(s.nb))?)?;
+    // Per row: its s8 codes, f32 block scales and corrections.
+    let mut rp = Vec::with_capacity(nr);
+    for i in 0..nr {
+        let r = cg.add(r0, cg.c64(i as i64))?;
+        rp.push((
+            cg.gep_bytes(as8, cg.mul(r, cg.c64(s.kc))?)?,
+            cg.gep(DType::F32, asb, cg.mul(r, cg.c64(s.nb))?)?,
+            cg.gep(DType::I32, acs, cg.mul(r, cg.c64(s.nb))?)?,
+        ));
+    }
     let hdr = cg.gep_bytes(sp, cg.c64(strip * k / 2))?;
     // Header bytes per group: MXFP4 one vector, HiF4 two (one per unit).
     let hpg: i64 = if mx { 64 } else { 128 };
-    let accs: Vec<PointerValue> = (0..2)
-        .map(|_| cg.entry_alloca(f32x16.into(), 1))
+    // Per row, two f32 sums (one per half group).
+    let accs: Vec<[PointerValue; 2]> = (0..nr)
+        .map(|_| {
+            Ok::<_, CgError>([
+                cg.entry_alloca(f32x16.into(), 1)?,
+                cg.entry_alloca(f32x16.into(), 1)?,
+            ])
+        })
         .collect::<R<_>>()?;
-    for acc in &accs {
+    for acc in accs.iter().flatten() {
         cg.b.build_store(*acc, f32x16.const_zero())?;
     }
     let zeros = VectorType::const_vector(&[cg.i32t().const_zero(); 16]);
     cg.for_n(cg.c64(k / layout::GROUP as i64), |cg, g| {
-        if s.paced {
+        // A single row runs ahead of the DRAM stream (see PACE_MIN_BYTES);
+        // more rows are slow enough.
+        if pace {
             cg.pause()?;
         }
         // The strip is one stream of `1024 + hpg` bytes per group (its
@@ -2270,19 +2344,23 @@ fn strip_row_dot<'c>(
             let d = cg.load_vec(p, at, cg.i32t().vec_type(1), 4)?;
             Ok::<_, CgError>(cg.b.build_shuffle_vector(d, d, zeros, "")?)
         };
-        // i32 chains: MXFP4 per half the two blocks (K-groups 0-7, 8-15),
-        // each started at its correction; HiF4 per half its unit in two
-        // chains (even and odd K-groups), the first started at it.
-        let mut iacc: Vec<[VectorValue<'c>; 2]> = Vec::with_capacity(2);
+        // i32 chains per row: MXFP4 per half the two blocks (K-groups 0-7,
+        // 8-15), each started at its correction; HiF4 per half its unit in
+        // two chains (even and odd K-groups), the first started at it.
+        let mut iacc: Vec<[[VectorValue<'c>; 2]; 2]> = Vec::with_capacity(nr);
+        for &(_, _, csr) in &rp {
+            let mut per = [[i32x16.const_zero(); 2]; 2];
+            for (h, ph) in per.iter_mut().enumerate() {
+                let h = h as i64;
+                ph[0] = splat_i32_at(cg, csr, cg.mul(t_of(cg, h, 0)?, cg.c64(4))?)?;
+                if mx {
+                    ph[1] = splat_i32_at(cg, csr, cg.mul(t_of(cg, h, 1)?, cg.c64(4))?)?;
+                }
+            }
+            iacc.push(per);
+        }
         let mut bits: Vec<Option<IndexBits<'c>>> = Vec::with_capacity(2);
         for h in 0..2 {
-            let c0 = splat_i32_at(cg, csr, cg.mul(t_of(cg, h, 0)?, cg.c64(4))?)?;
-            let c1 = if mx {
-                splat_i32_at(cg, csr, cg.mul(t_of(cg, h, 1)?, cg.c64(4))?)?
-            } else {
-                i32x16.const_zero()
-            };
-            iacc.push([c0, c1]);
             bits.push(if mx {
                 None
             } else {
@@ -2292,7 +2370,8 @@ fn strip_row_dot<'c>(
         }
         // MXFP4's chains are its blocks (K-groups 0-7 and 8-15): taken
         // alternately, so that four chains, not two, are in flight (as
-        // HiF4's even and odd K-groups are).
+        // HiF4's even and odd K-groups are). Each vector is decoded once
+        // for all the rows.
         for qq in 0..16usize {
             let q = if mx { qq % 2 * 8 + qq / 2 } else { qq };
             let v = cg.load_vec(
@@ -2332,10 +2411,12 @@ fn strip_row_dot<'c>(
                     cg.mul(g, cg.c64(128))?,
                     cg.c64(64 * h as i64 + 4 * q as i64),
                 )?;
-                let a = splat_i32_at(cg, a8, at)?;
-                let a = cg.b.build_bit_cast(a, i8x64, "")?.into_vector_value();
                 let b = if mx { q / 8 } else { q % 2 };
-                iacc[h][b] = cg.vpdpbusd(iacc[h][b], w, a)?;
+                for (ia, &(a8, _, _)) in iacc.iter_mut().zip(&rp) {
+                    let a = splat_i32_at(cg, a8, at)?;
+                    let a = cg.b.build_bit_cast(a, i8x64, "")?.into_vector_value();
+                    ia[h][b] = cg.vpdpbusd(ia[h][b], w, a)?;
+                }
             }
         }
         let mxh = if mx {
@@ -2343,15 +2424,13 @@ fn strip_row_dot<'c>(
         } else {
             None
         };
-        for (h, acc) in accs.iter().enumerate() {
-            let h = h as i64;
-            let chains: Vec<(IntValue<'c>, VectorValue<'c>, VectorValue<'c>)> = if let Some(hd) =
-                mxh
-            {
+        for h in 0..2i64 {
+            // The weights' scales of half h: MXFP4 per block (byte 2h + b
+            // of each lane, the block's E8M0 minus one, shifted into the
+            // exponent: 2^(s-128)), HiF4 per unit.
+            let ws: Vec<(IntValue<'c>, VectorValue<'c>)> = if let Some(hd) = mxh {
                 (0..2)
                     .map(|b| {
-                        // Byte 2h + b of each lane: the block's E8M0 minus
-                        // one, shifted into the exponent: 2^(s-128).
                         let sh =
                             cg.splat_i32(cg.i32t().const_int(8 * (2 * h + b) as u64, false), 16)?;
                         let e = cg.b.build_right_shift(hd, sh, false, "")?;
@@ -2366,29 +2445,40 @@ fn strip_row_dot<'c>(
                             "",
                         )?;
                         let ws = cg.b.build_bit_cast(e, f32x16, "")?.into_vector_value();
-                        Ok((t_of(cg, h, b)?, iacc[h as usize][b as usize], ws))
+                        Ok((t_of(cg, h, b)?, ws))
                     })
                     .collect::<R<_>>()?
             } else {
                 let hd = cg.load_vec(hdr, cg.add(hat, cg.c64(64 * h))?, i32x16, 1)?;
-                let sum =
-                    cg.b.build_int_add(iacc[h as usize][0], iacc[h as usize][1], "")?;
-                vec![(t_of(cg, h, 0)?, sum, hif4_scales(cg, hd)?)]
+                vec![(t_of(cg, h, 0)?, hif4_scales(cg, hd)?)]
             };
-            let mut a = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
-            for (t, d, ws) in chains {
-                let sa = cg.splat_f32(cg.load_f32(sbr, t)?, 16)?;
-                let sc = cg.b.build_float_mul(ws, sa, "")?;
-                let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
-                a = cg.fma_vec(fd, sc, a)?;
+            for ((acc, ia), &(_, sbr, _)) in accs.iter().zip(&iacc).zip(&rp) {
+                let ia = ia[h as usize];
+                let sums: Vec<VectorValue<'c>> = if mx {
+                    ia.to_vec()
+                } else {
+                    vec![cg.b.build_int_add(ia[0], ia[1], "")?]
+                };
+                let acc = acc[h as usize];
+                let mut a = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                for (&(t, ws), d) in ws.iter().zip(sums) {
+                    let sa = cg.splat_f32(cg.load_f32(sbr, t)?, 16)?;
+                    let sc = cg.b.build_float_mul(ws, sa, "")?;
+                    let fd = cg.b.build_signed_int_to_float(d, f32x16, "")?;
+                    a = cg.fma_vec(fd, sc, a)?;
+                }
+                cg.b.build_store(acc, a)?;
             }
-            cg.b.build_store(*acc, a)?;
         }
         Ok(())
     })?;
-    let a0 = cg.b.build_load(f32x16, accs[0], "")?.into_vector_value();
-    let a1 = cg.b.build_load(f32x16, accs[1], "")?.into_vector_value();
-    Ok(cg.b.build_float_add(a0, a1, "")?)
+    accs.iter()
+        .map(|[a0, a1]| {
+            let a0 = cg.b.build_load(f32x16, *a0, "")?.into_vector_value();
+            let a1 = cg.b.build_load(f32x16, *a1, "")?.into_vector_value();
+            Ok(cg.b.build_float_add(a0, a1, "")?)
+        })
+        .collect()
 }
 
 /// `vpunpck{l,h}{bw,wd}`: per 128-bit lane, interleave the low (or high)

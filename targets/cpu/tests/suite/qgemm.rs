@@ -212,12 +212,17 @@ fn qgemm_matches_the_reference_block_dot_products() {
             (1, 33, 3),
             (70, 96, 5),
             // K a multiple of 128 and N of 16: 4-bit weights in the CPU
-            // layout (strips: 1 to 3 rows run the strip kernel, more the
-            // panel GEMM, the last panel partial); N = 9: the formats'.
+            // layout (strips: below 64 rows for MXFP4 and 16 for HiF4 the
+            // strip kernel, in passes of 4 rows and one of the rows left
+            // over, more the panel GEMM, the last panel partial); N = 9:
+            // the formats'.
             (1, 256, 9),
             (1, 256, 32),
+            (2, 256, 32),
             (3, 384, 16),
             (6, 384, 80),
+            (15, 256, 32),
+            (41, 256, 48),
             // The panel GEMMs on the CPU layout (HiF8: bf16 pairs with
             // AVX-512 BF16), a partial row tile and a partial panel.
             (29, 256, 48),
