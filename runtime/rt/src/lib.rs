@@ -770,7 +770,8 @@ pub extern "C" fn lpc_last_error() -> *const c_char {
 pub fn check_inputs(desc: &ModelDesc, inputs: &[LpcTensor]) -> Result<Vec<u64>, String> {
     let mut sym: Vec<Option<(u64, usize)>> = vec![None; desc.symbols.len()];
     for (i, (t, d)) in inputs.iter().zip(&desc.inputs).enumerate() {
-        let shape = desc.shape_text(d);
+        // Only an error message needs the declared shape's text.
+        let shape = || desc.shape_text(d);
         let what = |m: String| format!("input {i} `{}`: {m}", d.name);
         if t.dtype != d.dtype {
             return Err(what(format!(
@@ -782,9 +783,10 @@ pub fn check_inputs(desc: &ModelDesc, inputs: &[LpcTensor]) -> Result<Vec<u64>, 
         }
         if t.rank < 0 || t.rank as usize != d.dims.len() {
             return Err(what(format!(
-                "rank {}, expected {} {shape}",
+                "rank {}, expected {} {}",
                 t.rank,
-                d.dims.len()
+                d.dims.len(),
+                shape()
             )));
         }
         let mut elems: u64 = 1;
@@ -796,7 +798,10 @@ pub fn check_inputs(desc: &ModelDesc, inputs: &[LpcTensor]) -> Result<Vec<u64>, 
             let n = n as u64;
             match dd {
                 DimDesc::Fixed(f) if *f != n => {
-                    return Err(what(format!("dimension {k} is {n}, expected {f} {shape}")))
+                    return Err(what(format!(
+                        "dimension {k} is {n}, expected {f} {}",
+                        shape()
+                    )))
                 }
                 DimDesc::Sym(s) => {
                     let sd = &desc.symbols[*s as usize];
