@@ -1217,8 +1217,16 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let i_adec = ask(hif8, &mut sizes, DType::F32, per_row(cg, k16)?);
     let i_abf = ask(bf16_panels, &mut sizes, DType::Bf16, per_row(cg, k16)?);
     // Whether HiF8 rows take the row path (else the panel GEMM).
+    // (Only CPU-layout rows in bf16 pairs read `abr`.)
+    let hif8_min = |cpu: bool| {
+        if cpu && bf16_rows {
+            HIF8_CPU_PANEL_MIN_ROWS
+        } else {
+            F32_PANEL_MIN_ROWS
+        }
+    };
     let few = if f32_panels {
-        cg.icmp(IntPredicate::SLT, rows, cg.c64(F32_PANEL_MIN_ROWS))?
+        cg.icmp(IntPredicate::SLT, rows, cg.c64(hif8_min(true)))?
     } else {
         cg.cx.bool_type().const_int(1, false)
     };
@@ -1567,7 +1575,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         // PANEL_MIN_ROWS rows or more with VNNI: the panel GEMM; else the
         // row path.
         let panels = if f32_panels {
-            let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(F32_PANEL_MIN_ROWS))?;
+            let min_rows = hif8_min(matches!(lay, WLayout::Cpu { .. }));
+            let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(min_rows))?;
             let np = cg.sdiv(cg.add(nn, cg.c64(NR_F32 - 1))?, cg.c64(NR_F32))?;
             let pcaps: Vec<BasicValueEnum> = vec![
                 w.ptr.into(),
@@ -1992,28 +2001,37 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                     return Ok(());
                 };
                 let wrow = |cg: &Cg<'c>, j: IntValue<'c>| cg.gep_bytes(wp, cg.mul(j, cg.c64(bpr))?);
-                cg.for_range(rlo, rhi, |cg, r| {
-                    let nc = CPU_COLS;
-                    let groups = cg.sdiv(cg.sub(hi, lo)?, cg.c64(nc))?;
-                    cg.for_n(groups, |cg, q| {
-                        let j0 = cg.add(lo, cg.mul(q, cg.c64(nc))?)?;
-                        let js: Vec<IntValue> =
-                            (0..nc).map(|c| cg.add(j0, cg.c64(c))).collect::<R<_>>()?;
-                        let ws: Vec<PointerValue> =
-                            js.iter().map(|&j| wrow(cg, j)).collect::<R<_>>()?;
-                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13), abr)?;
-                        for (&j, v) in js.iter().zip(v) {
-                            finish(cg, r, j, v)?;
+                // Column groups outside, rows inside: a group's weights
+                // come from DRAM once (then from L1 for the other rows),
+                // and with bf16 pairs each decoded vector serves two rows.
+                let tile = if abr.is_some() { HIF8_ROW_TILE } else { 1 };
+                let nrows = cg.sub(rhi, rlo)?;
+                let cols = |cg: &mut Cg<'c>, js: Vec<IntValue<'c>>| -> R<()> {
+                    let ws: Vec<PointerValue> =
+                        js.iter().map(|&j| wrow(cg, j)).collect::<R<_>>()?;
+                    for_row_tiles(cg, nrows, tile, |cg, r0, nr| {
+                        let rs: Vec<IntValue> = (0..nr)
+                            .map(|i| cg.add(rlo, cg.add(r0, cg.c64(i as i64))?))
+                            .collect::<R<_>>()?;
+                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, &rs, p(13), abr)?;
+                        for (&r, vr) in rs.iter().zip(v) {
+                            for (&j, v) in js.iter().zip(vr) {
+                                finish(cg, r, j, v)?;
+                            }
                         }
                         Ok(())
-                    })?;
-                    let last = cg.add(lo, cg.mul(groups, cg.c64(nc))?)?;
-                    cg.for_range(last, hi, |cg, j| {
-                        let ws = [wrow(cg, j)?];
-                        let v = cpu_row_dot_hif8(cg, k, k16, &ws, r, p(13), abr)?;
-                        finish(cg, r, j, v[0])
                     })
-                })
+                };
+                let nc = CPU_COLS;
+                let groups = cg.sdiv(cg.sub(hi, lo)?, cg.c64(nc))?;
+                cg.for_n(groups, |cg, q| {
+                    let j0 = cg.add(lo, cg.mul(q, cg.c64(nc))?)?;
+                    let js: Vec<IntValue> =
+                        (0..nc).map(|c| cg.add(j0, cg.c64(c))).collect::<R<_>>()?;
+                    cols(cg, js)
+                })?;
+                let last = cg.add(lo, cg.mul(groups, cg.c64(nc))?)?;
+                cg.for_range(last, hi, |cg, j| cols(cg, vec![j]))
             })
         })?;
     }
@@ -2030,6 +2048,11 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
 /// Columns per `cpu_row_dot_hif8` call of the single-row path: they share every
 /// activation load.
 const CPU_COLS: i64 = 4;
+
+/// Rows per `cpu_row_dot_hif8` call in bf16 pairs: each decoded vector
+/// serves them all (2 rows: 16 accumulators and 4 activation vectors in
+/// registers).
+const HIF8_ROW_TILE: i64 = 2;
 
 /// In step `g` of a single-row kernel over the adjacent weight rows
 /// `wrows` (`bpr` bytes each, 64 bytes of each read per step): weight rows
@@ -2617,14 +2640,15 @@ impl<'c> Hif8Decoder<'c> {
     }
 }
 
-/// W8A8 HiF8: the dot products of the exact decodes of activation row `r`
-/// (`adec`, rows of `k16` f32) with one or more weight rows in the CPU
-/// layout, as f64. Per 64 codes: two `vpermi2b` lookups give the high and
+/// W8A8 HiF8: the dot products of the exact decodes of activation rows
+/// `rows` (`adec`, rows of `k16` f32) with one or more weight rows in the
+/// CPU layout, as f64 per row and weight row; each weight vector is decoded
+/// once for all the rows. Per 64 codes: two `vpermi2b` lookups give the high and
 /// low bytes of each code's f32 value (every HiF8 value is exact in the top
 /// 16 bits; the tables hold the magnitudes, the sign is OR-ed in), byte
 /// and word unpacks place them as 4 × 16 f32 in natural order (the layout
 /// permuted the codes for that), 4 FMAs into per-column accumulators. With
-/// `abr` (AVX-512 BF16: row `r` of bf16 decodes in `hif8_bf16_order`) the
+/// `abr` (AVX-512 BF16: the rows of bf16 decodes in `hif8_bf16_order`) the
 /// byte unpacks' 2 × 32 bf16 go straight into 2 `vdpbf16ps` (5120x25600,
 /// M = 1, 1 thread: 77 -> 95% of the read bandwidth).
 fn cpu_row_dot_hif8<'c>(
@@ -2632,16 +2656,17 @@ fn cpu_row_dot_hif8<'c>(
     k: i64,
     k16: i64,
     wrows: &[PointerValue<'c>],
-    r: IntValue<'c>,
+    rows: &[IntValue<'c>],
     adec: PointerValue<'c>,
     abr: Option<PointerValue<'c>>,
-) -> R<Vec<FloatValue<'c>>> {
+) -> R<Vec<Vec<FloatValue<'c>>>> {
     let f32x16 = cg.f32t().vec_type(16);
     let dec = Hif8Decoder::new(cg);
     let nc = wrows.len();
-    // Accumulators per column: 4 (f32 FMAs) or 2 (bf16 pairs).
+    let nr = rows.len();
+    // Accumulators per row and column: 4 (f32 FMAs) or 2 (bf16 pairs).
     let na = if abr.is_some() { 2 } else { 4 };
-    let accs: Vec<PointerValue> = (0..na * nc)
+    let accs: Vec<PointerValue> = (0..na * nc * nr)
         .map(|_| cg.entry_alloca(f32x16.into(), 1))
         .collect::<R<_>>()?;
     for acc in &accs {
@@ -2651,16 +2676,26 @@ fn cpu_row_dot_hif8<'c>(
     let i32x16 = cg.i32t().vec_type(16);
     // Bytes per activation element.
     let eb: i64 = if bf16 { 2 } else { 4 };
-    let abase = cg.mul(r, cg.c64(eb * k16))?;
+    let abases: Vec<IntValue> = rows
+        .iter()
+        .map(|&r| cg.mul(r, cg.c64(eb * k16)))
+        .collect::<R<_>>()?;
+    // Accumulator q of row i, column c.
+    let ai = |i: usize, c: usize, q: usize| na * (nc * i + c) + q;
     cg.for_n(cg.c64(k / 64), |cg, g| {
         prefetch_next_call(cg, wrows, g, k)?;
         let at = cg.mul(g, cg.c64(64))?;
-        let av: Vec<VectorValue> = (0..na as i64)
-            .map(|q| {
-                let o = cg.add(abase, cg.add(cg.mul(at, cg.c64(eb))?, cg.c64(64 * q))?)?;
-                cg.load_vec(ap, o, if bf16 { i32x16 } else { f32x16 }, eb as u32)
-            })
-            .collect::<R<_>>()?;
+        let mut av: Vec<Vec<VectorValue>> = Vec::with_capacity(nr);
+        for &abase in &abases {
+            av.push(
+                (0..na as i64)
+                    .map(|q| {
+                        let o = cg.add(abase, cg.add(cg.mul(at, cg.c64(eb))?, cg.c64(64 * q))?)?;
+                        cg.load_vec(ap, o, if bf16 { i32x16 } else { f32x16 }, eb as u32)
+                    })
+                    .collect::<R<_>>()?,
+            );
+        }
         for (ci, w) in wrows.iter().enumerate() {
             let code = cg.load_i8xn(*w, at, 64)?;
             let wvs: Vec<VectorValue> = if bf16 {
@@ -2669,31 +2704,41 @@ fn cpu_row_dot_hif8<'c>(
                 dec.decode(cg, code)?.to_vec()
             };
             for (q, wv) in wvs.into_iter().enumerate() {
-                let acc = accs[na * ci + q];
-                let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
-                let new = if bf16 {
-                    let wv = cg.b.build_bit_cast(wv, i32x16, "")?.into_vector_value();
-                    cg.vdpbf16ps(old, av[q], wv)?
+                let wv = if bf16 {
+                    cg.b.build_bit_cast(wv, i32x16, "")?.into_vector_value()
                 } else {
-                    cg.fma_vec(av[q], wv, old)?
+                    wv
                 };
-                cg.b.build_store(acc, new)?;
+                for (i, avr) in av.iter().enumerate() {
+                    let acc = accs[ai(i, ci, q)];
+                    let old = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
+                    let new = if bf16 {
+                        cg.vdpbf16ps(old, avr[q], wv)?
+                    } else {
+                        cg.fma_vec(avr[q], wv, old)?
+                    };
+                    cg.b.build_store(acc, new)?;
+                }
             }
         }
         Ok(())
     })?;
-    (0..nc)
-        .map(|c| {
-            let mut sum =
-                cg.b.build_load(f32x16, accs[na * c], "")?
-                    .into_vector_value();
-            for q in 1..na {
-                let a =
-                    cg.b.build_load(f32x16, accs[na * c + q], "")?
-                        .into_vector_value();
-                sum = cg.b.build_float_add(sum, a, "")?;
-            }
-            cg.fext(cg.reduce_fadd(sum)?)
+    (0..nr)
+        .map(|i| {
+            (0..nc)
+                .map(|c| {
+                    let mut sum =
+                        cg.b.build_load(f32x16, accs[ai(i, c, 0)], "")?
+                            .into_vector_value();
+                    for q in 1..na {
+                        let a =
+                            cg.b.build_load(f32x16, accs[ai(i, c, q)], "")?
+                                .into_vector_value();
+                        sum = cg.b.build_float_add(sum, a, "")?;
+                    }
+                    cg.fext(cg.reduce_fadd(sum)?)
+                })
+                .collect()
         })
         .collect()
 }
@@ -3583,6 +3628,13 @@ const F32_K_SLICE: i64 = 8192;
 /// Fewer rows take HiF8's row path: on 5120 x 25600 it takes about 30 ms
 /// per 4 rows, the f32 panel path 43 ms for 4 rows and 67 ms for 16.
 const F32_PANEL_MIN_ROWS: i64 = 8;
+
+/// HiF8 rows against CPU-layout weights in bf16 pairs take the row path
+/// below this many rows (`cpu_row_dot_hif8`, two rows per decoded vector),
+/// the bf16 panel GEMM from there. Measured on 5120x5120, 1 thread, cold
+/// caches (ms, rows / panels): M = 8 4.16 / 6.34, 12 6.11 / 7.36, 16 8.14
+/// / 8.28, 24 12.2 / 10.5.
+const HIF8_CPU_PANEL_MIN_ROWS: i64 = 16;
 /// Largest f32 panel (K × NR_F32 floats): beyond it (K > 32768) the row
 /// path, which needs no panel.
 const F32_PANEL_MAX_BYTES: i64 = 4 << 20;
