@@ -2170,27 +2170,28 @@ fn hif4_scales<'c>(cg: &Cg<'c>, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
 /// 3.1 / 3.0, 256 KB 3.3 / 3.2 (L1 requests 1 KB ahead on top: no gain).
 const STRIP_PREFETCH: i64 = 128 << 10;
 
-/// MXFP4 weights of at least this many bytes (in a model this size or
-/// larger they stream from DRAM) run the strip kernel for a single row
-/// with one `pause` per group on AMD Zen targets (more rows are slower per
-/// byte: 2 rows paced or not measured the same; a 1-row pass after others,
-/// its strip in L2, paced cost 5120x5120 M = 5 1.18 ms against 0.87). Its groups then take about 80 cycles longer,
-/// which caps the kernel near 27 GB/s from cache (60 GB/s without), yet a
-/// single thread reads DRAM faster: the unpaced kernel, running ahead of
-/// its prefetches, held ~20 GB/s. Measured on Zen 4, M = 1, 1 thread, cold
-/// caches, 4 alternating runs each: 5120x25600 3.4-3.9 -> 2.7-3.3 ms,
-/// 25600x5120 3.6-3.8 -> 2.7-3.0 ms; 2 threads 2.4-2.8 -> 2.3-2.7 ms. Two
-/// more `vpermb` per lookup in place of the pause did the same (2.7-3.1 /
-/// 2.8-3.1 ms); prefetch distance (16 KB-768 KB), L1 hint, order and
-/// placement, register broadcasts for the activations did not. HiF4's
-/// heavier decode paces itself (30-35 GB/s from cache).
+/// MXFP4 weights of at least this many bytes (in a model this size or larger
+/// they stream from DRAM) run the strip kernel for a single row with one
+/// `pause` per group on AMD Zen targets (more rows are slower per byte: 2
+/// rows paced or not measured the same; a 1-row pass after others, its strip
+/// in L2, paced cost 5120x5120 M = 5 1.18 ms against 0.87). Its groups then
+/// take about 80 cycles longer, which caps the kernel near 27 GB/s from cache
+/// (60 GB/s without), yet a single thread reads DRAM faster: the unpaced
+/// kernel, running ahead of its prefetches, held ~20 GB/s. Measured on Zen 4,
+/// M = 1, 1 thread, cold caches, 4 alternating runs each: 5120x25600 3.4-3.9
+/// -> 2.7-3.3 ms, 25600x5120 3.6-3.8 -> 2.7-3.0 ms; 2 threads 2.4-2.8 ->
+/// 2.3-2.7 ms. Two more `vpermb` per lookup in place of the pause did the
+/// same (2.7-3.1 / 2.8-3.1 ms); prefetch distance (16 KB-768 KB), L1 hint,
+/// order and placement, register broadcasts for the activations did not.
+/// HiF4's heavier decode paces itself (30-35 GB/s from cache).
 const PACE_MIN_BYTES: i64 = 1 << 20;
 
 /// Rows below [`strip_max_rows`] against 4-bit weights in the CPU layout:
-/// strips `lo..hi` of the part, each strip once for all rows (it stays in
-/// L2 between its passes), [`strip_rows_dot`] per pass of up to
-/// [`STRIP_ROWS`] rows, the panel GEMM's epilogue. Captures as [`panel_gemm`]'s (the activations' s8 codes, f32
-/// block scales and corrections `-off · Σ a` are the panel GEMM's).
+/// strips `lo..hi` of the part, each strip once for all rows (it stays in L2
+/// between its passes), [`strip_rows_dot`] per pass of up to [`STRIP_ROWS`]
+/// rows, the panel GEMM's epilogue. Captures as [`panel_gemm`]'s (the
+/// activations' s8 codes, f32 block scales and corrections `-off · Σ a` are
+/// the panel GEMM's).
 fn strip_gemm<'c>(
     cg: &mut Cg<'c>,
     s: &PanelSpec,
