@@ -1217,9 +1217,19 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let i_adec = ask(hif8, &mut sizes, DType::F32, per_row(cg, k16)?);
     let i_abf = ask(bf16_panels, &mut sizes, DType::Bf16, per_row(cg, k16)?);
     // Whether HiF8 rows take the row path (else the panel GEMM).
-    // (Only CPU-layout rows in bf16 pairs read `abr`.)
+    // (Only CPU-layout rows in bf16 pairs read `abr`.) The weights' bytes,
+    // where known when compiling.
+    let wbytes: Option<u64> = (0..parts)
+        .map(|p| {
+            let w = ins.get(1 + p)?.as_ref()?;
+            let d0 = w.dims.first()?.get_zero_extended_constant()?;
+            let d1 = w.dims.get(1)?.get_zero_extended_constant()?;
+            Some(d0 * d1)
+        })
+        .sum();
+    let hif8_many_rows = wbytes.is_some_and(|b| b >= HIF8_ROWS_MIN_BYTES);
     let hif8_min = |cpu: bool| {
-        if cpu && bf16_rows {
+        if cpu && bf16_rows && hif8_many_rows {
             HIF8_CPU_PANEL_MIN_ROWS
         } else {
             F32_PANEL_MIN_ROWS
@@ -3634,8 +3644,11 @@ const F32_PANEL_MIN_ROWS: i64 = 8;
 /// below this many rows (`cpu_row_dot_hif8`, two rows per decoded vector),
 /// the bf16 panel GEMM from there. Measured on 5120x5120, 1 thread, cold
 /// caches (ms, rows / panels): M = 8 4.16 / 6.34, 12 6.11 / 7.36, 16 8.14
-/// / 8.28, 24 12.2 / 10.5.
+/// / 8.28, 24 12.2 / 10.5. Weights under `HIF8_ROWS_MIN_BYTES`, read from
+/// cache, go to the panels from `F32_PANEL_MIN_ROWS` rows: M = 12 against
+/// 128x512 runs 23 µs there, 26-37 µs in rows (warm caches).
 const HIF8_CPU_PANEL_MIN_ROWS: i64 = 16;
+const HIF8_ROWS_MIN_BYTES: u64 = 1 << 20;
 /// Largest f32 panel (K × NR_F32 floats): beyond it (K > 32768) the row
 /// path, which needs no panel.
 const F32_PANEL_MAX_BYTES: i64 = 4 << 20;

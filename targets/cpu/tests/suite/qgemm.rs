@@ -269,6 +269,27 @@ fn qgemm_matches_the_reference_block_dot_products() {
                 seed,
             );
         }
+        // HiF8 weights of 1 MB or more: with AVX-512 BF16, rows below 16
+        // (here 9: four pairs and one) take the row kernel, not the panels
+        // (`HIF8_ROWS_MIN_BYTES`).
+        if matches!(f, Format::Hif8(_)) {
+            seed += 1;
+            run_case(
+                &Case {
+                    f,
+                    m: 9,
+                    k: 1024,
+                    n: 1024,
+                    rotate: 0,
+                    scaled: false,
+                    bias: true,
+                    residual: true,
+                    act: None,
+                    uniform: false,
+                },
+                seed,
+            );
+        }
         // Rotation (K a multiple of the block) and, for HiF8, scaled rows.
         let scaled = matches!(f, Format::Hif8(_));
         for &(m, k, n) in &[(1, 128, 7), (2, 128, 48), (4, 64, 3)] {
