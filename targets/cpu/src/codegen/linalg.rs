@@ -3648,6 +3648,7 @@ const F32_PANEL_MIN_ROWS: i64 = 8;
 /// cache, go to the panels from `F32_PANEL_MIN_ROWS` rows: M = 12 against
 /// 128x512 runs 23 µs there, 26-37 µs in rows (warm caches).
 const HIF8_CPU_PANEL_MIN_ROWS: i64 = 16;
+/// Weight bytes from which `HIF8_CPU_PANEL_MIN_ROWS` applies.
 const HIF8_ROWS_MIN_BYTES: u64 = 1 << 20;
 /// Largest f32 panel (K × NR_F32 floats): beyond it (K > 32768) the row
 /// path, which needs no panel.
