@@ -1582,8 +1582,9 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         let (has_e, has_b, has_r) = (e.is_some(), bias.is_some(), residual.is_some());
         let weight_only = af.is_none();
         let act = act.clone();
-        // PANEL_MIN_ROWS rows or more with VNNI: the panel GEMM; else the
-        // row path.
+        // From a threshold of rows, the panel GEMM (HiF8: `hif8_min`; 4-bit
+        // with VNNI: PANEL_MIN_ROWS, CPU-layout weights `strip_max_rows`);
+        // below it the row path (4-bit CPU layout: the strip kernel).
         let panels = if f32_panels {
             let min_rows = hif8_min(matches!(lay, WLayout::Cpu { .. }));
             let big = cg.icmp(IntPredicate::SGE, rows, cg.c64(min_rows))?;
