@@ -249,41 +249,27 @@ fn qgemm_matches_the_reference_block_dot_products() {
                 );
             }
         }
-        // MXFP4 weights of over 1 MB: on AMD Zen the strip kernel pauses
-        // once per group (`PACE_MIN_BYTES`).
-        if matches!(f, Format::Mxfp4(_)) {
+        // Weights of 1 MB or more: on AMD Zen a single MXFP4 row pauses
+        // once per group in the strip kernel (`PACE_MIN_BYTES`); with
+        // AVX-512 BF16, HiF8 rows below 16 (here 9: four pairs and one)
+        // take the row kernel, not the panels (`HIF8_ROWS_MIN_BYTES`).
+        let big = match f {
+            Format::Mxfp4(_) => Some((1, 2048, false)),
+            Format::Hif8(_) => Some((9, 1024, true)),
+            _ => None,
+        };
+        if let Some((m, k, residual)) = big {
             seed += 1;
             run_case(
                 &Case {
                     f,
-                    m: 1,
-                    k: 2048,
+                    m,
+                    k,
                     n: 1024,
                     rotate: 0,
                     scaled: false,
                     bias: true,
-                    residual: false,
-                    act: None,
-                    uniform: false,
-                },
-                seed,
-            );
-        }
-        // HiF8 weights of 1 MB or more: with AVX-512 BF16, rows below 16
-        // (here 9: four pairs and one) take the row kernel, not the panels
-        // (`HIF8_ROWS_MIN_BYTES`).
-        if matches!(f, Format::Hif8(_)) {
-            seed += 1;
-            run_case(
-                &Case {
-                    f,
-                    m: 9,
-                    k: 1024,
-                    n: 1024,
-                    rotate: 0,
-                    scaled: false,
-                    bias: true,
-                    residual: true,
+                    residual,
                     act: None,
                     uniform: false,
                 },
