@@ -2652,13 +2652,13 @@ impl<'c> Hif8Decoder<'c> {
     }
 }
 
-/// W8A8 HiF8: the dot products of the exact decodes of activation rows
-/// `rows` (`adec`, rows of `k16` f32) with one or more weight rows in the
-/// CPU layout, as f64 per row and weight row; each weight vector is decoded
-/// once for all the rows. Per 64 codes: two `vpermi2b` lookups give the high and
+/// W8A8 HiF8: the dot products of the exact decodes of activation rows `rows`
+/// (`adec`, rows of `k16` f32) with one or more weight rows in the CPU
+/// layout, as f64 per row and weight row; each weight vector is decoded once
+/// for all the rows. Per 64 codes: two `vpermi2b` lookups give the high and
 /// low bytes of each code's f32 value (every HiF8 value is exact in the top
-/// 16 bits; the tables hold the magnitudes, the sign is OR-ed in), byte
-/// and word unpacks place them as 4 × 16 f32 in natural order (the layout
+/// 16 bits; the tables hold the magnitudes, the sign is OR-ed in), byte and
+/// word unpacks place them as 4 × 16 f32 in natural order (the layout
 /// permuted the codes for that), 4 FMAs into per-column accumulators. With
 /// `abr` (AVX-512 BF16: the rows of bf16 decodes in `hif8_bf16_order`) the
 /// byte unpacks' 2 × 32 bf16 go straight into 2 `vdpbf16ps` (5120x25600,
