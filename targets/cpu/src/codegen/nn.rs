@@ -40,6 +40,9 @@ fn param_index<'c>(cg: &mut Cg<'c>, p: &Val<'c>, n: IntValue<'c>) -> R<IntValue<
     cg.select_i(full, cg.c64(1), cg.c64(0))
 }
 
+/// Rows per group of a normalization (see `Cg::norm`).
+const NORM_ROWS: i64 = 16;
+
 impl<'c> Cg<'c> {
     fn norm(
         &mut self,
@@ -65,41 +68,68 @@ impl<'c> Cg<'c> {
         } else {
             None
         };
+        // Rows in groups of NORM_ROWS: the group's means and 1/std first
+        // (their reductions, square roots and divisions independent from
+        // row to row, so that they overlap), then its rows.
+        let f32t = self.f32t();
+        let (gm, gi) = (
+            self.entry_alloca(f32t.into(), NORM_ROWS as u32)?,
+            self.entry_alloca(f32t.into(), NORM_ROWS as u32)?,
+        );
         let f64t = self.f64t();
         let acc = self.slot(f64t.into(), self.cf64(0.0).into())?;
         let v8d = f64t.vec_type(8);
         let vacc = self.slot(v8d.into(), v8d.const_zero().into())?;
         let (xp, sp, bp) = (x.ptr, scale.ptr, bias.map(|b| b.ptr));
-        self.for_n(rows, |cg, r| {
-            let base = cg.mul(r, n)?;
-            let nf = cg.si_to_f64(n)?;
-            let mean = if center {
-                let s = cg.sum_f64(xp, base, n, None, (acc, vacc))?;
-                cg.fdiv(s, nf)?
-            } else {
-                cg.cf64(0.0)
-            };
-            let ss2 = cg.sum_f64(xp, base, n, Some(mean), (acc, vacc))?;
-            let var = cg.fdiv(ss2, nf)?;
-            let e = cg.fadd(var, cg.cf64(eps as f64))?;
-            let sq = cg
-                .intrinsic("llvm.sqrt", &[f64t.into()], &[e.into()])?
-                .into_float_value();
-            let is = cg.fdiv(cg.cf64(1.0), sq)?;
-            if let Some((mp, ip)) = stats {
-                cg.store(DType::F32, mp, r, cg.ftrunc(mean)?.into())?;
-                cg.store(DType::F32, ip, r, cg.ftrunc(is)?.into())?;
-            }
-            cg.for_n(n, |cg, j| {
-                let i = cg.add(base, j)?;
-                let v = cg.fsub(cg.fext(cg.load_f32(xp, i)?)?, mean)?;
-                let s = cg.fext(cg.load_f32(sp, cg.mul(j, ss)?)?)?;
-                let mut o = cg.fmul(cg.fmul(v, is)?, s)?;
-                if let (Some(bp), Some(bs)) = (bp, bs) {
-                    let b = cg.fext(cg.load_f32(bp, cg.mul(j, bs)?)?)?;
-                    o = cg.fadd(o, b)?;
+        let groups = self.sdiv(
+            self.add(rows, self.c64(NORM_ROWS - 1))?,
+            self.c64(NORM_ROWS),
+        )?;
+        self.for_n(groups, |cg, g| {
+            let r0 = cg.mul(g, cg.c64(NORM_ROWS))?;
+            let nr = cg.smin(cg.sub(rows, r0)?, cg.c64(NORM_ROWS))?;
+            cg.for_n(nr, |cg, i| {
+                let r = cg.add(r0, i)?;
+                let base = cg.mul(r, n)?;
+                let nf = cg.si_to_f64(n)?;
+                let mean = if center {
+                    let s = cg.sum_f64(xp, base, n, None, (acc, vacc))?;
+                    cg.fdiv(s, nf)?
+                } else {
+                    cg.cf64(0.0)
+                };
+                let ss2 = cg.sum_f64(xp, base, n, Some(mean), (acc, vacc))?;
+                let var = cg.fdiv(ss2, nf)?;
+                let e = cg.fadd(var, cg.cf64(eps as f64))?;
+                let sq = cg
+                    .intrinsic("llvm.sqrt", &[f64t.into()], &[e.into()])?
+                    .into_float_value();
+                let is = cg.fdiv(cg.cf64(1.0), sq)?;
+                let (mean, is) = (cg.ftrunc(mean)?, cg.ftrunc(is)?);
+                cg.store(DType::F32, gm, i, mean.into())?;
+                cg.store(DType::F32, gi, i, is.into())?;
+                if let Some((mp, ip)) = stats {
+                    cg.store(DType::F32, mp, r, mean.into())?;
+                    cg.store(DType::F32, ip, r, is.into())?;
                 }
-                cg.store(DType::F32, y, i, cg.ftrunc(o)?.into())
+                Ok(())
+            })?;
+            // The rows in f32 (as onnxruntime computes them), with the
+            // mean and 1/std from f64 sums, rounded once.
+            cg.for_n(nr, |cg, i| {
+                let base = cg.mul(cg.add(r0, i)?, n)?;
+                let mean = cg.load_f32(gm, i)?;
+                let is = cg.load_f32(gi, i)?;
+                cg.for_n(n, |cg, j| {
+                    let i = cg.add(base, j)?;
+                    let v = cg.fsub(cg.load_f32(xp, i)?, mean)?;
+                    let s = cg.load_f32(sp, cg.mul(j, ss)?)?;
+                    let mut o = cg.fmul(cg.fmul(v, is)?, s)?;
+                    if let (Some(bp), Some(bs)) = (bp, bs) {
+                        o = cg.fadd(o, cg.load_f32(bp, cg.mul(j, bs)?)?)?;
+                    }
+                    cg.store(DType::F32, y, i, o.into())
+                })
             })
         })?;
         let mut out = vec![Val {
