@@ -2360,8 +2360,11 @@ fn strip_rows_dot<'c>(
             Ok::<_, CgError>([a, b])
         })
         .collect::<R<_>>()?;
-    for acc in accs.iter().flatten() {
-        cg.b.build_store(*acc, f32x16.const_zero())?;
+    for &[a0, a1] in &accs {
+        cg.b.build_store(a0, f32x16.const_zero())?;
+        if a1 != a0 {
+            cg.b.build_store(a1, f32x16.const_zero())?;
+        }
     }
     let zeros = VectorType::const_vector(&[cg.i32t().const_zero(); 16]);
     cg.for_n(cg.c64(k / layout::GROUP as i64), |cg, g| {
