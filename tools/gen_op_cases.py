@@ -178,6 +178,19 @@ def main():
               ("cos", cos_c), ("sin", sin_c)],
              {"num_heads": nh, "kv_num_heads": kvh, "do_rotary": 1}, n_out=3, domain="com.microsoft",
              consts={"cos": cos_c, "sin": sin_c})
+    # ScatterND with constant indices (compiled as strided stores when the
+    # indices are affine): torch's `x[..., 0::2] = a` on a 4-d tensor, whole
+    # rows with a negative index, and an irregular order.
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (1, 4, 2, 4)], indexing="ij"), -1)
+    grid[..., 3] = grid[..., 3] * 2 + 1
+    case("scatter_nd_const_strided", "ScatterND", [("x", f32(1, 4, 2, 8)), ("i", grid), ("u", f32(1, 4, 2, 4))],
+         consts={"i": grid.astype(np.int64)})
+    rows = np.array([[1], [-1]], np.int64)
+    case("scatter_nd_const_rows", "ScatterND", [("x", f32(4, 3)), ("i", rows), ("u", f32(2, 3))],
+         consts={"i": rows})
+    perm = np.array([[2, 0], [0, 1], [3, 2]], np.int64)
+    case("scatter_nd_const_irregular", "ScatterND", [("x", f32(4, 3)), ("i", perm), ("u", f32(3))],
+         consts={"i": perm})
 
 
 if __name__ == "__main__":

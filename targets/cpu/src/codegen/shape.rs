@@ -128,6 +128,77 @@ fn ints_of<'c>(cg: &Cg<'c>, cst: Cst, k: usize, v: &Val<'c>, n: usize) -> R<Vec<
         .collect()
 }
 
+/// Every dimension's value when all are compile-time constants.
+fn all_known(dims: &[IntValue]) -> Option<Vec<i64>> {
+    dims.iter().map(|&d| Cg::known(d)).collect()
+}
+
+/// Where `ScatterND` with constant `idx` (`lead` index tuples of depth `q`)
+/// writes into data of shape `dims`: `Ok(Some((base, coef)))` when tuple
+/// `u`'s element offset is `base + sum(coef[k] * u[k])`; `Ok(None)` when
+/// the offsets follow no such rule; `Err` names an index out of range.
+fn scatter_affine(
+    dims: &[i64],
+    idx: &[i64],
+    lead: &[i64],
+    q: usize,
+) -> Result<Option<(i64, Vec<i64>)>, String> {
+    let count: i64 = lead.iter().product();
+    if q > dims.len() || idx.len() as i64 != count * q as i64 {
+        return Ok(None);
+    }
+    let mut st = vec![1i64; dims.len()];
+    for k in (0..dims.len().saturating_sub(1)).rev() {
+        st[k] = st[k + 1] * dims[k + 1];
+    }
+    let mut offs = Vec::with_capacity(count as usize);
+    for t in idx.chunks(q.max(1)).take(count as usize) {
+        let mut o = 0;
+        for (k, &i) in t.iter().enumerate().take(q) {
+            let j = if i < 0 { i + dims[k] } else { i };
+            if !(0..dims[k]).contains(&j) {
+                return Err(format!(
+                    "ScatterND: index {i} is out of range for axis {k} of size {}",
+                    dims[k]
+                ));
+            }
+            o += j * st[k];
+        }
+        offs.push(o);
+    }
+    if q == 0 {
+        offs = vec![0; count as usize];
+    }
+    let Some(&base) = offs.first() else {
+        return Ok(None);
+    };
+    let mut lst = vec![1i64; lead.len()];
+    for k in (0..lead.len().saturating_sub(1)).rev() {
+        lst[k] = lst[k + 1] * lead[k + 1];
+    }
+    let coef: Vec<i64> = (0..lead.len())
+        .map(|k| {
+            if lead[k] > 1 {
+                offs[lst[k] as usize] - base
+            } else {
+                0
+            }
+        })
+        .collect();
+    for (j, &o) in offs.iter().enumerate() {
+        let mut want = base;
+        let mut r = j as i64;
+        for k in 0..lead.len() {
+            want += coef[k] * (r / lst[k]);
+            r %= lst[k];
+        }
+        if o != want {
+            return Ok(None);
+        }
+    }
+    Ok(Some((base, coef)))
+}
+
 fn clamp<'c>(cg: &Cg<'c>, v: IntValue<'c>, lo: IntValue<'c>, hi: IntValue<'c>) -> R<IntValue<'c>> {
     cg.smin(cg.smax(v, lo)?, hi)
 }
@@ -297,6 +368,10 @@ pub fn emit<'c>(
                 dt: x.dt,
             };
             let (dims, strides) = cg.broadcast(&[&x, &ones])?;
+            if all_known(&dims).is_some_and(|d| Some(d) == all_known(&x.dims)) {
+                // To its own shape: a view.
+                return Ok(Some(vec![x]));
+            }
             let zero = cg.c64(0);
             vec![cg.gather_strided(&x, dims, zero, &strides[0])?]
         }
@@ -550,6 +625,35 @@ pub fn emit<'c>(
             let nu = cg.product(&upd.dims)?;
             let ok = cg.icmp(IntPredicate::EQ, nu, cg.mul(count, slice)?)?;
             cg.check(ok, "ScatterND: updates do not match the indices")?;
+            let lead = &ind.dims[..ind.rank() - 1];
+            let affine = match (
+                cg.dev.is_none(),
+                cst(1),
+                all_known(&x.dims),
+                all_known(lead),
+            ) {
+                (true, Some(idx), Some(dx), Some(lead)) => {
+                    scatter_affine(&dx, &idx, &lead, q).or_else(|m| cg.err(m))?
+                }
+                _ => None,
+            };
+            if let Some((base, coef)) = affine {
+                // Constant indices, checked here, that are affine in the
+                // update's index (torch's `x[..., 0::2] = a`): strided
+                // stores, no index loads.
+                let mut dims = lead.to_vec();
+                dims.extend(&x.dims[q..]);
+                let src = cg.strides(&dims)?;
+                let mut dst: Vec<IntValue> = coef.iter().map(|&c| cg.c64(c)).collect();
+                dst.extend(&st[q..]);
+                let z = cg.c64(0);
+                cg.copy_strided(x.dt, &dims, (upd.ptr, z, &src), (out, cg.c64(base), &dst))?;
+                return Ok(Some(vec![Val {
+                    ptr: out,
+                    dims: x.dims.clone(),
+                    dt: x.dt,
+                }]));
+            }
             let t = cg.ty(x.dt)?;
             cg.for_n(count, |cg, j| {
                 let mut base = cg.c64(0);
@@ -723,4 +827,31 @@ pub fn emit<'c>(
         _ => return Ok(None),
     };
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scatter_affine;
+
+    #[test]
+    fn constant_scatter_indices_are_affine_or_not() {
+        // x[..., 1::2] = u on [1, 2, 4]: tuples (0, a, 2b + 1).
+        let idx: Vec<i64> = (0..2)
+            .flat_map(|a| (0..2).flat_map(move |b| [0, a, 2 * b + 1]))
+            .collect();
+        assert_eq!(
+            scatter_affine(&[1, 2, 4], &idx, &[1, 2, 2], 3),
+            Ok(Some((1, vec![0, 4, 2])))
+        );
+        // Whole rows, one of them negative: rows 1 and 3 of [4, 3].
+        assert_eq!(
+            scatter_affine(&[4, 3], &[1, -1], &[2], 1),
+            Ok(Some((3, vec![6])))
+        );
+        // Rows 2, 0, 3: no single stride.
+        assert_eq!(scatter_affine(&[4, 3], &[2, 0, 3], &[3], 1), Ok(None));
+        assert!(scatter_affine(&[4, 3], &[1, 4], &[2], 1)
+            .unwrap_err()
+            .contains("index 4 is out of range for axis 0 of size 4"));
+    }
 }
