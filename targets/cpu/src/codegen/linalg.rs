@@ -4005,24 +4005,27 @@ fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
     let y = cg.alloc(DType::F32, cg.product(&dims)?)?;
     let cpg = cg.sdiv(co, cg.c64(g))?;
     let xst = cg.strides(&x.dims)?;
-    // Per group, as a GEMM: the group's input patches (im2col, zeros in the
-    // padding) as rows `(b, position)` of `cig · Π ks` values, times the
-    // group's weights `[cpg, cig · Π ks]` (transposed form: dot products
-    // along the patch), then moved to `[b, channel, position]`.
+    // Per group, as a GEMM: the group's weights `[cpg, cig · Π ks]` times
+    // its input patches (im2col, zeros in the padding) laid out transposed,
+    // `[cig · Π ks, (b, position)]`, so that the product comes out as
+    // `[channel, (b, position)]`: W is the GEMM's row operand, the patches
+    // its column panels (no dot products along the patch), and each
+    // channel's positions are contiguous for the move to `[b, channel,
+    // position]`.
     let npos = cg.product(&os)?;
     let kg = cg.mul(cig, cg.product(&ks)?)?;
     let prow = cg.mul(nb, npos)?;
     let col = cg.alloc(DType::F32, cg.mul(prow, kg)?)?;
     let gout = cg.alloc(DType::F32, cg.mul(prow, cpg)?)?;
-    let mut loops = vec![nb];
-    loops.extend(&os);
-    loops.push(cig);
+    let mut loops = vec![cig];
     loops.extend(&ks);
+    loops.push(nb);
+    loops.extend(&os);
     let lst = cg.strides(&loops)?;
     cg.for_n(cg.c64(g), |cg, grp| {
-        // C order over `loops` is the patch matrix's own order.
+        // C order over `loops` is the transposed patch matrix's own order.
         cg.for_nd(&loops, &mut |cg, li| {
-            let (b, oi, ki) = (li[0], &li[1..1 + sp], &li[1 + sp..]);
+            let (ki, b, oi) = (&li[..1 + sp], li[1 + sp], &li[2 + sp..]);
             let ic = cg.add(cg.mul(grp, cig)?, ki[0])?;
             let mut inside = cg.cx.bool_type().const_int(1, false);
             let mut xo = cg.add(cg.mul(b, xst[0])?, cg.mul(ic, xst[1])?)?;
@@ -4048,17 +4051,17 @@ fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         })?;
         let wg = cg.gep(DType::F32, w.ptr, cg.mul(cg.mul(grp, cpg)?, kg)?)?;
         let shape = GemmShape {
-            rows: prow,
+            rows: cpg,
             k: kg,
-            n: cpg,
-            ldy: cpg,
+            n: prow,
+            ldy: prow,
             off: cg.c64(0),
         };
-        gemm_f32(cg, col, wg, gout, shape, true, None)?;
-        cg.for_nd(&[nb, npos, cpg], &mut |cg, i| {
-            let (b, pos, oc) = (i[0], i[1], i[2]);
+        gemm_f32(cg, wg, col, gout, shape, false, None)?;
+        cg.for_nd(&[nb, cpg, npos], &mut |cg, i| {
+            let (b, oc, pos) = (i[0], i[1], i[2]);
             let ch = cg.add(cg.mul(grp, cpg)?, oc)?;
-            let src = cg.add(cg.mul(cg.add(cg.mul(b, npos)?, pos)?, cpg)?, oc)?;
+            let src = cg.add(cg.mul(cg.add(cg.mul(oc, nb)?, b)?, npos)?, pos)?;
             let mut v = cg.load_f32(gout, src)?;
             if let Some(bv) = &bias {
                 v = cg.fadd(v, cg.load_f32(bv.ptr, ch)?)?;
