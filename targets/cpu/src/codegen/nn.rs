@@ -531,6 +531,10 @@ fn reduce16<'c>(cg: &Cg<'c>, mut vs: Vec<VectorValue<'c>>) -> R<VectorValue<'c>>
 
 /// Value widths (head dimensions) whose attention sums stay in registers.
 const REG_WIDTHS: [usize; 3] = [32, 64, 128];
+/// Vector accumulators of attention's weighted values: the widest of
+/// [`REG_WIDTHS`] in 16-lane vectors, and as many chains as keep the FMA
+/// units busy.
+const VACC_REGS: usize = 8;
 
 /// A per-batch index function generated inline (`past length of batch b`).
 type PerBatch<'a, 'c> = Box<dyn Fn(&Cg<'c>, IntValue<'c>) -> R<IntValue<'c>> + 'a>;
@@ -878,7 +882,7 @@ impl<'c> Cg<'c> {
             let kacc: Vec<PointerValue> = (0..16)
                 .map(|_| cg.b.build_alloca(f32x16, "kacc"))
                 .collect::<Result<_, _>>()?;
-            let vacc: Vec<PointerValue> = (0..REG_WIDTHS[REG_WIDTHS.len() - 1] / 16)
+            let vacc: Vec<PointerValue> = (0..VACC_REGS)
                 .map(|_| cg.b.build_alloca(f32x16, "vacc"))
                 .collect::<Result<_, _>>()?;
             // Each row's scores, then its weights (a stack buffer of the key
@@ -1132,25 +1136,44 @@ impl<'c> Cg<'c> {
                         .into_float_value();
                 cg.b.build_store(sum, su)?;
                 // acc = Σ_j p_j · v_j, one fused multiply-add per element
-                // and key, in key order: in registers for the common value
-                // widths (REG_WIDTHS), else in memory.
+                // and key: in registers for the common value widths
+                // (REG_WIDTHS), else in memory, in key order. In registers,
+                // narrow rows keep `sets` partial sums (key j in set
+                // j % sets, added up in set order at the end) so that at
+                // least 8 multiply-add chains are in flight: a 32-wide row
+                // alone has 2, and waited on the FMA latency per key.
                 let reg_path = |cg: &mut Cg<'c>, nv: usize| -> R<()> {
-                    for a in &vacc[..nv] {
+                    let sets = (VACC_REGS / nv).clamp(1, VACC_REGS);
+                    for a in &vacc[..sets * nv] {
                         cg.b.build_store(*a, f32x16.const_zero())?;
                     }
-                    cg.for_n(kend, |cg, j| {
+                    let key = |cg: &mut Cg<'c>, j: IntValue<'c>, set: usize| -> R<()> {
                         let e = cg.load(DType::F32, scores, j)?.into_float_value();
                         let ev = cg.splat_f32(e, 16)?;
                         let vb = cg.add(vbase, cg.mul(j, vsi)?)?;
-                        for (u, a) in vacc[..nv].iter().enumerate() {
+                        for (u, a) in vacc[set * nv..(set + 1) * nv].iter().enumerate() {
                             let o = cg.add(vb, cg.c64(16 * u as i64))?;
                             let x = cg.load_vec_f32x16_at(vp, o)?;
                             cg.fma_into(*a, ev, x)?;
                         }
                         Ok(())
+                    };
+                    let full = cg.sdiv(kend, cg.c64(sets as i64))?;
+                    cg.for_n(full, |cg, g| {
+                        let j0 = cg.mul(g, cg.c64(sets as i64))?;
+                        for set in 0..sets {
+                            key(cg, cg.add(j0, cg.c64(set as i64))?, set)?;
+                        }
+                        Ok(())
                     })?;
-                    for (u, a) in vacc[..nv].iter().enumerate() {
-                        let v = cg.b.build_load(f32x16, *a, "")?.into_vector_value();
+                    let done = cg.mul(full, cg.c64(sets as i64))?;
+                    cg.for_range(done, kend, |cg, j| key(cg, j, 0))?;
+                    for u in 0..nv {
+                        let mut v = cg.b.build_load(f32x16, vacc[u], "")?.into_vector_value();
+                        for set in 1..sets {
+                            let w = cg.b.build_load(f32x16, vacc[set * nv + u], "")?;
+                            v = cg.b.build_float_add(v, w.into_vector_value(), "")?;
+                        }
                         cg.store_vec_f32x16_at(acc, cg.c64(16 * u as i64), v)?;
                     }
                     Ok(())
