@@ -107,6 +107,11 @@ pub enum Command {
         /// Largest value a symbolic input dimension may take at run time.
         #[arg(long, default_value_t = 1 << 24)]
         max_dim: u64,
+        /// Time every node of the generated graph: `lpc run` then prints
+        /// each node's share of the run (`lpc_model_profile` in the C API).
+        /// The marks cost about 50 ns per node.
+        #[arg(long)]
+        profile: bool,
         /// Where the ops run: `cpu`, or `cuda` (NVIDIA GPUs: kernels lowered
         /// through MLIR to PTX, loaded by the CUDA driver at run time;
         /// `LPC_DEVICE=emulate` runs them on the CPU).
@@ -301,6 +306,7 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
             target_features,
             embed_weights,
             max_dim,
+            profile,
             target,
             gpu_arch,
             print_ir_after,
@@ -371,6 +377,7 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
                     target_features,
                     embed_weights,
                     max_dim,
+                    profile,
                 }),
             };
             let mut text = compile::compile(&CompileOptions {
@@ -518,6 +525,10 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
                     elapsed.min.as_secs_f64() * 1e3,
                     elapsed.max.as_secs_f64() * 1e3
                 );
+            }
+            if !elapsed.profile.is_empty() {
+                text += "time per node (lpc compile --profile), slowest first:\n";
+                text += &elapsed.profile;
             }
             if let Some(dir) = outputs {
                 for p in run::write_outputs(&dir, &outs).map_err(|e| e.to_string())? {

@@ -53,6 +53,8 @@ pub struct Codegen {
     pub target_features: Option<String>,
     pub embed_weights: bool,
     pub max_dim: u64,
+    /// Time every node (`--profile`; `lpc run` prints the table).
+    pub profile: bool,
 }
 
 /// A native back end: generates code for the final graph into `out`

@@ -33,6 +33,7 @@ fn cpu_backend(
             name,
             embed_weights: o.embed_weights,
             max_dim: o.max_dim,
+            profile: o.profile,
             vnni512: false,
             vbmi512: false,
             bf16_512: false,

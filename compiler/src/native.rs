@@ -16,6 +16,7 @@ type CountFn = unsafe extern "C" fn(*const c_void) -> i64;
 type NameFn = unsafe extern "C" fn(*const c_void, i64) -> *const c_char;
 type DtypeFn = unsafe extern "C" fn(*const c_void, i64) -> i32;
 type DimFn = unsafe extern "C" fn(*const c_void, i64, i32) -> i64;
+type ProfileFn = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 
 /// A loaded library and model handle.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct NativeModel {
     run: RunFn,
     free: FreeFn,
     err: ErrFn,
+    /// `lpc_model_profile` (libraries from before it lack it).
+    profile: Option<ProfileFn>,
     /// Input and output names and element types, in order.
     pub inputs: Vec<(String, DType)>,
     /// Declared input dimensions (`None`: symbolic).
@@ -62,6 +65,7 @@ impl NativeModel {
         let odt: DtypeFn = sym(&l, &path, "lpc_model_output_dtype")?;
         let irank: DtypeFn = sym(&l, &path, "lpc_model_input_rank")?;
         let idim: DimFn = sym(&l, &path, "lpc_model_input_dim")?;
+        let profile: Option<ProfileFn> = sym(&l, &path, "lpc_model_profile").ok();
         let w = lib.with_extension("lpcw");
         let wc = if w.exists() {
             Some(CString::new(w.display().to_string()).map_err(|e| e.to_string())?)
@@ -112,6 +116,7 @@ impl NativeModel {
             run,
             free,
             err,
+            profile,
             inputs,
             input_dims,
             outputs,
@@ -142,6 +147,18 @@ impl NativeModel {
                 outs.len() as i64,
             )
         }
+    }
+
+    /// The time per node over the runs so far (`lpc_model_profile`): a
+    /// table for a library compiled with `lpc compile --profile`, else
+    /// `None`.
+    pub fn profile(&self) -> Option<String> {
+        let f = self.profile?;
+        // SAFETY: `handle` is live; the text is NUL-terminated.
+        let t = unsafe { CStr::from_ptr(f(self.handle)) }
+            .to_string_lossy()
+            .into_owned();
+        (!t.is_empty()).then_some(t)
     }
 
     /// The error message of the last failed call.

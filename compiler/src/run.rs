@@ -97,11 +97,13 @@ pub fn read_inputs_named(
 }
 
 /// Run times: median, min and max over the timed runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Timing {
     pub median: std::time::Duration,
     pub min: std::time::Duration,
     pub max: std::time::Duration,
+    /// A `--profile` library's time per node over the runs ("" otherwise).
+    pub profile: String,
 }
 
 impl Timing {
@@ -110,6 +112,7 @@ impl Timing {
             median: d,
             min: d,
             max: d,
+            profile: String::new(),
         }
     }
 }
@@ -157,6 +160,7 @@ pub fn run_native(
         median: times[times.len() / 2],
         min: times[0],
         max: times[times.len() - 1],
+        profile: m.profile().unwrap_or_default(),
     };
     Ok((
         m.outputs

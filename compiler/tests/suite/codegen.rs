@@ -890,3 +890,58 @@ fn half_precision_models_compute_in_f32() {
         }
     }
 }
+
+/// `lpc compile --profile`: the library times each node and `lpc run`
+/// prints the table (every node once per run, shares adding up to 100%);
+/// the outputs are the same as without the marks, and a library compiled
+/// without them prints no table.
+#[test]
+fn profiled_library_reports_time_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = "wan_small_ts";
+    let inputs = models().join(fixture).join("inputs");
+    let plain = compile(fixture, "mxfp4", dir.path(), &["-O1"]);
+    let pdir = dir.path().join("profiled");
+    std::fs::create_dir(&pdir).unwrap();
+    let profiled = compile(fixture, "mxfp4", &pdir, &["-O1", "--profile"]);
+    let run = |so: &Path| {
+        let o = lpc(&["run", s(so), "--inputs", s(&inputs), "--repeat", "3"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let text = run(&profiled);
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("time per node"))
+        .skip(2)
+        .collect();
+    assert!(!table.is_empty(), "no profile table in:\n{text}");
+    let mut share = 0.0;
+    for l in &table {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        share += f[0].trim_end_matches('%').parse::<f64>().unwrap();
+        // One warm-up and three timed runs.
+        assert_eq!(f[2], "4", "{l}");
+    }
+    // Each share is rounded to 0.1%.
+    let slack = 0.05 * table.len() as f64 + 0.01;
+    assert!((share - 100.0).abs() <= slack, "shares add up to {share}");
+    for op in ["lpc.qgemm", "lpc.attention", "Conv", "lpc.layer_norm"] {
+        assert!(
+            table.iter().any(|l| l.contains(op)),
+            "{op} missing:\n{text}"
+        );
+    }
+    assert!(!run(&plain).contains("time per node"));
+    let (a, b) = (
+        NativeModel::load(&plain, 1).unwrap(),
+        NativeModel::load(&profiled, 1).unwrap(),
+    );
+    let (ya, yb) = (
+        a.run(&inputs_of(&inputs, &a)).unwrap(),
+        b.run(&inputs_of(&inputs, &b)).unwrap(),
+    );
+    assert_eq!(ya[0].to_f64(), yb[0].to_f64());
+    assert!(a.profile().is_none());
+    assert!(b.profile().is_some_and(|t| t.contains("lpc.qgemm")));
+}

@@ -102,6 +102,28 @@ pub struct Model {
     /// in device-visible memory (CUDA: a managed copy of the weights).
     device: Option<std::sync::Arc<gpu::Device>>,
     device_weights: Option<*mut u8>,
+    /// Time per node over all runs, for a library compiled with
+    /// `--profile` (empty otherwise), and the last report's text.
+    profile: Vec<NodeTime>,
+    profile_text: CString,
+}
+
+/// A node's share of the runs (`lpc compile --profile`).
+#[derive(Clone, Debug, Default)]
+struct NodeTime {
+    /// `op\tname` as the library gave it.
+    label: String,
+    ns: u64,
+    calls: u64,
+}
+
+/// The running node's marks in one run (`lpc_rt_profile`).
+#[derive(Debug, Default)]
+struct RunProfile {
+    /// Per node index: its label and its time in this run.
+    nodes: Vec<(*const c_char, u64, u64)>,
+    /// The node running since when.
+    current: Option<(usize, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for Model {
@@ -194,6 +216,7 @@ pub struct RunCtx {
     device: Option<std::sync::Arc<gpu::Device>>,
     /// Launches not yet waited for (CUDA).
     in_flight: bool,
+    profile: RunProfile,
 }
 
 impl RunCtx {
@@ -722,6 +745,8 @@ unsafe fn load_model(
             busy: std::sync::atomic::AtomicBool::new(false),
             device: None,
             device_weights: None,
+            profile: Vec::new(),
+            profile_text: CString::default(),
         })
     }
 }
@@ -931,6 +956,7 @@ unsafe fn run_inner(
         symbols,
         device: m.device.clone(),
         in_flight: false,
+        profile: RunProfile::default(),
     };
     for (p, bytes) in m.outputs.drain(..) {
         ctx.pool.put(p, bytes);
@@ -995,9 +1021,95 @@ unsafe fn run_inner(
     for (p, b) in ctx.live.drain() {
         ctx.pool.put(p as *mut u8, b);
     }
+    if !ctx.profile.nodes.is_empty() {
+        m.profile.resize_with(
+            m.profile.len().max(ctx.profile.nodes.len()),
+            Default::default,
+        );
+        for (t, &(label, ns, calls)) in m.profile.iter_mut().zip(&ctx.profile.nodes) {
+            if calls > 0 && t.label.is_empty() && !label.is_null() {
+                // SAFETY: labels are the library's NUL-terminated constants.
+                t.label = unsafe { CStr::from_ptr(label) }
+                    .to_string_lossy()
+                    .into_owned();
+            }
+            t.ns += ns;
+            t.calls += calls;
+        }
+    }
     m.pool = std::mem::take(&mut ctx.pool);
     m.live = std::mem::take(&mut ctx.live);
     result
+}
+
+/// Marks the start of node `i` (its label `op\tname`, a constant of the
+/// library) in a library compiled with `lpc compile --profile`; `i < 0`
+/// marks the end of the last node. The time from one mark to the next goes
+/// to the node that was running.
+///
+/// # Safety
+/// `ctx` as for [`lpc_rt_alloc`]; `label` is null or NUL-terminated and
+/// lives as long as the library.
+#[no_mangle]
+pub unsafe extern "C" fn lpc_rt_profile(ctx: *mut RunCtx, i: i64, label: *const c_char) {
+    let now = std::time::Instant::now();
+    // SAFETY: see the contract above.
+    let p = &mut unsafe { &mut *ctx }.profile;
+    if let Some((j, t)) = p.current.take() {
+        let e = &mut p.nodes[j];
+        e.1 += now.duration_since(t).as_nanos() as u64;
+        e.2 += 1;
+    }
+    if let Ok(i) = usize::try_from(i) {
+        if p.nodes.len() <= i {
+            p.nodes.resize(i + 1, (std::ptr::null(), 0, 0));
+        }
+        p.nodes[i].0 = label;
+        p.current = Some((i, now));
+    }
+}
+
+/// The time per node over the runs so far, as a text table (slowest node
+/// first, with each node's share and time per call), for a library compiled
+/// with `lpc compile --profile`; "" for one compiled without it (or before
+/// a run). Owned by the model until the next call or `lpc_model_free`.
+///
+/// # Safety
+/// `m` is null or from [`lpc_rt_load`].
+#[no_mangle]
+pub unsafe extern "C" fn lpc_model_profile(m: *mut Model) -> *const c_char {
+    // SAFETY: see the contract above.
+    let Some(m) = (unsafe { m.as_mut() }) else {
+        return c"".as_ptr();
+    };
+    m.profile_text = CString::new(profile_table(&m.profile)).unwrap_or_default();
+    m.profile_text.as_ptr()
+}
+
+/// [`lpc_model_profile`]'s table.
+fn profile_table(nodes: &[NodeTime]) -> String {
+    let total: u64 = nodes.iter().map(|n| n.ns).sum();
+    if total == 0 {
+        return String::new();
+    }
+    let mut order: Vec<&NodeTime> = nodes.iter().filter(|n| n.calls > 0).collect();
+    order.sort_by_key(|n| std::cmp::Reverse(n.ns));
+    let mut t = format!(
+        "{:>6} {:>10} {:>7}  {:<16} {}\n",
+        "share", "us/call", "calls", "op", "node"
+    );
+    for n in order {
+        let (op, name) = n.label.split_once('\t').unwrap_or(("?", &n.label));
+        t += &format!(
+            "{:>5.1}% {:>10.2} {:>7}  {:<16} {}\n",
+            100.0 * n.ns as f64 / total as f64,
+            n.ns as f64 / 1e3 / n.calls as f64,
+            n.calls,
+            op,
+            name
+        );
+    }
+    t
 }
 
 /// The bound value of symbol `i` in this run (generated code reads symbolic

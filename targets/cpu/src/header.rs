@@ -58,6 +58,11 @@ void lpc_model_free(lpc_model *model);
 /* The message of the last failure on this thread ("" if none). */
 const char *lpc_last_error(void);
 
+/* Time per node over the runs so far, as a text table (slowest first), for a
+   library compiled with `lpc compile --profile`; "" otherwise. Owned by the
+   model until the next call or lpc_model_free. */
+const char *lpc_model_profile(lpc_model *model);
+
 int64_t lpc_model_num_inputs(const lpc_model *model);
 int64_t lpc_model_num_outputs(const lpc_model *model);
 /* Name and element type of input/output i (NULL / -1 when out of range). */

@@ -361,6 +361,7 @@ impl<'c> Cg<'c> {
             "lpc_rt_launch" => i32t.fn_type(&[p.into(), i32t.into(), i64t.into(), p.into()], false),
             "lpc_rt_host" => i32t.fn_type(&[p.into()], false),
             "lpc_rt_error" => void.fn_type(&[p.into(), p.into(), p.into()], false),
+            "lpc_rt_profile" => void.fn_type(&[p.into(), i64t.into(), p.into()], false),
             "lpc_rt_parallel_for" => void.fn_type(
                 &[p.into(), i64t.into(), i64t.into(), p.into(), p.into()],
                 false,
@@ -388,7 +389,17 @@ impl<'c> Cg<'c> {
             "lpc_rt_scratch" => p.fn_type(&[i32t.into(), i64t.into()], false),
             other => panic!("unknown runtime function {other}"),
         };
-        self.m.add_function(name, ty, Some(Linkage::External))
+        let f = self.m.add_function(name, ty, Some(Linkage::External));
+        if name == "lpc_rt_alloc" {
+            // A fresh buffer, as from malloc: nothing else points into it
+            // (a recycled one's previous uses all precede its release, an
+            // opaque call). LLVM then needs no overlap checks between it
+            // and the operands, and vectorizes straight-line code over it.
+            let k = inkwell::attributes::Attribute::get_named_enum_kind_id("noalias");
+            let a = self.cx.create_enum_attribute(k, 0);
+            f.add_attribute(inkwell::attributes::AttributeLoc::Return, a);
+        }
+        f
     }
 
     /// A private constant NUL-terminated string.
@@ -527,6 +538,17 @@ impl<'c> Cg<'c> {
         hi: IntValue<'c>,
         body: impl FnOnce(&mut Self, IntValue<'c>) -> R<()>,
     ) -> R<()> {
+        self.for_range_with(lo, hi, LoopHint::None, body)
+    }
+
+    /// [`Self::for_range`] with a hint for LLVM's loop passes.
+    pub fn for_range_with(
+        &mut self,
+        lo: IntValue<'c>,
+        hi: IntValue<'c>,
+        hint: LoopHint,
+        body: impl FnOnce(&mut Self, IntValue<'c>) -> R<()>,
+    ) -> R<()> {
         let pre = self.b.get_insert_block().expect("positioned");
         let head = self.cx.append_basic_block(self.f, "loop");
         let bodyb = self.cx.append_basic_block(self.f, "body");
@@ -541,10 +563,49 @@ impl<'c> Cg<'c> {
         body(self, i)?;
         let next = self.b.build_int_nsw_add(i, self.c64(1), "")?;
         let latch = self.b.get_insert_block().expect("positioned");
-        self.b.build_unconditional_branch(head)?;
+        let br = self.b.build_unconditional_branch(head)?;
+        match hint {
+            LoopHint::None => {}
+            LoopHint::NoVectorize => self.loop_hint(br, "llvm.loop.vectorize.enable", Some(false)),
+            LoopHint::NoUnroll => self.loop_hint(br, "llvm.loop.unroll.disable", None),
+        }
         phi.add_incoming(&[(&lo, pre), (&next, latch)]);
         self.b.position_at_end(exit);
         Ok(())
+    }
+
+    /// Tags the loop whose latch branch is `br` with `llvm.loop` metadata
+    /// `{self, {key, flag?}}` (a loop ID must name itself: made through a
+    /// temporary node, as LLVM's own builders do).
+    fn loop_hint(&self, br: inkwell::values::InstructionValue<'c>, key: &str, flag: Option<bool>) {
+        use inkwell::context::AsContextRef;
+        use inkwell::llvm_sys::{core, debuginfo};
+        use inkwell::values::AsValueRef;
+        let kind = "llvm.loop";
+        // SAFETY: every reference is from this context; the temporary node
+        // is replaced (and so freed) before it could be used anywhere else.
+        unsafe {
+            let cx = self.cx.as_ctx_ref();
+            let tmp = debuginfo::LLVMTemporaryMDNode(cx, std::ptr::null_mut(), 0);
+            let mut opt = vec![core::LLVMMDStringInContext2(
+                cx,
+                key.as_ptr().cast(),
+                key.len(),
+            )];
+            if let Some(f) = flag {
+                opt.push(core::LLVMValueAsMetadata(core::LLVMConstInt(
+                    core::LLVMInt1TypeInContext(cx),
+                    f as u64,
+                    0,
+                )));
+            }
+            let opt = core::LLVMMDNodeInContext2(cx, opt.as_mut_ptr(), opt.len());
+            let mut ops = [tmp, opt];
+            let id = core::LLVMMDNodeInContext2(cx, ops.as_mut_ptr(), 2);
+            debuginfo::LLVMMetadataReplaceAllUsesWith(tmp, id);
+            let k = core::LLVMGetMDKindIDInContext(cx, kind.as_ptr().cast(), kind.len() as u32);
+            core::LLVMSetMetadata(br.as_value_ref(), k, core::LLVMMetadataAsValue(cx, id));
+        }
     }
 
     pub fn for_n(
@@ -562,9 +623,24 @@ impl<'c> Cg<'c> {
         dims: &[IntValue<'c>],
         body: &mut dyn FnMut(&mut Self, &[IntValue<'c>]) -> R<()>,
     ) -> R<()> {
+        self.for_nd_with(dims, false, body)
+    }
+
+    /// [`Self::for_nd`]; with `inner_only`, the innermost loop is kept (not
+    /// unrolled completely) and only it may be vectorized. For elementwise
+    /// and copy nests: LLVM otherwise unrolls a short innermost loop (a
+    /// row of 16) completely and vectorizes the loop around it, with
+    /// gathers and scatters across rows, instead of the contiguous row.
+    pub fn for_nd_with(
+        &mut self,
+        dims: &[IntValue<'c>],
+        inner_only: bool,
+        body: &mut dyn FnMut(&mut Self, &[IntValue<'c>]) -> R<()>,
+    ) -> R<()> {
         fn go<'c>(
             cg: &mut Cg<'c>,
             dims: &[IntValue<'c>],
+            inner_only: bool,
             idx: &mut Vec<IntValue<'c>>,
             body: &mut dyn FnMut(&mut Cg<'c>, &[IntValue<'c>]) -> R<()>,
         ) -> R<()> {
@@ -572,15 +648,21 @@ impl<'c> Cg<'c> {
                 return body(cg, idx);
             }
             let d = dims[idx.len()];
-            cg.for_n(d, |cg, i| {
+            let zero = cg.c64(0);
+            let hint = match (inner_only, idx.len() + 1 == dims.len()) {
+                (false, _) => LoopHint::None,
+                (true, true) => LoopHint::NoUnroll,
+                (true, false) => LoopHint::NoVectorize,
+            };
+            cg.for_range_with(zero, d, hint, |cg, i| {
                 idx.push(i);
-                let r = go(cg, dims, idx, body);
+                let r = go(cg, dims, inner_only, idx, body);
                 idx.pop();
                 r
             })
         }
         let mut idx = Vec::with_capacity(dims.len());
-        go(self, dims, &mut idx, body)
+        go(self, dims, inner_only, &mut idx, body)
     }
 
     /// Accumulates with a stack slot (a loop-carried value without phis).
@@ -653,4 +735,15 @@ impl<'c> Cg<'c> {
         }
         r
     }
+}
+
+/// What LLVM's loop passes may do with a generated loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopHint {
+    /// Anything.
+    None,
+    /// Not vectorize it (the loops inside it still may be).
+    NoVectorize,
+    /// Not unroll it (it may still be vectorized).
+    NoUnroll,
 }

@@ -195,7 +195,7 @@ impl<'c> Cg<'c> {
         let out = self.alloc(out_dt, n)?;
         let ostr = self.strides(&dims)?;
         let ins: Vec<Val<'c>> = ins.iter().map(|v| (*v).clone()).collect();
-        self.for_nd(&dims, &mut |cg, idx| {
+        self.for_nd_with(&dims, true, &mut |cg, idx| {
             let mut xs = Vec::with_capacity(ins.len());
             for (v, s) in ins.iter().zip(&strides) {
                 let o = cg.offset(idx, s)?;

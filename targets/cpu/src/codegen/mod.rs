@@ -52,6 +52,9 @@ pub struct Options {
     /// Generate a GPU library (`--target cuda`): ops with kernels become
     /// launches (see `device.rs`).
     pub device: Option<DeviceOptions>,
+    /// Time every node (`lpc compile --profile`): the graph marks each
+    /// node's start with `lpc_rt_profile`, and `lpc_model_profile` reports.
+    pub profile: bool,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             bf16_512: false,
             pace_strips: false,
             device: None,
+            profile: false,
         }
     }
 }
@@ -402,10 +406,18 @@ fn generate_into<'c>(
     let mut roots: Vec<Root<'c>> = Vec::new();
     let mut root_of: HashMap<ValueId, usize> = HashMap::new();
 
-    for &nid in &order {
+    for (step, &nid) in order.iter().enumerate() {
         let node = g.node(nid);
         cg.node = node.name.clone();
         cg.op = node.op.clone();
+        if o.profile {
+            let label = cg.cstr(&format!("{}\t{}", node.op, node.name));
+            let i = cg.c64(step as i64);
+            cg.call_void(
+                cg.rt("lpc_rt_profile"),
+                &[cg.ctx.into(), i.into(), label.into()],
+            )?;
+        }
         let ins: Vec<Option<Val<'c>>> = node
             .inputs
             .iter()
@@ -472,6 +484,13 @@ fn generate_into<'c>(
         }
     }
 
+    if o.profile {
+        let (end, none) = (cg.c64(-1), cg.ptrt().const_null());
+        cg.call_void(
+            cg.rt("lpc_rt_profile"),
+            &[cg.ctx.into(), end.into(), none.into()],
+        )?;
+    }
     // Outputs: a root that is exactly one output is handed over; anything
     // else (views, inputs, constants, repeated outputs) is copied.
     cg.node = "outputs".into();
