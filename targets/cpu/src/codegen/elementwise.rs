@@ -320,6 +320,70 @@ impl<'c> Cg<'c> {
         let y = self.select_f(is_small, small, big)?;
         self.f32_intrinsic("llvm.copysign", &[y, x])
     }
+    /// `lpc_runtime::math::reduce_pio2`, operation for operation: the f32
+    /// remainder and the f64 quadrant.
+    fn reduce_pio2(&self, x: FloatValue<'c>) -> R<(FloatValue<'c>, FloatValue<'c>)> {
+        use lpc_runtime::math::{FRAC_2_PI, PIO2, TRIG_R_MAX};
+        let f64t = self.f64t();
+        let f64_intr = |name: &str, args: &[FloatValue<'c>]| -> R<FloatValue<'c>> {
+            let args: Vec<_> = args.iter().map(|a| (*a).into()).collect();
+            Ok(self
+                .intrinsic(name, &[f64t.into()], &args)?
+                .into_float_value())
+        };
+        let mod4 = |q: FloatValue<'c>| -> R<FloatValue<'c>> {
+            let f = f64_intr("llvm.floor", &[self.fmul(q, self.cf64(0.25))?])?;
+            self.fsub(q, self.fmul(self.cf64(4.0), f)?)
+        };
+        let mut r = self.fext(x)?;
+        let mut q = self.cf64(0.0);
+        for _ in 0..2 {
+            let k = f64_intr("llvm.roundeven", &[self.fmul(r, self.cf64(FRAC_2_PI))?])?;
+            let nk = self.b.build_float_neg(k, "")?;
+            for p in PIO2 {
+                r = f64_intr("llvm.fma", &[nk, self.cf64(p), r])?;
+            }
+            q = self.fadd(q, mod4(k)?)?;
+        }
+        // f64::clamp: NaN passes.
+        let (lo, hi) = (self.cf64(-TRIG_R_MAX), self.cf64(TRIG_R_MAX));
+        let r = self.select_f(self.fcmp(FloatPredicate::OLT, r, lo)?, lo, r)?;
+        let r = self.select_f(self.fcmp(FloatPredicate::OGT, r, hi)?, hi, r)?;
+        Ok((self.ftrunc(r)?, mod4(q)?))
+    }
+    /// `lpc_runtime::math::sin_f32` (`cos` false) or `cos_f32`, operation
+    /// for operation.
+    pub fn sincos_fast(&self, x: FloatValue<'c>, cos: bool) -> R<FloatValue<'c>> {
+        use lpc_runtime::math::{COS_POLY, SIN_POLY};
+        let fma = |a, b, c| self.f32_intrinsic("llvm.fma", &[a, b, c]);
+        let (r, q) = self.reduce_pio2(x)?;
+        let r2 = self.fmul(r, r)?;
+        let mut p = self.cf32(SIN_POLY[0]);
+        for &c in &SIN_POLY[1..] {
+            p = fma(p, r2, self.cf32(c))?;
+        }
+        let s = fma(self.fmul(p, r2)?, r, r)?;
+        let mut p = self.cf32(COS_POLY[0]);
+        for &c in &COS_POLY[1..] {
+            p = fma(p, r2, self.cf32(c))?;
+        }
+        let p = fma(p, r2, self.cf32(-0.5))?;
+        let c = fma(p, r2, self.cf32(1.0))?;
+        let is = |v: f64| self.fcmp(FloatPredicate::OEQ, q, self.cf64(v));
+        let odd = self.b.build_or(is(1.0)?, is(3.0)?, "")?;
+        let neg = |v: FloatValue<'c>| -> R<FloatValue<'c>> { Ok(self.b.build_float_neg(v, "")?) };
+        if cos {
+            let v = self.select_f(odd, s, c)?;
+            let flip = self.b.build_or(is(1.0)?, is(2.0)?, "")?;
+            self.select_f(flip, neg(v)?, v)
+        } else {
+            let v = self.select_f(odd, c, s)?;
+            let flip = self.fcmp(FloatPredicate::OGE, q, self.cf64(2.0))?;
+            let v = self.select_f(flip, neg(v)?, v)?;
+            let zero = self.fcmp(FloatPredicate::OEQ, x, self.cf32(0.0))?;
+            self.select_f(zero, x, v)
+        }
+    }
     /// GELU, erf form (`tanh = false`) or tanh form, computed in f32.
     pub fn gelu(&self, x: FloatValue<'c>, tanh: bool) -> R<FloatValue<'c>> {
         let inner = if tanh {
@@ -342,7 +406,9 @@ impl<'c> Cg<'c> {
             "Abs" => self.math_f32("fabs", x)?,
             "Exp" => self.exp_fast(x)?,
             "Tanh" => self.tanh_fast(x)?,
-            "Sqrt" | "Log" | "Sin" | "Cos" | "Floor" | "Ceil" | "Erf" => {
+            "Sin" => self.sincos_fast(x, false)?,
+            "Cos" => self.sincos_fast(x, true)?,
+            "Sqrt" | "Log" | "Floor" | "Ceil" | "Erf" => {
                 self.math_f32(&op.to_ascii_lowercase(), x)?
             }
             "Sigmoid" => self.sigmoid(x)?,

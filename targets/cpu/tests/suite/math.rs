@@ -45,6 +45,11 @@ fn generated_elementary_functions_match_the_reference_bit_for_bit() {
         f32::INFINITY,
         f32::NEG_INFINITY,
         f32::NAN,
+        std::f32::consts::FRAC_PI_4,
+        std::f32::consts::PI,
+        -std::f32::consts::FRAC_PI_2,
+        math::TRIG_ACCURATE_BELOW,
+        9.007_199e15,
     ]);
     let n = x.len();
     let dir = tempfile::tempdir().unwrap();
@@ -52,11 +57,13 @@ fn generated_elementary_functions_match_the_reference_bit_for_bit() {
     haswell.cpu = "haswell".into();
     haswell.features = String::new();
     type Reference = fn(f32) -> f32;
-    let refs: [(&str, Reference); 4] = [
+    let refs: [(&str, Reference); 6] = [
         ("Exp", math::exp_f32),
         ("Tanh", math::tanh_f32),
         ("Sigmoid", math::sigmoid_f32),
         ("lpc.silu", math::silu_f32),
+        ("Sin", math::sin_f32),
+        ("Cos", math::cos_f32),
     ];
     for (ti, target) in [CpuTarget::host().unwrap(), haswell]
         .into_iter()
