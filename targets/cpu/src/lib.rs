@@ -113,18 +113,12 @@ pub fn optimize(
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     let p = pipeline(opt);
-    // As clang sets them from -O2 on: LLVM's C API leaves the SLP
-    // vectorizer off by default, and with it straight-line code (short
-    // rows unrolled completely, the kernels' per-lane scalars) stays scalar.
-    let po = PassBuilderOptions::create();
-    let vectorize = !matches!(opt, OptimizationLevel::None | OptimizationLevel::Less);
-    po.set_loop_vectorization(vectorize);
-    po.set_loop_slp_vectorization(vectorize);
-    po.set_loop_interleaving(vectorize);
-    module.run_passes(p, tm, po).map_err(|e| CpuError::Passes {
-        pipeline: p.to_string(),
-        msg: e.to_string(),
-    })
+    module
+        .run_passes(p, tm, PassBuilderOptions::create())
+        .map_err(|e| CpuError::Passes {
+            pipeline: p.to_string(),
+            msg: e.to_string(),
+        })
 }
 
 /// Writes the module as an object file.
