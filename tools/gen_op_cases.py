@@ -191,6 +191,33 @@ def main():
     perm = np.array([[2, 0], [0, 1], [3, 2]], np.int64)
     case("scatter_nd_const_irregular", "ScatterND", [("x", f32(4, 3)), ("i", perm), ("u", f32(3))],
          consts={"i": perm})
+    swiglu_split_case()
+
+
+def swiglu_split_case():
+    """silu(up) * gate over two projections of one input: lpc fuses them into one
+    two-part linear and reads the SwiGLU's halves in place, the gate second."""
+    x = f32(3, 64)
+    wg, wu = f32(64, 96), f32(64, 96)
+    nodes = [helper.make_node("MatMul", ["x", "wg"], ["g"]), helper.make_node("MatMul", ["x", "wu"], ["u"]),
+             helper.make_node("Sigmoid", ["u"], ["s"]), helper.make_node("Mul", ["u", "s"], ["su"]),
+             helper.make_node("Mul", ["su", "g"], ["y0"])]
+    graph = helper.make_graph(nodes, "swiglu_split_gate_second",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [3, 96])],
+                              [onnx.numpy_helper.from_array(wg, "wg"), onnx.numpy_helper.from_array(wu, "wu")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="lpc gen_op_cases")
+    model.ir_version = 10
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    d = os.path.join(OUT, "swiglu_split_gate_second")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.join(d, "inputs"))
+    os.makedirs(os.path.join(d, "ref_ort"))
+    onnx.save(model, os.path.join(d, "model.onnx"))
+    np.save(os.path.join(d, "inputs", "x.npy"), x)
+    np.save(os.path.join(d, "ref_ort", "y0.npy"), sess.run(["y0"], {"x": x})[0])
 
 
 if __name__ == "__main__":

@@ -7,10 +7,18 @@
 //! it (x³ as `x · (x · x)`, constants on either side) -> `lpc.gelu {tanh}`;
 //! the erf-GELU chain `0.5 · x · (1 + erf(x / √2))` -> `lpc.gelu {none}`.
 //! Guarantees: the same function, computed as one op. Needs nothing before it.
+//!
+//! `fuse-swiglu-split`: `lpc.swiglu(Split(x)[i], Split(x)[j])` where the
+//! Split cuts the last axis of `x` into two equal halves read by nothing
+//! else (`fuse-parallel-linear`'s gate and up projections) ->
+//! `lpc.swiglu(x) {gate = i}`: the halves are read in place instead of
+//! copied out first. Guarantees: the same values. Needs
+//! `fuse-parallel-linear` (and `fuse-activations`) and `dce` before it (the
+//! SiLU a SwiGLU replaced still reads the gate until then), `dce` after.
 
-use crate::util::{arg, def_op, other, replace_value, scalar, single_use};
+use crate::util::{arg, def, def_op, other, replace_value, scalar, single_use};
 use crate::Pass;
-use lpc_ir::{Attr, Graph};
+use lpc_ir::{Attr, Dim, Graph};
 use std::collections::BTreeMap;
 
 pub struct FuseActivations;
@@ -201,6 +209,71 @@ impl Pass for FuseActivations {
                     _ => {}
                 }
             }
+        }
+        Ok(changed)
+    }
+}
+
+pub struct FuseSwigluSplit;
+
+impl Pass for FuseSwigluSplit {
+    fn name(&self) -> &'static str {
+        "fuse-swiglu-split"
+    }
+    fn summary(&self) -> &'static str {
+        "lpc.swiglu of a Split's two halves to lpc.swiglu of the whole"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, String> {
+        let mut changed = false;
+        for n in crate::util::nodes_of(g, "lpc.swiglu") {
+            let node = g.node(n).clone();
+            let (Some(gv), Some(uv), 2) = (arg(&node, 0), arg(&node, 1), node.inputs.len()) else {
+                continue;
+            };
+            let (Some((sid, split)), Some((sid2, _))) = (def(g, gv), def(g, uv)) else {
+                continue;
+            };
+            if sid != sid2 || split.op != "Split" || split.outputs.len() != 2 {
+                continue;
+            }
+            let Some(x) = arg(split, 0) else {
+                continue;
+            };
+            let Some(dims) = g.value(x).ty.as_ref().and_then(|t| t.shape.clone()) else {
+                continue;
+            };
+            let rank = dims.len() as i64;
+            let axis = split.int("axis").unwrap_or(0);
+            let Some(Dim::Fixed(d)) = dims.last() else {
+                continue;
+            };
+            let halves = match split.inputs.get(1).copied().flatten() {
+                Some(s) => {
+                    g.constant(s).and_then(|t| t.to_i64_vec()) == Some(vec![*d as i64 / 2; 2])
+                }
+                None => split
+                    .ints("split")
+                    .map_or(split.int("num_outputs").unwrap_or(2) == 2, |v| {
+                        v == [*d as i64 / 2; 2]
+                    }),
+            };
+            let last = axis == -1 || axis == rank - 1;
+            let both_once = split.outputs.iter().all(|&o| single_use(g, o));
+            if !halves || !last || d % 2 != 0 || !both_once || gv == uv {
+                continue;
+            }
+            let gate = if split.outputs[0] == gv { 0 } else { 1 };
+            let mut attrs = BTreeMap::new();
+            attrs.insert("gate".to_string(), Attr::Int(gate));
+            replace_value(
+                g,
+                node.outputs[0],
+                node.name.clone(),
+                "lpc.swiglu",
+                attrs,
+                vec![Some(x)],
+            );
+            changed = true;
         }
         Ok(changed)
     }

@@ -592,7 +592,16 @@ fn out_shapes(g: &Graph, sv: &SymValues, n: NodeId) -> Vec<Option<Vec<Dim>>> {
         "Neg" | "Abs" | "Sqrt" | "Exp" | "Log" | "Sin" | "Cos" | "Tanh" | "Sigmoid" | "Erf"
         | "Relu" | "Reciprocal" | "Floor" | "Ceil" | "Softplus" | "Gelu" | "Identity" | "Cast"
         | "Not" | "Softmax" | "ScatterND" | "RotaryEmbedding" | "lpc.rms_norm" | "lpc.silu"
-        | "lpc.swiglu" | "lpc.gelu" => same(0),
+        | "lpc.gelu" => same(0),
+        // One operand: gate and up are the halves of its last axis.
+        "lpc.swiglu" if node.inputs.len() == 1 => one(s(0).and_then(|mut d| match d.last()? {
+            Dim::Fixed(n) if n % 2 == 0 => {
+                *d.last_mut()? = Dim::Fixed(n / 2);
+                Some(d)
+            }
+            _ => None,
+        })),
+        "lpc.swiglu" => same(0),
         _ => vec![None; node.outputs.len()],
     }
 }

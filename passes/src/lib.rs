@@ -68,6 +68,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_act::FuseActivations),
         Box::new(fuse_attention::FuseAttention),
         Box::new(fuse_parallel::FuseParallelLinear),
+        Box::new(fuse_act::FuseSwigluSplit),
         Box::new(smooth::Smooth(QuantConfig::default())),
         Box::new(rotate::Rotate(QuantConfig::default())),
         Box::new(quantize_insert::QuantizeInsert(QuantConfig::default())),
@@ -122,6 +123,8 @@ pub fn canonicalize() -> Vec<Box<dyn Pass>> {
         "fuse-linear",
         "fuse-attention",
         "fuse-parallel-linear",
+        "dce",
+        "fuse-swiglu-split",
         "cse",
         "dce",
     ]

@@ -86,8 +86,33 @@ pub fn silu(c: &OpCtx) -> R<Vec<TensorValue>> {
     )])
 }
 
-/// `lpc.swiglu(g, u) = silu(g) · u` (same shapes).
+/// `lpc.swiglu(g, u) = silu(g) · u` (same shapes); with one operand, `g`
+/// and `u` are the halves of its last axis (`gate`: which half is `g`).
 pub fn swiglu(c: &OpCtx) -> R<Vec<TensorValue>> {
+    if c.node.inputs.len() == 1 {
+        let a = c.input(0)?;
+        let x = c.f32_in(0)?;
+        let h = a.shape.last().copied().unwrap_or(0) / 2;
+        if h == 0 || a.shape.last() != Some(&(2 * h)) {
+            return Err(format!(
+                "{:?}: the last axis must split in two halves",
+                a.shape
+            ));
+        }
+        let gate = c.node.int("gate").unwrap_or(0) as usize;
+        let y = x
+            .chunks_exact(2 * h)
+            .flat_map(|row| {
+                let (g, u) = (&row[gate * h..][..h], &row[(1 - gate) * h..][..h]);
+                g.iter()
+                    .zip(u)
+                    .map(|(&v, &w)| round_to(a.dtype, round_to(a.dtype, silu_f32(v)) * w))
+            })
+            .collect();
+        let mut shape = a.shape.clone();
+        *shape.last_mut().expect("rank >= 1") = h;
+        return Ok(vec![TensorValue::with_dtype(a.dtype, shape, Data::F(y))]);
+    }
     let (a, b) = (c.input(0)?, c.input(1)?);
     if a.shape != b.shape {
         return Err(format!(

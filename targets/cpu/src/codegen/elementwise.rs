@@ -646,6 +646,40 @@ pub fn emit<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<
                 Ok(S::F(cg.unary_f(&o, v, &node)?))
             })?
         }
+        "lpc.swiglu" if ins.len() == 1 => {
+            // Gate and up are the halves of the last axis: both read in
+            // place, row by row.
+            let x = a(0)?;
+            if x.dt != DType::F32 || x.rank() == 0 {
+                return cg.err("lpc.swiglu needs an f32 operand");
+            }
+            let d = *x.dims.last().expect("rank >= 1");
+            let h = cg.sdiv(d, cg.c64(2))?;
+            let ok = cg.icmp(IntPredicate::EQ, cg.mul(h, cg.c64(2))?, d)?;
+            cg.check(ok, "the last axis must split in two halves")?;
+            let gate = n.int("gate").unwrap_or(0);
+            let (go, uo) = if gate == 0 {
+                (cg.c64(0), h)
+            } else {
+                (h, cg.c64(0))
+            };
+            let rows = cg.product(&x.dims[..x.rank() - 1])?;
+            let out = cg.alloc(DType::F32, cg.mul(rows, h)?)?;
+            cg.for_nd_with(&[rows, h], true, &mut |cg, i| {
+                let base = cg.mul(i[0], d)?;
+                let g = cg.load_f32(x.ptr, cg.add(cg.add(base, go)?, i[1])?)?;
+                let u = cg.load_f32(x.ptr, cg.add(cg.add(base, uo)?, i[1])?)?;
+                let y = cg.fmul(cg.silu(g)?, u)?;
+                cg.store(DType::F32, out, cg.add(cg.mul(i[0], h)?, i[1])?, y.into())
+            })?;
+            let mut dims = x.dims.clone();
+            *dims.last_mut().expect("rank >= 1") = h;
+            Val {
+                ptr: out,
+                dims,
+                dt: DType::F32,
+            }
+        }
         "lpc.swiglu" => {
             let (x, y) = (a(0)?, a(1)?);
             cg.map(&[&x, &y], DType::F32, &|cg, s| {
