@@ -1073,9 +1073,10 @@ pub unsafe extern "C" fn lpc_rt_profile(ctx: *mut RunCtx, i: i64, label: *const 
 /// first, with each node's share and time per call), for a library compiled
 /// with `lpc compile --profile`; "" for one compiled without it (or before
 /// a run). Owned by the model until the next call or `lpc_model_free`.
+/// Not to be called while the model runs (the runs write what it reads).
 ///
 /// # Safety
-/// `m` is null or from [`lpc_rt_load`].
+/// `m` is null or from [`lpc_rt_load`], not running on another thread.
 #[no_mangle]
 pub unsafe extern "C" fn lpc_model_profile(m: *mut Model) -> *const c_char {
     // SAFETY: see the contract above.

@@ -60,7 +60,7 @@ const char *lpc_last_error(void);
 
 /* Time per node over the runs so far, as a text table (slowest first), for a
    library compiled with `lpc compile --profile`; "" otherwise. Owned by the
-   model until the next call or lpc_model_free. */
+   model until the next call or lpc_model_free. Not while the model runs. */
 const char *lpc_model_profile(lpc_model *model);
 
 int64_t lpc_model_num_inputs(const lpc_model *model);

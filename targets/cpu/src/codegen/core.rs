@@ -393,8 +393,7 @@ impl<'c> Cg<'c> {
         if name == "lpc_rt_alloc" {
             // A fresh buffer, as from malloc: nothing else points into it
             // (a recycled one's previous uses all precede its release, an
-            // opaque call). LLVM then needs no overlap checks between it
-            // and the operands, and vectorizes straight-line code over it.
+            // opaque call), which LLVM's alias analysis can then use.
             let k = inkwell::attributes::Attribute::get_named_enum_kind_id("noalias");
             let a = self.cx.create_enum_attribute(k, 0);
             f.add_attribute(inkwell::attributes::AttributeLoc::Return, a);
@@ -576,14 +575,16 @@ impl<'c> Cg<'c> {
 
     /// Tags the loop whose latch branch is `br` with `llvm.loop` metadata
     /// `{self, {key, flag?}}` (a loop ID must name itself: made through a
-    /// temporary node, as LLVM's own builders do).
+    /// temporary node that the node then replaces).
     fn loop_hint(&self, br: inkwell::values::InstructionValue<'c>, key: &str, flag: Option<bool>) {
         use inkwell::context::AsContextRef;
         use inkwell::llvm_sys::{core, debuginfo};
         use inkwell::values::AsValueRef;
         let kind = "llvm.loop";
         // SAFETY: every reference is from this context; the temporary node
-        // is replaced (and so freed) before it could be used anywhere else.
+        // has no uses left after the replacement. (It is not disposed:
+        // `LLVMDisposeTemporaryMDNode` there crashed LLVM 22; it is a few
+        // bytes per loop, for the compiler's lifetime.)
         unsafe {
             let cx = self.cx.as_ctx_ref();
             let tmp = debuginfo::LLVMTemporaryMDNode(cx, std::ptr::null_mut(), 0);
@@ -628,9 +629,9 @@ impl<'c> Cg<'c> {
 
     /// [`Self::for_nd`]; with `inner_only`, the innermost loop is kept (not
     /// unrolled completely) and only it may be vectorized. For elementwise
-    /// and copy nests: LLVM otherwise unrolls a short innermost loop (a
-    /// row of 16) completely and vectorizes the loop around it, with
-    /// gathers and scatters across rows, instead of the contiguous row.
+    /// nests: LLVM otherwise unrolls a short innermost loop (a row of 16)
+    /// completely and vectorizes the loop around it, with gathers and
+    /// scatters across rows, instead of the contiguous row.
     pub fn for_nd_with(
         &mut self,
         dims: &[IntValue<'c>],
