@@ -341,22 +341,25 @@ fn fuse_attention() {
 
 #[test]
 fn fuse_swiglu_split() {
-    // Gate first and up first; a Split whose half has another reader stays.
-    insta::assert_snapshot!(run(
-        &[
-            "fuse-parallel-linear",
-            "fuse-activations",
-            "dce",
-            "fuse-swiglu-split",
-            "dce"
-        ],
-        r#"graph "g" ["" = 17] {
+    let passes = [
+        "fuse-parallel-linear",
+        "fuse-activations",
+        "dce",
+        "fuse-swiglu-split",
+        "dce",
+    ];
+    let head = r#"graph "g" ["" = 17] {
   input %0 "x": f32[batch, 2]
   const %1 "wg": f32[2, 2] = [1.0, -2.0, 3.0, 0.5]
   const %2 "wu": f32[2, 2] = [0.5, 1.0, -1.0, 2.0]
   %3 "gate": f32[batch, 2] = lpc.linear(%0, %1) {transposed = 0} "gate_proj"
   %4 "up": f32[batch, 2] = lpc.linear(%0, %2) {transposed = 0} "up_proj"
-  %5 "sig" = Sigmoid(%3) "act/Sigmoid"
+"#;
+    // A Split whose halves feed two SwiGLUs stays.
+    insta::assert_snapshot!(run(
+        &passes,
+        &format!(
+            r#"{head}  %5 "sig" = Sigmoid(%3) "act/Sigmoid"
   %6 "silu" = Mul(%3, %5) "act/Mul"
   %7 "y": f32[batch, 2] = Mul(%6, %4) "mlp/Mul"
   %8 "sig2" = Sigmoid(%4) "act2/Sigmoid"
@@ -364,27 +367,19 @@ fn fuse_swiglu_split() {
   %10 "y2": f32[batch, 2] = Mul(%9, %3) "mlp2/Mul"
   output %7
   output %10
-}"#
+}}"#
+        )
     ));
+    // The gate second: read in place, `gate = 1`.
     insta::assert_snapshot!(run(
-        &[
-            "fuse-parallel-linear",
-            "fuse-activations",
-            "dce",
-            "fuse-swiglu-split",
-            "dce"
-        ],
-        r#"graph "g" ["" = 17] {
-  input %0 "x": f32[batch, 2]
-  const %1 "wg": f32[2, 2] = [1.0, -2.0, 3.0, 0.5]
-  const %2 "wu": f32[2, 2] = [0.5, 1.0, -1.0, 2.0]
-  %3 "gate": f32[batch, 2] = lpc.linear(%0, %1) {transposed = 0} "gate_proj"
-  %4 "up": f32[batch, 2] = lpc.linear(%0, %2) {transposed = 0} "up_proj"
-  %5 "sig" = Sigmoid(%4) "act/Sigmoid"
+        &passes,
+        &format!(
+            r#"{head}  %5 "sig" = Sigmoid(%4) "act/Sigmoid"
   %6 "silu" = Mul(%4, %5) "act/Mul"
   %7 "y": f32[batch, 2] = Mul(%6, %3) "mlp/Mul"
   output %7
-}"#
+}}"#
+        )
     ));
 }
 
