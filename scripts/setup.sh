@@ -6,6 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*"; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# 0. /dev/null must be the null device. Machines here have come up with it as
+# a regular file (seen in a CI run and in a session): everything written to it
+# piles up there, and cargo, which probes rustc with `rustc -` and stdin on
+# /dev/null, then compiles that pile and fails before building anything.
+if [ ! -c /dev/null ]; then
+  say "/dev/null is not the null device: recreating it (mknod c 1 3)"
+  $SUDO mknod -m 666 /dev/null.lpc-setup c 1 3 && $SUDO mv -f /dev/null.lpc-setup /dev/null ||
+    { say "could not recreate /dev/null (mknod needs root and CAP_MKNOD): cargo cannot build here"; exit 1; }
+fi
 
 # 1. LLVM 22 and MLIR 22 from Debian (needed only by targets/), and GNU time.
 # `time` (GNU time) measures peak memory in the large-import test; valgrind and
@@ -17,8 +29,6 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   say "installing ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
     -o DPkg::Lock::Timeout=600 "${missing[@]}"
