@@ -11,12 +11,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Estimated work (about cycles) each thread of a parallel loop should get
-/// at least: posting a job, waking a spinning worker and joining it cost
-/// about a microsecond on the machines measured, so a loop with less work
-/// than this per thread runs on fewer threads (one: the caller alone). The
-/// small Wan fixture (32 tokens, about 25 parallel loops of 1-10 µs) took
-/// 0.100 ms on 2 threads against 0.079 ms on 1 before.
-pub const MIN_TASK_COST: i64 = 20_000;
+/// at least: posting a job to a spinning worker and joining it cost about
+/// a microsecond, so a loop with less work than this per thread runs on
+/// fewer threads (one: the caller alone). Measured on the fixtures with 2
+/// threads (MXFP4, medians of 1500-3000 runs, 5-6 processes each): at
+/// 20 000 their 4-9 µs GEMMs and attention ran on one thread (Qwen3
+/// prefill 0.087 ms, HiF4 0.100, as on 1 thread); at 4 000 they split
+/// (0.078-0.085, HiF4 0.082-0.088), decode is unchanged (0.016-0.017) and
+/// Wan about the same (0.071-0.073); at 2 500 decode was slower (0.018).
+pub const MIN_TASK_COST: i64 = 4_000;
 
 /// One parallel loop. Its counters belong to it: a worker still leaving
 /// an old job can never take a chunk of the next one.

@@ -860,8 +860,13 @@ impl<'c> Cg<'c> {
         }
         let mask_dt = mask_info.as_ref().map(|m| m.1);
         // Per query row: its keys (at most `total`) times the head widths,
-        // 16 lanes at a time, scores and weighted values.
-        let cost = self.sdiv(self.mul(total, self.add(d, dv)?)?, self.c64(8))?;
+        // 16 lanes at a time, scores and weighted values, plus the row's own
+        // work (masks, maxima, sums, the output: about 400 cycles, measured
+        // on the small Qwen3 fixtures' 12-key rows).
+        let cost = self.add(
+            self.sdiv(self.mul(total, self.add(d, dv)?)?, self.c64(8))?,
+            self.c64(400),
+        )?;
         self.parallel_for(rows, cost, &caps, |cg, c, lo, hi| {
             let p = |k: usize| c[k].into_pointer_value();
             let i = |k: usize| c[k].into_int_value();
