@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 /// 20 000 their 4-9 µs GEMMs and attention ran on one thread (Qwen3
 /// prefill 0.087 ms, HiF4 0.100, as on 1 thread); at 4 000 they split
 /// (0.078-0.085, HiF4 0.082-0.088), decode is unchanged (0.016-0.017) and
-/// Wan about the same (0.071-0.073); at 2 500 decode was slower (0.018).
+/// Wan 0.071-0.073 (both builds alternating in one process: 72.7 -> 68.2
+/// µs, genai 82.6 -> 69.9); at 2 500 decode was slower (0.018).
 pub const MIN_TASK_COST: i64 = 4_000;
 
 /// One parallel loop. Its counters belong to it: a worker still leaving
