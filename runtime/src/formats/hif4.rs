@@ -161,10 +161,20 @@ pub(crate) fn unit_scale(vmax: f32) -> (u8, f32) {
         e += 1;
     }
     let scale_byte = (4 * (e + 48) + (q as i32 - 4)) as u8;
-    let s = q as f32 * pow2(e - 2);
-    // Step 6: reciprocal rounded to bf16.
-    (scale_byte, bf16_round(1.0 / s))
+    // Step 6: the reciprocal of s = q·2^(e-2) rounded to bf16, without a
+    // division: bf16(1/s) = bf16(1/q)·2^(2-e) exactly (e in [-48, 15]
+    // keeps both sides normal, where rounding commutes with powers of two).
+    (scale_byte, RECIP_Q[q as usize - 4] * pow2(2 - e))
 }
+
+/// `bf16_round(1 / q)` for the E6M2 significands q = 4..=7 (checked by a
+/// test against the division).
+const RECIP_Q: [f32; 4] = [
+    f32::from_bits(0x3E80_0000),
+    f32::from_bits(0x3E4D_0000),
+    f32::from_bits(0x3E2B_0000),
+    f32::from_bits(0x3E12_0000),
+];
 
 /// Steps 2 to 9 of §3.4 for a unit of finite values.
 #[inline(always)]
@@ -270,6 +280,30 @@ pub fn dot(a: &[Hif4Unit], b: &[Hif4Unit]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table-and-power-of-two reciprocal of `unit_scale` equals the
+    /// division it replaces for every scale: each E6M2 value q·2^(e-2)
+    /// that the clamped seed can round to (e = -48..=15, q = 4..=7).
+    #[test]
+    fn unit_scale_reciprocal_is_the_rounded_division() {
+        for (q, r) in (4..=7).zip(RECIP_Q) {
+            assert_eq!(r, bf16_round(1.0 / q as f32), "q = {q}");
+        }
+        let mut seen = 0;
+        for e in -48..=15 {
+            for q in 4..=7u32 {
+                let s = q as f32 * pow2(e - 2);
+                if !(S_MIN..=S_MAX).contains(&s) {
+                    continue;
+                }
+                let (byte, rec) = unit_scale(s / D7);
+                let want = bf16_round(1.0 / e6m2_to_f32(byte));
+                assert_eq!(rec.to_bits(), want.to_bits(), "scale {s:e} (byte {byte})");
+                seen += 1;
+            }
+        }
+        assert!(seen > 200, "{seen} scales");
+    }
 
     #[test]
     fn d7_is_bf16_of_one_seventh() {
