@@ -168,12 +168,12 @@ pub(crate) fn unit_scale(vmax: f32) -> (u8, f32) {
 }
 
 /// `bf16_round(1 / q)` for the E6M2 significands q = 4..=7 (checked by a
-/// test against the division).
+/// test against the division); 1/7's is [`D7`].
 const RECIP_Q: [f32; 4] = [
     f32::from_bits(0x3E80_0000),
     f32::from_bits(0x3E4D_0000),
     f32::from_bits(0x3E2B_0000),
-    f32::from_bits(0x3E12_0000),
+    D7,
 ];
 
 /// Steps 2 to 9 of §3.4 for a unit of finite values.
