@@ -32,6 +32,8 @@ fi
 # medians, and their min-max.
 RUNS="${LPC_BENCH_MODEL_RUNS:-300}"
 PROCS="${LPC_BENCH_PROCS:-5}"
+# lpc's libraries per fixture: f32 (no --format), then each format
+FORMATS=(none mxfp4 hif4 hif8)
 json="$OUT/models.json"
 echo "[" > "$json"
 first=1
@@ -40,7 +42,7 @@ stats() { sort -n | awk '{v[NR]=$1} END {printf "%.4f %.4f %.4f\n", (NR%2 ? v[(N
 printf "%-26s %-6s %2s %11s %19s %11s %19s %8s\n" model format T "lpc ms" "min-max" "ort ms" "min-max" "vs ort"
 for m in qwen3_small_prefill_ts qwen3_small_decode_ts qwen3_small_genai_fp32 wan_small_ts; do
   D=tests/fixtures/models/$m
-  for f in none mxfp4 hif4 hif8; do
+  for f in "${FORMATS[@]}"; do
     so="$OUT/models/${m}_$f.so"
     if [ "$f" = none ]; then q=(); else q=(--format "$f"); fi
     # (re)compiled unless newer than both the lpc binary and the model
@@ -51,13 +53,13 @@ for m in qwen3_small_prefill_ts qwen3_small_decode_ts qwen3_small_genai_fp32 wan
     for p in $(seq "$PROCS"); do
       ort=$("$VENV/bin/python" scripts/bench_ort.py "$D/model.onnx" "$D/inputs" "$t" "$RUNS")
       meds[ort]+="$(echo "$ort" | "$VENV/bin/python" -c "import json,sys; print('%.4f' % json.load(sys.stdin)['median_ms'])") "
-      for f in none mxfp4 hif4 hif8; do
+      for f in "${FORMATS[@]}"; do
         line=$("$LPC" run "$OUT/models/${m}_$f.so" --inputs "$D/inputs" --threads "$t" --repeat "$RUNS" | grep '^runs ')
         meds[$f]+="$(echo "$line" | sed -E 's/.*median ([0-9.]+) ms.*/\1/') "
       done
     done
     read -r ort_ms ort_mn ort_mx < <(echo "${meds[ort]}" | tr ' ' '\n' | grep . | stats)
-    for f in none mxfp4 hif4 hif8; do
+    for f in "${FORMATS[@]}"; do
       read -r med mn mx < <(echo "${meds[$f]}" | tr ' ' '\n' | grep . | stats)
       ratio=$("$VENV/bin/python" -c "print('%.2f' % ($ort_ms / $med))")
       printf "%-26s %-6s %2s %11s %19s %11s %19s %7sx\n" "$m" "${f/none/f32}" "$t" "$med" "$mn-$mx" "$ort_ms" "$ort_mn-$ort_mx" "$ratio"
