@@ -907,7 +907,12 @@ fn gemm_f32<'c>(
             // The tiles' sums wait in y between slices (the same f32 sums
             // in the same order).
             let nkb = cg.sdiv(cg.add(k, cg.c64(F32_K_BLOCK - 1))?, cg.c64(F32_K_BLOCK))?;
-            let tile_panel = |cg: &mut Cg<'c>, j: IntValue<'c>, partial: bool| -> R<()> {
+            // `nv` vectors of 16 columns per row (4 but in a partial panel).
+            let tile_panel = |cg: &mut Cg<'c>,
+                              j: IntValue<'c>,
+                              partial: bool,
+                              nv: usize|
+             -> R<()> {
                 cg.for_n(nkb, |cg, kb| {
                     let t0 = cg.mul(kb, cg.c64(F32_K_BLOCK))?;
                     let kn = cg.smin(cg.c64(F32_K_BLOCK), cg.sub(k, t0)?)?;
@@ -916,7 +921,7 @@ fn gemm_f32<'c>(
                         let r0 = cg.mul(q, cg.c64(4))?;
                         for rr in 0..4 {
                             let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
-                            for u in 0..4 {
+                            for u in 0..nv {
                                 let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
                                 let v =
                                     cg.load_f32x16(yp, cg.mul(o, cg.c64(4))?, mask_of(partial, u))?;
@@ -929,7 +934,7 @@ fn gemm_f32<'c>(
                         cg.for_n(kn, |cg, t| {
                             let t = cg.add(t0, t)?;
                             let wrow = cg.add(cg.mul(t, nn)?, j)?;
-                            let wv: Vec<VectorValue> = (0..4)
+                            let wv: Vec<VectorValue> = (0..nv as i64)
                                 .map(|u| {
                                     let o = cg.mul(cg.add(wrow, cg.c64(16 * u))?, cg.c64(4))?;
                                     cg.load_f32x16(wp, o, mask_of(partial, u as usize))
@@ -948,7 +953,7 @@ fn gemm_f32<'c>(
                         })?;
                         for rr in 0..4 {
                             let yrow = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, ntot)?, off)?;
-                            for u in 0..4 {
+                            for u in 0..nv {
                                 let acc = taccs[rr as usize * 4 + u];
                                 let v = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
                                 let o = cg.add(cg.add(yrow, j)?, cg.c64(16 * u as i64))?;
@@ -961,10 +966,16 @@ fn gemm_f32<'c>(
             };
             cg.for_n(panels, |cg, pn| {
                 let j = cg.add(lo, cg.mul(pn, cg.c64(64))?)?;
-                tile_panel(cg, j, false)
+                tile_panel(cg, j, false, 4)
             })?;
             let j = cg.add(lo, cg.mul(panels, cg.c64(64))?)?;
-            cg.if_then(has_tail, |cg| tile_panel(cg, j, true))?;
+            // A partial panel multiplies only its vectors that hold columns
+            // (a 32-column GEMM, a patch embedding's, did twice its work).
+            let nvt = cg.sdiv(cg.add(tailw, cg.c64(15))?, cg.c64(16))?;
+            for nv in 1..=4 {
+                let is = cg.and(has_tail, cg.icmp(IntPredicate::EQ, nvt, cg.c64(nv as i64))?)?;
+                cg.if_then(is, |cg| tile_panel(cg, j, true, nv))?;
+            }
         }
         cg.for_n(rows, |cg, r| {
             let xrow = cg.mul(r, k)?;

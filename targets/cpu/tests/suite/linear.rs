@@ -31,6 +31,9 @@ fn linear_matches_f64_sums_on_partial_panels_tiles_and_k_slices() {
         (9, 64, 129),
         (1, 300, 70),
         (4, 8, 64),
+        // Partial panels of 2 and 4 vectors (1 and 3 above).
+        (7, 96, 32),
+        (2, 40, 125),
     ] {
         let x = values(m * k, (m * k + n) as u64);
         let w = values(k * n, (k * n + m) as u64);
