@@ -192,6 +192,23 @@ def main():
     case("scatter_nd_const_irregular", "ScatterND", [("x", f32(4, 3)), ("i", perm), ("u", f32(3))],
          consts={"i": perm})
     swiglu_split_case()
+    long_attention_cases()
+
+
+def long_attention_cases():
+    """Rows of more than 16 keys with head widths of 16 and 32: the compiled
+    kernel's 16-key blocks (scores, scale, bias and maximum in one step) and
+    the keys after them, with causal masks over a past cache, a boolean mask
+    and a soft cap."""
+    b = 2
+    case("attention_long_causal_past", "Attention",
+         [("q", f32(b, 4, 21, 16)), ("k", f32(b, 2, 21, 16)), ("v", f32(b, 2, 21, 16)), ("m", None),
+          ("pk", f32(b, 2, 19, 16)), ("pv", f32(b, 2, 19, 16))], {"is_causal": 1}, n_out=3)
+    q, k, v = f32(b, 4, 5, 32), f32(b, 2, 37, 32), f32(b, 2, 37, 32)
+    case("attention_long_bool_mask", "Attention", [("q", q), ("k", k), ("v", v),
+                                                     ("m", rng.random((5, 37)) > 0.3)])
+    case("attention_long_float_mask_softcap", "Attention",
+         [("q", q), ("k", k), ("v", v), ("m", f32(b, 1, 5, 37))], {"softcap": 2.0, "scale": 0.3})
 
 
 def swiglu_split_case():

@@ -994,8 +994,17 @@ impl<'c> Cg<'c> {
                 // head width is a multiple of 16 (16 accumulators, then one
                 // transposing reduction to a vector of their sums), the
                 // remaining keys one at a time.
+                // Without a soft cap a whole block's scores (dot · scale +
+                // bias) and their running maximum come straight from the
+                // reduction (the same operations as the passes below, which
+                // then take only the keys after the blocks): two passes
+                // over the row fewer.
+                let fuse = softcap <= 0.0;
                 let d16 = cg.icmp(IntPredicate::EQ, cg.srem(d, cg.c64(16))?, cg.c64(0))?;
                 let blocks = cg.select_i(d16, cg.sdiv(kend, cg.c64(16))?, cg.c64(0))?;
+                let ninf16 = cg.splat_f32(cg.cf32(f32::NEG_INFINITY), 16)?;
+                let sc16 = cg.splat_f32(scale32, 16)?;
+                cg.b.build_store(vmx, ninf16)?;
                 cg.for_n(blocks, |cg, blk| {
                     let j0 = cg.mul(blk, cg.c64(16))?;
                     for a in &kacc {
@@ -1017,8 +1026,20 @@ impl<'c> Cg<'c> {
                         .map(|a| Ok(cg.b.build_load(f32x16, *a, "")?.into_vector_value()))
                         .collect::<R<_>>()?;
                     let sums = reduce16(cg, vs)?;
-                    cg.store_vec_f32x16_at(scores, j0, sums)
+                    if !fuse {
+                        return cg.store_vec_f32x16_at(scores, j0, sums);
+                    }
+                    let bv = cg.load_vec_f32x16_at(biases, j0)?;
+                    let s = cg.b.build_float_mul(sums, sc16, "")?;
+                    let s = cg.b.build_float_add(s, bv, "")?;
+                    cg.store_vec_f32x16_at(scores, j0, s)?;
+                    let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
+                    let m = cg.intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), s.into()])?;
+                    cg.b.build_store(vmx, m)?;
+                    Ok(())
                 })?;
+                // The chunks the fused blocks did not take.
+                let first = if fuse { blocks } else { cg.c64(0) };
                 cg.for_range(cg.mul(blocks, cg.c64(16))?, kend, |cg, j| {
                     let kb = cg.add(kbase, cg.mul(j, ksi)?)?;
                     let dot = cg.dot_f32(qp, qbase, kp, kb, d)?;
@@ -1061,8 +1082,7 @@ impl<'c> Cg<'c> {
                         cg.store(DType::F32, scores, j, s.into())
                     })?;
                 } else {
-                    let sc16 = cg.splat_f32(scale32, 16)?;
-                    cg.for_n(chunks, |cg, c| {
+                    cg.for_range(first, chunks, |cg, c| {
                         let d = chunk(cg, c, 0.0)?;
                         let bv = load16(cg, biases, c, 0.0)?;
                         let s = cg.b.build_float_mul(d, sc16, "")?;
@@ -1070,9 +1090,7 @@ impl<'c> Cg<'c> {
                     })?;
                 }
                 // The largest score (any order gives the same).
-                let ninf16 = cg.splat_f32(cg.cf32(f32::NEG_INFINITY), 16)?;
-                cg.b.build_store(vmx, ninf16)?;
-                cg.for_n(chunks, |cg, c| {
+                cg.for_range(first, chunks, |cg, c| {
                     let v = chunk(cg, c, f32::NEG_INFINITY)?;
                     let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
                     let m = cg.intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), v.into()])?;
@@ -1101,8 +1119,12 @@ impl<'c> Cg<'c> {
                 // Weights: exp(s - max) (the runtime's exp_f32, a loop
                 // that vectorizes); masked keys (-inf) weigh exactly 0
                 // without going through exp.
+                // Their sum in the same loop: key j into lane j % 16 (lanes
+                // past the keys are 0), lanes summed in key order, then
+                // halves added (lane i + lane i + 8, ..., + 1).
                 let m16 = cg.splat_f32(m_safe, 16)?;
                 let zero16 = f32x16.const_zero();
+                cg.b.build_store(vsum, zero16)?;
                 cg.for_n(chunks, |cg, c| {
                     let s = chunk(cg, c, f32::NEG_INFINITY)?;
                     let masked =
@@ -1115,16 +1137,9 @@ impl<'c> Cg<'c> {
                     let e =
                         cg.b.build_select(masked, zero16, e, "")?
                             .into_vector_value();
-                    store16(cg, c, e)
-                })?;
-                // Their sum: key j into lane j % 16, lanes summed in key
-                // order, then halves added (lane i + lane i + 8, ..., + 1).
-                cg.b.build_store(vsum, f32x16.const_zero())?;
-                cg.for_n(chunks, |cg, c| {
-                    let v = chunk(cg, c, 0.0)?;
                     let a = cg.b.build_load(f32x16, vsum, "")?.into_vector_value();
-                    cg.b.build_store(vsum, cg.b.build_float_add(a, v, "")?)?;
-                    Ok(())
+                    cg.b.build_store(vsum, cg.b.build_float_add(a, e, "")?)?;
+                    store16(cg, c, e)
                 })?;
                 let mut t = cg.b.build_load(f32x16, vsum, "")?.into_vector_value();
                 for w in [8u64, 4, 2, 1] {
