@@ -274,6 +274,24 @@ mod avx512 {
         let ch = bl.max(rotate);
         let direct = k.is_multiple_of(ch) && (rotate == 0 || (16..=64).contains(&rotate));
         let (ch, rot) = if direct { (ch, rotate) } else { (bl, 0) };
+        if direct && k == nb * bl && stride == k {
+            // Rows back to back without padding, whole blocks and
+            // rotations in each: the matrix is one long row, so that short
+            // rows (K = 64) take the four-block steps too, two at a time.
+            let wide = x.len() / 128 * 128;
+            let (xw, xr) = x.split_at(wide);
+            let (cw, cr) = codes.split_at_mut(wide);
+            let (fw, fr) = factors.split_at_mut(wide / bl);
+            // SAFETY: AVX-512 as this function; lengths in whole chunks.
+            unsafe { chunks::<8>(f, xw, rotate, cw, fw) };
+            match ch {
+                // SAFETY: as above.
+                32 => unsafe { chunks::<2>(f, xr, rotate, cr, fr) },
+                // SAFETY: as above.
+                _ => unsafe { chunks::<4>(f, xr, rotate, cr, fr) },
+            }
+            return;
+        }
         let mut buf = if direct {
             Vec::new()
         } else {
@@ -811,14 +829,23 @@ mod tests {
                 (100, 0),
                 (64 * 5, 16),
                 (256, 128),
+                (64, 0),
+                (64, 32),
+                (64, 64),
+                (32, 0),
+                (32, 16),
             ] {
                 let n = 7;
                 let x = rows(n, k, 0x5EED ^ k as u64 ^ rotate as u64);
                 let nb = k.div_ceil(bl);
-                let stride = (nb * bl).div_ceil(64) * 64 + 64;
+                // Padded rows, and rows back to back (the AVX-512 path then
+                // runs all 7 rows as one: four-block steps across rows, and
+                // the rest).
+                let strides = [(nb * bl).div_ceil(64) * 64 + 64, nb * bl];
                 // The dispatched path (AVX-512 where the CPU has it), then
                 // the portable one.
-                for portable in [false, true] {
+                for (stride, portable) in strides.into_iter().flat_map(|s| [(s, false), (s, true)])
+                {
                     let mut codes = vec![99i8; n * stride];
                     let mut factors = vec![0f64; n * nb];
                     if portable {
