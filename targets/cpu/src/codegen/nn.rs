@@ -1082,14 +1082,25 @@ impl<'c> Cg<'c> {
                         cg.store(DType::F32, scores, j, s.into())
                     })?;
                 } else {
+                    // With the maximum (the stored lanes, -inf past the
+                    // keys, as the pass below would read them back).
                     cg.for_range(first, chunks, |cg, c| {
                         let d = chunk(cg, c, 0.0)?;
                         let bv = load16(cg, biases, c, 0.0)?;
                         let s = cg.b.build_float_mul(d, sc16, "")?;
-                        store16(cg, c, cg.b.build_float_add(s, bv, "")?)
+                        let s = cg.b.build_float_add(s, bv, "")?;
+                        store16(cg, c, s)?;
+                        let v = cg.b.build_select(inside(cg, c)?, s, ninf16, "")?;
+                        let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
+                        let m =
+                            cg.intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), v.into()])?;
+                        cg.b.build_store(vmx, m)?;
+                        Ok(())
                     })?;
                 }
-                // The largest score (any order gives the same).
+                // The largest score (any order gives the same), where the
+                // soft cap took the scores key by key.
+                let first = if fuse { chunks } else { first };
                 cg.for_range(first, chunks, |cg, c| {
                     let v = chunk(cg, c, f32::NEG_INFINITY)?;
                     let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
