@@ -993,18 +993,24 @@ impl<'c> Cg<'c> {
                 // The dot products q · k_j: sixteen keys at a time when the
                 // head width is a multiple of 16 (16 accumulators, then one
                 // transposing reduction to a vector of their sums), the
-                // remaining keys one at a time.
-                // Without a soft cap a whole block's scores (dot · scale +
-                // bias) and their running maximum come straight from the
-                // reduction (the same operations as the passes below, which
-                // then take only the keys after the blocks): two passes
-                // over the row fewer.
+                // remaining keys one at a time. Without a soft cap a whole
+                // block's scores (dot · scale + bias) and their running
+                // maximum come straight from the reduction (the same
+                // operations as the passes below, which then take only the
+                // keys after the blocks): two passes over the row fewer.
                 let fuse = softcap <= 0.0;
                 let d16 = cg.icmp(IntPredicate::EQ, cg.srem(d, cg.c64(16))?, cg.c64(0))?;
                 let blocks = cg.select_i(d16, cg.sdiv(kend, cg.c64(16))?, cg.c64(0))?;
                 let ninf16 = cg.splat_f32(cg.cf32(f32::NEG_INFINITY), 16)?;
                 let sc16 = cg.splat_f32(scale32, 16)?;
                 cg.b.build_store(vmx, ninf16)?;
+                // vmx = maxnum(vmx, v), lane by lane.
+                let max_into = |cg: &Cg<'c>, v: BasicValueEnum<'c>| -> R<()> {
+                    let m = cg.b.build_load(f32x16, vmx, "")?;
+                    let m = cg.intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), v.into()])?;
+                    cg.b.build_store(vmx, m)?;
+                    Ok(())
+                };
                 cg.for_n(blocks, |cg, blk| {
                     let j0 = cg.mul(blk, cg.c64(16))?;
                     for a in &kacc {
@@ -1033,13 +1039,10 @@ impl<'c> Cg<'c> {
                     let s = cg.b.build_float_mul(sums, sc16, "")?;
                     let s = cg.b.build_float_add(s, bv, "")?;
                     cg.store_vec_f32x16_at(scores, j0, s)?;
-                    let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
-                    let m = cg.intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), s.into()])?;
-                    cg.b.build_store(vmx, m)?;
-                    Ok(())
+                    max_into(cg, s.into())
                 })?;
-                // The chunks the fused blocks did not take.
-                let first = if fuse { blocks } else { cg.c64(0) };
+                // The chunks the fused blocks did not score.
+                let unscored = if fuse { blocks } else { cg.c64(0) };
                 cg.for_range(cg.mul(blocks, cg.c64(16))?, kend, |cg, j| {
                     let kb = cg.add(kbase, cg.mul(j, ksi)?)?;
                     let dot = cg.dot_f32(qp, qbase, kp, kb, d)?;
@@ -1084,30 +1087,22 @@ impl<'c> Cg<'c> {
                 } else {
                     // With the maximum (the stored lanes, -inf past the
                     // keys, as the pass below would read them back).
-                    cg.for_range(first, chunks, |cg, c| {
+                    cg.for_range(unscored, chunks, |cg, c| {
                         let d = chunk(cg, c, 0.0)?;
                         let bv = load16(cg, biases, c, 0.0)?;
                         let s = cg.b.build_float_mul(d, sc16, "")?;
                         let s = cg.b.build_float_add(s, bv, "")?;
                         store16(cg, c, s)?;
-                        let v = cg.b.build_select(inside(cg, c)?, s, ninf16, "")?;
-                        let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
-                        let m =
-                            cg.intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), v.into()])?;
-                        cg.b.build_store(vmx, m)?;
-                        Ok(())
+                        max_into(cg, cg.b.build_select(inside(cg, c)?, s, ninf16, "")?)
                     })?;
                 }
                 // The largest score (any order gives the same), where the
                 // soft cap took the scores key by key.
-                let first = if fuse { chunks } else { first };
-                cg.for_range(first, chunks, |cg, c| {
-                    let v = chunk(cg, c, f32::NEG_INFINITY)?;
-                    let m = cg.b.build_load(f32x16, vmx, "")?.into_vector_value();
-                    let m = cg.intrinsic("llvm.maxnum", &[f32x16.into()], &[m.into(), v.into()])?;
-                    cg.b.build_store(vmx, m)?;
-                    Ok(())
-                })?;
+                if !fuse {
+                    cg.for_n(chunks, |cg, c| {
+                        max_into(cg, chunk(cg, c, f32::NEG_INFINITY)?.into())
+                    })?;
+                }
                 // Lanes folded in halves with vector maxima (as the sum
                 // below): `llvm.vector.reduce.fmax` became a chain of
                 // scalar NaN checks. A NaN score makes the row NaN either way.
