@@ -102,6 +102,7 @@ pub fn plan_report(g: &lpc_ir::Graph, q: &lpc_passes::QuantConfig, verbose: bool
                     "W {w}, A {}",
                     a.map_or("f32".to_string(), |a| a.to_string())
                 ),
+                None if q.unquantized_bf16 => "bf16".into(),
                 None => "f32".into(),
             };
             let _ = writeln!(out, "  {}: {f} ({})", l.name, l.reason);

@@ -424,10 +424,23 @@ pub fn evaluate(model: &Path, inputs: &Path, cfg: &QuantConfig) -> Result<Report
         });
     }
     // Effective bits per weight over all linear layers.
-    let packed: HashMap<&str, usize> = layers
+    let mut packed: HashMap<&str, usize> = layers
         .iter()
         .map(|l| (l.name.as_str(), l.bytes_after))
         .collect();
+    // Unquantized layers in bf16 (`bf16-linear`): their pair constants.
+    for n in gq.node_ids() {
+        let node = gq.node(n);
+        if node.op == "lpc.linear" && node.int("bf16") == Some(1) {
+            let parts = node.int("parts").unwrap_or(1).max(1) as usize;
+            let bytes = node.inputs[1..1 + parts]
+                .iter()
+                .filter_map(|v| v.and_then(|v| gq.constant(v)))
+                .map(|t| t.data.len())
+                .sum();
+            packed.insert(node.name.as_str(), bytes);
+        }
+    }
     let (mut bits, mut params) = (0f64, 0f64);
     for n in gc.node_ids().filter(|&n| gc.node(n).op == "lpc.linear") {
         let node = gc.node(n);

@@ -65,13 +65,19 @@ pub struct QuantArgs {
     /// excludes nothing.
     #[arg(long, value_name = "REGEX")]
     pub exclude: Vec<String>,
-    /// Per-layer format, REGEX=FORMAT (repeatable; `none` keeps f32). Beats
+    /// Per-layer format, REGEX=FORMAT (repeatable; `none`: unquantized, see --unquantized). Beats
     /// the defaults and --exclude.
     #[arg(long = "override", value_name = "REGEX=FORMAT")]
     pub overrides: Vec<String>,
     /// Quantize every linear layer, the output head and conditioning layers too.
     #[arg(long)]
     pub quantize_all: bool,
+    /// What the linear layers a scheme leaves unquantized (the output head,
+    /// conditioning layers, --exclude, REGEX=none) compute in: bf16 (weights
+    /// and activations rounded to bf16, products summed in f32; the default)
+    /// or f32.
+    #[arg(long, value_name = "bf16|f32")]
+    pub unquantized: Option<String>,
     /// Options file (default: `lpc.toml` in the current directory, if any);
     /// command-line options win over it.
     #[arg(long, value_name = "FILE")]
@@ -98,6 +104,7 @@ pub struct FileOptions {
     #[serde(rename = "override")]
     pub overrides: Option<Vec<String>>,
     pub quantize_all: Option<bool>,
+    pub unquantized: Option<String>,
     pub calib_samples: Option<usize>,
     pub gptq_damp: Option<f64>,
     pub seed: Option<u64>,
@@ -176,6 +183,7 @@ impl QuantArgs {
                 self.overrides.clone()
             },
             quantize_all: self.quantize_all || f.quantize_all.unwrap_or(false),
+            unquantized: pick(&self.unquantized, f.unquantized),
             config: None,
         })
     }
@@ -242,7 +250,13 @@ impl QuantArgs {
                 ))
             })
             .collect::<Result<_, String>>()?;
+        let unquantized_bf16 = match self.unquantized.as_deref() {
+            None | Some("bf16") => true,
+            Some("f32") => false,
+            Some(o) => return Err(format!("--unquantized {o}: expected bf16 or f32")),
+        };
         Ok(QuantConfig {
+            unquantized_bf16,
             weights,
             activations,
             rotate,
@@ -301,7 +315,7 @@ pub fn describe(cfg: &QuantConfig) -> String {
         .map(|(r, f2)| format!("{}={}", r.as_str(), f(*f2)))
         .collect();
     format!(
-        "quantization: weights {}, activations {}, rotate {}, hif8 scale {}{}, exclude {}, overrides [{}]{}\n",
+        "quantization: weights {}, activations {}, rotate {}, hif8 scale {}{}, exclude {}, overrides [{}]{}, unquantized in {}\n",
         f(cfg.weights),
         f(cfg.activations),
         if cfg.rotate { "hadamard" } else { "none" },
@@ -334,6 +348,7 @@ pub fn describe(cfg: &QuantConfig) -> String {
             ", quantize-all"
         } else {
             ""
-        }
+        },
+        if cfg.unquantized_bf16 { "bf16" } else { "f32" }
     )
 }

@@ -129,12 +129,22 @@ fn check_types(g: &Graph, n: NodeId) -> Result<(), String> {
             let Some(dims) = ty(g, Some(w)).and_then(|t| t.shape.clone()) else {
                 continue;
             };
-            if dims.len() != 2 {
-                return Err(format!("weight {p} has rank {}, expected 2", dims.len()));
+            // `bf16 = 1`: pairs along K, `[ceil(K/2), N, 2]`.
+            let bf16 = node.int("bf16") == Some(1);
+            let rank = if bf16 { 3 } else { 2 };
+            if dims.len() != rank {
+                return Err(format!(
+                    "weight {p} has rank {}, expected {rank}",
+                    dims.len()
+                ));
             }
-            let k = if tr { &dims[1] } else { &dims[0] };
-            if let (Some(x @ crate::Dim::Fixed(_)), crate::Dim::Fixed(_)) = (&width, k) {
-                if x != k {
+            if bf16 && dims[2] != crate::Dim::Fixed(2) {
+                return Err(format!("bf16 weight {p} does not hold pairs"));
+            }
+            let k = if tr && !bf16 { &dims[1] } else { &dims[0] };
+            if let (Some(crate::Dim::Fixed(x)), crate::Dim::Fixed(kw)) = (&width, k) {
+                let want = if bf16 { x.div_ceil(2) } else { *x };
+                if want != *kw {
                     let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
                     return Err(format!(
                         "input width {x} does not match weight {p} [{}]",

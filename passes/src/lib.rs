@@ -6,6 +6,7 @@
 //! debug builds, and offers `--print-ir-after`, `--time-passes` and
 //! `--dump-phases-to` to the driver.
 
+mod bf16_linear;
 mod cse;
 mod dce;
 mod fold;
@@ -26,6 +27,7 @@ pub mod smooth;
 pub mod util;
 pub mod weights_prequantize;
 
+pub use bf16_linear::Bf16Linear;
 pub use fuse_qgemm::FuseQgemm;
 use lpc_ir::{text, verify::verify, Graph};
 pub use quant_policy::QuantConfig;
@@ -76,6 +78,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
             QuantConfig::default(),
         )),
         Box::new(fuse_qgemm::FuseQgemm),
+        Box::new(bf16_linear::Bf16Linear),
     ]
 }
 
@@ -96,13 +99,19 @@ pub fn quantize_insertion(cfg: &QuantConfig) -> Vec<Box<dyn Pass>> {
     ]
 }
 
-/// The second half of [`quantize`]: weights packed, `qgemm` fused.
+/// The second half of [`quantize`]: weights packed, `qgemm` fused, the
+/// layers left unquantized in bf16 (unless `QuantConfig::unquantized_bf16`
+/// is off or nothing is quantized).
 pub fn quantize_packing(cfg: &QuantConfig) -> Vec<Box<dyn Pass>> {
-    vec![
+    let mut p: Vec<Box<dyn Pass>> = vec![
         Box::new(weights_prequantize::WeightsPrequantize(cfg.clone())),
         Box::new(fuse_qgemm::FuseQgemm),
-        by_name("dce").expect("registered"),
-    ]
+    ];
+    if cfg.weights.is_some() && cfg.unquantized_bf16 {
+        p.push(Box::new(bf16_linear::Bf16Linear));
+    }
+    p.push(by_name("dce").expect("registered"));
+    p
 }
 
 pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {

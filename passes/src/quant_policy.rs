@@ -11,7 +11,8 @@
 //!
 //! `exclude` regexes (matched against the node name and its weights' names)
 //! replace the defaults when given, even empty; `overrides` set a format per
-//! layer and beat both; `quantize_all` drops the defaults.
+//! layer and beat both; `quantize_all` drops the defaults. The layers left
+//! unquantized compute in bf16 (`bf16-linear`) when `unquantized_bf16`.
 
 use lpc_ir::{Graph, NodeId, ValueId};
 use lpc_runtime::formats::Format;
@@ -45,6 +46,9 @@ pub struct QuantConfig {
     /// `REGEX=FORMAT` (`none` excludes); the first match wins.
     pub overrides: Vec<(Regex, Option<Format>)>,
     pub quantize_all: bool,
+    /// The linear layers left unquantized in bf16 (`bf16-linear`), not f32:
+    /// `--unquantized bf16`.
+    pub unquantized_bf16: bool,
 }
 
 /// What the activation-aware scale search weighs each weight's error by.

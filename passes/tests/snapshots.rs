@@ -482,3 +482,33 @@ fn fuse_qgemm_epilogue() {
     }
     insta::assert_snapshot!(text::print(&g));
 }
+
+#[test]
+fn bf16_linear() {
+    // A transposed weight with an odd K (5): pairs [3, 2, 2], the last odd
+    // half zero; x and W rounded to bf16 (1/3 is not a bf16 value).
+    let src = r#"graph "g" ["" = 17] {
+  input %0 "x": f32[batch, 5]
+  const %1 "w": f32[2, 5] = [0.333333343, -1.0, 0.5, 2.0, 0.25, 1.5, 0.75, -0.125, 0.0625, -3.0]
+  %2 "y": f32[batch, 2] = lpc.linear(%0, %1) {transposed = 1} "head"
+  output %2
+}"#;
+    let mut g = text::parse(src, &|_| None).unwrap();
+    let ins = inputs(&g);
+    let before = interp::run(&g, &ins).unwrap();
+    let out = run_passes(
+        vec![Box::new(lpc_passes::Bf16Linear), by_name("dce").unwrap()],
+        src,
+        false,
+    );
+    lpc_passes::Bf16Linear.run(&mut g).unwrap();
+    let after = interp::run(&g, &ins).unwrap();
+    // bf16 keeps 8 significant bits: within 2^-8 of each term's size.
+    let x = ins.values().next().unwrap().to_f64();
+    let mag: f64 = x.iter().map(|v| v.abs()).sum::<f64>() * 3.0;
+    for (a, b) in before[0].to_f64().iter().zip(after[0].to_f64()) {
+        assert!(a != &b || x.iter().all(|v| *v == 0.0));
+        assert!((a - b).abs() <= mag / 256.0, "{a} became {b}");
+    }
+    insta::assert_snapshot!(out);
+}

@@ -280,7 +280,7 @@ fn quantization_options_and_their_errors() {
     let dir = models().join("qwen3_small_prefill_ts");
     let m = dir.join("model.onnx");
     let ins = dir.join("inputs");
-    // -v prints the plan; the head stays f32 by default.
+    // -v prints the plan; the head stays unquantized, in bf16 by default.
     let o = lpc(&[
         "compile",
         s(&m),
@@ -294,7 +294,7 @@ fn quantization_options_and_their_errors() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("quantization: weights hif4 (consortium), activations hif4 (consortium), rotate hadamard"), "{out}");
     assert!(
-        out.contains("/m/lm_head/MatMul: f32 (default: output head)"),
+        out.contains("/m/lm_head/MatMul: bf16 (default: output head)"),
         "{out}"
     );
     assert!(
@@ -302,6 +302,25 @@ fn quantization_options_and_their_errors() {
         "{out}"
     );
     assert_eq!(out.matches("lpc.qgemm(").count(), 8, "{out}");
+    assert_eq!(out.matches("bf16 = 1").count(), 1, "{out}");
+    // --unquantized f32 keeps it in f32.
+    let o = lpc(&[
+        "compile",
+        s(&m),
+        "--format",
+        "hif4",
+        "-v",
+        "--unquantized",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("/m/lm_head/MatMul: f32 (default: output head)")
+            && out.contains("unquantized in f32")
+            && !out.contains("bf16 = 1"),
+        "{out}"
+    );
     // --exclude replaces the defaults; an empty one excludes nothing.
     let o = lpc(&["compile", s(&m), "--format", "mxfp4", "--exclude", ""]);
     assert_eq!(
@@ -362,6 +381,17 @@ fn quantization_options_and_their_errors() {
     fails_with(
         &["compile", s(&m), "--format", "fp4"],
         "unknown format `fp4`",
+    );
+    fails_with(
+        &[
+            "compile",
+            s(&m),
+            "--format",
+            "mxfp4",
+            "--unquantized",
+            "f16",
+        ],
+        "--unquantized f16: expected bf16 or f32",
     );
     fails_with(
         &[

@@ -368,7 +368,8 @@ fn gather<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Ve
 fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Vec<Val<'c>>>> {
     let x = arg(cg, ins, 0)?.clone();
     let parts = n.int("parts").unwrap_or(1).max(1) as usize;
-    let tr = n.int("transposed").unwrap_or(0) != 0;
+    let bf16 = n.int("bf16").unwrap_or(0) != 0;
+    let tr = n.int("transposed").unwrap_or(0) != 0 && !bf16;
     if x.dt != DType::F32 || x.rank() == 0 || ins.len() > parts + 2 {
         return Ok(None);
     }
@@ -376,12 +377,23 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Ve
         .map(|p| arg(cg, ins, 1 + p).cloned())
         .collect::<R<_>>()?;
     let bias = ins.get(1 + parts).cloned().flatten();
-    if ws.iter().any(|w| w.dt != DType::F32 || w.rank() != 2)
+    let (wdt, wrank) = if bf16 {
+        (DType::Bf16, 3)
+    } else {
+        (DType::F32, 2)
+    };
+    if ws.iter().any(|w| w.dt != wdt || w.rank() != wrank)
         || bias.as_ref().is_some_and(|b| b.dt != DType::F32)
     {
         return Ok(None);
     }
     let k = *x.dims.last().expect("rank >= 1");
+    // bf16: pairs along K, `[ceil(k/2), n, 2]`.
+    let kw = if bf16 {
+        cg.sdiv(cg.add(k, cg.c64(1))?, cg.c64(2))?
+    } else {
+        k
+    };
     let mut ntot = cg.c64(0);
     let mut ns = Vec::new();
     for w in &ws {
@@ -390,7 +402,7 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Ve
         } else {
             (w.dims[0], w.dims[1])
         };
-        let ok = cg.icmp(IntPredicate::EQ, kin, k)?;
+        let ok = cg.icmp(IntPredicate::EQ, kin, kw)?;
         cg.check(ok, "x does not match the weights")?;
         ntot = cg.add(ntot, nn)?;
         ns.push(nn);
@@ -414,7 +426,12 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Option<Ve
     }
     args.extend([LArg::Idx(k), LArg::Idx(ntot)]);
     args.extend(ns.iter().map(|&v| LArg::Idx(v)));
-    let kern = kl::linear("lpc_linear", parts, tr, bias.is_some());
+    let lw = match (bf16, tr) {
+        (true, _) => kl::LinearWeights::Bf16Pairs,
+        (false, true) => kl::LinearWeights::F32Transposed,
+        (false, false) => kl::LinearWeights::F32,
+    };
+    let kern = kl::linear("lpc_linear", parts, lw, bias.is_some());
     launch(cg, kern, total, &args)?;
     let mut dims = x.dims.clone();
     *dims.last_mut().expect("rank >= 1") = ntot;

@@ -8,7 +8,8 @@
 //! keeps the model's declared types), and everything in between becomes
 //! f32 (constants converted, `Cast`s to a half type retargeted to f32).
 //! Quantized weights are already packed bytes by then, so the constants
-//! converted are the small ones (norm weights, biases). Results differ
+//! converted are the small ones (norm weights, biases); the weights of
+//! bf16 linear layers (`lpc.linear {bf16 = 1}`) stay bf16. Results differ
 //! from the interpreter's, which rounds every op's output to the half
 //! type, by that rounding: f32 throughout is the more accurate of the two.
 
@@ -90,6 +91,14 @@ pub fn compute_in_f32(g: &mut Graph) {
     let mut used: std::collections::HashSet<ValueId> = g.outputs.iter().copied().collect();
     for n in g.node_ids() {
         used.extend(g.node(n).inputs.iter().flatten().copied());
+    }
+    // The weights of bf16 linear layers (`bf16-linear`) are read as bf16.
+    for n in g.node_ids() {
+        let node = g.node(n);
+        if node.op == "lpc.linear" && node.int("bf16") == Some(1) {
+            let parts = node.int("parts").unwrap_or(1).max(1) as usize;
+            keep.extend(node.inputs.iter().skip(1).take(parts).flatten().copied());
+        }
     }
     for v in g.value_ids().collect::<Vec<_>>() {
         if keep.contains(&v) || !used.contains(&v) {

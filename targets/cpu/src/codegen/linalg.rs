@@ -755,22 +755,30 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
         return cg.err("x must be an f32 tensor of rank >= 1");
     }
     let parts = n.int("parts").unwrap_or(1).max(1) as usize;
-    let tr = n.int("transposed").unwrap_or(0) != 0;
+    let bf16 = n.int("bf16").unwrap_or(0) != 0;
+    let tr = n.int("transposed").unwrap_or(0) != 0 && !bf16;
     let k = *x.dims.last().expect("rank >= 1");
     let rows = cg.product(&x.dims[..x.rank() - 1])?;
+    // bf16 (`bf16-linear`): weights in pairs along K, `[ceil(K/2), N, 2]`.
+    let kp = cg.sdiv(cg.add(k, cg.c64(1))?, cg.c64(2))?;
     let mut ws = Vec::new();
     let mut ntot = cg.c64(0);
     for p in 0..parts {
         let w = arg(cg, ins, 1 + p)?.clone();
-        if w.rank() != 2 || w.dt != DType::F32 {
+        if bf16 && (w.rank() != 3 || w.dt != DType::Bf16) {
+            return cg.err("bf16 weights must be [K/2, N, 2] bf16");
+        }
+        if !bf16 && (w.rank() != 2 || w.dt != DType::F32) {
             return cg.err("weights must be 2-D f32");
         }
-        let (kin, nn) = if tr {
+        let (kin, nn) = if bf16 {
+            (w.dims[0], w.dims[1])
+        } else if tr {
             (w.dims[1], w.dims[0])
         } else {
             (w.dims[0], w.dims[1])
         };
-        let ok = cg.icmp(IntPredicate::EQ, kin, k)?;
+        let ok = cg.icmp(IntPredicate::EQ, kin, if bf16 { kp } else { k })?;
         cg.check(ok, "x does not match the weight's input features")?;
         ws.push((w, nn, ntot));
         ntot = cg.add(ntot, nn)?;
@@ -781,15 +789,41 @@ fn linear<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> 
         cg.check(ok, "bias length differs from the output features")?;
     }
     let y = cg.alloc(DType::F32, cg.mul(rows, ntot)?)?;
+    // bf16: the rows rounded to bf16 pairs once, then the f32 GEMM's loops
+    // over pairs (one dword of x, one of W per column) with `vdpbf16ps`.
+    let (xs, kk, madd) = if bf16 {
+        let xb = cg.alloc(DType::I32, cg.smax(cg.mul(rows, kp)?, cg.c64(1))?)?;
+        bf16_pairs(cg, x.ptr, xb, rows, k, kp)?;
+        let m = if cg.bf16_512 {
+            Madd::Bf16
+        } else {
+            Madd::Bf16Fma
+        };
+        (xb, kp, m)
+    } else {
+        (x.ptr, k, Madd::F32)
+    };
     for (w, nn, off) in ws {
         let shape = GemmShape {
             rows,
-            k,
+            k: kk,
             n: nn,
             ldy: ntot,
             off,
         };
-        gemm_f32(cg, x.ptr, w.ptr, y, shape, tr, bias.as_ref().map(|b| b.ptr))?;
+        gemm_f32(
+            cg,
+            xs,
+            w.ptr,
+            y,
+            shape,
+            tr,
+            madd,
+            bias.as_ref().map(|b| b.ptr),
+        )?;
+    }
+    if bf16 {
+        cg.release(xs)?;
     }
     let mut dims = x.dims.clone();
     *dims.last_mut().expect("rank >= 1") = ntot;
@@ -815,8 +849,136 @@ struct GemmShape<'c> {
     off: IntValue<'c>,
 }
 
+/// The multiply-add of [`gemm_f32`]'s tiles.
+#[derive(Clone, Copy, PartialEq)]
+enum Madd {
+    /// f32 elements: one fused multiply-add.
+    F32,
+    /// Elements are bf16 pairs (the even K low): `vdpbf16ps`.
+    Bf16,
+    /// bf16 pairs without AVX-512 BF16: both halves widened to f32 (exact),
+    /// the even product added first, then the odd, each fused.
+    Bf16Fma,
+}
+
+impl Madd {
+    /// An operand (x broadcast or a W vector) as the multiply-add takes it.
+    fn prep<'c>(self, cg: &Cg<'c>, v: VectorValue<'c>) -> R<Vec<VectorValue<'c>>> {
+        if self != Self::Bf16Fma {
+            return Ok(vec![v]);
+        }
+        let i32x16 = cg.i32t().vec_type(16);
+        let f32x16 = cg.f32t().vec_type(16);
+        let u = cg.b.build_bit_cast(v, i32x16, "")?.into_vector_value();
+        let even = cg.b.build_left_shift(u, cg.splat_i32c(16, 16), "")?;
+        let odd = cg.b.build_and(u, cg.splat_i32c(0xffff_0000, 16), "")?;
+        [even, odd]
+            .iter()
+            .map(|h| Ok(cg.b.build_bit_cast(*h, f32x16, "")?.into_vector_value()))
+            .collect::<R<_>>()
+    }
+    /// `acc + a · w` over the prepared operands.
+    fn apply<'c>(
+        self,
+        cg: &Cg<'c>,
+        a: &[VectorValue<'c>],
+        w: &[VectorValue<'c>],
+        acc: VectorValue<'c>,
+    ) -> R<VectorValue<'c>> {
+        match self {
+            Self::F32 => cg.fma_vec(a[0], w[0], acc),
+            Self::Bf16 => cg.vdpbf16ps(acc, a[0], w[0]),
+            Self::Bf16Fma => {
+                let e = cg.fma_vec(a[0], w[0], acc)?;
+                cg.fma_vec(a[1], w[1], e)
+            }
+        }
+    }
+}
+
+/// `x` (`rows × k` f32) rounded to bf16 (to nearest even; NaNs stay NaNs,
+/// quiet) into `xb` as `rows × kp` dwords of pairs, the even K low and a
+/// zero high half past an odd K: `half::bf16::from_f32`'s bits.
+fn bf16_pairs<'c>(
+    cg: &mut Cg<'c>,
+    x: PointerValue<'c>,
+    xb: PointerValue<'c>,
+    rows: IntValue<'c>,
+    k: IntValue<'c>,
+    kp: IntValue<'c>,
+) -> R<()> {
+    // Rounding on the bits: + 0x7fff + the kept lowest bit, then the top
+    // half; a NaN keeps its top half with the quiet bit set.
+    let round = |cg: &Cg<'c>, u: VectorValue<'c>, n: u32| -> R<VectorValue<'c>> {
+        let sh = cg.splat_i32c(16, n);
+        let lsb = cg.b.build_and(
+            cg.b.build_right_shift(u, sh, false, "")?,
+            cg.splat_i32c(1, n),
+            "",
+        )?;
+        let r = cg.b.build_int_add(
+            u,
+            cg.b.build_int_add(lsb, cg.splat_i32c(0x7fff, n), "")?,
+            "",
+        )?;
+        let r = cg.b.build_right_shift(r, sh, false, "")?;
+        let mag = cg.b.build_and(u, cg.splat_i32c(0x7fff_ffff, n), "")?;
+        let nan =
+            cg.b.build_int_compare(IntPredicate::UGT, mag, cg.splat_i32c(0x7f80_0000, n), "")?;
+        let q = cg.b.build_or(
+            cg.b.build_right_shift(u, sh, false, "")?,
+            cg.splat_i32c(0x40, n),
+            "",
+        )?;
+        Ok(cg.b.build_select(nan, q, r, "")?.into_vector_value())
+    };
+    let i32x32 = cg.i32t().vec_type(32);
+    let i16x32 = cg.cx.i16_type().vec_type(32);
+    let i32x16 = cg.i32t().vec_type(16);
+    // 16 pairs (32 elements) at a time, then one pair at a time.
+    let nc = cg.sdiv(k, cg.c64(32))?;
+    cg.for_n(rows, |cg, r| {
+        let xrow = cg.mul(r, k)?;
+        let brow = cg.mul(r, kp)?;
+        cg.for_n(nc, |cg, c| {
+            let at = cg.mul(cg.add(xrow, cg.mul(c, cg.c64(32))?)?, cg.c64(4))?;
+            let u = cg.load_vec(x, at, i32x32, 4)?;
+            let h = cg.b.build_int_truncate(round(cg, u, 32)?, i16x32, "")?;
+            let d = cg.b.build_bit_cast(h, i32x16, "")?.into_vector_value();
+            let to = cg.mul(cg.add(brow, cg.mul(c, cg.c64(16))?)?, cg.c64(4))?;
+            cg.store_vec_aligned(xb, to, d, 4)
+        })?;
+        cg.for_range(cg.mul(nc, cg.c64(16))?, kp, |cg, t| {
+            let e = cg.mul(t, cg.c64(2))?;
+            let lo = cg.load_f32(x, cg.add(xrow, e)?)?;
+            let o = cg.add(e, cg.c64(1))?;
+            let inside = cg.icmp(IntPredicate::SLT, o, k)?;
+            let oi = cg.select_i(inside, o, e)?;
+            let hi = cg.load_f32(x, cg.add(xrow, oi)?)?;
+            let hi = cg.select_f(inside, hi, cg.cf32(0.0))?;
+            let v = cg.b.build_insert_element(
+                cg.f32t().vec_type(2).get_undef(),
+                lo,
+                cg.i32t().const_zero(),
+                "",
+            )?;
+            let v =
+                cg.b.build_insert_element(v, hi, cg.i32t().const_int(1, false), "")?;
+            let u =
+                cg.b.build_bit_cast(v, cg.i32t().vec_type(2), "")?
+                    .into_vector_value();
+            let h =
+                cg.b.build_int_truncate(round(cg, u, 2)?, cg.cx.i16_type().vec_type(2), "")?;
+            let d = cg.b.build_bit_cast(h, cg.i32t(), "")?;
+            cg.store(DType::I32, xb, cg.add(brow, t)?, d)
+        })
+    })
+}
+
 /// `y[r, off + j] = Σ_t x[r, t] · W[t, j] (+ bias[off + j])` in f32, W
-/// `[k, n]`, or `[n, k]` when `tr`; parallel over the columns.
+/// `[k, n]`, or `[n, k]` when `tr`; parallel over the columns. With a bf16
+/// `madd` the elements of x and W are pairs along K (`tr` is not taken).
+#[allow(clippy::too_many_arguments)]
 fn gemm_f32<'c>(
     cg: &mut Cg<'c>,
     xptr: PointerValue<'c>,
@@ -824,8 +986,12 @@ fn gemm_f32<'c>(
     y: PointerValue<'c>,
     shape: GemmShape<'c>,
     tr: bool,
+    madd: Madd,
     bias: Option<PointerValue<'c>>,
 ) -> R<()> {
+    if tr && madd != Madd::F32 {
+        return cg.err("bf16 weights are never transposed");
+    }
     let GemmShape {
         rows,
         k,
@@ -934,19 +1100,22 @@ fn gemm_f32<'c>(
                         cg.for_n(kn, |cg, t| {
                             let t = cg.add(t0, t)?;
                             let wrow = cg.add(cg.mul(t, nn)?, j)?;
-                            let wv: Vec<VectorValue> = (0..nv as i64)
+                            let wv: Vec<Vec<VectorValue>> = (0..nv as i64)
                                 .map(|u| {
                                     let o = cg.mul(cg.add(wrow, cg.c64(16 * u))?, cg.c64(4))?;
-                                    cg.load_f32x16(wp, o, mask_of(partial, u as usize))
+                                    madd.prep(
+                                        cg,
+                                        cg.load_f32x16(wp, o, mask_of(partial, u as usize))?,
+                                    )
                                 })
                                 .collect::<R<_>>()?;
                             for rr in 0..4 {
                                 let xi = cg.add(cg.mul(cg.add(r0, cg.c64(rr))?, k)?, t)?;
-                                let a = cg.splat_f32(cg.load_f32(xp, xi)?, 16)?;
+                                let a = madd.prep(cg, cg.splat_f32(cg.load_f32(xp, xi)?, 16)?)?;
                                 for (u, w) in wv.iter().enumerate() {
                                     let acc = taccs[rr as usize * 4 + u];
                                     let s = cg.b.build_load(f32x16, acc, "")?.into_vector_value();
-                                    cg.b.build_store(acc, cg.fma_vec(a, *w, s)?)?;
+                                    cg.b.build_store(acc, madd.apply(cg, &a, w, s)?)?;
                                 }
                             }
                             Ok(())
@@ -1036,12 +1205,13 @@ fn gemm_f32<'c>(
                     }
                     cg.for_n(k, |cg, t| {
                         let a = cg.splat_f32(cg.load_f32(xp, cg.add(xrow, t)?)?, 16)?;
+                        let a = madd.prep(cg, a)?;
                         let wrow = cg.add(cg.mul(t, nn)?, j)?;
                         for (u, acc) in vaccs.iter().enumerate() {
                             let o = cg.mul(cg.add(wrow, cg.c64(16 * u as i64))?, cg.c64(4))?;
-                            let w = cg.load_f32x16(wp, o, mask_of(partial, u))?;
+                            let w = madd.prep(cg, cg.load_f32x16(wp, o, mask_of(partial, u))?)?;
                             let s = cg.b.build_load(f32x16, *acc, "")?.into_vector_value();
-                            cg.b.build_store(*acc, cg.fma_vec(a, w, s)?)?;
+                            cg.b.build_store(*acc, madd.apply(cg, &a, &w, s)?)?;
                         }
                         Ok(())
                     })?;
@@ -4068,7 +4238,7 @@ fn conv<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
             ldy: prow,
             off: cg.c64(0),
         };
-        gemm_f32(cg, wg, col, gout, shape, false, None)?;
+        gemm_f32(cg, wg, col, gout, shape, false, Madd::F32, None)?;
         cg.for_nd(&[nb, cpg, npos], &mut |cg, i| {
             let (b, oc, pos) = (i[0], i[1], i[2]);
             let ch = cg.add(cg.mul(grp, cpg)?, oc)?;

@@ -2,7 +2,7 @@
 //! MLIR bodies as the device module) against lpc's interpreter.
 
 use crate::common::*;
-use lpc_ir::interp::TensorValue;
+use lpc_ir::interp::{Data, TensorValue};
 use lpc_ir::{Attr, DType};
 use lpc_target_gpu::kernels::elementwise;
 use lpc_target_gpu::GpuCompiler;
@@ -183,6 +183,63 @@ fn norms_match_the_interpreter() {
         args.extend([A::I(n as i64), A::I(n as i64)]);
         launch(&e, "lpc_norm", rows, &mut bufs, &args);
         assert_close(op, &value(DType::F32, &x.shape, &bufs[0]), &want, 1e-6);
+    }
+}
+
+#[test]
+fn linear_matches_the_interpreter() {
+    use lpc_target_gpu::kernels::linalg::{linear, LinearWeights};
+    let c = GpuCompiler::new();
+    let mut r = Rng(13);
+    // Two parts, a bias, an odd K (the bf16 pairs' last odd half is zero).
+    let (rows, k, ns) = (3, 37, [20, 9]);
+    let nt: usize = ns.iter().sum();
+    let x = f32s(&[rows, k], r.vec(rows * k, 2.0));
+    let bias = f32s(&[nt], r.vec(nt, 0.5));
+    for lw in [
+        LinearWeights::F32,
+        LinearWeights::F32Transposed,
+        LinearWeights::Bf16Pairs,
+    ] {
+        let mut ins = vec![x.clone()];
+        for nn in ns {
+            let shape = match lw {
+                LinearWeights::F32 => vec![k, nn],
+                LinearWeights::F32Transposed => vec![nn, k],
+                LinearWeights::Bf16Pairs => vec![k.div_ceil(2), nn, 2],
+            };
+            let mut v = r.vec(shape.iter().product(), 1.0);
+            if lw == LinearWeights::Bf16Pairs {
+                // bf16 values (truncated), zero past K.
+                for (i, e) in v.iter_mut().enumerate() {
+                    let (t, h) = (i / (2 * nn), i % 2);
+                    *e = if 2 * t + h < k {
+                        f32::from_bits(e.to_bits() & 0xffff_0000)
+                    } else {
+                        0.0
+                    };
+                }
+                ins.push(TensorValue::with_dtype(DType::Bf16, shape, Data::F(v)));
+            } else {
+                ins.push(f32s(&shape, v));
+            }
+        }
+        ins.push(bias.clone());
+        let mut attrs = vec![("parts", Attr::Int(2))];
+        match lw {
+            LinearWeights::F32Transposed => attrs.push(("transposed", Attr::Int(1))),
+            LinearWeights::Bf16Pairs => attrs.push(("bf16", Attr::Int(1))),
+            LinearWeights::F32 => {}
+        }
+        let want = reference("lpc.linear", &attrs, &ins, 1).remove(0);
+        let e = c.emulator(&[linear("lpc_linear", 2, lw, true)]).unwrap();
+        let mut bufs = vec![vec![0u8; rows * nt * 4]];
+        bufs.extend(ins.iter().map(bytes));
+        let mut args: Vec<A> = (0..bufs.len()).map(A::Buf).collect();
+        args.extend([k, nt, ns[0], ns[1]].map(|v| A::I(v as i64)));
+        launch(&e, "lpc_linear", rows * nt, &mut bufs, &args);
+        let got = value(DType::F32, &want.shape, &bufs[0]);
+        assert_close(&format!("linear {lw:?}"), &got, &want, 1e-6);
     }
 }
 
