@@ -364,11 +364,22 @@ mod avx512 {
                             units[i / 4][i % 4] = *x;
                         }
                         let prep = [hif4_scale(&units[0]), hif4_scale(&units[1])];
+                        if let (8, Some((b0, r0)), Some((b1, r1))) = (N, prep[0], prep[1]) {
+                            // Both finite: the eight registers in one
+                            // straight run, so that the two units' chains
+                            // interleave.
+                            let v8: [__m512; 8] = std::array::from_fn(|i| v[i]);
+                            hif4_encode::<8>(&v8, [r0, r1], variant, o);
+                            fo[0] = hif4::e6m2_to_f32(b0) as f64 / 4.0;
+                            fo[1] = hif4::e6m2_to_f32(b1) as f64 / 4.0;
+                            continue;
+                        }
                         for q in 0..N / 4 {
                             let o = &mut o[64 * q..][..64];
                             fo[q] = match prep[q] {
                                 Some((scale_byte, rec)) => {
-                                    hif4_encode(&units[q], scale_byte, rec, variant, o)
+                                    hif4_encode::<4>(&units[q], [rec, rec], variant, o);
+                                    hif4::e6m2_to_f32(scale_byte) as f64 / 4.0
                                 }
                                 None => hif4_unit(&spill::<4, 64>(&units[q]), variant, o),
                             };
@@ -633,41 +644,54 @@ mod avx512 {
         }
     }
 
-    /// `hif4::encode_finite`'s steps 2, 3, 7 and 8 on one unit with its
-    /// scale from [`hif4_scale`], to the codes of `Hif4Unit::int_codes`:
-    /// register `j` holds groups `2j` and `2j + 1`, each 128-bit lane one
+    /// `hif4::encode_finite`'s steps 2, 3, 7 and 8 on `R / 4` units (4 or
+    /// 8 registers) with their scales from [`hif4_scale`] (`recs[j / 4]`
+    /// for register `j`), to the codes of `Hif4Unit::int_codes`: register
+    /// `j` holds groups `2j` and `2j + 1` of its unit, each 128-bit lane one
     /// subgroup.
     #[inline(always)]
-    unsafe fn hif4_encode(
-        v: &[__m512; 4],
-        scale_byte: u8,
-        rec: f32,
+    unsafe fn hif4_encode<const R: usize>(
+        v: &[__m512; R],
+        recs: [f32; 2],
         variant: Hif4Variant,
         out: &mut [i8],
-    ) -> f64 {
+    ) {
+        // The variant chosen once, outside the registers' loop.
+        // SAFETY: inlined into `codes_rows` (AVX-512), as is the callee.
+        unsafe {
+            match variant {
+                Hif4Variant::Consortium => hif4_encode_v::<R, false>(v, recs, out),
+                Hif4Variant::Amct => hif4_encode_v::<R, true>(v, recs, out),
+            }
+        }
+    }
+
+    /// [`hif4_encode`] for one variant (`AMCT`: the bf16-rounded scaled
+    /// magnitude).
+    #[inline(always)]
+    unsafe fn hif4_encode_v<const R: usize, const AMCT: bool>(
+        v: &[__m512; R],
+        recs: [f32; 2],
+        out: &mut [i8],
+    ) {
         // SAFETY: inlined into `codes_rows` (AVX-512), as are the
         // intrinsics; memory accesses as commented.
         unsafe {
             let absm = _mm512_set1_epi32(0x7FFF_FFFF);
-            let (mut bits, mut a) = ([absm; 4], [absm; 4]);
-            for i in 0..4 {
-                bits[i] = _mm512_castps_si512(v[i]);
-                a[i] = _mm512_and_si512(bits[i], absm);
-            }
-            let recv = _mm512_set1_ps(rec);
+            let recv = [_mm512_set1_ps(recs[0]), _mm512_set1_ps(recs[1])];
             let (two, four, seven) = (
                 _mm512_set1_ps(2.0),
                 _mm512_set1_ps(4.0),
                 _mm512_set1_ps(7.0),
             );
             let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_epi32(1));
-            let base = _mm512_set1_epi32(match variant {
-                Hif4Variant::Consortium => 129, // 2^(2-d)
-                Hif4Variant::Amct => 127,       // 2^(-d)
-            });
-            let mut codes = [absm; 4];
-            for j in 0..4 {
-                let aj = a[j];
+            // 2^(2-d) (consortium) or 2^(-d) (AMCT).
+            let base = _mm512_set1_epi32(if AMCT { 127 } else { 129 });
+            let mut codes = [absm; R];
+            for j in 0..R {
+                let bits = _mm512_castps_si512(v[j]);
+                let aj = _mm512_and_si512(bits, absm);
+                let recv = recv[j / 4];
                 let m4 = _mm512_max_epu32(aj, _mm512_shuffle_epi32::<0xB1>(aj));
                 let m4 = _mm512_max_epu32(m4, _mm512_shuffle_epi32::<0x4E>(m4));
                 let m8 = _mm512_max_epu32(m4, _mm512_shuffle_i32x4::<0xB1>(m4, m4));
@@ -679,24 +703,23 @@ mod avx512 {
                 let d = _mm512_mask_add_epi32(d, e16, d, one);
                 let pw = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_sub_epi32(base, d)));
                 let t = _mm512_mul_ps(_mm512_mul_ps(_mm512_castsi512_ps(aj), recv), pw);
-                let y = match variant {
-                    Hif4Variant::Consortium => _mm512_add_ps(t, half),
-                    Hif4Variant::Amct => {
-                        // bf16 rounding of t (RNE on the bits), times 4.
-                        let u = _mm512_castps_si512(t);
-                        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(u), one);
-                        let u =
-                            _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-                        let u = _mm512_and_si512(u, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
-                        _mm512_add_ps(_mm512_mul_ps(four, _mm512_castsi512_ps(u)), half)
-                    }
+                let y = if AMCT {
+                    // bf16 rounding of t (RNE on the bits), times 4.
+                    let u = _mm512_castps_si512(t);
+                    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(u), one);
+                    let u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+                    let u = _mm512_and_si512(u, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+                    _mm512_add_ps(_mm512_mul_ps(four, _mm512_castsi512_ps(u)), half)
+                } else {
+                    _mm512_add_ps(t, half)
                 };
                 // min(7, floor(y)) for y >= 0.5.
                 let c = _mm512_cvttps_epi32(_mm512_min_ps(y, seven));
-                codes[j] = signed(_mm512_sllv_epi32(c, d), bits[j]);
+                codes[j] = signed(_mm512_sllv_epi32(c, d), bits);
             }
-            store64(codes, out);
-            hif4::e6m2_to_f32(scale_byte) as f64 / 4.0
+            for (q, c) in codes.chunks_exact(4).enumerate() {
+                store64([c[0], c[1], c[2], c[3]], &mut out[64 * q..]);
+            }
         }
     }
 }
