@@ -200,6 +200,19 @@ fn weight_only_quantization_matches_the_interpreter() {
         &["--activations", "none"],
     );
 }
+/// Layers left unquantized run in bf16 by default: with the MLPs excluded,
+/// the fused gate/up projection (two parts) and the down projection (with
+/// the residual after it) are bf16 linears too; `--unquantized f32` keeps
+/// them all in f32.
+#[test]
+fn unquantized_layers_in_bf16_or_f32_match_the_interpreter() {
+    check_fixture_with("qwen3_small_prefill_ts", &["hif4"], &["--exclude", "mlp"]);
+    check_fixture_with(
+        "qwen3_small_prefill_ts",
+        &["mxfp4"],
+        &["--exclude", "mlp", "--unquantized", "f32"],
+    );
+}
 /// GPTQ, smoothing and the scale search produce ordinary encodings and
 /// folded weights: the compiled library still equals the interpreter.
 #[test]
