@@ -22,7 +22,6 @@ use desc::{DimDesc, ModelDesc};
 use lpc_runtime::formats::{Hif4Variant, Hif8Rounding, Mxfp4Rounding};
 use lpc_runtime::Format;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -135,29 +134,50 @@ impl std::fmt::Debug for Model {
     }
 }
 
-/// Hashes one word (a pointer or a size) with a multiply and a fold: the
-/// buffer maps are looked up several times per op, and the default SipHash
-/// cost more than the rest of the lookup. The fold brings high bits down,
-/// as pointers' low bits are zero.
-#[derive(Default)]
-struct WordHasher(u64);
+/// A small map keyed by a word (a pointer or a size), as a vector searched
+/// from its end: a run's buffers are few and mostly released soon after
+/// they are allocated, and the sizes a model allocates are few, so a short
+/// backwards scan beats hashing (the maps are used several times per op).
+#[derive(Debug)]
+struct WordMap<V>(Vec<(usize, V)>);
 
-impl std::hash::Hasher for WordHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01B3);
-        }
-    }
-    fn write_usize(&mut self, x: usize) {
-        let h = (x as u64 ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
+impl<V> Default for WordMap<V> {
+    fn default() -> Self {
+        Self(Vec::new())
     }
 }
 
-type WordMap<V> = HashMap<usize, V, std::hash::BuildHasherDefault<WordHasher>>;
+impl<V> WordMap<V> {
+    fn position(&self, k: usize) -> Option<usize> {
+        self.0.iter().rposition(|e| e.0 == k)
+    }
+    /// Adds `k` (not present: the caller's keys are unique).
+    fn insert(&mut self, k: usize, v: V) {
+        self.0.push((k, v));
+    }
+    fn remove(&mut self, k: &usize) -> Option<V> {
+        self.position(*k).map(|i| self.0.swap_remove(i).1)
+    }
+    fn get_mut(&mut self, k: &usize) -> Option<&mut V> {
+        self.position(*k).map(|i| &mut self.0[i].1)
+    }
+    fn drain(&mut self) -> impl Iterator<Item = (usize, V)> + '_ {
+        self.0.drain(..)
+    }
+}
+
+impl<V: Default> WordMap<V> {
+    fn entry_or_default(&mut self, k: usize) -> &mut V {
+        let i = match self.position(k) {
+            Some(i) => i,
+            None => {
+                self.0.push((k, V::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+}
 
 /// Freed buffers by size, reused by later allocations of the same size (a
 /// model's calls repeat the same sizes). With a CUDA device, buffers are
@@ -186,21 +206,35 @@ impl Pool {
         unsafe { std::alloc::alloc(layout(bytes)) }
     }
     fn put(&mut self, p: *mut u8, bytes: usize) {
-        self.free.entry(bytes).or_default().push(p);
+        self.free.entry_or_default(bytes).push(p);
+        // Sizes that never come back (a KV cache one token longer per
+        // decode step) would pile up: past POOL_SIZES sizes, the oldest
+        // size's buffers are freed.
+        if self.free.0.len() > POOL_SIZES {
+            let (bytes, list) = self.free.0.remove(0);
+            self.free_all(bytes, &list);
+        }
+    }
+    fn free_all(&self, bytes: usize, list: &[*mut u8]) {
+        let cuda = self.device.as_ref().and_then(|d| d.cuda());
+        for &p in list {
+            match cuda {
+                Some(c) => c.free(p),
+                // SAFETY: allocated by `get` with this size.
+                None => unsafe { std::alloc::dealloc(p, layout(bytes)) },
+            }
+        }
     }
 }
 
+/// Distinct buffer sizes the pool keeps freed buffers of (a model's runs
+/// use a few dozen).
+const POOL_SIZES: usize = 256;
+
 impl Drop for Pool {
     fn drop(&mut self) {
-        let cuda = self.device.as_ref().and_then(|d| d.cuda());
-        for (&bytes, list) in &self.free {
-            for &p in list {
-                match cuda {
-                    Some(c) => c.free(p),
-                    // SAFETY: allocated by `get` with this size.
-                    None => unsafe { std::alloc::dealloc(p, layout(bytes)) },
-                }
-            }
+        for (bytes, list) in std::mem::take(&mut self.free).drain() {
+            self.free_all(bytes, &list);
         }
     }
 }
@@ -1238,7 +1272,44 @@ pub unsafe extern "C" fn lpc_model_input_dim(m: *const Model, i: i64, k: i32) ->
 
 #[cfg(test)]
 mod tests {
-    use super::lpc_rt_scratch;
+    use super::{lpc_rt_scratch, Pool, WordMap, POOL_SIZES};
+
+    #[test]
+    fn word_maps_find_remove_and_drain_their_keys() {
+        let mut m: WordMap<usize> = WordMap::default();
+        for k in 0..10 {
+            m.insert(64 * k, k);
+        }
+        assert_eq!(m.remove(&(64 * 3)), Some(3));
+        assert_eq!(m.remove(&(64 * 3)), None);
+        *m.get_mut(&(64 * 9)).unwrap() += 100;
+        assert_eq!(m.get_mut(&(64 * 9)).copied(), Some(109));
+        *m.entry_or_default(7) += 1;
+        *m.entry_or_default(7) += 1;
+        let mut all: Vec<_> = m.drain().collect();
+        all.sort();
+        assert_eq!(all.len(), 10);
+        assert!(all.contains(&(7, 2)) && all.contains(&(64 * 9, 109)));
+        assert!(m.drain().next().is_none());
+    }
+
+    #[test]
+    fn the_pool_reuses_sizes_and_frees_the_oldest_past_its_limit() {
+        let mut pool = Pool::default();
+        let a = pool.get(100);
+        pool.put(a, 100);
+        assert_eq!(pool.get(100), a);
+        pool.put(a, 100);
+        // Sizes that never come back: the oldest go, the pool stays bounded.
+        for i in 1..=POOL_SIZES + 10 {
+            let p = pool.get(100 + 64 * i);
+            assert!(!p.is_null());
+            pool.put(p, 100 + 64 * i);
+        }
+        assert_eq!(pool.free.0.len(), POOL_SIZES);
+        assert!(pool.free.get_mut(&100).is_none());
+        assert!(pool.free.get_mut(&(100 + 64 * (POOL_SIZES + 10))).is_some());
+    }
 
     #[test]
     fn scratch_slots_are_aligned_kept_and_grown_per_thread() {
