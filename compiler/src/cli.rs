@@ -523,7 +523,7 @@ pub fn run(cli: Cli, backend: Option<compile::Backend>) -> Result<String, String
             );
             if native && repeat > 1 {
                 text += &format!(
-                    "runs {repeat}: median {:.3} ms, min {:.3} ms, max {:.3} ms\n",
+                    "runs {repeat}: median {:.4} ms, min {:.4} ms, max {:.4} ms\n",
                     elapsed.median.as_secs_f64() * 1e3,
                     elapsed.min.as_secs_f64() * 1e3,
                     elapsed.max.as_secs_f64() * 1e3
