@@ -13,22 +13,34 @@ use lpc_runtime::math::silu_f32;
 /// pair by pair in K order, the even then the odd product (both exact in
 /// f32) into an f32 accumulator, then adds the bias.
 pub fn linear(c: &OpCtx) -> R<Vec<TensorValue>> {
-    if c.int("bf16", 0) != 0 {
-        return linear_bf16(c);
-    }
     let xt = c.input(0)?;
-    let x = c.f32_in(0)?;
     let parts = c.int("parts", 1).max(1) as usize;
-    let tr = c.int("transposed", 0) != 0;
+    let bf16 = c.int("bf16", 0) != 0;
+    let tr = c.int("transposed", 0) != 0 && !bf16;
     let k = *xt.shape.last().ok_or("x must have rank >= 1")?;
+    let kp = k.div_ceil(2);
+    let x: std::borrow::Cow<[f32]> = if bf16 {
+        let round = |v: f32| half::bf16::from_f32(v).to_f32();
+        c.f32_in(0)?.iter().map(|&v| round(v)).collect()
+    } else {
+        c.f32_in(0)?.into()
+    };
     let mut ws = Vec::with_capacity(parts);
     for p in 0..parts {
         let wt = c.input(1 + p)?;
-        let [r, cc] = wt.shape[..] else {
-            return Err("weights must be 2-D".into());
+        let (kin, want, n) = match (bf16, &wt.shape[..]) {
+            (true, &[r, n, 2]) => (r, kp, n),
+            (true, _) => {
+                return Err(format!(
+                    "bf16 weight {p} must be [K/2, N, 2], not {:?}",
+                    wt.shape
+                ))
+            }
+            (false, &[r, cc]) if tr => (cc, k, r),
+            (false, &[r, cc]) => (r, k, cc),
+            (false, _) => return Err("weights must be 2-D".into()),
         };
-        let (kin, n) = if tr { (cc, r) } else { (r, cc) };
-        if kin != k {
+        if kin != want {
             return Err(format!(
                 "x {:?} does not match weight {} {:?}",
                 xt.shape, p, wt.shape
@@ -52,7 +64,15 @@ pub fn linear(c: &OpCtx) -> R<Vec<TensorValue>> {
         let mut off = 0;
         for &(w, n) in &ws {
             let o = &mut orow[off..off + n];
-            if tr {
+            if bf16 {
+                for t in 0..kp {
+                    let (a0, a1) = (xr[2 * t], xr.get(2 * t + 1).copied().unwrap_or(0.0));
+                    let wr = &w[t * 2 * n..(t + 1) * 2 * n];
+                    for (oj, wp) in o.iter_mut().zip(wr.chunks_exact(2)) {
+                        *oj = (*oj + a0 * wp[0]) + a1 * wp[1];
+                    }
+                }
+            } else if tr {
                 for (j, oj) in o.iter_mut().enumerate() {
                     *oj = xr
                         .iter()
@@ -65,67 +85,6 @@ pub fn linear(c: &OpCtx) -> R<Vec<TensorValue>> {
                     for (oj, &b) in o.iter_mut().zip(&w[p * n..p * n + n]) {
                         *oj += a * b;
                     }
-                }
-            }
-            off += n;
-        }
-        if let Some(b) = bias {
-            orow.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
-        }
-    }
-    let mut shape = xt.shape.clone();
-    *shape.last_mut().expect("rank >= 1") = n_total;
-    let d = xt.dtype;
-    out.iter_mut().for_each(|v| *v = round_to(d, *v));
-    Ok(vec![TensorValue::with_dtype(d, shape, Data::F(out))])
-}
-
-/// `lpc.linear {bf16 = 1}` (see [`linear`]).
-fn linear_bf16(c: &OpCtx) -> R<Vec<TensorValue>> {
-    let xt = c.input(0)?;
-    let parts = c.int("parts", 1).max(1) as usize;
-    let k = *xt.shape.last().ok_or("x must have rank >= 1")?;
-    let kp = k.div_ceil(2);
-    let round = |v: f32| half::bf16::from_f32(v).to_f32();
-    let x: Vec<f32> = c.f32_in(0)?.iter().map(|&v| round(v)).collect();
-    let mut ws = Vec::with_capacity(parts);
-    for p in 0..parts {
-        let wt = c.input(1 + p)?;
-        let [r, n, 2] = wt.shape[..] else {
-            return Err(format!(
-                "bf16 weight {p} must be [K/2, N, 2], not {:?}",
-                wt.shape
-            ));
-        };
-        if r != kp {
-            return Err(format!(
-                "x {:?} does not match bf16 weight {p} {:?}",
-                xt.shape, wt.shape
-            ));
-        }
-        ws.push((c.f32_in(1 + p)?, n));
-    }
-    let n_total: usize = ws.iter().map(|w| w.1).sum();
-    let bias = c
-        .opt(1 + parts)
-        .map(|b| b.as_f32().ok_or("bias must be float"))
-        .transpose()?;
-    if bias.is_some_and(|b| b.len() != n_total) {
-        return Err("bias length differs from the output features".into());
-    }
-    let rows = x.len() / k.max(1);
-    let mut out = vec![0f32; rows * n_total];
-    for i in 0..rows {
-        let xr = &x[i * k..i * k + k];
-        let orow = &mut out[i * n_total..(i + 1) * n_total];
-        let mut off = 0;
-        for &(w, n) in &ws {
-            let o = &mut orow[off..off + n];
-            for t in 0..kp {
-                let (a0, a1) = (xr[2 * t], xr.get(2 * t + 1).copied().unwrap_or(0.0));
-                let wr = &w[t * 2 * n..(t + 1) * 2 * n];
-                for (oj, wp) in o.iter_mut().zip(wr.chunks_exact(2)) {
-                    *oj = (*oj + a0 * wp[0]) + a1 * wp[1];
                 }
             }
             off += n;

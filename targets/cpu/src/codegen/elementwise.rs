@@ -92,30 +92,42 @@ impl<'c> Cg<'c> {
     fn f32_to_bf16(&self, f: inkwell::values::FloatValue<'c>) -> R<IntValue<'c>> {
         let i32t = self.i32t();
         let bits = self.b.build_bit_cast(f, i32t, "")?.into_int_value();
-        let lsb = self.b.build_and(
-            self.b
-                .build_right_shift(bits, i32t.const_int(16, false), false, "")?,
-            i32t.const_int(1, false),
+        let v = self.b.build_insert_element(
+            i32t.vec_type(1).get_undef(),
+            bits,
+            i32t.const_zero(),
             "",
         )?;
+        let r = self.bf16_round_bits(v, 1)?;
         let r = self
             .b
-            .build_int_add(bits, i32t.const_int(0x7FFF, false), "")?;
-        let r = self.b.build_int_add(r, lsb, "")?;
+            .build_extract_element(r, i32t.const_zero(), "")?
+            .into_int_value();
+        Ok(self.b.build_int_truncate(r, self.cx.i16_type(), "")?)
+    }
+
+    /// `n` f32 bit patterns (`<n x i32>`) rounded to bf16, to nearest even
+    /// (+ 0x7fff + the kept lowest bit, then the top half; a NaN keeps its
+    /// top half with the quiet bit set): `half::bf16::from_f32`'s bits, in
+    /// the low halves.
+    pub(crate) fn bf16_round_bits(&self, u: VectorValue<'c>, n: u32) -> R<VectorValue<'c>> {
+        let c = |x: u64| {
+            let v = self.i32t().const_int(x, false);
+            VectorType::const_vector(&vec![v; n as usize])
+        };
+        let sh = c(16);
+        let top = self.b.build_right_shift(u, sh, false, "")?;
+        let lsb = self.b.build_and(top, c(1), "")?;
         let r = self
             .b
-            .build_right_shift(r, i32t.const_int(16, false), false, "")?;
+            .build_int_add(u, self.b.build_int_add(lsb, c(0x7FFF), "")?, "")?;
+        let r = self.b.build_right_shift(r, sh, false, "")?;
+        let mag = self.b.build_and(u, c(0x7FFF_FFFF), "")?;
         let nan = self
             .b
-            .build_float_compare(inkwell::FloatPredicate::UNO, f, f, "")?;
-        let q = self.b.build_or(
-            self.b
-                .build_right_shift(bits, i32t.const_int(16, false), false, "")?,
-            i32t.const_int(0x40, false),
-            "",
-        )?;
-        let r = self.b.build_select(nan, q, r, "")?.into_int_value();
-        Ok(self.b.build_int_truncate(r, self.cx.i16_type(), "")?)
+            .build_int_compare(IntPredicate::UGT, mag, c(0x7F80_0000), "")?;
+        let q = self.b.build_or(top, c(0x40), "")?;
+        Ok(self.b.build_select(nan, q, r, "")?.into_vector_value())
     }
 
     pub fn store_s(

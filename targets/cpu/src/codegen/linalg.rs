@@ -907,31 +907,6 @@ fn bf16_pairs<'c>(
     k: IntValue<'c>,
     kp: IntValue<'c>,
 ) -> R<()> {
-    // Rounding on the bits: + 0x7fff + the kept lowest bit, then the top
-    // half; a NaN keeps its top half with the quiet bit set.
-    let round = |cg: &Cg<'c>, u: VectorValue<'c>, n: u32| -> R<VectorValue<'c>> {
-        let sh = cg.splat_i32c(16, n);
-        let lsb = cg.b.build_and(
-            cg.b.build_right_shift(u, sh, false, "")?,
-            cg.splat_i32c(1, n),
-            "",
-        )?;
-        let r = cg.b.build_int_add(
-            u,
-            cg.b.build_int_add(lsb, cg.splat_i32c(0x7fff, n), "")?,
-            "",
-        )?;
-        let r = cg.b.build_right_shift(r, sh, false, "")?;
-        let mag = cg.b.build_and(u, cg.splat_i32c(0x7fff_ffff, n), "")?;
-        let nan =
-            cg.b.build_int_compare(IntPredicate::UGT, mag, cg.splat_i32c(0x7f80_0000, n), "")?;
-        let q = cg.b.build_or(
-            cg.b.build_right_shift(u, sh, false, "")?,
-            cg.splat_i32c(0x40, n),
-            "",
-        )?;
-        Ok(cg.b.build_select(nan, q, r, "")?.into_vector_value())
-    };
     let i32x32 = cg.i32t().vec_type(32);
     let i16x32 = cg.cx.i16_type().vec_type(32);
     let i32x16 = cg.i32t().vec_type(16);
@@ -943,7 +918,8 @@ fn bf16_pairs<'c>(
         cg.for_n(nc, |cg, c| {
             let at = cg.mul(cg.add(xrow, cg.mul(c, cg.c64(32))?)?, cg.c64(4))?;
             let u = cg.load_vec(x, at, i32x32, 4)?;
-            let h = cg.b.build_int_truncate(round(cg, u, 32)?, i16x32, "")?;
+            let h =
+                cg.b.build_int_truncate(cg.bf16_round_bits(u, 32)?, i16x32, "")?;
             let d = cg.b.build_bit_cast(h, i32x16, "")?.into_vector_value();
             let to = cg.mul(cg.add(brow, cg.mul(c, cg.c64(16))?)?, cg.c64(4))?;
             cg.store_vec_aligned(xb, to, d, 4)
@@ -967,8 +943,11 @@ fn bf16_pairs<'c>(
             let u =
                 cg.b.build_bit_cast(v, cg.i32t().vec_type(2), "")?
                     .into_vector_value();
-            let h =
-                cg.b.build_int_truncate(round(cg, u, 2)?, cg.cx.i16_type().vec_type(2), "")?;
+            let h = cg.b.build_int_truncate(
+                cg.bf16_round_bits(u, 2)?,
+                cg.cx.i16_type().vec_type(2),
+                "",
+            )?;
             let d = cg.b.build_bit_cast(h, cg.i32t(), "")?;
             cg.store(DType::I32, xb, cg.add(brow, t)?, d)
         })

@@ -48,35 +48,49 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Builds `g` for the host and for haswell, runs it on `x` (`m × k`) and
+/// checks each output against the f64 sum of `op(x) · op(W)` (`w` as
+/// `[k, n]`), within 1e-6 of the terms' magnitude.
+fn check_f64_sums(
+    g: &Graph,
+    tag: &str,
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    op: fn(f32) -> f32,
+) {
+    for target in targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("{tag}_{m}_{k}_{n}_{}", target.cpu);
+        let lib = OpLib::build(g, target, dir.path(), &name, 2).unwrap();
+        let got = lib.run(&[(x, &[m, k][..])]).unwrap();
+        assert_eq!(got.len(), m * n);
+        for r in 0..m {
+            for j in 0..n {
+                let (mut want, mut mag) = (0f64, 0f64);
+                for t in 0..k {
+                    let p = op(x[r * k + t]) as f64 * op(w[t * n + j]) as f64;
+                    want += p;
+                    mag += p.abs();
+                }
+                let d = (got[r * n + j] as f64 - want).abs();
+                assert!(
+                    d <= 1e-6 * mag.max(1e-30) + 1e-30,
+                    "{name}: y[{r}, {j}] = {} against {want} (|terms| {mag})",
+                    got[r * n + j]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn linear_matches_f64_sums_on_partial_panels_tiles_and_k_slices() {
     for (m, k, n) in SHAPES {
         let x = values(m * k, (m * k + n) as u64);
         let w = values(k * n, (k * n + m) as u64);
         let g = linear_graph(Dim::Fixed(m), k, n, &w);
-        for target in targets() {
-            let dir = tempfile::tempdir().unwrap();
-            let name = format!("lin_{m}_{k}_{n}_{}", target.cpu);
-            let lib = OpLib::build(&g, target, dir.path(), &name, 2).unwrap();
-            let got = lib.run(&[(&x, &[m, k][..])]).unwrap();
-            assert_eq!(got.len(), m * n);
-            for r in 0..m {
-                for j in 0..n {
-                    let (mut want, mut mag) = (0f64, 0f64);
-                    for t in 0..k {
-                        let p = x[r * k + t] as f64 * w[t * n + j] as f64;
-                        want += p;
-                        mag += p.abs();
-                    }
-                    let d = (got[r * n + j] as f64 - want).abs();
-                    assert!(
-                        d <= 1e-6 * mag.max(1e-30) + 1e-30,
-                        "{name}: y[{r}, {j}] = {} against {want} (|terms| {mag})",
-                        got[r * n + j]
-                    );
-                }
-            }
-        }
+        check_f64_sums(&g, "lin", (m, k, n), &x, &w, |v| v);
     }
 }
 
@@ -125,28 +139,6 @@ fn bf16_linear_matches_f64_sums_of_the_rounded_operands() {
         let x = values(m * k, (m * k + n) as u64 + 7);
         let w = values(k * n, (k * n + m) as u64 + 7);
         let g = bf16_linear_graph(m, k, n, &w);
-        for target in targets() {
-            let dir = tempfile::tempdir().unwrap();
-            let name = format!("linbf16_{m}_{k}_{n}_{}", target.cpu);
-            let lib = OpLib::build(&g, target, dir.path(), &name, 2).unwrap();
-            let got = lib.run(&[(&x, &[m, k][..])]).unwrap();
-            assert_eq!(got.len(), m * n);
-            for r in 0..m {
-                for j in 0..n {
-                    let (mut want, mut mag) = (0f64, 0f64);
-                    for t in 0..k {
-                        let p = bf16(x[r * k + t]) as f64 * bf16(w[t * n + j]) as f64;
-                        want += p;
-                        mag += p.abs();
-                    }
-                    let d = (got[r * n + j] as f64 - want).abs();
-                    assert!(
-                        d <= 1e-6 * mag.max(1e-30) + 1e-30,
-                        "{name}: y[{r}, {j}] = {} against {want} (|terms| {mag})",
-                        got[r * n + j]
-                    );
-                }
-            }
-        }
+        check_f64_sums(&g, "linbf16", (m, k, n), &x, &w, bf16);
     }
 }
