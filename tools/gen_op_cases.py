@@ -193,6 +193,7 @@ def main():
          consts={"i": perm})
     swiglu_split_case()
     long_attention_cases()
+    float_mask_attention_case()
 
 
 def long_attention_cases():
@@ -209,6 +210,16 @@ def long_attention_cases():
                                                      ("m", rng.random((5, 37)) > 0.3)])
     case("attention_long_float_mask_softcap", "Attention",
          [("q", q), ("k", k), ("v", v), ("m", f32(b, 1, 5, 37))], {"softcap": 2.0, "scale": 0.3})
+
+
+def float_mask_attention_case():
+    """A float mask of arbitrary values without a soft cap, over 37 keys: the
+    compiled kernel adds the biases in its 16-key blocks and, with the score
+    and the running maximum, for each key after them."""
+    b = 2
+    q, k, v = f32(b, 4, 5, 32), f32(b, 2, 37, 32), f32(b, 2, 37, 32)
+    case("attention_long_float_mask", "Attention",
+         [("q", q), ("k", k), ("v", v), ("m", f32(b, 1, 5, 37))], {"scale": 0.3})
 
 
 def swiglu_split_case():

@@ -884,6 +884,7 @@ impl<'c> Cg<'c> {
             let f32x16 = f32t.vec_type(16);
             let vmx = cg.b.build_alloca(f32x16, "vmx")?;
             let vsum = cg.b.build_alloca(f32x16, "vsum")?;
+            let smx = cg.b.build_alloca(f32t, "smx")?;
             let kacc: Vec<PointerValue> = (0..16)
                 .map(|_| cg.b.build_alloca(f32x16, "kacc"))
                 .collect::<Result<_, _>>()?;
@@ -1041,13 +1042,26 @@ impl<'c> Cg<'c> {
                     cg.store_vec_f32x16_at(scores, j0, s)?;
                     max_into(cg, s.into())
                 })?;
-                // The chunks the fused blocks did not score.
-                let unscored = if fuse { blocks } else { cg.c64(0) };
+                // The keys after the blocks one at a time. Without a soft cap
+                // each one's score (dot · scale + bias, the same operations
+                // as a chunk's) and a scalar running maximum come here too:
+                // a vector pass reloading these scalar stores right away
+                // waited for them (no store-to-load forwarding).
+                cg.b.build_store(smx, cg.cf32(f32::NEG_INFINITY))?;
                 cg.for_range(cg.mul(blocks, cg.c64(16))?, kend, |cg, j| {
                     let kb = cg.add(kbase, cg.mul(j, ksi)?)?;
                     let dot = cg.dot_f32(qp, qbase, kp, kb, d)?;
                     let dot = cg.ftrunc(dot)?;
-                    cg.store(DType::F32, scores, j, dot.into())
+                    if !fuse {
+                        return cg.store(DType::F32, scores, j, dot.into());
+                    }
+                    let bv = cg.load(DType::F32, biases, j)?.into_float_value();
+                    let s = cg.fadd(cg.fmul(dot, scale32)?, bv)?;
+                    cg.store(DType::F32, scores, j, s.into())?;
+                    let m = cg.b.build_load(f32t, smx, "")?;
+                    let m = cg.intrinsic("llvm.maxnum", &[f32t.into()], &[m.into(), s.into()])?;
+                    cg.b.build_store(smx, m)?;
+                    Ok(())
                 })?;
                 // Sixteen keys at a time (the last chunk masked: `inside`,
                 // its other lanes filled with `fill`).
@@ -1084,17 +1098,6 @@ impl<'c> Cg<'c> {
                         let s = score(cg, j)?;
                         cg.store(DType::F32, scores, j, s.into())
                     })?;
-                } else {
-                    // With the maximum (the stored lanes, -inf past the
-                    // keys, as the pass below would read them back).
-                    cg.for_range(unscored, chunks, |cg, c| {
-                        let d = chunk(cg, c, 0.0)?;
-                        let bv = load16(cg, biases, c, 0.0)?;
-                        let s = cg.b.build_float_mul(d, sc16, "")?;
-                        let s = cg.b.build_float_add(s, bv, "")?;
-                        store16(cg, c, s)?;
-                        max_into(cg, cg.b.build_select(inside(cg, c)?, s, ninf16, "")?)
-                    })?;
                 }
                 // The largest score (any order gives the same), where the
                 // soft cap took the scores key by key.
@@ -1120,6 +1123,11 @@ impl<'c> Cg<'c> {
                 let m =
                     cg.b.build_extract_element(m, cg.i32t().const_zero(), "")?
                         .into_float_value();
+                // With the keys scored one at a time.
+                let sm = cg.b.build_load(f32t, smx, "")?;
+                let m = cg
+                    .intrinsic("llvm.maxnum", &[f32t.into()], &[m.into(), sm.into()])?
+                    .into_float_value();
                 let any = cg.fcmp(FloatPredicate::ONE, m, cg.cf32(f32::NEG_INFINITY))?;
                 let m_safe = cg.select_f(any, m, cg.cf32(0.0))?;
                 // Weights: exp(s - max) (the runtime's exp_f32, a loop
