@@ -65,6 +65,12 @@ fn mxfp4_poisoned(v: &[f32; 32], mode: Mxfp4Rounding, out: &mut [i8]) -> f64 {
     f64::NAN
 }
 
+/// The factor of a HiF4 unit's integer codes: its E6M2 scale over 4.
+#[inline(always)]
+fn hif4_factor(scale_byte: u8) -> f64 {
+    hif4::e6m2_to_f32(scale_byte) as f64 / 4.0
+}
+
 /// HiF4 unit `v` as its integer codes and its factor.
 #[inline(always)]
 fn hif4_unit(v: &[f32; 64], variant: hif4::Hif4Variant, out: &mut [i8]) -> f64 {
@@ -73,7 +79,7 @@ fn hif4_unit(v: &[f32; 64], variant: hif4::Hif4Variant, out: &mut [i8]) -> f64 {
     if u.meta[0] == 0xFF {
         f64::NAN
     } else {
-        hif4::e6m2_to_f32(u.meta[0]) as f64 / 4.0
+        hif4_factor(u.meta[0])
     }
 }
 
@@ -247,7 +253,7 @@ fn codes_rows(rows: Rows) {
 /// encoders.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{hif4_unit, mxfp4_block, Format, Mxfp4Rounding};
+    use super::{hif4_factor, hif4_unit, mxfp4_block, Format, Mxfp4Rounding};
     use crate::formats::hif4::{self, Hif4Variant};
     use std::arch::x86_64::*;
 
@@ -370,8 +376,8 @@ mod avx512 {
                             // interleave.
                             let v8: [__m512; 8] = std::array::from_fn(|i| v[i]);
                             hif4_encode::<8>(&v8, [r0, r1], variant, o);
-                            fo[0] = hif4::e6m2_to_f32(b0) as f64 / 4.0;
-                            fo[1] = hif4::e6m2_to_f32(b1) as f64 / 4.0;
+                            fo[0] = hif4_factor(b0);
+                            fo[1] = hif4_factor(b1);
                             continue;
                         }
                         for q in 0..N / 4 {
@@ -379,7 +385,7 @@ mod avx512 {
                             fo[q] = match prep[q] {
                                 Some((scale_byte, rec)) => {
                                     hif4_encode::<4>(&units[q], [rec, rec], variant, o);
-                                    hif4::e6m2_to_f32(scale_byte) as f64 / 4.0
+                                    hif4_factor(scale_byte)
                                 }
                                 None => hif4_unit(&spill::<4, 64>(&units[q]), variant, o),
                             };
