@@ -22,7 +22,8 @@
 //!   scale in bits 0-7 and, for each pair of K-groups `p` (elements
 //!   `8p..8p+8`), bits `8+3p..` = (e16 of K-group `2p`, e16 of K-group
 //!   `2p+1`, e8 of the pair): the same 24 micro-exponent bits, arranged so
-//!   that one `vpmultishiftqb` and a table give each K-group's shift.
+//!   that one `vpmultishiftqb` per pair and a table per parity give each
+//!   K-group's shift.
 //!
 //! W8A8 HiF8 weights keep one byte per element, permuted within each
 //! 64-byte chunk so that the kernel's exact decode (two `vpermi2b` tables

@@ -2250,12 +2250,17 @@ fn prefetch_next_call<'c>(
 /// The decode tables of 4-bit CPU-layout nibbles (see [`pack_cpu_panel`]
 /// and [`strip_rows_dot`]): entry `16 x + code` is the offset code of
 /// nibble `code` shifted left by `x`. MXFP4: `(2·E2M1 << x) + off` for x =
-/// 0..3, one `vpermb`; HiF4: `±((code & 7) << sum(x)) + off` for the 3-bit
-/// header field x, 128 entries in two halves, one `vpermi2b`.
+/// 0..3, one `vpermb`; HiF4: `±((code & 7) << sum(x)) + off` for the
+/// K-group's micro-exponent bits of the 3 header bits x ([`IndexBits`]),
+/// 128 entries in two halves, one `vpermi2b`. x is the field of the
+/// K-group's pair (per-4 bits of the even and the odd K-group, then the
+/// per-8 bit): an even K-group's table sums bits 0 and 2, an odd one's
+/// bits 1 and 2, each ignoring the other K-group's bit.
 struct NibbleTables<'c> {
     mx: bool,
-    lo: VectorValue<'c>,
-    hi: VectorValue<'c>,
+    /// The two halves of the table, per parity of the K-group (MXFP4: one
+    /// table, both entries).
+    t: [(VectorValue<'c>, VectorValue<'c>); 2],
 }
 
 impl<'c> NibbleTables<'c> {
@@ -2271,9 +2276,10 @@ impl<'c> NibbleTables<'c> {
         };
         let off = off as i32;
         let mx = matches!(f, Format::Mxfp4(_));
-        let hif4_entry = |i: usize| -> u8 {
+        // The micro-exponent of K-group parity `p` from header bits x.
+        let hif4_entry = |p: usize, i: usize| -> u8 {
             let (x, code) = (i / 16, i % 16);
-            let sum = [0, 1, 1, 2, 1, 2, 0, 0][x];
+            let sum = (x >> p & 1) + (x >> 2 & 1);
             let mag = ((code & 7) << sum) as i32;
             (if code & 8 != 0 { -mag } else { mag }).wrapping_add(off) as u8
         };
@@ -2282,29 +2288,31 @@ impl<'c> NibbleTables<'c> {
                 ((mxfp4::E2M1_X2[i % 16] as i32) << (if shifts { i / 16 } else { 0 }))
                     .wrapping_add(off) as u8
             });
-            NibbleTables { mx, lo: t, hi: t }
+            NibbleTables { mx, t: [(t, t); 2] }
         } else {
+            let half = |p: usize| (i8v(&|i| hif4_entry(p, i)), i8v(&|i| hif4_entry(p, 64 + i)));
             NibbleTables {
                 mx,
-                lo: i8v(&|i| hif4_entry(i)),
-                hi: i8v(&|i| hif4_entry(64 + i)),
+                t: [half(0), half(1)],
             }
         }
     }
 
-    /// The offset codes of `idx` (i8 × 64: nibble | shift field << 4).
-    fn lookup(&self, cg: &Cg<'c>, idx: VectorValue<'c>) -> R<VectorValue<'c>> {
+    /// The offset codes of `idx` (i8 × 64: nibble | shift field << 4) for
+    /// K-group `j`.
+    fn lookup(&self, cg: &Cg<'c>, idx: VectorValue<'c>, j: usize) -> R<VectorValue<'c>> {
+        let (lo, hi) = self.t[j % 2];
         let v = if self.mx {
             cg.intrinsic(
                 "llvm.x86.avx512.permvar.qi.512",
                 &[],
-                &[self.lo.into(), idx.into()],
+                &[lo.into(), idx.into()],
             )?
         } else {
             cg.intrinsic(
                 "llvm.x86.avx512.vpermi2var.qi.512",
                 &[],
-                &[self.lo.into(), idx.into(), self.hi.into()],
+                &[lo.into(), idx.into(), hi.into()],
             )?
         };
         Ok(v.into_vector_value())
@@ -2596,31 +2604,17 @@ fn strip_rows_dot<'c>(
             )?;
             for h in 0..2usize {
                 let idx = if mx {
-                    // The unshifted table reads bits 0-3 only: the high
-                    // nibbles by one 16-bit shift, no masks.
-                    if h == 0 {
-                        v
-                    } else {
-                        let i16x32 = cg.cx.i16_type().vec_type(32);
-                        let w = cg.b.build_bit_cast(v, i16x32, "")?.into_vector_value();
-                        let four =
-                            VectorType::const_vector(&[cg.cx.i16_type().const_int(4, false); 32]);
-                        let w = cg.b.build_right_shift(w, four, false, "")?;
-                        cg.b.build_bit_cast(w, i8x64, "")?.into_vector_value()
-                    }
+                    // The unshifted table reads bits 0-3 only: no masks.
+                    nibbles(cg, v, h)?
                 } else {
-                    let nib = if h == 0 {
-                        v
-                    } else {
-                        cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?
-                    };
-                    let mut idx = cg.b.build_and(nib, cg.splat_i8(15, 64), "")?;
-                    if let Some(Some(x)) = bits[h].as_ref().map(|b| b.bits(cg, q)).transpose()? {
-                        idx = cg.b.build_or(idx, x, "")?;
-                    }
-                    idx
+                    let x = bits[h]
+                        .as_ref()
+                        .map(|b| b.bits(cg, q))
+                        .transpose()?
+                        .flatten();
+                    nibble_index(cg, v, h, x)?
                 };
-                let w = tabs.lookup(cg, idx)?;
+                let w = tabs.lookup(cg, idx, q)?;
                 let at = cg.add(
                     cg.mul(g, cg.c64(128))?,
                     cg.c64(64 * h as i64 + 4 * q as i64),
@@ -3519,25 +3513,77 @@ impl<'c> IndexBits<'c> {
             IndexBits::PairShifts(sh) => return Ok(sh[j / 8]),
             IndexBits::Hif4Header(hd8) => *hd8,
         };
-        // Lane c's field of K-group j starts at bit 8 + 3(j/2) + j%2 of its
-        // dword (dword c%2 of the qword): moved to bits 4-6 of each byte.
-        let at = 8 + 3 * (j / 2) + j % 2;
+        // Lane c's field of K-group pair j/2 starts at bit 8 + 3(j/2) of
+        // its dword (dword c%2 of the qword): moved to bits 4-6 of each
+        // byte, one `vpmultishiftqb` for both K-groups of the pair (the
+        // same operation twice: LLVM computes it once).
+        let at = 8 + 3 * (j / 2);
         let ctrl: Vec<_> = (0..64)
             .map(|i| {
                 let c = i / 4;
                 cg.i8t().const_int((32 * (c % 2) + at - 4) as u64, false)
             })
             .collect();
-        let x = cg
-            .intrinsic(
+        // Bit 7 is the next field's: the lookup ignores it.
+        Ok(Some(
+            cg.intrinsic(
                 "llvm.x86.avx512.pmultishift.qb.512",
                 &[],
                 &[VectorType::const_vector(&ctrl).into(), hd8.into()],
             )?
-            .into_vector_value();
-        let m = if j.is_multiple_of(2) { 0x50 } else { 0x30 };
-        Ok(Some(cg.b.build_and(x, cg.splat_i8(m, 64), "")?))
+            .into_vector_value(),
+        ))
     }
+}
+
+/// The 64 code bytes `v` with their low (`h = 0`) or high nibbles in bits
+/// 0-3 (the high ones by one 16-bit shift: bits 4-7 are then the next
+/// byte's).
+fn nibbles<'c>(cg: &Cg<'c>, v: VectorValue<'c>, h: usize) -> R<VectorValue<'c>> {
+    if h == 0 {
+        return Ok(v);
+    }
+    let i16x32 = cg.cx.i16_type().vec_type(32);
+    let w = cg.b.build_bit_cast(v, i16x32, "")?.into_vector_value();
+    let four = VectorType::const_vector(&[cg.cx.i16_type().const_int(4, false); 32]);
+    let w = cg.b.build_right_shift(w, four, false, "")?;
+    Ok(cg
+        .b
+        .build_bit_cast(w, v.get_type(), "")?
+        .into_vector_value())
+}
+
+/// The lookup index of the low (`h = 0`) or high nibbles of the 64 code
+/// bytes `v`: the nibble in bits 0-3, bits 4-7 from `x` (whatever it has
+/// below: one `vpternlogd` merges them), or zero.
+fn nibble_index<'c>(
+    cg: &Cg<'c>,
+    v: VectorValue<'c>,
+    h: usize,
+    x: Option<VectorValue<'c>>,
+) -> R<VectorValue<'c>> {
+    let nib = nibbles(cg, v, h)?;
+    let Some(x) = x else {
+        return Ok(cg.b.build_and(nib, cg.splat_i8(15, 64), "")?);
+    };
+    // (nib & !0xF0) | (x & 0xF0): the truth table of a, b, c = 0xF0, 0xCC,
+    // 0xAA.
+    let i32x16 = cg.i32t().vec_type(16);
+    let d = |v: VectorValue<'c>| cg.b.build_bit_cast(v, i32x16, "");
+    let r = cg.intrinsic(
+        "llvm.x86.avx512.pternlog.d.512",
+        &[],
+        &[
+            d(nib)?.into(),
+            d(x)?.into(),
+            cg.splat_i32c(0xF0F0_F0F0, 16).into(),
+            cg.i32t().const_int(0xD8, false).into(),
+        ],
+    )?;
+    Ok(cg
+        .b
+        .build_bit_cast(r, v.get_type(), "")?
+        .into_vector_value())
 }
 
 /// Packs panel `c0 .. c0 + NR` of 4-bit weights in the CPU layout (`k`
@@ -3547,9 +3593,9 @@ impl<'c> IndexBits<'c> {
 /// (64-127), so one AND or shift and one table lookup per vector give the
 /// panel's offset codes, the lookup's index also carrying the lane's left
 /// shift in bits 4-6: MXFP4 `vpermb` (the pair shift, 0 to 3; 0 when
-/// blocks do not pair), HiF4 `vpermi2b` (the K-group's 3-bit
+/// blocks do not pair), HiF4 `vpermi2b` (the K-group pair's 3-bit
 /// micro-exponent field of the unit's header, moved there by one
-/// `vpmultishiftqb`; the table sums its bits). The 16 columns' headers are
+/// `vpmultishiftqb` per pair; the K-group's table sums its bits). The 16 columns' headers are
 /// one vector, so scales and pair decisions are vector operations too.
 /// About 3 vector operations per 64 codes (the row-major layout before it
 /// needed a 16 × 16 transpose: about 8), against about 25 for decoding one
@@ -3702,17 +3748,8 @@ fn pack_cpu_panel<'c>(
                         .map(|j| {
                             let at = cg.add(cg.mul(g, cg.c64(1024))?, cg.c64(64 * j as i64))?;
                             let v = cg.load_vec(sp, at, i8x64, 1)?;
-                            let v = if h == 0 {
-                                v
-                            } else {
-                                cg.b.build_right_shift(v, cg.splat_i8(4, 64), false, "")?
-                            };
-                            let t = cg.b.build_and(v, cg.splat_i8(15, 64), "")?;
-                            let idx = match extra.bits(cg, j)? {
-                                Some(x) => cg.b.build_or(t, x, "")?,
-                                None => t,
-                            };
-                            let w = tabs.lookup(cg, idx)?;
+                            let idx = nibble_index(cg, v, h, extra.bits(cg, j)?)?;
+                            let w = tabs.lookup(cg, idx, j)?;
                             Ok(cg.b.build_bit_cast(w, i32x16, "")?.into_vector_value())
                         })
                         .collect::<R<_>>()?;
