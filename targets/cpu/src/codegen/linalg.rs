@@ -2362,7 +2362,10 @@ const STRIP_PREFETCH: i64 = 128 << 10;
 /// 2.3-2.7 ms. Two more `vpermb` per lookup in place of the pause did the
 /// same (2.7-3.1 / 2.8-3.1 ms); prefetch distance (16 KB-768 KB), L1 hint,
 /// order and placement, register broadcasts for the activations did not.
-/// HiF4's heavier decode paces itself (30-35 GB/s from cache).
+/// HiF4 is not paced: its heavier decode (about 45 GB/s from cache since one
+/// `vpmultishiftqb` serves a K-group pair; 30-35 before) would fall below
+/// DRAM speed with the pause's 80 cycles per group (an estimate, about
+/// 24 GB/s; not measured).
 const PACE_MIN_BYTES: i64 = 1 << 20;
 
 /// Rows below [`strip_max_rows`] against 4-bit weights in the CPU layout:
@@ -3595,8 +3598,9 @@ fn nibble_index<'c>(
 /// shift in bits 4-6: MXFP4 `vpermb` (the pair shift, 0 to 3; 0 when
 /// blocks do not pair), HiF4 `vpermi2b` (the K-group pair's 3-bit
 /// micro-exponent field of the unit's header, moved there by one
-/// `vpmultishiftqb` per pair; the K-group's table sums its bits). The 16 columns' headers are
-/// one vector, so scales and pair decisions are vector operations too.
+/// `vpmultishiftqb` per pair; the K-group's table sums its bits). The 16
+/// columns' headers are one vector, so scales and pair decisions are vector
+/// operations too.
 /// About 3 vector operations per 64 codes (the row-major layout before it
 /// needed a 16 × 16 transpose: about 8), against about 25 for decoding one
 /// column and block at a time; it decides how fast few rows run (M = 4 to
