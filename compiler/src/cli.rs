@@ -202,8 +202,10 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: usize,
         /// With --repeat: flush the caches before every run (a buffer twice
-        /// the last-level cache is read through), so that weights come from
-        /// DRAM as for a model larger than the caches.
+        /// the last-level cache is read through on every CPU), so that
+        /// weights come from DRAM as for a model larger than the caches;
+        /// the worker threads are woken after it, as a model's previous
+        /// layers keep them awake.
         #[arg(long)]
         cold: bool,
         /// Run the quantized graph (as `lpc compile` would build it).

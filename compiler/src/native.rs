@@ -17,6 +17,7 @@ type NameFn = unsafe extern "C" fn(*const c_void, i64) -> *const c_char;
 type DtypeFn = unsafe extern "C" fn(*const c_void, i64) -> i32;
 type DimFn = unsafe extern "C" fn(*const c_void, i64, i32) -> i64;
 type ProfileFn = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+type WakeFn = unsafe extern "C" fn(*mut c_void);
 
 /// A loaded library and model handle.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct NativeModel {
     err: ErrFn,
     /// `lpc_model_profile` (libraries from before it lack it).
     profile: Option<ProfileFn>,
+    /// `lpc_model_wake` (libraries from before it lack it).
+    wake: Option<WakeFn>,
     /// Input and output names and element types, in order.
     pub inputs: Vec<(String, DType)>,
     /// Declared input dimensions (`None`: symbolic).
@@ -66,6 +69,7 @@ impl NativeModel {
         let irank: DtypeFn = sym(&l, &path, "lpc_model_input_rank")?;
         let idim: DimFn = sym(&l, &path, "lpc_model_input_dim")?;
         let profile: Option<ProfileFn> = sym(&l, &path, "lpc_model_profile").ok();
+        let wake: Option<WakeFn> = sym(&l, &path, "lpc_model_wake").ok();
         let w = lib.with_extension("lpcw");
         let wc = if w.exists() {
             Some(CString::new(w.display().to_string()).map_err(|e| e.to_string())?)
@@ -117,6 +121,7 @@ impl NativeModel {
             free,
             err,
             profile,
+            wake,
             inputs,
             input_dims,
             outputs,
@@ -159,6 +164,15 @@ impl NativeModel {
             .to_string_lossy()
             .into_owned();
         (!t.is_empty()).then_some(t)
+    }
+
+    /// Wakes the library's worker threads (`lpc_model_wake`), so that a
+    /// run right after starts on all of them.
+    pub fn wake(&self) {
+        if let Some(f) = self.wake {
+            // SAFETY: `handle` is live.
+            unsafe { f(self.handle) }
+        }
     }
 
     /// The error message of the last failed call.

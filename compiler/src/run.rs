@@ -148,6 +148,8 @@ pub fn run_native(
     for i in 0..timed + usize::from(repeat > 1) {
         if let Some(f) = flush.as_mut() {
             f.run();
+            // As after the layers before it: the workers spin.
+            m.wake();
         }
         let t = std::time::Instant::now();
         outs = m.run_tensors(&ins).map_err(RunError::Usage)?;

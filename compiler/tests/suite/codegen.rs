@@ -726,6 +726,11 @@ fn kv_cache_decode_equals_one_long_prefill() {
     let mut out = lib.run(&feed(&ids[..4], 0, &[])).unwrap();
     for (t, &tok) in ids.iter().enumerate().skip(4) {
         let cache: Vec<TensorValue> = out[1..].to_vec();
+        // Some steps find the worker parked, some woken (`lpc_model_wake`).
+        if t % 2 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            lib.wake();
+        }
         out = lib.run(&feed(&[tok], t, &cache)).unwrap();
         let got = out[0].as_f32().unwrap();
         let want = &fl[t * vocab..(t + 1) * vocab];

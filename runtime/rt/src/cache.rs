@@ -21,7 +21,10 @@ pub fn llc_bytes() -> usize {
 /// A buffer twice the last-level cache; `run` reads through it, so that
 /// what runs next reads its weights from DRAM, as every layer of a model far
 /// larger than the caches does (a 260 MB L3 would otherwise keep a whole
-/// 5120 x 25600 weight, or a small model, between timed runs). The buffer
+/// 5120 x 25600 weight, or a small model, between timed runs). It reads one
+/// part per CPU, each on its own thread, so that every core's private
+/// caches are flushed, not only the caller's (a worker's 1 MB L2 would
+/// otherwise keep its share of a small weight between runs). The buffer
 /// is written once, at creation (so its pages are real); `run` only reads,
 /// leaving the caches full of clean lines, as after the previous layers'
 /// weights streamed through, not of dirty lines whose write-backs would
@@ -42,10 +45,18 @@ impl CacheFlush {
         Self(vec![1; 2 * llc_bytes()])
     }
     pub fn run(&mut self) {
-        let mut sum = 0u8;
-        for i in (0..self.0.len()).step_by(64) {
-            sum = sum.wrapping_add(std::hint::black_box(self.0[i]));
-        }
-        std::hint::black_box(sum);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let part = self.0.len().div_ceil(cpus).next_multiple_of(64);
+        std::thread::scope(|s| {
+            for c in self.0.chunks(part) {
+                s.spawn(move || {
+                    let mut sum = 0u8;
+                    for i in (0..c.len()).step_by(64) {
+                        sum = sum.wrapping_add(std::hint::black_box(c[i]));
+                    }
+                    std::hint::black_box(sum);
+                });
+            }
+        });
     }
 }

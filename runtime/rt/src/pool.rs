@@ -53,6 +53,9 @@ struct Shared {
     /// The submitter is parked on `done_cv`: only then does the worker
     /// that finishes the last chunk take the lock and notify.
     waiting: AtomicU64,
+    /// Bumped by each worker whenever it sees a new epoch (see
+    /// [`Pool::wake`]).
+    seen: AtomicU64,
 }
 
 /// The pool; `threads - 1` workers plus the calling thread.
@@ -69,6 +72,8 @@ impl std::fmt::Debug for Pool {
 }
 
 const SPIN: Duration = Duration::from_micros(200);
+/// The longest [`Pool::wake`] waits for the workers.
+const WAKE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Chunks per thread of a loop posted to parked workers (see `Pool::run`);
 /// otherwise one contiguous chunk per thread.
 const SLEEPER_SPLIT: i64 = 8;
@@ -122,6 +127,7 @@ fn worker(s: Arc<Shared>) {
             return;
         }
         seen = s.epoch.load(Ordering::Acquire);
+        s.seen.fetch_add(1, Ordering::AcqRel);
         let job = s.job.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(job) = job {
             if job.seats.fetch_sub(1, Ordering::AcqRel) > 0 {
@@ -143,6 +149,7 @@ impl Pool {
             shutdown: AtomicU64::new(0),
             sleepers: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
         });
         let workers = (1..threads)
             .filter_map(|_| {
@@ -166,6 +173,35 @@ impl Pool {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Wakes the workers and returns once each has seen the wake-up (then
+    /// they spin for [`SPIN`] before parking again, as after a loop), or
+    /// after [`WAKE_TIMEOUT`]: a loop posted meanwhile starts on every
+    /// thread at once instead of waiting for parked ones (tens of
+    /// microseconds each on a busy host). Not concurrently with
+    /// [`Pool::run`] (one caller per pool).
+    pub fn wake(&self) {
+        let s = &self.shared;
+        let n = self.workers.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let before = s.seen.load(Ordering::Acquire);
+        {
+            let mut g = s.job.lock().unwrap_or_else(|e| e.into_inner());
+            // No job: the workers go straight back to spinning.
+            *g = None;
+            s.epoch.fetch_add(1, Ordering::AcqRel);
+            if s.sleepers.load(Ordering::Relaxed) > 0 {
+                s.wake.notify_all();
+            }
+        }
+        let t0 = Instant::now();
+        while s.seen.load(Ordering::Acquire).wrapping_sub(before) < n && t0.elapsed() < WAKE_TIMEOUT
+        {
+            std::hint::spin_loop();
+        }
     }
 
     /// Runs `body` over `[0, n)` in contiguous chunks, one per thread (more
@@ -305,6 +341,26 @@ mod tests {
                         "threads {threads} n {n}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn wake_returns_with_every_worker_awake() {
+        for threads in [1, 2, 3] {
+            let p = Pool::new(threads);
+            for _ in 0..3 {
+                // Past SPIN the workers park (or are about to).
+                std::thread::sleep(SPIN * 3);
+                let before = p.shared.seen.load(Ordering::Acquire);
+                p.wake();
+                let woke = p.shared.seen.load(Ordering::Acquire) - before;
+                assert_eq!(woke, threads as u64 - 1, "threads {threads}");
+                // Still spinning: a loop right after needs no notify.
+                let v: Vec<AtomicU32> = (0..64).map(|_| AtomicU32::new(0)).collect();
+                // SAFETY: `mark` touches each index of `v` once.
+                unsafe { p.run(64, 0, mark, &v as *const _ as *mut c_void) };
+                assert!(v.iter().all(|x| x.load(Ordering::Relaxed) == 1));
             }
         }
     }

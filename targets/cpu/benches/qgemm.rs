@@ -9,8 +9,11 @@
 //! Every timed run starts from cold caches (a buffer twice the L3 is
 //! read through first: this machine's 260 MB L3 would otherwise hold a
 //! 5120 x 25600 weight between runs, where a 32B model's weights always
-//! come from DRAM). `LPC_BENCH_WARM=1` skips the flush, for the small
-//! shapes of the fixture models, whose weights stay cached.
+//! come from DRAM; it reads on every CPU, flushing each core's L2), then
+//! the library's workers are woken (`lpc_model_wake`): they spin, as after
+//! the layer before in a model, instead of taking tens of microseconds to
+//! wake from the flush's milliseconds. `LPC_BENCH_WARM=1` skips the flush,
+//! for the small shapes of the fixture models, whose weights stay cached.
 //!
 //! Prints time (median of LPC_BENCH_RUNS, default 5, with min-max), GOP/s
 //! (2·M·N·K), weight GB/s, the fraction of the measured read bandwidth
@@ -139,6 +142,9 @@ fn time(
     for i in 0..runs + 1 {
         if !warm {
             ev.run();
+            // Workers spinning, as after the layer before: a parked one
+            // takes tens of microseconds to wake on this host.
+            lib.wake();
         }
         let s = Instant::now();
         // The output stays where the library wrote it: copying it out is

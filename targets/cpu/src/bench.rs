@@ -134,6 +134,7 @@ pub struct OpLib {
     h: *mut c_void,
     run: RunFn,
     free: unsafe extern "C" fn(*mut c_void),
+    wake: unsafe extern "C" fn(*mut c_void),
     /// Bytes of constants (weights) the graph carries.
     pub weight_bytes: usize,
     // Dropped last: the functions above live in it.
@@ -184,6 +185,7 @@ impl OpLib {
             let load: LoadFn = *lib.get(b"lpc_model_load").map_err(|e| e.to_string())?;
             let run: RunFn = *lib.get(b"lpc_model_run").map_err(|e| e.to_string())?;
             let free = *lib.get(b"lpc_model_free").map_err(|e| e.to_string())?;
+            let wake = *lib.get(b"lpc_model_wake").map_err(|e| e.to_string())?;
             let h = load(
                 w.as_ptr(),
                 &LpcOptions {
@@ -197,10 +199,19 @@ impl OpLib {
                 h,
                 run,
                 free,
+                wake,
                 weight_bytes,
                 _lib: lib,
             })
         }
+    }
+
+    /// Wakes the library's worker threads (`lpc_model_wake`): after a
+    /// cache flush, so that the next run finds them spinning, as a layer
+    /// does after the one before it.
+    pub fn wake(&self) {
+        // SAFETY: `h` is live.
+        unsafe { (self.wake)(self.h) }
     }
 
     /// Runs on f32 inputs given as (data, shape); returns the first output.

@@ -55,6 +55,13 @@ int lpc_model_run(lpc_model *model, const lpc_tensor *inputs, int64_t n_inputs,
 
 void lpc_model_free(lpc_model *model);
 
+/* Wakes the model's worker threads (parked after about 200 us without work)
+   and returns once they spin: a run started within 200 us has every thread
+   from its first parallel loop. For benchmarks that flush the caches between
+   runs, and callers that wake the threads while preparing the next input.
+   Does nothing while the model runs on another thread. */
+void lpc_model_wake(lpc_model *model);
+
 /* The message of the last failure on this thread ("" if none). */
 const char *lpc_last_error(void);
 

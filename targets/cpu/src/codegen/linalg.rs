@@ -2365,8 +2365,11 @@ const STRIP_PREFETCH: i64 = 128 << 10;
 /// HiF4 is not paced: its heavier decode (about 45 GB/s from cache since one
 /// `vpmultishiftqb` serves a K-group pair; 30-35 before) would fall below
 /// DRAM speed with the pause's 80 cycles per group (an estimate, about
-/// 24 GB/s; not measured).
-const PACE_MIN_BYTES: i64 = 1 << 20;
+/// 24 GB/s; not measured). Weights below 4 MB run unpaced: the 1.6 MB of
+/// 1024x3072 and 3072x1024 on 2 threads (workers awake) took 0.117-0.140 ms
+/// paced against 0.072-0.119 unpaced (6 alternating runs each), on 1 thread
+/// the same within this host's noise (0.10-0.13 ms).
+const PACE_MIN_BYTES: i64 = 4 << 20;
 
 /// Rows below [`strip_max_rows`] against 4-bit weights in the CPU layout:
 /// strips `lo..hi` of the part, each strip once for all rows (it stays in L2
