@@ -1694,7 +1694,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         ntot = cg.add(ntot, w.dims[0])?;
     }
     let paced = cg.pace_strips
-        && matches!(wf, Format::Mxfp4(_))
+        && matches!(wf, Format::Mxfp4(_) | Format::Hif4(_))
         && ntot
             .get_zero_extended_constant()
             .is_some_and(|n| n as i64 * bpr >= PACE_MIN_BYTES);
@@ -2349,23 +2349,26 @@ fn hif4_scales<'c>(cg: &Cg<'c>, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
 /// 3.1 / 3.0, 256 KB 3.3 / 3.2 (L1 requests 1 KB ahead on top: no gain).
 const STRIP_PREFETCH: i64 = 128 << 10;
 
-/// MXFP4 weights of at least this many bytes (in a model this size or larger
+/// 4-bit weights of at least this many bytes (in a model this size or larger
 /// they stream from DRAM) run the strip kernel for a single row with one
 /// `pause` per group on AMD Zen targets (more rows are slower per byte: 2
 /// rows paced or not measured the same; a 1-row pass after others, its strip
 /// in L2, paced cost 5120x5120 M = 5 1.18 ms against 0.87). Its groups then
 /// take about 80 cycles longer, which caps the kernel near 27 GB/s from cache
 /// (60 GB/s without), yet a single thread reads DRAM faster: the unpaced
-/// kernel, running ahead of its prefetches, held ~20 GB/s. Measured on Zen 4,
+/// kernel, running ahead of its prefetches, held ~20 GB/s. MXFP4 on Zen 4,
 /// M = 1, 1 thread, cold caches, 4 alternating runs each: 5120x25600 3.4-3.9
 /// -> 2.7-3.3 ms, 25600x5120 3.6-3.8 -> 2.7-3.0 ms; 2 threads 2.4-2.8 ->
 /// 2.3-2.7 ms. Two more `vpermb` per lookup in place of the pause did the
 /// same (2.7-3.1 / 2.8-3.1 ms); prefetch distance (16 KB-768 KB), L1 hint,
 /// order and placement, register broadcasts for the activations did not.
-/// HiF4 is not paced: its heavier decode (about 45 GB/s from cache since one
-/// `vpmultishiftqb` serves a K-group pair; 30-35 before) would fall below
-/// DRAM speed with the pause's 80 cycles per group (an estimate, about
-/// 24 GB/s; not measured). Weights below 4 MB run unpaced: the 1.6 MB of
+/// HiF4 paces too since one `vpmultishiftqb` serves a K-group pair (it
+/// decodes about 45 GB/s from cache): M = 1 cold, 6 alternating runs each,
+/// 25600x5120 and 5120x25600 1 thread 69.8 -> 75.6 GOP/s (mean of the
+/// medians; lowest runs 3.47 -> 3.24 ms), 5120x5120 1 thread 0.80/0.72 ->
+/// 0.76/0.65 ms, 2 threads 0.64/0.53 -> 0.45/0.44 ms; from cache (L3, a
+/// model small enough to stay there) it halves the speed (5120x5120 0.32-0.39
+/// -> 0.58-0.72 ms), as MXFP4's. Weights below 4 MB run unpaced: the 1.6 MB of
 /// 1024x3072 and 3072x1024 on 2 threads (workers awake) took 0.117-0.140 ms
 /// paced against 0.072-0.119 unpaced (6 alternating runs each), on 1 thread
 /// the same within this host's noise (0.10-0.13 ms).

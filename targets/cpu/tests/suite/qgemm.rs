@@ -249,14 +249,13 @@ fn qgemm_matches_the_reference_block_dot_products() {
                 );
             }
         }
-        // Weights of 1 MB or more: on AMD Zen a single MXFP4 row pauses
+        // Weights of 4 MB or more: on AMD Zen a single 4-bit row pauses
         // once per group in the strip kernel (`PACE_MIN_BYTES`); with
         // AVX-512 BF16, HiF8 rows below 16 (here 9: four pairs and one)
         // take the row kernel, not the panels (`HIF8_ROWS_MIN_BYTES`).
         let big = match f {
-            Format::Mxfp4(_) => Some((1, 2048, false)),
+            Format::Mxfp4(_) | Format::Hif4(_) => Some((1, 8192, false)),
             Format::Hif8(_) => Some((9, 1024, true)),
-            _ => None,
         };
         if let Some((m, k, residual)) = big {
             seed += 1;
