@@ -7,8 +7,8 @@
 # MatMulNBits (4-bit, blocks of 32, int8 activations) on the same shapes,
 # joined into one table. Models: the median over LPC_BENCH_PROCS processes
 # (default 5) of each one's median run, with min-max (see below); kernels:
-# medians of LPC_BENCH_RUNS runs (default 5) with min-max. Tables on stdout,
-# JSON in target/bench/.
+# medians of LPC_BENCH_RUNS runs (default 5; M = 1 at least 25) with
+# min-max. Tables on stdout, JSON in target/bench/.
 #
 # LPC_BENCH_KERNELS=0 skips the kernel part; LPC_BENCH_SHAPES, LPC_BENCH_M,
 # LPC_BENCH_THREADS, LPC_BENCH_FORMATS narrow it (see targets/cpu/benches/qgemm.rs).

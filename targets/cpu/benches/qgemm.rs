@@ -15,8 +15,8 @@
 //! wake from the flush's milliseconds. `LPC_BENCH_WARM=1` skips the flush,
 //! for the small shapes of the fixture models, whose weights stay cached.
 //!
-//! Prints time (median of LPC_BENCH_RUNS, default 5, with min-max), GOP/s
-//! (2·M·N·K), weight GB/s, the fraction of the measured read bandwidth
+//! Prints time (median of LPC_BENCH_RUNS, default 5, at M = 1 at least 25,
+//! with min-max), GOP/s (2·M·N·K), weight GB/s, the fraction of the measured read bandwidth
 //! (M = 1) or of the compute peak (M > 1: the int8 VNNI peak for 4-bit
 //! formats; for HiF8 the bf16 dot-product peak, 230 GFLOP/s per core by
 //! ../shared/TOOLCHAIN.md, measured instead when this CPU has AVX-512 BF16),
@@ -125,6 +125,21 @@ fn prefetch_line<T>(p: *const T, l1: bool) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, l1);
 }
+
+/// Runs per measurement: `runs`, and at least [`M1_MIN_RUNS`] at M = 1.
+fn runs_for(m: usize, runs: usize) -> usize {
+    if m == 1 {
+        runs.max(M1_MIN_RUNS)
+    } else {
+        runs
+    }
+}
+
+/// Timed runs of an M = 1 kernel at least: its 0.05-3 ms runs from cold
+/// caches spread up to 2x from one run to the next on this host (a 1024 x
+/// 3072 HiF8 median of 9 went 0.11 -> 0.19 ms between processes), and each
+/// costs little more than its flush (about 20 ms).
+const M1_MIN_RUNS: usize = 25;
 
 /// Median, min and max seconds of `runs` calls on `x [m, k]` (after one),
 /// each from cold caches (warm with `LPC_BENCH_WARM=1`: as a small layer
@@ -286,7 +301,10 @@ fn main() {
             .unwrap();
             let mut base_t = std::collections::HashMap::new();
             for &m in &ms {
-                base_t.insert(m, time(&base, &x[..m * k], m, k, runs, &mut ev).0);
+                base_t.insert(
+                    m,
+                    time(&base, &x[..m * k], m, k, runs_for(m, runs), &mut ev).0,
+                );
             }
             drop(base);
             for fname in &formats {
@@ -307,7 +325,7 @@ fn main() {
                 .unwrap();
                 drop(g);
                 for &m in &ms {
-                    let (med, lo, hi) = time(&lib, &x[..m * k], m, k, runs, &mut ev);
+                    let (med, lo, hi) = time(&lib, &x[..m * k], m, k, runs_for(m, runs), &mut ev);
                     let gops = 2.0 * (m * n * k) as f64 / med / 1e9;
                     let gbs = lib.weight_bytes as f64 / med / 1e9;
                     let bwl = bw.iter().find(|b| b.0 == th).unwrap().1;
