@@ -832,15 +832,21 @@ pub unsafe extern "C" fn lpc_model_free(m: *mut Model) {
 #[no_mangle]
 pub unsafe extern "C" fn lpc_model_wake(m: *mut Model) {
     use std::sync::atomic::Ordering;
-    // SAFETY: see the contract above; only shared access.
-    let Some(m) = (unsafe { m.as_ref() }) else {
-        return;
-    };
-    if m.busy.swap(true, Ordering::Acquire) {
+    if m.is_null() {
         return;
     }
-    m.workers.wake();
-    m.busy.store(false, Ordering::Release);
+    // As in `lpc_model_run`: the busy flag through the raw pointer, and the
+    // model only borrowed once it is ours.
+    // SAFETY: `m` is a live model (contract above).
+    let busy = unsafe { std::ptr::addr_of!((*m).busy) };
+    // SAFETY: as above.
+    if unsafe { (*busy).swap(true, Ordering::Acquire) } {
+        return;
+    }
+    // SAFETY: no run holds the model (the flag is set).
+    unsafe { (*m).workers.wake() };
+    // SAFETY: as above.
+    unsafe { (*busy).store(false, Ordering::Release) };
 }
 
 /// The message of the last failed call on this thread ("" if none).

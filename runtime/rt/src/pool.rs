@@ -175,8 +175,9 @@ impl Pool {
         self.threads
     }
 
-    /// Wakes the workers and returns once each has seen the wake-up (then
-    /// they spin for [`SPIN`] before parking again, as after a loop), or
+    /// Wakes the workers and returns once each has seen the wake-up or a
+    /// loop's epoch since the call began (either way it is awake; then they
+    /// spin for [`SPIN`] before parking again, as after a loop), or
     /// after [`WAKE_TIMEOUT`]: a loop posted meanwhile starts on every
     /// thread at once instead of waiting for parked ones (tens of
     /// microseconds each on a busy host). Not concurrently with
@@ -354,8 +355,10 @@ mod tests {
                 std::thread::sleep(SPIN * 3);
                 let before = p.shared.seen.load(Ordering::Acquire);
                 p.wake();
+                // Every worker has seen it (one that noticed the last loop
+                // late counts twice).
                 let woke = p.shared.seen.load(Ordering::Acquire) - before;
-                assert_eq!(woke, threads as u64 - 1, "threads {threads}");
+                assert!(woke >= threads as u64 - 1, "threads {threads}: {woke}");
                 // Still spinning: a loop right after needs no notify.
                 let v: Vec<AtomicU32> = (0..64).map(|_| AtomicU32::new(0)).collect();
                 // SAFETY: `mark` touches each index of `v` once.
