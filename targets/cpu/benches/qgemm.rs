@@ -16,8 +16,8 @@
 //! for the small shapes of the fixture models, whose weights stay cached.
 //!
 //! Prints time (median of LPC_BENCH_RUNS, default 5, at M = 1 at least 25,
-//! with min-max), GOP/s (2·M·N·K), weight GB/s, the fraction of the measured read bandwidth
-//! (M = 1) or of the compute peak (M > 1: the int8 VNNI peak for 4-bit
+//! with min-max), GOP/s (2·M·N·K), weight GB/s, the fraction of the
+//! measured read bandwidth (M = 1) or of the compute peak (M > 1: the int8 VNNI peak for 4-bit
 //! formats; for HiF8 the bf16 dot-product peak, 230 GFLOP/s per core by
 //! ../shared/TOOLCHAIN.md, measured instead when this CPU has AVX-512 BF16),
 //! and the speed-up over f32; writes target/bench/qgemm.json. The peaks

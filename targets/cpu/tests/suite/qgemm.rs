@@ -253,28 +253,26 @@ fn qgemm_matches_the_reference_block_dot_products() {
         // once per group in the strip kernel (`PACE_MIN_BYTES`); with
         // AVX-512 BF16, HiF8 rows below 16 (here 9: four pairs and one)
         // take the row kernel, not the panels (`HIF8_ROWS_MIN_BYTES`).
-        let big = match f {
-            Format::Mxfp4(_) | Format::Hif4(_) => Some((1, 8192, false)),
-            Format::Hif8(_) => Some((9, 1024, true)),
+        let (m, k, residual) = match f {
+            Format::Mxfp4(_) | Format::Hif4(_) => (1, 8192, false),
+            Format::Hif8(_) => (9, 1024, true),
         };
-        if let Some((m, k, residual)) = big {
-            seed += 1;
-            run_case(
-                &Case {
-                    f,
-                    m,
-                    k,
-                    n: 1024,
-                    rotate: 0,
-                    scaled: false,
-                    bias: true,
-                    residual,
-                    act: None,
-                    uniform: false,
-                },
-                seed,
-            );
-        }
+        seed += 1;
+        run_case(
+            &Case {
+                f,
+                m,
+                k,
+                n: 1024,
+                rotate: 0,
+                scaled: false,
+                bias: true,
+                residual,
+                act: None,
+                uniform: false,
+            },
+            seed,
+        );
         // Rotation (K a multiple of the block) and, for HiF8, scaled rows.
         let scaled = matches!(f, Format::Hif8(_));
         for &(m, k, n) in &[(1, 128, 7), (2, 128, 48), (4, 64, 3)] {
