@@ -17,7 +17,9 @@
 //!
 //! Prints time (median of LPC_BENCH_RUNS, default 5, at M = 1 at least 25,
 //! with min-max), GOP/s (2·M·N·K), weight GB/s, the fraction of the
-//! measured read bandwidth (M = 1) or of the compute peak (M > 1: the int8 VNNI peak for 4-bit
+//! measured read bandwidth (M = 1: probed just before and after the cell,
+//! the better of the two, shown as `read`) or of the compute peak (M > 1:
+//! the int8 VNNI peak for 4-bit
 //! formats; for HiF8 the bf16 dot-product peak, 230 GFLOP/s per core by
 //! ../shared/TOOLCHAIN.md, measured instead when this CPU has AVX-512 BF16),
 //! and the speed-up over f32; writes target/bench/qgemm.json. The peaks
@@ -141,6 +143,10 @@ fn runs_for(m: usize, runs: usize) -> usize {
 /// costs little more than its flush (about 20 ms).
 const M1_MIN_RUNS: usize = 25;
 
+/// Rounds of the read probe around each M = 1 cell (each of its three
+/// loops once; 9 at the start).
+const CELL_PROBE_ROUNDS: usize = 3;
+
 /// Median, min and max seconds of `runs` calls on `x [m, k]` (after one),
 /// each from cold caches (warm with `LPC_BENCH_WARM=1`: as a small layer
 /// runs inside a model, its weights still cached from the last run).
@@ -173,15 +179,31 @@ fn time(
     (t[t.len() / 2], t[0], t[t.len() - 1])
 }
 
-/// Read bandwidth (GB/s) over a buffer larger than the caches, `threads`
-/// readers, best of 3 rounds of three loops: plain sums, the same with a
-/// software prefetch into L1 4 KiB ahead, and with one into L2 128 KiB
-/// ahead (what the M = 1 strip kernel does), whichever reads fastest.
-fn read_bandwidth(threads: usize) -> f64 {
-    let n: usize = 256 << 20; // 1 GiB of u32
-    let buf: Vec<u32> = (0..n as u32).collect();
+/// The read bandwidth probe's buffer: 1 GiB, larger than the caches.
+struct ReadProbe {
+    buf: Vec<u32>,
+}
+
+impl ReadProbe {
+    fn new() -> Self {
+        Self {
+            buf: (0..256u32 << 20).collect(),
+        }
+    }
+
+    /// Read bandwidth (GB/s) over the whole buffer, `threads` readers, the
+    /// best of `rounds` loops taking turns: plain sums, the same with a
+    /// software prefetch into L1 4 KiB ahead, and with one into L2 128 KiB
+    /// ahead (what the M = 1 strip kernel does), whichever reads fastest.
+    fn gbs(&self, threads: usize, rounds: usize) -> f64 {
+        read_bandwidth(&self.buf, threads, rounds)
+    }
+}
+
+fn read_bandwidth(buf: &[u32], threads: usize, rounds: usize) -> f64 {
+    let n = buf.len();
     let mut best = 0f64;
-    for round in 0..9 {
+    for round in 0..rounds {
         // In u32 elements ahead, and into which level.
         let prefetch = [None, Some((1024, true)), Some((32 << 10, false))][round % 3];
         let s = Instant::now();
@@ -243,7 +265,8 @@ fn main() {
     let dir = keep.as_deref().unwrap_or(tmp.path());
     let mut json = Vec::new();
     let mut ev = CacheFlush::new();
-    let bw: Vec<(usize, f64)> = threads.iter().map(|&t| (t, read_bandwidth(t))).collect();
+    let probe = ReadProbe::new();
+    let bw: Vec<(usize, f64)> = threads.iter().map(|&t| (t, probe.gbs(t, 9))).collect();
     let (vnni_peak, fma_peak, bf16_peak) = peak::probe();
     println!(
         "peak per core: int8 vpdpbusd {}, f32 FMA {}, bf16 vdpbf16ps {}",
@@ -260,8 +283,8 @@ fn main() {
         println!("read bandwidth, {t} thread(s): {b:.1} GB/s");
     }
     println!(
-        "{:<6} {:>5} {:>11} {:>2} {:>10} {:>19} {:>8} {:>7} {:>8} {:>8}",
-        "format", "M", "K x N", "T", "ms", "min-max", "GOP/s", "GB/s", "limit%", "vs f32"
+        "{:<6} {:>5} {:>11} {:>2} {:>10} {:>19} {:>8} {:>7} {:>8} {:>8} {:>7}",
+        "format", "M", "K x N", "T", "ms", "min-max", "GOP/s", "GB/s", "limit%", "vs f32", "read"
     );
     for shape in &shapes {
         let (k, n) = shape
@@ -325,10 +348,17 @@ fn main() {
                 .unwrap();
                 drop(g);
                 for &m in &ms {
+                    // M = 1: the read bandwidth probed again just before and
+                    // after the cell (the better of the two), since this
+                    // host's moves by a fifth over the minutes a whole table
+                    // takes.
+                    let cell_bw = || (m == 1).then(|| probe.gbs(th, CELL_PROBE_ROUNDS));
+                    let before = cell_bw();
                     let (med, lo, hi) = time(&lib, &x[..m * k], m, k, runs_for(m, runs), &mut ev);
+                    let cell = before.zip(cell_bw()).map(|(a, b)| a.max(b));
                     let gops = 2.0 * (m * n * k) as f64 / med / 1e9;
                     let gbs = lib.weight_bytes as f64 / med / 1e9;
-                    let bwl = bw.iter().find(|b| b.0 == th).unwrap().1;
+                    let bwl = cell.unwrap_or(bw.iter().find(|b| b.0 == th).unwrap().1);
                     let peak = if fname == "hif8" {
                         bf16_peak
                     } else {
@@ -341,14 +371,16 @@ fn main() {
                     };
                     let speedup = base_t[&m] / med;
                     println!(
-                        "{fname:<6} {m:>5} {:>11} {th:>2} {:>10.3} {:>19} {gops:>8.1} {gbs:>7.2} {:>7.1}% {speedup:>7.2}x",
+                        "{fname:<6} {m:>5} {:>11} {th:>2} {:>10.3} {:>19} {gops:>8.1} {gbs:>7.2} {:>7.1}% {speedup:>7.2}x {:>7}",
                         format!("{k}x{n}"),
                         med * 1e3,
                         format!("{:.3}-{:.3}", lo * 1e3, hi * 1e3),
-                        limit * 100.0
+                        limit * 100.0,
+                        cell.map_or(String::new(), |b| format!("{b:.1}"))
                     );
+                    let read = cell.map_or(String::new(), |b| format!(",\"read_gbs\":{b:.2}"));
                     json.push(format!(
-                        "{{\"format\":\"{fname}\",\"m\":{m},\"k\":{k},\"n\":{n},\"threads\":{th},\"ms\":{:.4},\"min_ms\":{:.4},\"max_ms\":{:.4},\"gops\":{gops:.2},\"weight_gbs\":{gbs:.3},\"limit_fraction\":{limit:.4},\"speedup_vs_f32\":{speedup:.3}}}",
+                        "{{\"format\":\"{fname}\",\"m\":{m},\"k\":{k},\"n\":{n},\"threads\":{th},\"ms\":{:.4},\"min_ms\":{:.4},\"max_ms\":{:.4},\"gops\":{gops:.2},\"weight_gbs\":{gbs:.3}{read},\"limit_fraction\":{limit:.4},\"speedup_vs_f32\":{speedup:.3}}}",
                         med * 1e3, lo * 1e3, hi * 1e3
                     ));
                 }
