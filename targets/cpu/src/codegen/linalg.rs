@@ -1693,6 +1693,8 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         ws.push((w.clone(), e, w.dims[0], ntot, lay));
         ntot = cg.add(ntot, w.dims[0])?;
     }
+    // Strips may pace when the weights are large enough for any thread's
+    // share to be (the share itself is checked when the loop runs).
     let paced = cg.pace_strips
         && matches!(wf, Format::Mxfp4(_) | Format::Hif4(_))
         && ntot
@@ -2349,11 +2351,12 @@ fn hif4_scales<'c>(cg: &Cg<'c>, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
 /// 3.1 / 3.0, 256 KB 3.3 / 3.2 (L1 requests 1 KB ahead on top: no gain).
 const STRIP_PREFETCH: i64 = 128 << 10;
 
-/// 4-bit weights of at least this many bytes (in a model this size or larger
-/// they stream from DRAM) run the strip kernel for a single row with one
-/// `pause` per group on AMD Zen targets (more rows are slower per byte: 2
-/// rows paced or not measured the same; a 1-row pass after others, its strip
-/// in L2, paced cost 5120x5120 M = 5 1.18 ms against 0.87). Its groups then
+/// A thread's share of 4-bit weights (the strips of its chunk of the
+/// parallel loop) of at least this many bytes runs the strip kernel for a
+/// single row with one `pause` per group on AMD Zen targets: in a model
+/// this size or larger the weights stream from DRAM. (More rows are slower
+/// per byte: 2 rows paced or not measured the same; a 1-row pass after others, its strip
+/// in L2, paced cost 5120x5120 M = 5 1.18 ms against 0.87.) Its groups then
 /// take about 80 cycles longer, which caps the kernel near 27 GB/s from cache
 /// (60 GB/s without), yet a single thread reads DRAM faster: the unpaced
 /// kernel, running ahead of its prefetches, held ~20 GB/s. MXFP4 on Zen 4,
@@ -2368,11 +2371,18 @@ const STRIP_PREFETCH: i64 = 128 << 10;
 /// medians; lowest runs 3.47 -> 3.24 ms), 5120x5120 1 thread 0.80/0.72 ->
 /// 0.76/0.65 ms, 2 threads 0.64/0.53 -> 0.45/0.44 ms; from cache (L3, a
 /// model small enough to stay there) it halves the speed (5120x5120 0.32-0.39
-/// -> 0.58-0.72 ms), as MXFP4's. Weights below 4 MB run unpaced: the 1.6 MB of
-/// 1024x3072 and 3072x1024 on 2 threads (workers awake) took 0.117-0.140 ms
-/// paced against 0.072-0.119 unpaced (6 alternating runs each), on 1 thread
-/// the same within this host's noise (0.10-0.13 ms).
-const PACE_MIN_BYTES: i64 = 4 << 20;
+/// -> 0.58-0.72 ms), as MXFP4's. The share, not the whole weight, decides:
+/// the 1.6 MB of 1024x3072 and 3072x1024 on 1 thread took 0.109-0.110 ms
+/// paced against 0.117-0.128 unpaced (medians of 40 alternating cold runs,
+/// MXFP4 and HiF4), on 2 threads (0.8 MB each, workers awake) 0.119-0.143
+/// paced against 0.102-0.116 unpaced. With the share checked as the loop
+/// runs, against 4 MB of weights in all (30-60 alternating cold runs):
+/// 1 thread MXFP4 0.118 -> 0.098 ms (3072x1024), 0.111 -> 0.102
+/// (1024x3072), HiF4 0.114 -> 0.102 and 0.109 -> 0.111; 2 threads within
+/// 3% either way (unpaced both). Loops posted to parked
+/// workers are cut finer (8 chunks a thread), so their chunks pace from
+/// 8 MB a thread's worth.
+const PACE_MIN_BYTES: i64 = 1 << 20;
 
 /// Rows below [`strip_max_rows`] against 4-bit weights in the CPU layout:
 /// strips `lo..hi` of the part, each strip once for all rows (it stays in L2
@@ -2412,6 +2422,10 @@ fn strip_gemm<'c>(
         exps: None,
     };
     let rb = STRIP_ROWS;
+    // This chunk's share of the weights paces a single row (see
+    // PACE_MIN_BYTES).
+    let share = cg.mul(cg.sub(hi, lo)?, cg.c64(strip * s.bpr))?;
+    let share_paced = cg.icmp(IntPredicate::SGE, share, cg.c64(PACE_MIN_BYTES))?;
     cg.for_range(lo, hi, |cg, st| {
         let sp = cg.gep_bytes(wp, cg.mul(st, cg.c64(strip * s.bpr))?)?;
         let c0 = cg.mul(st, cg.c64(strip))?;
@@ -2442,7 +2456,8 @@ fn strip_gemm<'c>(
             Ok(())
         };
         if s.paced {
-            cg.if_else(one, |cg| run(cg, cg.c64(0), 1, true), many)
+            let pace = cg.and(one, share_paced)?;
+            cg.if_else(pace, |cg| run(cg, cg.c64(0), 1, true), many)
         } else {
             many(cg)
         }
@@ -3124,7 +3139,8 @@ struct PanelSpec {
     off: u8,
     /// MXFP4 W4A4: blocks paired (see `panel_gemm`).
     pairs: bool,
-    /// The strip kernel pauses once per group (see [`PACE_MIN_BYTES`]).
+    /// The strip kernel may pause once per group: a single row, over a
+    /// thread's share of at least [`PACE_MIN_BYTES`].
     paced: bool,
     has_b: bool,
     has_r: bool,

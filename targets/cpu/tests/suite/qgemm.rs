@@ -249,8 +249,9 @@ fn qgemm_matches_the_reference_block_dot_products() {
                 );
             }
         }
-        // Weights of 4 MB or more: on AMD Zen a single 4-bit row pauses
-        // once per group in the strip kernel (`PACE_MIN_BYTES`); with
+        // 4 MB of weights: on AMD Zen a single 4-bit row pauses once per
+        // group in the strip kernel, on 1 or 2 threads (a thread's share of
+        // 1 MB or more, `PACE_MIN_BYTES`); with
         // AVX-512 BF16, HiF8 rows below 16 (here 9: four pairs and one)
         // take the row kernel, not the panels (`HIF8_ROWS_MIN_BYTES`).
         let (m, k, residual) = match f {
