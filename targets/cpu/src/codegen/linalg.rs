@@ -1693,13 +1693,12 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
         ws.push((w.clone(), e, w.dims[0], ntot, lay));
         ntot = cg.add(ntot, w.dims[0])?;
     }
-    // Strips may pace when the weights are large enough for any thread's
-    // share to be (the share itself is checked when the loop runs).
-    let paced = cg.pace_strips
-        && matches!(wf, Format::Mxfp4(_) | Format::Hif4(_))
-        && ntot
-            .get_zero_extended_constant()
-            .is_some_and(|n| n as i64 * bpr >= PACE_MIN_BYTES);
+    // Strips pace a single row over 4 MB of weights or more, and over a
+    // part of 1 MB or more that one thread runs alone (see PACE_MIN_BYTES).
+    let wbytes = ntot.get_zero_extended_constant().map(|n| n as i64 * bpr);
+    let pace_on = cg.pace_strips && matches!(wf, Format::Mxfp4(_) | Format::Hif4(_));
+    let paced = pace_on && wbytes.is_some_and(|b| b >= PACE_ALONE_MIN_BYTES);
+    let paced_always = pace_on && wbytes.is_some_and(|b| b >= PACE_MIN_BYTES);
     let after_w = 1 + parts + if wscaled { parts } else { 0 };
     let has_bias = n
         .int("bias")
@@ -1820,6 +1819,7 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                 off: poff,
                 pairs,
                 paced,
+                paced_always,
                 has_b,
                 has_r,
                 act: act.clone(),
@@ -2351,8 +2351,7 @@ fn hif4_scales<'c>(cg: &Cg<'c>, hd: VectorValue<'c>) -> R<VectorValue<'c>> {
 /// 3.1 / 3.0, 256 KB 3.3 / 3.2 (L1 requests 1 KB ahead on top: no gain).
 const STRIP_PREFETCH: i64 = 128 << 10;
 
-/// A thread's share of 4-bit weights (the strips of its chunk of the
-/// parallel loop) of at least this many bytes runs the strip kernel for a
+/// 4-bit weights of at least this many bytes run the strip kernel for a
 /// single row with one `pause` per group on AMD Zen targets: in a model
 /// this size or larger the weights stream from DRAM. (More rows are slower
 /// per byte: 2 rows paced or not measured the same; a 1-row pass after others, its strip
@@ -2371,18 +2370,20 @@ const STRIP_PREFETCH: i64 = 128 << 10;
 /// medians; lowest runs 3.47 -> 3.24 ms), 5120x5120 1 thread 0.80/0.72 ->
 /// 0.76/0.65 ms, 2 threads 0.64/0.53 -> 0.45/0.44 ms; from cache (L3, a
 /// model small enough to stay there) it halves the speed (5120x5120 0.32-0.39
-/// -> 0.58-0.72 ms), as MXFP4's. The share, not the whole weight, decides:
-/// the 1.6 MB of 1024x3072 and 3072x1024 on 1 thread took 0.109-0.110 ms
-/// paced against 0.117-0.128 unpaced (medians of 40 alternating cold runs,
-/// MXFP4 and HiF4), on 2 threads (0.8 MB each, workers awake) 0.119-0.143
-/// paced against 0.102-0.116 unpaced. With the share checked as the loop
-/// runs, against 4 MB of weights in all (30-60 alternating cold runs):
-/// 1 thread MXFP4 0.118 -> 0.098 ms (3072x1024), 0.111 -> 0.102
-/// (1024x3072), HiF4 0.114 -> 0.102 and 0.109 -> 0.111; 2 threads within
-/// 3% either way (unpaced both). Loops posted to parked
-/// workers are cut finer (8 chunks a thread), so their chunks pace from
-/// 8 MB a thread's worth.
-const PACE_MIN_BYTES: i64 = 1 << 20;
+/// -> 0.58-0.72 ms), as MXFP4's. Smaller weights pace only when one thread
+/// runs them alone (see [`PACE_ALONE_MIN_BYTES`]).
+const PACE_MIN_BYTES: i64 = 4 << 20;
+
+/// A part of 4-bit weights of at least this many bytes (below
+/// [`PACE_MIN_BYTES`]) paces a single row when one thread runs all of its
+/// strips (one thread, or a loop too small to split). M = 1, cold, 30-40
+/// alternating runs each, paced against unpaced: on 1 thread 3072x1024
+/// (1.6 MB) MXFP4 0.098 / 0.118 ms, HiF4 0.102 / 0.114, 1024x3072 MXFP4
+/// 0.102 / 0.111, HiF4 0.111 / 0.109, 5120x1024 (2.8 MB) MXFP4 0.142 /
+/// 0.167, HiF4 0.147 / 0.156; split over 2 threads, paced was slower:
+/// 1.6 MB 0.119-0.143 against 0.102-0.116 ms, 2.8 MB MXFP4 0.154 / 0.122,
+/// HiF4 0.148 / 0.121.
+const PACE_ALONE_MIN_BYTES: i64 = 1 << 20;
 
 /// Rows below [`strip_max_rows`] against 4-bit weights in the CPU layout:
 /// strips `lo..hi` of the part, each strip once for all rows (it stays in L2
@@ -2422,10 +2423,22 @@ fn strip_gemm<'c>(
         exps: None,
     };
     let rb = STRIP_ROWS;
-    // This chunk's share of the weights paces a single row (see
-    // PACE_MIN_BYTES).
-    let share = cg.mul(cg.sub(hi, lo)?, cg.c64(strip * s.bpr))?;
-    let share_paced = cg.icmp(IntPredicate::SGE, share, cg.c64(PACE_MIN_BYTES))?;
+    // A single row paces over large weights, or when this chunk is the
+    // whole part and large enough (see PACE_MIN_BYTES).
+    let alone = cg.and(
+        cg.icmp(IntPredicate::EQ, lo, cg.c64(0))?,
+        cg.icmp(IntPredicate::EQ, hi, cg.sdiv(iv(3), cg.c64(strip))?)?,
+    )?;
+    let part = cg.mul(hi, cg.c64(strip * s.bpr))?;
+    let alone = cg.and(
+        alone,
+        cg.icmp(IntPredicate::SGE, part, cg.c64(PACE_ALONE_MIN_BYTES))?,
+    )?;
+    let share_paced = if s.paced_always {
+        cg.cx.bool_type().const_int(1, false)
+    } else {
+        alone
+    };
     cg.for_range(lo, hi, |cg, st| {
         let sp = cg.gep_bytes(wp, cg.mul(st, cg.c64(strip * s.bpr))?)?;
         let c0 = cg.mul(st, cg.c64(strip))?;
@@ -3139,9 +3152,11 @@ struct PanelSpec {
     off: u8,
     /// MXFP4 W4A4: blocks paired (see `panel_gemm`).
     pairs: bool,
-    /// The strip kernel may pause once per group: a single row, over a
-    /// thread's share of at least [`PACE_MIN_BYTES`].
+    /// The strip kernel may pause once per group for a single row: always
+    /// (`paced_always`, weights of [`PACE_MIN_BYTES`] or more), or when one
+    /// thread runs a part of [`PACE_ALONE_MIN_BYTES`] or more alone.
     paced: bool,
+    paced_always: bool,
     has_b: bool,
     has_r: bool,
     act: Option<String>,

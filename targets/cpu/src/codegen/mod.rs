@@ -46,9 +46,8 @@ pub struct Options {
     /// The target has AVX-512 BF16: the W8A8 HiF8 panel GEMM multiplies
     /// bf16 pairs with `vdpbf16ps` (every HiF8 value is exact in bf16).
     pub bf16_512: bool,
-    /// The target is an AMD Zen: 4-bit strips over a thread's large share
-    /// of the weights pause once per group (see `PACE_MIN_BYTES` in
-    /// `linalg.rs`).
+    /// The target is an AMD Zen: 4-bit strips of a single row over large
+    /// weights pause once per group (see `PACE_MIN_BYTES` in `linalg.rs`).
     pub pace_strips: bool,
     /// Generate a GPU library (`--target cuda`): ops with kernels become
     /// launches (see `device.rs`).

@@ -250,8 +250,7 @@ fn qgemm_matches_the_reference_block_dot_products() {
             }
         }
         // 4 MB of weights: on AMD Zen a single 4-bit row pauses once per
-        // group in the strip kernel, on 1 or 2 threads (a thread's share of
-        // 1 MB or more, `PACE_MIN_BYTES`); with
+        // group in the strip kernel (`PACE_MIN_BYTES`); with
         // AVX-512 BF16, HiF8 rows below 16 (here 9: four pairs and one)
         // take the row kernel, not the panels (`HIF8_ROWS_MIN_BYTES`).
         let (m, k, residual) = match f {
