@@ -2354,9 +2354,9 @@ const STRIP_PREFETCH: i64 = 128 << 10;
 /// 4-bit weights of at least this many bytes run the strip kernel for a
 /// single row with one `pause` per group on AMD Zen targets: in a model
 /// this size or larger the weights stream from DRAM. (More rows are slower
-/// per byte: 2 rows paced or not measured the same; a 1-row pass after others, its strip
-/// in L2, paced cost 5120x5120 M = 5 1.18 ms against 0.87.) Its groups then
-/// take about 80 cycles longer, which caps the kernel near 27 GB/s from cache
+/// per byte: 2 rows paced or not measured the same; a 1-row pass after
+/// others, its strip in L2, paced cost 5120x5120 M = 5 1.18 ms against
+/// 0.87.) Its groups then take about 80 cycles longer, which caps the kernel near 27 GB/s from cache
 /// (60 GB/s without), yet a single thread reads DRAM faster: the unpaced
 /// kernel, running ahead of its prefetches, held ~20 GB/s. MXFP4 on Zen 4,
 /// M = 1, 1 thread, cold caches, 4 alternating runs each: 5120x25600 3.4-3.9
