@@ -196,45 +196,41 @@ impl ReadProbe {
     /// software prefetch into L1 4 KiB ahead, and with one into L2 128 KiB
     /// ahead (what the M = 1 strip kernel does), whichever reads fastest.
     fn gbs(&self, threads: usize, rounds: usize) -> f64 {
-        read_bandwidth(&self.buf, threads, rounds)
-    }
-}
-
-fn read_bandwidth(buf: &[u32], threads: usize, rounds: usize) -> f64 {
-    let n = buf.len();
-    let mut best = 0f64;
-    for round in 0..rounds {
-        // In u32 elements ahead, and into which level.
-        let prefetch = [None, Some((1024, true)), Some((32 << 10, false))][round % 3];
-        let s = Instant::now();
-        let sum: u64 = std::thread::scope(|sc| {
-            let chunk = n.div_ceil(threads);
-            let hs: Vec<_> = buf
-                .chunks(chunk)
-                .map(|c| {
-                    sc.spawn(move || {
-                        // Eight independent sums: the loads, not an add chain, limit it.
-                        let mut acc = [0u32; 8];
-                        for (i, w) in c.chunks_exact(8).enumerate() {
-                            if let (Some((ahead, l1)), true) = (prefetch, i % 2 == 0) {
-                                prefetch_line(w.as_ptr().wrapping_add(ahead), l1);
+        let (buf, n) = (&self.buf, self.buf.len());
+        let mut best = 0f64;
+        for round in 0..rounds {
+            // In u32 elements ahead, and into which level.
+            let prefetch = [None, Some((1024, true)), Some((32 << 10, false))][round % 3];
+            let s = Instant::now();
+            let sum: u64 = std::thread::scope(|sc| {
+                let chunk = n.div_ceil(threads);
+                let hs: Vec<_> = buf
+                    .chunks(chunk)
+                    .map(|c| {
+                        sc.spawn(move || {
+                            // Eight independent sums: the loads, not an add chain, limit it.
+                            let mut acc = [0u32; 8];
+                            for (i, w) in c.chunks_exact(8).enumerate() {
+                                if let (Some((ahead, l1)), true) = (prefetch, i % 2 == 0) {
+                                    prefetch_line(w.as_ptr().wrapping_add(ahead), l1);
+                                }
+                                for (a, &x) in acc.iter_mut().zip(w) {
+                                    *a = a.wrapping_add(x);
+                                }
                             }
-                            for (a, &x) in acc.iter_mut().zip(w) {
-                                *a = a.wrapping_add(x);
-                            }
-                        }
-                        acc.iter().fold(0u64, |a, &x| a.wrapping_add(x as u64))
+                            acc.iter().fold(0u64, |a, &x| a.wrapping_add(x as u64))
+                        })
                     })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().unwrap())
-                .fold(0, u64::wrapping_add)
-        });
-        std::hint::black_box(sum);
-        best = best.max((n * 4) as f64 / s.elapsed().as_secs_f64() / 1e9);
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap())
+                    .fold(0, u64::wrapping_add)
+            });
+            std::hint::black_box(sum);
+            best = best.max((n * 4) as f64 / s.elapsed().as_secs_f64() / 1e9);
+        }
+        best
     }
-    best
 }
 
 fn main() {
