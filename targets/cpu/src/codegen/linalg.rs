@@ -1582,21 +1582,31 @@ fn qgemm<'c>(cg: &mut Cg<'c>, n: &Node, ins: &[Option<Val<'c>>]) -> R<Val<'c>> {
                         // flag says so.
                         let pfrow = cg.gep_bytes(p(9), cg.mul(r, cg.c64(npairs))?)?;
                         let on = cg.icmp(IntPredicate::NE, c[10].into_int_value(), cg.c64(0))?;
-                        cg.for_n(cg.c64(npairs), |cg, q| {
-                            let t0 = cg.mul(q, cg.c64(2))?;
-                            let t1 = cg.add(t0, cg.c64(1))?;
-                            let s0 = cg.load(DType::F64, s64, t0)?.into_float_value();
-                            let s1 = cg.load(DType::F64, s64, t1)?.into_float_value();
-                            let (ok, sh, eff) = cg.pair_shifts(s0, s1, on)?;
-                            for (i, t) in [t0, t1].into_iter().enumerate() {
-                                let o = cg.mul(t, cg.c64(bl))?;
-                                let v = cg.load_i8xn(s8row, o, bl as u32)?;
-                                cg.store_vec(s8row, o, cg.shl_i8(v, sh[i])?)?;
-                                cg.store(DType::F64, s64, t, eff[i].into())?;
-                            }
-                            let flag = cg.b.build_int_z_extend(ok, cg.i8t(), "")?;
-                            cg.store(DType::U8, pfrow, q, flag.into())
-                        })?;
+                        // Below PAIR_MIN_ROWS no pair pairs: the codes and
+                        // scales stay, the flags are 0.
+                        let pair_all = |cg: &mut Cg<'c>| {
+                            cg.for_n(cg.c64(npairs), |cg, q| {
+                                let t0 = cg.mul(q, cg.c64(2))?;
+                                let t1 = cg.add(t0, cg.c64(1))?;
+                                let s0 = cg.load(DType::F64, s64, t0)?.into_float_value();
+                                let s1 = cg.load(DType::F64, s64, t1)?.into_float_value();
+                                let (ok, sh, eff) = cg.pair_shifts(s0, s1, on)?;
+                                for (i, t) in [t0, t1].into_iter().enumerate() {
+                                    let o = cg.mul(t, cg.c64(bl))?;
+                                    let v = cg.load_i8xn(s8row, o, bl as u32)?;
+                                    cg.store_vec(s8row, o, cg.shl_i8(v, sh[i])?)?;
+                                    cg.store(DType::F64, s64, t, eff[i].into())?;
+                                }
+                                let flag = cg.b.build_int_z_extend(ok, cg.i8t(), "")?;
+                                cg.store(DType::U8, pfrow, q, flag.into())
+                            })
+                        };
+                        let none = |cg: &mut Cg<'c>| -> R<()> {
+                            let z = cg.i8t().const_zero();
+                            cg.b.build_memset(pfrow, 1, z, cg.c64(npairs))?;
+                            Ok(())
+                        };
+                        cg.if_else(on, pair_all, none)?;
                     }
                     let sbrow = cg.gep(DType::F32, sbp, cg.mul(r, cg.c64(nb_i))?)?;
                     let csrow = cg.gep(DType::I32, csp, cg.mul(r, cg.c64(nb_i))?)?;
