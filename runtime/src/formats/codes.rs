@@ -149,8 +149,13 @@ pub fn quantize_codes(
     {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
-            // SAFETY: the CPU has every feature the function is compiled for.
-            unsafe { avx512::codes_rows(rows) };
+            if has!("avx512vbmi") {
+                // SAFETY: the CPU has every feature the function is compiled for.
+                unsafe { avx512::codes_rows_vbmi(rows) };
+            } else {
+                // SAFETY: as above.
+                unsafe { avx512::codes_rows(rows) };
+            }
             return Ok(());
         }
         if has!("avx2") && has!("fma") {
@@ -249,8 +254,10 @@ fn codes_rows(rows: Rows) {
 /// `u + v`, `u - v` and final scaling), maxima are integer maxima of the
 /// magnitudes' bits, and elements are rounded with the reference's
 /// operations in the same order (no fused multiply-adds); codes leave
-/// narrowed to bytes. Blocks with a NaN or an infinity take the reference
-/// encoders.
+/// narrowed to bytes. With AVX-512 VBMI, MXFP4 elements in four-block steps
+/// are encoded by a 128-byte table instead, indexed by the bits that decide
+/// the reference's rounding (`mxfp4_index`). Blocks with a NaN or an
+/// infinity take the reference encoders.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{hif4_factor, hif4_unit, mxfp4_block, Format, Mxfp4Rounding};
@@ -266,6 +273,24 @@ mod avx512 {
     /// `quantize_codes`.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
     pub(super) unsafe fn codes_rows(rows: super::Rows) {
+        // SAFETY: as this function's.
+        unsafe { rows_with::<false>(rows) }
+    }
+
+    /// [`codes_rows`] with MXFP4 elements encoded through a byte table
+    /// lookup ([`mxfp4x4`]).
+    ///
+    /// # Safety
+    /// As [`codes_rows`], and the CPU has AVX-512 VBMI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")]
+    pub(super) unsafe fn codes_rows_vbmi(rows: super::Rows) {
+        // SAFETY: as this function's.
+        unsafe { rows_with::<true>(rows) }
+    }
+
+    /// The body of [`codes_rows`] (`VBMI`: of [`codes_rows_vbmi`]).
+    #[inline(always)]
+    unsafe fn rows_with<const VBMI: bool>(rows: super::Rows) {
         let super::Rows {
             f,
             x,
@@ -289,12 +314,12 @@ mod avx512 {
             let (cw, cr) = codes.split_at_mut(wide);
             let (fw, fr) = factors.split_at_mut(wide / bl);
             // SAFETY: AVX-512 as this function; lengths in whole chunks.
-            unsafe { chunks::<8>(f, xw, rotate, cw, fw) };
+            unsafe { chunks::<8, VBMI>(f, xw, rotate, cw, fw) };
             match ch {
                 // SAFETY: as above.
-                32 => unsafe { chunks::<2>(f, xr, rotate, cr, fr) },
+                32 => unsafe { chunks::<2, VBMI>(f, xr, rotate, cr, fr) },
                 // SAFETY: as above.
-                _ => unsafe { chunks::<4>(f, xr, rotate, cr, fr) },
+                _ => unsafe { chunks::<4, VBMI>(f, xr, rotate, cr, fr) },
             }
             return;
         }
@@ -315,11 +340,11 @@ mod avx512 {
             let wide = direct && k.is_multiple_of(128);
             match (wide, ch) {
                 // SAFETY: AVX-512 as this function.
-                (true, _) => unsafe { chunks::<8>(f, src, rot, body, frow) },
+                (true, _) => unsafe { chunks::<8, VBMI>(f, src, rot, body, frow) },
                 // SAFETY: as above.
-                (false, 32) => unsafe { chunks::<2>(f, src, rot, body, frow) },
+                (false, 32) => unsafe { chunks::<2, VBMI>(f, src, rot, body, frow) },
                 // SAFETY: as above.
-                (false, _) => unsafe { chunks::<4>(f, src, rot, body, frow) },
+                (false, _) => unsafe { chunks::<4, VBMI>(f, src, rot, body, frow) },
             }
             crow[nb * bl..].fill(0);
         }
@@ -327,7 +352,7 @@ mod avx512 {
 
     /// The blocks of one row, `16N` elements (one chunk) at a time.
     #[inline(always)]
-    unsafe fn chunks<const N: usize>(
+    unsafe fn chunks<const N: usize, const VBMI: bool>(
         f: Format,
         src: &[f32],
         rot: usize,
@@ -355,7 +380,7 @@ mod avx512 {
                     Format::Mxfp4(mode) if N == 8 => {
                         let mut v8 = [v[0]; 8];
                         v8[..N].copy_from_slice(&v);
-                        mxfp4x4(v8, mode, o, fo);
+                        mxfp4x4::<VBMI>(v8, mode, o, fo);
                     }
                     Format::Mxfp4(mode) => {
                         for q in 0..N / 2 {
@@ -559,12 +584,94 @@ mod avx512 {
         }
     }
 
+    /// The lookup index of [`mxfp4_table`] for the 16 elements `x` of a
+    /// block with the block's `2^-se` in every lane of `inv`: the scaled
+    /// magnitude `r = |x| · inv` (below 8; raised to 2^-3, whose code is 0
+    /// as that of anything below it), its exponent less 124 (0 to 5) and top
+    /// two mantissa bits, whether any mantissa bit below them is set (the
+    /// rounding's sticky bit) and x's sign in bit 6. These decide
+    /// `super::x2_code` and the sign.
+    #[inline(always)]
+    unsafe fn mxfp4_index(x: __m512, inv: __m512) -> __m512i {
+        // SAFETY: inlined into `codes_rows` (AVX-512), as are the
+        // intrinsics.
+        unsafe {
+            let r = _mm512_mul_ps(x, inv);
+            // max(|r|, 2^-3), the sign cleared.
+            let m = _mm512_castps_si512(_mm512_range_ps::<0x0B>(r, _mm512_set1_ps(0.125)));
+            let t = _mm512_sub_epi32(_mm512_srli_epi32::<21>(m), _mm512_set1_epi32(124 << 2));
+            let t = _mm512_add_epi32(t, t);
+            let sticky = _mm512_test_epi32_mask(m, _mm512_set1_epi32(0x1F_FFFF));
+            let t = _mm512_mask_add_epi32(t, sticky, t, _mm512_set1_epi32(1));
+            let neg = _mm512_movepi32_mask(_mm512_castps_si512(r));
+            _mm512_mask_or_epi32(t, neg, t, _mm512_set1_epi32(64))
+        }
+    }
+
+    /// Per index of [`mxfp4_index`], the signed code `super::x2_code` gives
+    /// (computed from a magnitude of that exponent, those top bits and, with
+    /// the sticky bit, the lowest mantissa bit set); indices of exponents
+    /// past 2^2 do not occur (0).
+    fn mxfp4_table(mode: Mxfp4Rounding) -> [i8; 128] {
+        let mut t = [0i8; 128];
+        for (i, c) in t.iter_mut().enumerate() {
+            let (neg, e, m2, sticky) = (i >> 6, (i >> 3) & 7, (i >> 1) & 3, i & 1);
+            if e > 5 {
+                continue;
+            }
+            let bits = ((e as u32 + 124) << 23) | ((m2 as u32) << 21) | sticky as u32;
+            let m = super::x2_code(f32::from_bits(bits), mode) as i8;
+            *c = if neg == 1 { -m } else { m };
+        }
+        t
+    }
+
+    /// Four registers of [`mxfp4_index`] indices narrowed to bytes (exact:
+    /// they are below 128), looked up in [`mxfp4_table`] (`vpermi2b`) and
+    /// written to 64 bytes at `out` in order (as [`store64`]).
+    #[inline(always)]
+    unsafe fn store64_lookup(c: [__m512i; 4], mode: Mxfp4Rounding, out: &mut [i8]) {
+        static TABLES: std::sync::OnceLock<[[i8; 128]; 2]> = std::sync::OnceLock::new();
+        let tabs = TABLES.get_or_init(|| {
+            [
+                mxfp4_table(Mxfp4Rounding::Rne),
+                mxfp4_table(Mxfp4Rounding::TiesAway),
+            ]
+        });
+        let tab = &tabs[match mode {
+            Mxfp4Rounding::Rne => 0,
+            Mxfp4Rounding::TiesAway => 1,
+        }];
+        let out: &mut [i8; 64] = (&mut out[..64]).try_into().expect("64 bytes");
+        // SAFETY: the table holds 128 bytes, `out` 64 writable ones; AVX-512
+        // VBMI (inlined into `codes_rows_vbmi`).
+        unsafe {
+            let lo = _mm512_loadu_si512(tab.as_ptr() as *const _);
+            let hi = _mm512_loadu_si512(tab.as_ptr().add(64) as *const _);
+            let w = _mm512_packs_epi16(
+                _mm512_packs_epi32(c[0], c[1]),
+                _mm512_packs_epi32(c[2], c[3]),
+            );
+            let codes = _mm512_permutex2var_epi8(lo, w, hi);
+            let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            _mm512_storeu_si512(
+                out.as_mut_ptr() as *mut _,
+                _mm512_permutexvar_epi32(idx, codes),
+            );
+        }
+    }
+
     /// Four MXFP4 blocks (registers `2q`, `2q + 1` block `q`) at once: their
     /// maxima reduced together (block `q`'s in 128-bit lane `q`), their
     /// scales as one vector. A batch with a NaN or an infinity takes
     /// [`mxfp4`] block by block.
     #[inline(always)]
-    unsafe fn mxfp4x4(v: [__m512; 8], mode: Mxfp4Rounding, out: &mut [i8], fo: &mut [f64]) {
+    unsafe fn mxfp4x4<const VBMI: bool>(
+        v: [__m512; 8],
+        mode: Mxfp4Rounding,
+        out: &mut [i8],
+        fo: &mut [f64],
+    ) {
         // SAFETY: inlined into `codes_rows` (AVX-512), as are the
         // intrinsics.
         unsafe {
@@ -614,9 +721,17 @@ mod avx512 {
                 let mut c = [absm; 4];
                 for (j, c) in c.iter_mut().enumerate() {
                     let i = 4 * h + j;
-                    *c = mxfp4_vec(a[i], bits[i], invq[i / 2], mode);
+                    *c = if VBMI {
+                        mxfp4_index(v[i], invq[i / 2])
+                    } else {
+                        mxfp4_vec(a[i], bits[i], invq[i / 2], mode)
+                    };
                 }
-                store64(c, &mut out[64 * h..]);
+                if VBMI {
+                    store64_lookup(c, mode, &mut out[64 * h..]);
+                } else {
+                    store64(c, &mut out[64 * h..]);
+                }
             }
             // Factors 2^(e - 128) from lanes 0, 4, 8, 12.
             let e4 = _mm512_castsi512_si128(_mm512_maskz_compress_epi32(0x1111, e));
@@ -838,6 +953,14 @@ mod tests {
         (codes, factors)
     }
 
+    /// Which encoder [`codes_match_the_reference_codecs`] runs.
+    #[derive(Clone, Copy)]
+    enum Path {
+        Dispatched,
+        Avx512,
+        Portable,
+    }
+
     #[test]
     fn codes_match_the_reference_codecs() {
         let formats = [
@@ -871,25 +994,45 @@ mod tests {
                 // runs all 7 rows as one: four-block steps across rows, and
                 // the rest).
                 let strides = [(nb * bl).div_ceil(64) * 64 + 64, nb * bl];
-                // The dispatched path (AVX-512 where the CPU has it), then
-                // the portable one.
-                for (stride, portable) in strides.into_iter().flat_map(|s| [(s, false), (s, true)])
+                // The dispatched path (AVX-512 where the CPU has it, with
+                // VBMI where it has that), the AVX-512 path without VBMI (on
+                // a CPU with VBMI), then the portable one.
+                let paths = [Path::Dispatched, Path::Avx512, Path::Portable];
+                for (stride, path) in strides
+                    .into_iter()
+                    .flat_map(|s| paths.into_iter().map(move |p| (s, p)))
                 {
                     let mut codes = vec![99i8; n * stride];
                     let mut factors = vec![0f64; n * nb];
-                    if portable {
-                        codes_rows(Rows {
-                            f,
-                            x: &x,
-                            k,
-                            rotate,
-                            codes: &mut codes,
-                            stride,
-                            factors: &mut factors,
-                        });
-                    } else {
-                        quantize_codes(f, &x, k, rotate, &mut codes, stride, &mut factors)
-                            .expect("quantize_codes");
+                    let rows = Rows {
+                        f,
+                        x: &x,
+                        k,
+                        rotate,
+                        codes: &mut codes,
+                        stride,
+                        factors: &mut factors,
+                    };
+                    match path {
+                        Path::Dispatched => {
+                            quantize_codes(f, &x, k, rotate, rows.codes, stride, rows.factors)
+                                .expect("quantize_codes")
+                        }
+                        Path::Avx512 => {
+                            #[cfg(target_arch = "x86_64")]
+                            {
+                                use std::arch::is_x86_feature_detected as has;
+                                if !(has!("avx512vbmi") && has!("avx512dq") && has!("avx512vl")) {
+                                    continue;
+                                }
+                                // SAFETY: the CPU has AVX-512 (F, BW, DQ,
+                                // VL); sizes as quantize_codes checks them.
+                                unsafe { avx512::codes_rows(rows) };
+                            }
+                            #[cfg(not(target_arch = "x86_64"))]
+                            continue;
+                        }
+                        Path::Portable => codes_rows(rows),
                     }
                     let (rc, rf) = reference(f, &x, k, rotate);
                     let mut poisoned = 0;
