@@ -39,7 +39,7 @@ echo "[" > "$json"
 first=1
 # median and min-max of the numbers on stdin
 stats() { sort -n | awk '{v[NR]=$1} END {printf "%.4f %.4f %.4f\n", (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2), v[1], v[NR]}'; }
-printf "%-26s %-6s %2s %11s %19s %11s %19s %8s\n" model format T "lpc ms" "min-max" "ort ms" "min-max" "vs ort"
+printf "%-26s %-7s %-6s %2s %11s %19s %11s %19s %8s\n" model phase format T "lpc ms" "min-max" "ort ms" "min-max" "vs ort"
 for m in qwen3_small_prefill_ts qwen3_small_decode_ts qwen3_small_genai_fp32 wan_small_ts; do
   D=tests/fixtures/models/$m
   for f in "${FORMATS[@]}"; do
@@ -48,26 +48,36 @@ for m in qwen3_small_prefill_ts qwen3_small_decode_ts qwen3_small_genai_fp32 wan
     # (re)compiled unless newer than both the lpc binary and the model
     [ "$so" -nt "$LPC" ] && [ "$so" -nt "$D/model.onnx" ] || "$LPC" compile "$D/model.onnx" "${q[@]}" -o "$so" >/dev/null
   done
-  for t in 1 2; do
-    declare -A meds=()
-    for p in $(seq "$PROCS"); do
-      ort=$("$VENV/bin/python" scripts/bench_ort.py "$D/model.onnx" "$D/inputs" "$t" "$RUNS")
-      meds[ort]+="$(echo "$ort" | "$VENV/bin/python" -c "import json,sys; print('%.4f' % json.load(sys.stdin)['median_ms'])") "
-      for f in "${FORMATS[@]}"; do
-        line=$("$LPC" run "$OUT/models/${m}_$f.so" --inputs "$D/inputs" --threads "$t" --repeat "$RUNS" | grep '^runs ')
-        meds[$f]+="$(echo "$line" | sed -E 's/.*median ([0-9.]+) ms.*/\1/') "
+  # A fixture's prompt (inputs/), and where it has one, a decode step on
+  # its cache (decode_inputs/: the onnxruntime-genai export, whose one
+  # graph does both).
+  for set in inputs decode_inputs; do
+    [ -d "$D/$set" ] || continue
+    phase=prefill
+    [ "$set" = decode_inputs ] && phase=decode
+    [ "$m" = qwen3_small_decode_ts ] && phase=decode
+    [ "$m" = wan_small_ts ] && phase=forward
+    for t in 1 2; do
+      declare -A meds=()
+      for p in $(seq "$PROCS"); do
+        ort=$("$VENV/bin/python" scripts/bench_ort.py "$D/model.onnx" "$D/$set" "$t" "$RUNS")
+        meds[ort]+="$(echo "$ort" | "$VENV/bin/python" -c "import json,sys; print('%.4f' % json.load(sys.stdin)['median_ms'])") "
+        for f in "${FORMATS[@]}"; do
+          line=$("$LPC" run "$OUT/models/${m}_$f.so" --inputs "$D/$set" --threads "$t" --repeat "$RUNS" | grep '^runs ')
+          meds[$f]+="$(echo "$line" | sed -E 's/.*median ([0-9.]+) ms.*/\1/') "
+        done
       done
+      read -r ort_ms ort_mn ort_mx < <(echo "${meds[ort]}" | tr ' ' '\n' | grep . | stats)
+      for f in "${FORMATS[@]}"; do
+        read -r med mn mx < <(echo "${meds[$f]}" | tr ' ' '\n' | grep . | stats)
+        ratio=$("$VENV/bin/python" -c "print('%.2f' % ($ort_ms / $med))")
+        printf "%-26s %-7s %-6s %2s %11s %19s %11s %19s %7sx\n" "$m" "$phase" "${f/none/f32}" "$t" "$med" "$mn-$mx" "$ort_ms" "$ort_mn-$ort_mx" "$ratio"
+        [ $first = 1 ] || echo "," >> "$json"
+        first=0
+        echo "{\"model\":\"$m\",\"phase\":\"$phase\",\"format\":\"${f/none/f32}\",\"threads\":$t,\"processes\":$PROCS,\"runs_per_process\":$RUNS,\"lpc_ms\":$med,\"lpc_min_ms\":$mn,\"lpc_max_ms\":$mx,\"ort_fp32_ms\":$ort_ms,\"ort_min_ms\":$ort_mn,\"ort_max_ms\":$ort_mx,\"speedup_vs_ort\":$ratio}" >> "$json"
+      done
+      unset meds
     done
-    read -r ort_ms ort_mn ort_mx < <(echo "${meds[ort]}" | tr ' ' '\n' | grep . | stats)
-    for f in "${FORMATS[@]}"; do
-      read -r med mn mx < <(echo "${meds[$f]}" | tr ' ' '\n' | grep . | stats)
-      ratio=$("$VENV/bin/python" -c "print('%.2f' % ($ort_ms / $med))")
-      printf "%-26s %-6s %2s %11s %19s %11s %19s %7sx\n" "$m" "${f/none/f32}" "$t" "$med" "$mn-$mx" "$ort_ms" "$ort_mn-$ort_mx" "$ratio"
-      [ $first = 1 ] || echo "," >> "$json"
-      first=0
-      echo "{\"model\":\"$m\",\"format\":\"${f/none/f32}\",\"threads\":$t,\"processes\":$PROCS,\"runs_per_process\":$RUNS,\"lpc_ms\":$med,\"lpc_min_ms\":$mn,\"lpc_max_ms\":$mx,\"ort_fp32_ms\":$ort_ms,\"ort_min_ms\":$ort_mn,\"ort_max_ms\":$ort_mx,\"speedup_vs_ort\":$ratio}" >> "$json"
-    done
-    unset meds
   done
 done
 echo "]" >> "$json"
