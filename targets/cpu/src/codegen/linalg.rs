@@ -2377,8 +2377,9 @@ const STRIP_HEAD_MIN_BYTES: i64 = 1 << 20;
 /// this size or larger the weights stream from DRAM. (More rows are slower
 /// per byte: 2 rows paced or not measured the same; a 1-row pass after
 /// others, its strip in L2, paced cost 5120x5120 M = 5 1.18 ms against
-/// 0.87.) Its groups then take about 80 cycles longer, which caps the kernel near 27 GB/s from cache
-/// (60 GB/s without), yet a single thread reads DRAM faster: the unpaced
+/// 0.87.) Its groups then take about 80 cycles longer, which caps the
+/// kernel near 27 GB/s from cache (60 GB/s without), yet a single thread
+/// reads DRAM faster: the unpaced
 /// kernel, running ahead of its prefetches, held ~20 GB/s. MXFP4 on Zen 4,
 /// M = 1, 1 thread, cold caches, 4 alternating runs each: 5120x25600 3.4-3.9
 /// -> 2.7-3.3 ms, 25600x5120 3.6-3.8 -> 2.7-3.0 ms; 2 threads 2.4-2.8 ->
@@ -2429,6 +2430,8 @@ fn strip_gemm<'c>(
         return cg.err("the strip kernel reads the CPU layout only");
     };
     let strip = layout::STRIP as i64;
+    // Bytes of one strip (its codes and headers).
+    let strip_bytes = strip * s.bpr;
     let facc = cg.b.build_alloca(cg.f32t().vec_type(16), "sacc")?;
     let tile =
         cg.b.build_array_alloca(cg.f32t(), cg.i32t().const_int(strip as u64, false), "stile")?;
@@ -2450,7 +2453,7 @@ fn strip_gemm<'c>(
         cg.icmp(IntPredicate::EQ, lo, cg.c64(0))?,
         cg.icmp(IntPredicate::EQ, hi, cg.sdiv(iv(3), cg.c64(strip))?)?,
     )?;
-    let part = cg.mul(hi, cg.c64(strip * s.bpr))?;
+    let part = cg.mul(hi, cg.c64(strip_bytes))?;
     let alone = cg.and(
         alone,
         cg.icmp(IntPredicate::SGE, part, cg.c64(PACE_ALONE_MIN_BYTES))?,
@@ -2464,9 +2467,9 @@ fn strip_gemm<'c>(
     // weights streamed from DRAM the chunk's first STRIP_PREFETCH bytes (or
     // all of it) are requested here (see STRIP_HEAD_MIN_BYTES).
     if s.head {
-        let first = cg.gep_bytes(wp, cg.mul(lo, cg.c64(strip * s.bpr))?)?;
+        let first = cg.gep_bytes(wp, cg.mul(lo, cg.c64(strip_bytes))?)?;
         let bytes = cg.smin(
-            cg.mul(cg.sub(hi, lo)?, cg.c64(strip * s.bpr))?,
+            cg.mul(cg.sub(hi, lo)?, cg.c64(strip_bytes))?,
             cg.c64(STRIP_PREFETCH),
         )?;
         let lines = cg.sdiv(bytes, cg.c64(64))?;
@@ -2475,7 +2478,7 @@ fn strip_gemm<'c>(
         })?;
     }
     cg.for_range(lo, hi, |cg, st| {
-        let sp = cg.gep_bytes(wp, cg.mul(st, cg.c64(strip * s.bpr))?)?;
+        let sp = cg.gep_bytes(wp, cg.mul(st, cg.c64(strip_bytes))?)?;
         let c0 = cg.mul(st, cg.c64(strip))?;
         let run = |cg: &mut Cg<'c>, r0: IntValue<'c>, nr: usize, pace: bool| -> R<()> {
             let vs = strip_rows_dot(cg, s, k, &tabs, sp, r0, nr, pace, acts)?;
